@@ -1,0 +1,244 @@
+"""The typed run configuration: the one place where defaults live.
+
+A run is fully described by a :class:`RunConfig`. It is loaded from YAML
+(``configs/default.yaml``), overridden with ``--set key=value`` pairs, and
+serialised to JSON to become the pipeline's parameter, so every stage of a run
+sees exactly the same values.
+
+Example
+-------
+>>> cfg = load_config(None, overrides=["fusion.method=late", "train.epochs=5"])
+>>> cfg.fusion.method, cfg.train.epochs
+('late', 5)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODALITIES = ("image", "text")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    path: str = "data"
+    name: str | None = Field(None, description="Dataset name; defaults to the folder name.")
+
+    def dataset_name(self) -> str:
+        return self.name or Path(self.path).resolve().name
+
+
+class ValidationConfig(_Section):
+    min_text_chars: int = 1
+    max_text_chars: int = 2000
+    min_samples_per_class: int = 3
+    max_image_pixels: int = 50_000_000
+    labels: list[str] | None = Field(None, description="Declared label set; None accepts any.")
+
+
+class SplitConfig(_Section):
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    salt: str = Field("crossfuse", description="Hash salt; change it to draw a different split.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6 or min(self.train, self.val, self.test) <= 0:
+            raise ValueError(f"split fractions must be positive and sum to 1, got {total:.3f}")
+        return self
+
+
+class PreprocessConfig(_Section):
+    image_size: int = 224
+    lowercase_text: bool = False
+    split: SplitConfig = SplitConfig()
+
+
+class ExtractConfig(_Section):
+    encoders: dict[str, str] = {"image": "efficientnet-lite0", "text": "minilm"}
+    batch_size: int = 32
+    shard_size: int = 1024
+    cache_dir: str = ".cache/crossfuse/features"
+    hf_offline: bool = True
+
+    @field_validator("encoders")
+    @classmethod
+    def _known_modalities(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = set(v) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {list(MODALITIES)}")
+        if not v:
+            raise ValueError("extract.encoders needs at least one modality")
+        return v
+
+
+class FusionConfig(_Section):
+    method: str = "concat"
+    hidden_dim: int = 256
+    dropout: float = 0.2
+
+
+class TrainConfig(_Section):
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 10
+
+
+class EvaluateConfig(_Section):
+    unimodal_baselines: bool = True
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
+
+
+class RegisterConfig(_Section):
+    model_name: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
+    metric: str = "test_macro_f1"
+
+
+class PipelineConfig(_Section):
+    base_image: str = "ghcr.io/crossfuse/crossfuse:0.1.0"
+    pipeline_root: str = "local_outputs"
+
+
+class RunConfig(_Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    extract: ExtractConfig = ExtractConfig()
+    fusion: FusionConfig = FusionConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    register: RegisterConfig = RegisterConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities this run uses, in a fixed order."""
+        return [m for m in MODALITIES if m in self.extract.encoders]
+
+    def model_name(self) -> str:
+        return self.register.model_name or f"crossfuse-{self.data.dataset_name()}"
+
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or f"crossfuse-{self.data.dataset_name()}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.model_validate_json(text)
+
+    def resolved(self, base: Path | None = None) -> RunConfig:
+        """Return a copy whose relative paths are absolute (against ``base``, default cwd).
+
+        Stages may run in another working directory (KFP subprocesses), so the
+        config handed to the pipeline carries absolute paths only.
+        """
+        base = (base or Path.cwd()).resolve()
+        data = self.model_copy(deep=True)
+
+        def absolute(p: str) -> str:
+            return str(p if Path(p).is_absolute() else (base / p).resolve())
+
+        data.data.path = absolute(data.data.path)
+        data.extract.cache_dir = absolute(data.extract.cache_dir)
+        data.mlflow.artifact_root = absolute(data.mlflow.artifact_root)
+        data.pipeline.pipeline_root = absolute(data.pipeline.pipeline_root)
+        data.mlflow.tracking_uri = _absolute_sqlite_uri(data.mlflow.tracking_uri, base)
+        return data
+
+
+def _absolute_sqlite_uri(uri: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((base / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as YAML so ``5`` is an int and ``true`` a bool."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override to a nested dict, in place.
+
+    >>> t = {"fusion": {"method": "concat"}}
+    >>> apply_override(t, "fusion.method=late"); t
+    {'fusion': {'method': 'late'}}
+    """
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not key=value (e.g. fusion.method=late)")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {assignment!r}: {part!r} is not a section")
+    node[parts[-1]] = _parse_value(value)
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> RunConfig:
+    """Load a run config from YAML, then apply environment and ``--set`` overrides.
+
+    ``MLFLOW_TRACKING_URI`` from ``env`` (default: the process environment) overrides
+    ``mlflow.tracking_uri``; explicit ``--set`` overrides win over both.
+
+    Parameters
+    ----------
+    path: YAML file, or None for the built-in defaults.
+    overrides: ``["section.key=value", ...]``.
+    env: environment mapping to read ``MLFLOW_TRACKING_URI`` from.
+    """
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found (try configs/default.yaml)")
+        tree = yaml.safe_load(path.read_text()) or {}
+    if env.get("MLFLOW_TRACKING_URI"):
+        tree.setdefault("mlflow", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    return RunConfig.model_validate(tree)
+
+
+def config_summary(cfg: RunConfig) -> dict[str, Any]:
+    """Flatten a config to ``{"fusion.method": "concat", ...}`` for MLflow params."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = json.dumps(node) if isinstance(node, list | dict) else node
+
+    walk("", cfg.model_dump())
+    return flat

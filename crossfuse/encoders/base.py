@@ -1,0 +1,42 @@
+"""The encoder interface: a frozen pretrained model that maps a batch of one modality to vectors.
+
+An :class:`Encoder` takes a list of raw items of its modality (``str`` for text,
+``PIL.Image`` for images) and returns a float32 tensor of shape ``[batch, dim]``.
+Its ``cache_key`` names the exact weights and settings, so cached features are
+reused only for the same encoder.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+
+class EncoderUnavailable(RuntimeError):
+    """The encoder's model cannot be loaded here; the message says how to provide it."""
+
+
+class Encoder(ABC):
+    """A frozen encoder for one modality.
+
+    Attributes
+    ----------
+    name: the registry name it was built from (``minilm``, ``hf:...``).
+    modality: ``"text"`` or ``"image"``.
+    dim: length of the output vectors.
+    cache_key: identifies weights + preprocessing; part of every cached feature's key.
+    """
+
+    name: str
+    modality: str
+    dim: int
+    cache_key: str
+
+    @abstractmethod
+    def encode(self, items: list[Any]) -> torch.Tensor:
+        """Encode a batch: ``len(items)`` items -> float32 tensor ``[len(items), dim]``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim})"

@@ -1,0 +1,121 @@
+"""Any Hugging Face ``transformers`` model as a frozen encoder (``hf:<model id or local path>``).
+
+Text models: ``AutoTokenizer`` + ``AutoModel``, mean of the last hidden state over
+non-padding tokens. Image models: ``AutoImageProcessor`` + ``AutoModel``, the
+model's ``pooler_output`` when it has one, else the mean over tokens/positions.
+Offline by default (``local_files_only``); remote code is never trusted.
+
+Example
+-------
+>>> enc = HFEncoder("/path/to/bert", modality="text")        # doctest: +SKIP
+>>> enc.encode(["a cat", "a dog"]).shape                     # doctest: +SKIP
+torch.Size([2, 384])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from crossfuse.encoders.base import Encoder, EncoderUnavailable
+
+
+def _fingerprint(ref: str) -> str:
+    """Identify a local model folder by its config and weight file sizes; a hub id by itself."""
+    path = Path(ref)
+    if not path.is_dir():
+        return ref
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".txt", ".model"}:
+            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    return f"{path.name}-{h.hexdigest()[:16]}"
+
+
+def _unavailable(ref: str, exc: Exception) -> EncoderUnavailable:
+    return EncoderUnavailable(
+        f"encoder hf:{ref} could not be loaded offline ({type(exc).__name__}: {exc}). Provide it "
+        f"as a local folder (hf:/path/to/model, e.g. after `huggingface-cli download {ref} "
+        f"--local-dir ...` on a machine with internet), or allow downloads with "
+        f"--set extract.hf_offline=false")
+
+
+class HFEncoder(Encoder):
+    """Frozen ``transformers`` model for ``modality`` ("text" or "image").
+
+    Parameters
+    ----------
+    ref: hub id or local folder.
+    modality: "text" or "image".
+    offline: only use files already on disk (``HF_HUB_OFFLINE`` behaviour).
+    max_length: token limit for text; longer texts are truncated.
+    normalize: L2-normalise the pooled vectors.
+    name: registry name (defaults to ``hf:<ref>``).
+    """
+
+    def __init__(self, ref: str, modality: str, offline: bool = True, max_length: int = 256,
+                 normalize: bool = False, name: str | None = None):
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+        if modality not in ("text", "image"):
+            raise ValueError(f"hf encoders support text and image, not {modality!r}")
+        self.name = name or f"hf:{ref}"
+        self.modality = modality
+        self.max_length = max_length
+        self.normalize = normalize
+        kwargs: dict[str, Any] = {"local_files_only": offline, "trust_remote_code": False}
+        try:
+            self.model = AutoModel.from_pretrained(ref, **kwargs).eval()
+            if modality == "text":
+                self.processor = AutoTokenizer.from_pretrained(ref, **kwargs)
+            else:
+                self.processor = AutoImageProcessor.from_pretrained(ref, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise _unavailable(ref, exc) from exc
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.dim = self._infer_dim()
+        self.cache_key = f"hf:{_fingerprint(ref)}:{modality}:len{max_length}:norm{int(normalize)}"
+
+    def _infer_dim(self) -> int:
+        cfg = self.model.config
+        for attr in ("hidden_size", "projection_dim", "d_model"):
+            if isinstance(getattr(cfg, attr, None), int):
+                if self.modality == "image" and hasattr(cfg, "hidden_sizes"):
+                    break
+                return getattr(cfg, attr)
+        if hasattr(cfg, "hidden_sizes"):
+            return cfg.hidden_sizes[-1]
+        probe = ["probe"] if self.modality == "text" else [_blank_image()]
+        return int(self.encode(probe).shape[1])
+
+    @torch.inference_mode()
+    def encode(self, items: list[Any]) -> torch.Tensor:
+        if self.modality == "text":
+            batch = self.processor(list(items), padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            out = self.model(**batch)
+            mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
+            batch = self.processor(images=list(items), return_tensors="pt")
+            out = self.model(pixel_values=batch["pixel_values"])
+            pooled = getattr(out, "pooler_output", None)
+            if pooled is None:
+                hidden = out.last_hidden_state
+                pooled = hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
+            pooled = pooled.flatten(1)
+        pooled = pooled.float()
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def _blank_image():
+    from PIL import Image
+
+    return Image.new("RGB", (224, 224), (128, 128, 128))

@@ -1,0 +1,161 @@
+"""Feature store: content-hash keyed vectors in safetensors shards, and feature sets.
+
+Two things live here.
+
+**The cache** (``extract.cache_dir``): one folder per encoder (named by a hash of
+its ``cache_key``) holding shards ``<name>.safetensors``; each shard has a tensor
+``vectors`` ``[n, dim]`` and, in its metadata, the content hashes of its ``n``
+items. An item (a normalised text, a preprocessed image file) is encoded once per
+encoder, whatever dataset or run it comes from. Shards are written to a temporary
+name and renamed, so a reader never sees half a shard.
+
+**A feature set** (the extract stage's output, the train stage's input)::
+
+    index.parquet                 id, line, label, label_idx, split, present_<m>, hash_<m>
+    labels.json                   class names, index = label_idx
+    encoders.json                 {modality: {name, cache_key, dim}}
+    <modality>/shard-00000.safetensors   tensor "vectors" [rows, dim], rows in index order
+
+Example
+-------
+>>> fs = read_feature_set(Path("features"))          # doctest: +SKIP
+>>> fs.vectors["text"].shape, fs.index.shape[0]      # doctest: +SKIP
+(torch.Size([720, 384]), 720)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+INDEX_FILE = "index.parquet"
+ENCODERS_FILE = "encoders.json"
+LABELS_FILE = "labels.json"
+
+
+def content_hash(data: bytes | str) -> str:
+    """sha256 hex digest of an item's content (text is UTF-8 encoded)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path,
+                metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """Vectors of one encoder, keyed by item content hash.
+
+    Parameters
+    ----------
+    root: the cache folder (``extract.cache_dir``).
+    cache_key: the encoder's ``cache_key``.
+    """
+
+    def __init__(self, root: Path, cache_key: str):
+        self.dir = Path(root) / hashlib.sha256(cache_key.encode()).hexdigest()[:24]
+        self.cache_key = cache_key
+        self._where: dict[str, tuple[Path, int]] = {}
+        self._scan()
+
+    def _scan(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for shard in sorted(self.dir.glob("*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                hashes = json.loads((f.metadata() or {}).get("hashes", "[]"))
+            for row, h in enumerate(hashes):
+                self._where.setdefault(h, (shard, row))
+
+    def __contains__(self, item_hash: str) -> bool:
+        return item_hash in self._where
+
+    def get(self, hashes: list[str]) -> torch.Tensor:
+        """Vectors for ``hashes`` (all must be cached), ``[len(hashes), dim]``, in order."""
+        by_shard: dict[Path, list[int]] = {}
+        for h in hashes:
+            by_shard.setdefault(self._where[h][0], [])
+        loaded = {}
+        for shard in by_shard:
+            with safe_open(str(shard), framework="pt") as f:
+                loaded[shard] = f.get_tensor("vectors")
+        return torch.stack([loaded[self._where[h][0]][self._where[h][1]] for h in hashes])
+
+    def put(self, hashes: list[str], vectors: torch.Tensor) -> None:
+        """Add one shard of ``vectors`` ``[len(hashes), dim]``, written atomically."""
+        path = self.dir / f"{uuid.uuid4().hex}.safetensors"
+        atomic_save({"vectors": vectors.float()}, path,
+                    metadata={"hashes": json.dumps(hashes), "cache_key": self.cache_key})
+        for row, h in enumerate(hashes):
+            self._where.setdefault(h, (path, row))
+
+
+@dataclass
+class FeatureSet:
+    """A loaded feature set: the index frame, class names, and one ``[N, dim]`` tensor per modality."""
+
+    index: pd.DataFrame
+    labels: list[str]
+    encoders: dict[str, dict]
+    vectors: dict[str, torch.Tensor]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.vectors)
+
+    def present(self, modality: str) -> torch.Tensor:
+        """Bool tensor ``[N]``: which rows have this modality."""
+        return torch.tensor(self.index[f"present_{modality}"].to_numpy(), dtype=torch.bool)
+
+    def rows(self, split: str) -> torch.Tensor:
+        """Long tensor of the row numbers in ``split``."""
+        return torch.tensor((self.index["split"] == split).to_numpy().nonzero()[0])
+
+    def targets(self) -> torch.Tensor:
+        return torch.tensor(self.index["label_idx"].to_numpy(), dtype=torch.long)
+
+
+def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
+                      encoders: dict[str, dict], vectors: dict[str, torch.Tensor],
+                      shard_size: int = 1024) -> None:
+    """Write a feature set; each modality's vectors are split into shards of ``shard_size`` rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for modality, matrix in vectors.items():
+        for start in range(0, max(len(matrix), 1), shard_size):
+            atomic_save({"vectors": matrix[start:start + shard_size]},
+                        out_dir / modality / f"shard-{start // shard_size:05d}.safetensors")
+    index.to_parquet(out_dir / INDEX_FILE, index=False)
+    (out_dir / LABELS_FILE).write_text(json.dumps(labels))
+    (out_dir / ENCODERS_FILE).write_text(json.dumps(encoders, indent=2))
+
+
+def read_feature_set(path: Path) -> FeatureSet:
+    """Load a feature set written by :func:`write_feature_set`."""
+    path = Path(path)
+    encoders = json.loads((path / ENCODERS_FILE).read_text())
+    vectors = {}
+    for modality in encoders:
+        parts = []
+        for shard in sorted((path / modality).glob("shard-*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                parts.append(f.get_tensor("vectors"))
+        vectors[modality] = torch.cat(parts)
+    return FeatureSet(index=pd.read_parquet(path / INDEX_FILE),
+                      labels=json.loads((path / LABELS_FILE).read_text()),
+                      encoders=encoders, vectors=vectors)

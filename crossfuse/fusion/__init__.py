@@ -1,0 +1,13 @@
+"""Fusion methods behind one interface (see :mod:`crossfuse.fusion.base`), by name.
+
+>>> sorted(FUSION_METHODS)
+['concat', 'late']
+"""
+
+from crossfuse.fusion import concat, late  # noqa: F401  (registers the methods)
+from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.model import build_fusion_head, load_fusion_head, predict_proba, save_fusion_head
+from crossfuse.fusion.registry import FUSION_METHODS, register_fusion
+
+__all__ = ["FUSION_METHODS", "FusionHead", "FusionSpec", "build_fusion_head", "load_fusion_head",
+           "predict_proba", "register_fusion", "save_fusion_head"]

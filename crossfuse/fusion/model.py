@@ -1,0 +1,61 @@
+"""Build a fusion head from encoders' dims, and save/load it (safetensors + JSON spec).
+
+>>> head = build_fusion_head(FusionSpec("concat", {"image": 1280, "text": 384}, 6))
+>>> sum(p.numel() for p in head.parameters()) > 0
+True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from crossfuse.features import atomic_save
+from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.registry import FUSION_METHODS
+
+WEIGHTS_FILE = "fusion_head.safetensors"
+SPEC_FILE = "fusion_spec.json"
+
+
+def build_fusion_head(spec: FusionSpec) -> FusionHead:
+    """Instantiate the registered method ``spec.method``."""
+    if spec.method not in FUSION_METHODS:
+        raise ValueError(f"unknown fusion method {spec.method!r}; available: "
+                         f"{sorted(FUSION_METHODS)}")
+    return FUSION_METHODS[spec.method](spec)
+
+
+def save_fusion_head(head: FusionHead, out_dir: Path, extra: dict | None = None) -> None:
+    """Write ``fusion_head.safetensors`` and ``fusion_spec.json`` (spec + ``extra``) to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save(head.state_dict(), out_dir / WEIGHTS_FILE)
+    (out_dir / SPEC_FILE).write_text(json.dumps({**head.spec.to_dict(), **(extra or {})},
+                                                indent=2))
+
+
+def load_fusion_head(model_dir: Path) -> tuple[FusionHead, dict]:
+    """Rebuild a saved head in eval mode; returns (head, the spec JSON with extras)."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / SPEC_FILE).read_text())
+    spec = FusionSpec(**{k: meta[k] for k in FusionSpec.__dataclass_fields__})
+    head = build_fusion_head(spec)
+    head.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
+    return head.eval(), meta
+
+
+@torch.inference_mode()
+def predict_proba(head: FusionHead, vectors: dict[str, torch.Tensor],
+                  present: dict[str, torch.Tensor], batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities ``[N, num_classes]`` for ``N`` rows of features."""
+    head.eval()
+    n = len(next(iter(vectors.values())))
+    out = []
+    for s in range(0, n, batch_size):
+        out.append(head({m: v[s:s + batch_size] for m, v in vectors.items()},
+                        {m: p[s:s + batch_size] for m, p in present.items()}).softmax(-1))
+    return torch.cat(out) if out else torch.empty(0)

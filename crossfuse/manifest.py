@@ -1,0 +1,116 @@
+"""The dataset contract: a folder with ``manifest.csv`` and the media it points to.
+
+``manifest.csv`` columns:
+
+=========  ========  ==========================================================
+column     required  meaning
+=========  ========  ==========================================================
+``id``     yes       unique sample id (any string)
+``label``  yes       class name
+``split``  no        ``train`` / ``val`` / ``test``; hashed from ``id`` if absent
+``image``  per run   path of an image file, relative to the dataset folder
+``text``   per run   the text itself
+=========  ========  ==========================================================
+
+A run needs a column for every modality it encodes (``extract.encoders``).
+Media paths must stay inside the dataset folder: absolute paths, ``..`` and
+symlinks that leave it are rejected.
+
+Example
+-------
+>>> m = load_manifest(Path("data"))          # doctest: +SKIP
+>>> m.frame.columns.tolist()                  # doctest: +SKIP
+['id', 'image', 'text', 'label']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+MANIFEST_NAME = "manifest.csv"
+REQUIRED_COLUMNS = ("id", "label")
+SPLITS = ("train", "val", "test")
+PATH_MODALITIES = frozenset({"image"})
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be read as a crossfuse dataset; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded manifest: ``frame`` holds the rows as strings, in file order."""
+
+    root: Path
+    path: Path
+    frame: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def content_hash(self) -> str:
+        """sha256 of the manifest file's bytes: the data version of a dataset outside DVC."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def load_manifest(root: Path, modalities: list[str] | None = None) -> Manifest:
+    """Read ``root/manifest.csv`` with every cell as a string (empty = missing).
+
+    Parameters
+    ----------
+    root: dataset folder.
+    modalities: modality columns the run needs; each must be present.
+
+    Raises
+    ------
+    ManifestError: missing folder/file or missing columns, with the fix in the message.
+    """
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ManifestError(f"dataset folder {root} does not exist; pass --data with a folder "
+                            f"that holds {MANIFEST_NAME}")
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: a dataset folder needs a {MANIFEST_NAME} with "
+                            f"columns id,label and one column per modality (image,text)")
+    try:
+        # utf-8-sig drops a BOM; keep_default_na=False keeps "NA" as text and "" as missing.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError as exc:
+        raise ManifestError(f"{path} is empty: write a header row id,label,... and one row "
+                            f"per sample") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path} is not valid UTF-8 (byte {exc.start}): re-save it as "
+                            f"UTF-8") from exc
+    frame.columns = [c.strip() for c in frame.columns]
+    needed = list(REQUIRED_COLUMNS) + list(modalities or [])
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
+                            f"Rename or add them (required: id, label, and one per modality).")
+    return Manifest(root=root.resolve(), path=path.resolve(), frame=frame)
+
+
+def resolve_media(root: Path, relative: str) -> Path:
+    """Resolve a media path from the manifest, refusing anything outside ``root``.
+
+    >>> resolve_media(Path("/data/ds"), "images/a.png")        # doctest: +SKIP
+    PosixPath('/data/ds/images/a.png')
+
+    Raises
+    ------
+    ManifestError: the path is absolute or escapes ``root`` (``..`` or a symlink).
+    """
+    root = Path(root).resolve()
+    if Path(relative).is_absolute():
+        raise ManifestError(f"media path {relative!r} is absolute; write it relative to {root}")
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root):
+        raise ManifestError(f"media path {relative!r} leaves the dataset folder {root}; "
+                            f"keep media inside it")
+    return resolved

@@ -1,0 +1,161 @@
+"""Stage 2, preprocess: normalise text, decode and resize images, split deterministically.
+
+Output folder layout::
+
+    samples.parquet    one row per usable sample: id, line, label, split, text, image
+    labels.json        the sorted class names; index = class id
+    images/<h>.png     RGB, ``preprocess.image_size`` square, EXIF-rotated, alpha on white
+
+The split is taken from the manifest's ``split`` column when present. Otherwise
+each id is hashed (sha256 of ``salt:id``) to a number in [0, 1) that picks
+train / val / test by the configured fractions. A row's split depends on its id
+alone, so adding rows never moves existing ones, and each class is split in the
+configured proportions in expectation.
+
+Example
+-------
+>>> assign_split("s00001", SplitConfig())
+'train'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from crossfuse.config import RunConfig, SplitConfig
+from crossfuse.manifest import SPLITS, ManifestError, load_manifest, resolve_media
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.parquet"
+LABELS_FILE = "labels.json"
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    n_samples: int
+    split_counts: dict[str, int]
+    labels: list[str]
+
+
+def normalise_text(text: str, lowercase: bool = False) -> str:
+    """NFKC-normalise, collapse whitespace, strip; optionally lowercase.
+
+    >>> normalise_text("  Café\\u00a0au\\tlait ")
+    'Café au lait'
+    """
+    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    return text.lower() if lowercase else text
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB: EXIF orientation applied, transparency composited on white."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def prepare_image(path: Path, size: int) -> Image.Image:
+    """Decode ``path`` and resize it to ``size`` x ``size`` (bicubic) as RGB."""
+    return load_rgb(path).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def hash_fraction(key: str) -> float:
+    """Map a string to a float in [0, 1) via sha256 (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def assign_split(sample_id: str, split: SplitConfig) -> str:
+    """Pick ``train``/``val``/``test`` for an id from its hash and the split fractions."""
+    u = hash_fraction(f"{split.salt}:{sample_id}")
+    if u < split.train:
+        return "train"
+    return "val" if u < split.train + split.val else "test"
+
+
+def _splits(frame: pd.DataFrame, cfg: SplitConfig, manifest_path: Path) -> list[str]:
+    if "split" in frame.columns and (frame["split"] != "").any():
+        bad = frame.index[~frame["split"].isin(SPLITS)]
+        if len(bad):
+            row = int(bad[0])
+            raise ManifestError(f"{manifest_path} line {row + 2}: split "
+                                f"{frame.loc[row, 'split']!r} is not one of {list(SPLITS)}; fix "
+                                f"it or drop the split column to split by id hash")
+        return frame["split"].tolist()
+    return [assign_split(i, cfg) for i in frame["id"]]
+
+
+def image_filename(sample_id: str) -> str:
+    """File name for a sample's preprocessed image (ids may hold any characters)."""
+    return hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:20] + ".png"
+
+
+def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
+               rejected_ids: set[str] | frozenset[str] = frozenset()) -> PreprocessResult:
+    """Write the preprocessed dataset of ``data_root`` to ``out_dir``.
+
+    Parameters
+    ----------
+    cfg: run config (``preprocess`` section, ``extract.encoders`` for the modalities).
+    data_root: dataset folder with ``manifest.csv``.
+    out_dir: output folder (created).
+    rejected_ids: ids validation rejected; they are skipped.
+    """
+    out_dir = Path(out_dir)
+    manifest = load_manifest(Path(data_root), cfg.modalities)
+    frame = manifest.frame.reset_index(drop=True)
+    frame["line"] = frame.index + 2
+    frame["split"] = _splits(frame, cfg.preprocess.split, manifest.path)
+    frame = frame[~frame["id"].isin(rejected_ids)].reset_index(drop=True)
+
+    columns = ["id", "line", "label", "split"]
+    if "text" in cfg.modalities:
+        frame["text"] = [normalise_text(t, cfg.preprocess.lowercase_text) for t in frame["text"]]
+        columns.append("text")
+    if "image" in cfg.modalities:
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        size = cfg.preprocess.image_size
+        names = []
+        for sample_id, rel in tqdm(list(zip(frame["id"], frame["image"], strict=True)),
+                                   desc="preprocess images", unit="img"):
+            name = f"images/{image_filename(sample_id)}"
+            prepare_image(resolve_media(manifest.root, rel), size).save(out_dir / name)
+            names.append(name)
+        frame["image"] = names
+        columns.append("image")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame[columns].to_parquet(out_dir / SAMPLES_FILE, index=False)
+    labels = sorted(frame["label"].unique().tolist())
+    (out_dir / LABELS_FILE).write_text(json.dumps(labels))
+
+    counts = frame["split"].value_counts().to_dict()
+    per_class = frame.groupby(["label", "split"]).size().unstack(fill_value=0)
+    for split in SPLITS:
+        if split not in per_class.columns or (per_class[split] == 0).any():
+            log.warning("some classes have no %s samples; metrics on %s will miss them",
+                        split, split)
+    return PreprocessResult(n_samples=len(frame),
+                            split_counts={s: int(counts.get(s, 0)) for s in SPLITS},
+                            labels=labels)
+
+
+def read_samples(out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read a preprocessed folder back: (samples frame, label list)."""
+    out_dir = Path(out_dir)
+    return (pd.read_parquet(out_dir / SAMPLES_FILE),
+            json.loads((out_dir / LABELS_FILE).read_text()))

@@ -1,0 +1,113 @@
+"""The registered model: an MLflow pyfunc from raw inputs to predictions.
+
+It runs the training code path — :func:`crossfuse.preprocess.normalise_text`,
+:func:`crossfuse.preprocess.prepare_image`, the same frozen encoders, the trained
+fusion head — on a DataFrame with one column per modality:
+
+- ``text``: the text (empty or null = missing);
+- ``image``: a file path, or the image bytes base64-encoded (empty or null = missing).
+
+It returns one row per input: ``label`` and ``p_<class>`` for every class.
+
+Example
+-------
+>>> model = mlflow.pyfunc.load_model("models:/crossfuse-sample@champion")     # doctest: +SKIP
+>>> model.predict(pd.DataFrame({"text": ["A fox rested at midnight."],
+...                             "image": ["data/images/s00001.png"]}))       # doctest: +SKIP
+         label  p_circle-day  ...
+0  circle-night          0.01  ...
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+import torch
+from PIL import Image
+
+from crossfuse.config import RunConfig
+from crossfuse.encoders import build_encoder
+from crossfuse.fusion import load_fusion_head, predict_proba
+from crossfuse.preprocess import normalise_text, prepare_image
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value) == ""
+
+
+def _open_image(value: str, size: int) -> Image.Image:
+    path = Path(value)
+    if len(value) < 4096 and path.is_file():
+        return prepare_image(path, size)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"image value is neither an existing file nor base64 image bytes: "
+                         f"{value[:80]!r}") from exc
+    return prepare_image(io.BytesIO(raw), size)
+
+
+class FusionPredictor:
+    """Raw inputs -> class probabilities with a saved model folder (no MLflow needed).
+
+    Parameters
+    ----------
+    model_dir: the train stage's output (fusion head, spec, run config).
+    """
+
+    def __init__(self, model_dir: Path):
+        model_dir = Path(model_dir)
+        self.head, self.meta = load_fusion_head(model_dir)
+        self.cfg = RunConfig.from_json((model_dir / RUN_CONFIG_FILE).read_text())
+        self.labels: list[str] = self.meta["labels"]
+        self.modalities = list(self.meta["dims"])
+        self.encoders = {m: build_encoder(self.meta["encoders"][m]["name"], m,
+                                          offline=self.cfg.extract.hf_offline)
+                         for m in self.modalities}
+
+    def _encode(self, modality: str, values: list) -> tuple[torch.Tensor, torch.Tensor]:
+        present = torch.tensor([not _is_missing(v) for v in values], dtype=torch.bool)
+        vectors = torch.zeros(len(values), self.meta["dims"][modality])
+        rows = present.nonzero().flatten().tolist()
+        if rows:
+            if modality == "text":
+                items = [normalise_text(str(values[r]), self.cfg.preprocess.lowercase_text)
+                         for r in rows]
+            else:
+                items = [_open_image(str(values[r]), self.cfg.preprocess.image_size) for r in rows]
+            for s in range(0, len(items), self.cfg.extract.batch_size):
+                chunk = items[s:s + self.cfg.extract.batch_size]
+                vectors[rows[s:s + len(chunk)]] = self.encoders[modality].encode(chunk)
+        return vectors, present
+
+    def predict_proba(self, frame: pd.DataFrame) -> torch.Tensor:
+        """``[len(frame), num_classes]`` probabilities; absent columns count as missing."""
+        vectors, present = {}, {}
+        for m in self.modalities:
+            values = frame[m].tolist() if m in frame.columns else [None] * len(frame)
+            vectors[m], present[m] = self._encode(m, values)
+        return predict_proba(self.head, vectors, present)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        probs = self.predict_proba(frame).numpy()
+        out = pd.DataFrame({"label": [self.labels[i] for i in probs.argmax(-1)]})
+        for i, name in enumerate(self.labels):
+            out[f"p_{name}"] = probs[:, i].astype(float)
+        return out
+
+
+class CrossfusePyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow wrapper around :class:`FusionPredictor`; the artifact ``model`` is the model folder."""
+
+    def load_context(self, context) -> None:
+        self.predictor = FusionPredictor(Path(context.artifacts["model"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.predictor.predict(pd.DataFrame(model_input))

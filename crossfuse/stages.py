@@ -1,0 +1,124 @@
+"""The six pipeline stages as plain functions over folders, each logging to the run's MLflow run.
+
+Each ``run_<stage>(cfg, run_id, inputs..., outputs...)`` opens the pipeline's MLflow
+run (:func:`crossfuse.tracking.stage_run`), calls the library function, and logs
+its parameters, metrics and artifacts. KFP components (``components/``) and the
+``crossfuse stage`` command are thin wrappers over these.
+
+Example
+-------
+>>> run_id, report = run_validate(cfg, None, Path("out/validation"))   # doctest: +SKIP
+>>> run_preprocess(cfg, run_id, Path("out/validation"), Path("out/pre"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+
+from crossfuse.config import RunConfig
+from crossfuse.evaluate import EvaluationResult, evaluate
+from crossfuse.extract import ExtractResult, extract
+from crossfuse.preprocess import PreprocessResult, preprocess
+from crossfuse.registry import RegisterResult, register
+from crossfuse.serving import RUN_CONFIG_FILE
+from crossfuse.tracking import data_version, stage_run
+from crossfuse.train import TrainResult, train
+from crossfuse.validation import ValidationReport, require_valid, validate
+
+log = logging.getLogger(__name__)
+
+
+def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
+                 ) -> tuple[str, ValidationReport]:
+    """Validate ``cfg.data.path``; creates the MLflow run when ``run_id`` is None.
+
+    Returns (run id, report). Raises :class:`crossfuse.validation.ValidationFailed`
+    (and marks the run FAILED) when the data does not pass.
+    """
+    out_dir = Path(out_dir)
+    with stage_run(cfg, run_id, "validate") as run:
+        mlflow.set_tags(data_version(Path(cfg.data.path)))
+        mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
+        report = validate(cfg, Path(cfg.data.path), out_dir)
+        print(report.summary(), flush=True)
+        mlflow.log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
+                            "validation_rejected": report.n_rejected})
+        mlflow.log_artifact(str(out_dir / "report.json"), "validation")
+        mlflow.log_artifact(str(out_dir / "rejects.csv"), "validation")
+        mlflow.log_artifacts(str(out_dir / "data_docs"), "validation/data_docs")
+        require_valid(report)
+    return run.info.run_id, report
+
+
+def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
+                   out_dir: Path) -> PreprocessResult:
+    """Preprocess the validated dataset; rows validation rejected are skipped."""
+    with stage_run(cfg, run_id, "preprocess"):
+        report = ValidationReport.read(Path(validation_dir))
+        rejected = {i.id for i in report.issues}
+        result = preprocess(cfg, Path(cfg.data.path), Path(out_dir), rejected_ids=rejected)
+        mlflow.log_metrics({f"samples_{k}": v for k, v in result.split_counts.items()})
+        mlflow.log_param("num_classes", len(result.labels))
+    return result
+
+
+def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path) -> ExtractResult:
+    """Encode the preprocessed samples (feature cache first)."""
+    with stage_run(cfg, run_id, "extract"):
+        result = extract(cfg, Path(preprocessed), Path(out_dir))
+        for m in result.dims:
+            msg = (f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
+                   f"cache, {result.encoded[m]} encoded")
+            print(msg, flush=True)
+            mlflow.log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
+                                f"features_{m}_encoded": result.encoded[m]})
+            mlflow.log_param(f"features.{m}.dim", result.dims[m])
+    return result
+
+
+def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
+    """Train the fused model, logging per-epoch curves; writes the model folder."""
+    model_dir = Path(model_dir)
+    with stage_run(cfg, run_id, "train"):
+        result = train(cfg, Path(features), model_dir,
+                       on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
+        (model_dir / RUN_CONFIG_FILE).write_text(cfg.to_json())
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                            "best_val_macro_f1": result.best_val_macro_f1})
+    return result
+
+
+def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
+                 out_dir: Path) -> EvaluationResult:
+    """Test metrics, confusion matrix and unimodal baselines, logged to the run."""
+    out_dir = Path(out_dir)
+    with stage_run(cfg, run_id, "evaluate"):
+        result = evaluate(cfg, Path(features), Path(model_dir), out_dir)
+        mlflow.log_metrics(result.metrics)
+        for name in ("confusion_matrix.png", "classification_report.json", "metrics.json",
+                     "predictions.parquet"):
+            mlflow.log_artifact(str(out_dir / name), "evaluation")
+    return result
+
+
+def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
+                 evaluation_dir: Path) -> RegisterResult:
+    """Register the model and apply the champion/challenger rule; finishes the run."""
+    metrics = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
+    metric = cfg.register.metric
+    if metric not in metrics:
+        raise KeyError(f"register.metric={metric!r} is not an evaluation metric; choose one of "
+                       f"{sorted(metrics)}")
+    with stage_run(cfg, run_id, "register", final=True):
+        result = register(cfg.model_name(), Path(model_dir), metric, metrics[metric], run_id)
+        mlflow.set_tags({"crossfuse.model_version": result.version,
+                         "crossfuse.promoted": str(result.promoted),
+                         "crossfuse.promotion_reason": result.reason})
+        mlflow.log_dict(asdict(result), "registration.json")
+        print(f"registered {result.model_name} v{result.version}: {result.reason}", flush=True)
+    return result

@@ -1,0 +1,104 @@
+"""MLflow plumbing: one pipeline run is one MLflow run, resumed by each stage.
+
+The first stage creates the run and hands its id on; every later stage reopens it
+with :func:`stage_run`. A stage that raises marks the run FAILED (with the error
+as a tag); the last stage marks it FINISHED.
+
+Example
+-------
+>>> with stage_run(cfg, run_id=None, stage="validate") as run:   # doctest: +SKIP
+...     mlflow.log_metric("rows", 720)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+from crossfuse.config import RunConfig, config_summary
+from crossfuse.manifest import MANIFEST_NAME
+
+
+def configure(cfg: RunConfig) -> str:
+    """Point MLflow at ``cfg.mlflow.tracking_uri`` and make sure the experiment exists.
+
+    The experiment is created with artifacts under ``mlflow.artifact_root``.
+    Returns the experiment id.
+    """
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    client = MlflowClient()
+    name = cfg.experiment_name()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
+            location = (Path(cfg.mlflow.artifact_root) / name).resolve().as_uri()
+        try:
+            client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            if client.get_experiment_by_name(name) is None:  # else: created concurrently
+                raise
+    return mlflow.set_experiment(name).experiment_id
+
+
+def git_commit(path: Path) -> str:
+    """The git commit of the repository holding ``path``, or ``unknown`` outside git."""
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_version(data_path: Path) -> dict[str, str]:
+    """How to find this exact data again.
+
+    ``data.dvc_md5``: the md5 in ``<folder>.dvc`` next to the dataset (DVC-tracked data);
+    ``data.manifest_sha256``: the manifest's hash (any dataset); ``git.commit``: the code.
+    """
+    data_path = Path(data_path).resolve()
+    version = {"data.path": str(data_path), "git.commit": git_commit(data_path.parent),
+               "data.manifest_sha256": _sha256(data_path / MANIFEST_NAME)}
+    dvc_file = data_path.with_name(data_path.name + ".dvc")
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
+        version["data.dvc_md5"] = str(outs[0].get("md5", "unknown"))
+    return version
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+@contextlib.contextmanager
+def stage_run(cfg: RunConfig, run_id: str | None, stage: str,
+              final: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Open (or, without ``run_id``, create) the pipeline's MLflow run for one stage.
+
+    On success the run is left RUNNING, or FINISHED when ``final``; on an exception it
+    is marked FAILED with ``crossfuse.failed_stage`` and ``crossfuse.error`` tags.
+    """
+    configure(cfg)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(run_name=f"{cfg.data.dataset_name()}-{cfg.fusion.method}")
+        mlflow.log_params(config_summary(cfg))
+    try:
+        yield run
+    except BaseException as exc:
+        mlflow.set_tags({"crossfuse.failed_stage": stage,
+                         "crossfuse.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.set_tag(f"crossfuse.stage.{stage}", "done")
+    mlflow.end_run("FINISHED" if final else "RUNNING")
