@@ -107,13 +107,12 @@ class MlflowConfig(_Section):
     experiment: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
 
 
-class RegisterConfig(_Section):
+class RegistryConfig(_Section):
     model_name: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
     metric: str = "test_macro_f1"
 
 
 class PipelineConfig(_Section):
-    base_image: str = "ghcr.io/crossfuse/crossfuse:0.1.0"
     pipeline_root: str = "local_outputs"
 
 
@@ -127,7 +126,7 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
-    register: RegisterConfig = RegisterConfig()
+    registry: RegistryConfig = RegistryConfig()
     pipeline: PipelineConfig = PipelineConfig()
 
     @property
@@ -136,7 +135,7 @@ class RunConfig(_Section):
         return [m for m in MODALITIES if m in self.extract.encoders]
 
     def model_name(self) -> str:
-        return self.register.model_name or f"crossfuse-{self.data.dataset_name()}"
+        return self.registry.model_name or f"crossfuse-{self.data.dataset_name()}"
 
     def experiment_name(self) -> str:
         return self.mlflow.experiment or f"crossfuse-{self.data.dataset_name()}"

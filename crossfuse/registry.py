@@ -1,7 +1,7 @@
 """Stage 6, register: log the pyfunc, register a version, move the aliases.
 
 Every new version gets the alias ``challenger``. ``champion`` moves to it only
-when its score on ``register.metric`` beats the current champion's (or there is
+when its score on ``registry.metric`` beats the current champion's (or there is
 no champion). The decision and the numbers behind it are tags on the version:
 ``crossfuse.decision`` (``promoted`` / ``not promoted``), ``crossfuse.reason``,
 ``crossfuse.metric.<name>``, ``crossfuse.run_id``.

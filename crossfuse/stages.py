@@ -110,9 +110,9 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                  evaluation_dir: Path) -> RegisterResult:
     """Register the model and apply the champion/challenger rule; finishes the run."""
     metrics = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
-    metric = cfg.register.metric
+    metric = cfg.registry.metric
     if metric not in metrics:
-        raise KeyError(f"register.metric={metric!r} is not an evaluation metric; choose one of "
+        raise KeyError(f"registry.metric={metric!r} is not an evaluation metric; choose one of "
                        f"{sorted(metrics)}")
     with stage_run(cfg, run_id, "register", final=True):
         result = register(cfg.model_name(), Path(model_dir), metric, metrics[metric], run_id)

@@ -1,0 +1,62 @@
+# crossfuse — every target bootstraps .venv on first use.
+#   make run    create .venv, install, materialise data/, run the pipeline locally, register the model
+#   make test   the whole test suite, offline
+#   make ui     MLflow UI on http://127.0.0.1:5000
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE   ?= ghcr.io/crossfuse/crossfuse:$(VERSION)
+ARGS    ?=
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export GIT_PYTHON_REFRESH := quiet
+
+.PHONY: install run data test ui compile lint lock clean
+
+install: $(STAMP)
+
+# torch first and alone: pip then takes the CPU wheel on this disk instead of a CUDA build.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $@
+
+# data/ is versioned by DVC (data.dvc). Pull it from the DVC remote if it has it; otherwise
+# regenerate it and re-add it: regeneration is byte-identical, so data.dvc must not change.
+data: $(STAMP)
+	@if [ ! -f data/manifest.csv ]; then \
+	  $(BIN)/dvc pull --quiet data.dvc 2>/dev/null || { \
+	    $(BIN)/crossfuse data generate --out data && $(BIN)/dvc add --quiet data && \
+	    git diff --exit-code data.dvc; }; \
+	fi
+	$(BIN)/dvc status data.dvc
+
+run: data
+	$(BIN)/crossfuse run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+compile: $(STAMP)
+	CROSSFUSE_IMAGE=$(IMAGE) $(BIN)/crossfuse compile
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
+	( sed -n '1,2p' requirements.lock; cat requirements.lock.new ) > requirements.lock.tmp
+	rm requirements.lock.new && mv requirements.lock.tmp requirements.lock
+
+clean:
+	rm -rf local_outputs .pytest_cache .ruff_cache

@@ -1,0 +1,15 @@
+"""KFP components: one per stage, each a thin typed wrapper over ``crossfuse.stages``.
+
+A component body only turns KFP artifacts into folders, calls the stage, and
+reports metrics back to KFP. Imports sit inside the bodies because KFP ships a
+lightweight component's source, not its module, to the container.
+"""
+
+from components.evaluate import evaluate
+from components.extract import extract
+from components.preprocess import preprocess
+from components.register import register
+from components.train import train
+from components.validate import validate
+
+__all__ = ["evaluate", "extract", "preprocess", "register", "train", "validate"]

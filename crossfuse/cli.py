@@ -1,0 +1,142 @@
+"""The ``crossfuse`` command.
+
+::
+
+    crossfuse run [--data PATH] [--config FILE] [--set key=value ...]   # the whole pipeline, locally
+    crossfuse data generate [--out data] [--per-class 120]             # the sample dataset
+    crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
+    crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
+
+``--config`` defaults to ``configs/default.yaml`` when it exists in the working
+directory. ``--data`` points the run at another dataset folder, named after the
+folder unless ``--set data.name=...`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from crossfuse.config import RunConfig, load_config
+from crossfuse.manifest import ManifestError, load_manifest
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+log = logging.getLogger("crossfuse")
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    overrides = []
+    if getattr(args, "data", None):
+        overrides += [f"data.path={args.data}", "data.name=null"]
+    return load_config(path, overrides + list(args.set or []))
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML run config (default: configs/default.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set fusion.method=late (repeatable)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_local
+
+    cfg = _config_from_args(args).resolved()
+    load_manifest(Path(cfg.data.path), cfg.modalities)  # fail fast on a wrong --data
+    log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
+             cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
+    try:
+        outputs = run_local(cfg)
+    except RuntimeError as exc:
+        print(f"\ncrossfuse run failed: {exc}\nThe failing stage's log is above; the MLflow run "
+              f"is marked FAILED and no registry alias moved.", file=sys.stderr)
+        return 1
+    print_run_summary(cfg, outputs)
+    return 0
+
+
+def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
+    """Print the registered version, the champion, and the headline test metrics."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    client = MlflowClient()
+    name = cfg.model_name()
+    version = str(outputs.get("version", ""))
+    mv = client.get_model_version(name, version)
+    metrics = client.get_run(mv.run_id).data.metrics
+    print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")
+    for key in sorted(metrics):
+        if key.startswith(("test_accuracy", "test_macro_f1", "baseline_", "fusion_gain")):
+            print(f"  {key:34s} {metrics[key]:.4f}")
+    print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
+    print(f"  champion -> v{outputs.get('champion_version')}, challenger -> v{version}")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from crossfuse.sample_data import generate_sample_dataset
+
+    ds = generate_sample_dataset(Path(args.out), per_class=args.per_class, seed=args.seed)
+    print(f"wrote {ds.n_samples} samples ({len(ds.labels)} classes) to {ds.root}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines.runner import compile_pipeline
+
+    print(f"wrote {compile_pipeline(Path(args.out))}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_config_from_args(args).model_dump(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossfuse", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (KFP local runner)")
+    run.add_argument("--data", help="dataset folder with manifest.csv (default: config's data.path)")
+    _add_config_args(run)
+    run.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="dataset helpers")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    gen = data_sub.add_parser("generate", help="write the deterministic sample dataset")
+    gen.add_argument("--out", default="data")
+    gen.add_argument("--per-class", type=int, default=120)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
+    comp.set_defaults(func=cmd_compile)
+
+    show = sub.add_parser("config", help="print the resolved run config")
+    show.add_argument("--data")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ManifestError, FileNotFoundError, ValueError) as exc:
+        print(f"crossfuse: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

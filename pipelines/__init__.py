@@ -1,0 +1,1 @@
+"""The crossfuse KFP pipeline (``multimodal_fusion``) and how to run or compile it."""
