@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from crossfuse.progress import progress
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import Encoder, build_encoder
@@ -70,7 +70,7 @@ def encode_with_cache(encoder: Encoder, cache: FeatureCache, samples, root: Path
             todo[h] = row
     hits = sum(h in cache for h in hashes)
     pending = list(todo.items())
-    with tqdm(total=len(pending), desc=f"encode {modality} ({encoder.name})", unit="item",
+    with progress(total=len(pending), desc=f"encode {modality} ({encoder.name})", unit="item",
               disable=not pending) as bar:
         for start in range(0, len(pending), shard_size):
             chunk = pending[start:start + shard_size]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+from crossfuse.progress import progress
 
 from crossfuse.config import RunConfig, SplitConfig
 from crossfuse.manifest import SPLITS, ManifestError, load_manifest, resolve_media
@@ -131,7 +131,7 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
         (out_dir / "images").mkdir(parents=True, exist_ok=True)
         size = cfg.preprocess.image_size
         names = []
-        for sample_id, rel in tqdm(list(zip(frame["id"], frame["image"], strict=True)),
+        for sample_id, rel in progress(list(zip(frame["id"], frame["image"], strict=True)),
                                    desc="preprocess images", unit="img"):
             name = f"images/{image_filename(sample_id)}"
             prepare_image(resolve_media(manifest.root, rel), size).save(out_dir / name)

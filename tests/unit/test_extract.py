@@ -1,0 +1,45 @@
+"""Extract + feature store: shards and index written, cache reused, only new items encoded."""
+
+import shutil
+
+from crossfuse.extract import extract
+from crossfuse.features import read_feature_set
+from crossfuse.preprocess import preprocess
+
+
+def test_extract_writes_feature_set_and_reuses_cache(sample_dataset, make_config, tmp_path):
+    cfg = make_config(sample_dataset, "extract.shard_size=16")
+    preprocess(cfg, sample_dataset, tmp_path / "pre")
+    first = extract(cfg, tmp_path / "pre", tmp_path / "f1")
+    assert first.cache_hits == {"image": 0, "text": 0}
+    assert first.encoded["image"] == 60
+    fs = read_feature_set(tmp_path / "f1")
+    assert fs.vectors["image"].shape == (60, 32) and fs.vectors["text"].shape == (60, 32)
+    assert len(list((tmp_path / "f1" / "image").glob("shard-*.safetensors"))) == 4
+    assert fs.index["id"].tolist() == sorted(fs.index["id"].tolist())
+    assert set(fs.index["split"]) <= {"train", "val", "test"}
+
+    second = extract(cfg, tmp_path / "pre", tmp_path / "f2")
+    assert second.cache_hits == {"image": 60, "text": 60}
+    assert second.encoded == {"image": 0, "text": 0}
+    again = read_feature_set(tmp_path / "f2")
+    for m in ("image", "text"):
+        assert (again.vectors[m] == fs.vectors[m]).all()
+
+
+def test_only_new_rows_are_encoded(sample_dataset, make_config, tmp_path):
+    cfg = make_config(sample_dataset)
+    preprocess(cfg, sample_dataset, tmp_path / "pre")
+    extract(cfg, tmp_path / "pre", tmp_path / "f1")
+    bigger = tmp_path / "bigger"
+    shutil.copytree(sample_dataset, bigger)
+    with open(bigger / "manifest.csv", "a") as f:
+        f.write("extra1,images/extra.png,A brand new caption at dusk.,circle-night\n")
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(bigger / "images" / "extra.png")
+    cfg2 = make_config(bigger)
+    preprocess(cfg2, bigger, tmp_path / "pre2")
+    result = extract(cfg2, tmp_path / "pre2", tmp_path / "f2")
+    assert result.encoded == {"image": 1, "text": 1}
+    assert result.cache_hits == {"image": 60, "text": 60}

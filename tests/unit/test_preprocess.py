@@ -1,0 +1,72 @@
+"""Preprocess: text normalisation, image decoding, a split stable under added rows."""
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from crossfuse.config import SplitConfig
+from crossfuse.manifest import ManifestError
+from crossfuse.preprocess import (assign_split, load_rgb, normalise_text, preprocess,
+                                  read_samples)
+
+
+def test_normalise_text():
+    assert normalise_text("  ﬁne\u00a0day\t\n ok ") == "fine day ok"
+    assert normalise_text("Hello", lowercase=True) == "hello"
+
+
+def test_split_is_a_function_of_id_only():
+    cfg = SplitConfig()
+    ids = [f"id{i}" for i in range(3000)]
+    first = {i: assign_split(i, cfg) for i in ids}
+    # Recomputing (e.g. after more rows were added) gives the same answer per id.
+    assert all(assign_split(i, cfg) == s for i, s in first.items())
+    counts = {s: list(first.values()).count(s) / len(ids) for s in ("train", "val", "test")}
+    assert counts["train"] == pytest.approx(0.70, abs=0.03)
+    assert counts["val"] == pytest.approx(0.15, abs=0.03)
+    assert assign_split("id1", SplitConfig(salt="other")) in ("train", "val", "test")
+
+
+def test_alpha_is_composited_on_white(tmp_path):
+    Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(tmp_path / "a.png")
+    assert load_rgb(tmp_path / "a.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_preprocess_writes_samples_and_resized_images(sample_dataset, make_config, tmp_path):
+    cfg = make_config(sample_dataset)
+    result = preprocess(cfg, sample_dataset, tmp_path / "pre", rejected_ids={"s00000"})
+    samples, labels = read_samples(tmp_path / "pre")
+    assert result.n_samples == len(samples) == 59 and "s00000" not in set(samples["id"])
+    assert sum(result.split_counts.values()) == 59
+    assert labels == sorted(labels) and len(labels) == 6
+    with Image.open(tmp_path / "pre" / samples["image"][0]) as img:
+        assert img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_adding_rows_keeps_existing_splits(sample_dataset, make_config, tmp_path):
+    cfg = make_config(sample_dataset)
+    preprocess(cfg, sample_dataset, tmp_path / "a")
+    before = read_samples(tmp_path / "a")[0].set_index("id")["split"]
+    bigger = tmp_path / "bigger"
+    shutil.copytree(sample_dataset, bigger)
+    with open(bigger / "manifest.csv", "a") as f:
+        f.write("new1,images/s00001.png,A fox waited at noon.,circle-day\n")
+    preprocess(make_config(bigger), bigger, tmp_path / "b")
+    after = read_samples(tmp_path / "b")[0].set_index("id")["split"]
+    assert after.loc[before.index].equals(before)
+
+
+def test_manifest_split_column_is_used_and_checked(sample_dataset, make_config, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(sample_dataset, root)
+    lines = (root / "manifest.csv").read_text().splitlines()
+    out = [lines[0] + ",split"] + [f"{line},{'test' if i % 2 else 'train'}"
+                                   for i, line in enumerate(lines[1:])]
+    (root / "manifest.csv").write_text("\n".join(out) + "\n")
+    result = preprocess(make_config(root), root, tmp_path / "pre")
+    assert result.split_counts == {"train": 30, "val": 0, "test": 30}
+    out[3] = out[3].rsplit(",", 1)[0] + ",holdout"
+    (root / "manifest.csv").write_text("\n".join(out) + "\n")
+    with pytest.raises(ManifestError, match="line 4: split 'holdout'"):
+        preprocess(make_config(root), root, tmp_path / "pre2")
