@@ -90,7 +90,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
                "test_samples": float(len(y))}
     report = classification_report(y, pred, labels=list(range(k)), target_names=labels,
                                    output_dict=True, zero_division=0)
-    for i, name in enumerate(labels):
+    for name in labels:
         for stat in ("precision", "recall", "f1-score"):
             metrics[f"test_{stat.replace('-score', '')}_{_metric_name(name)}"] = \
                 float(report[name][stat])

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from crossfuse.progress import progress
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import Encoder, build_encoder
 from crossfuse.features import FeatureCache, content_hash, write_feature_set
 from crossfuse.preprocess import read_samples
+from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageOps
-from crossfuse.progress import progress
 
 from crossfuse.config import RunConfig, SplitConfig
 from crossfuse.manifest import SPLITS, ManifestError, load_manifest, resolve_media
+from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from crossfuse.fusion.model import SPEC_FILE
-
 from crossfuse.serving import CrossfusePyfunc
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ def register(model_name: str, model_dir: Path, metric: str, score: float,
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     tags = {"crossfuse.decision": "promoted" if decision.promote else "not promoted",
-            "crossfuse.reason": decision.reason, METRIC_TAG + metric: f"{score:.6f}",
+            "crossfuse.reason": decision.reason, METRIC_TAG + metric: repr(float(score)),
             "crossfuse.run_id": run_id}
     for key, value in tags.items():
         client.set_model_version_tag(model_name, mv.version, key, value)

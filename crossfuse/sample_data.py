@@ -101,7 +101,7 @@ def generate_sample_dataset(root: Path, per_class: int = 120, seed: int = 0) -> 
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
-    for i in range(per_class):
+    for _ in range(per_class):
         for shape in SHAPES:
             for time in TIMES:
                 sample_id = f"s{len(rows):05d}"

@@ -27,7 +27,13 @@ from torch import nn
 
 from crossfuse.config import FusionConfig, RunConfig, TrainConfig
 from crossfuse.features import FeatureSet, read_feature_set
-from crossfuse.fusion import FusionHead, FusionSpec, build_fusion_head, predict_proba, save_fusion_head
+from crossfuse.fusion import (
+    FusionHead,
+    FusionSpec,
+    build_fusion_head,
+    predict_proba,
+    save_fusion_head,
+)
 
 log = logging.getLogger(__name__)
 

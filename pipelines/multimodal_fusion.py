@@ -32,7 +32,7 @@ def multimodal_fusion(config_json: str = RunConfig().to_json()
                          features=encoded.outputs["features"], model=trained.outputs["model"])
     registered = register(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
                           evaluation=evaluated.outputs["evaluation"])
-    outputs = NamedTuple("Outputs", [("version", str), ("champion_version", str),
+    outputs = NamedTuple("Outputs", [("version", str), ("champion_version", str),  # noqa: UP014
                                      ("promoted", bool)])
     return outputs(registered.outputs["version"], registered.outputs["champion_version"],
                    registered.outputs["promoted"])

@@ -56,19 +56,26 @@ def sample_dataset(tmp_path_factory) -> Path:
     return root
 
 
+def build_config(root: Path, data: Path, text_model: Path, image_model: Path,
+                 *overrides: str, name: str = "sample") -> RunConfig:
+    """A resolved RunConfig for tests: tiny encoders, MLflow/cache/outputs under ``root``."""
+    base = [f"data.path={data}", f"data.name={name}",
+            f"extract.encoders.text=hf:{text_model}",
+            f"extract.encoders.image=hf:{image_model}",
+            f"extract.cache_dir={root / 'cache'}",
+            f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+            f"mlflow.artifact_root={root / 'mlartifacts'}",
+            f"pipeline.pipeline_root={root / 'kfp'}",
+            "preprocess.image_size=32", "train.epochs=30", "train.patience=8"]
+    return load_config(None, base + list(overrides), env={}).resolved(root)
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_text_model, tiny_image_model):
     """Build a resolved RunConfig for a test: tiny encoders, everything under tmp_path."""
 
     def build(data: Path, *overrides: str, name: str = "sample") -> RunConfig:
-        base = [f"data.path={data}", f"data.name={name}",
-                f"extract.encoders.text=hf:{tiny_text_model}",
-                f"extract.encoders.image=hf:{tiny_image_model}",
-                f"extract.cache_dir={tmp_path / 'cache'}",
-                f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                f"mlflow.artifact_root={tmp_path / 'mlartifacts'}",
-                f"pipeline.pipeline_root={tmp_path / 'kfp'}",
-                "preprocess.image_size=32", "train.epochs=30", "train.patience=8"]
-        return load_config(None, base + list(overrides), env={}).resolved(tmp_path)
+        return build_config(tmp_path, data, tiny_text_model, tiny_image_model, *overrides,
+                            name=name)
 
     return build

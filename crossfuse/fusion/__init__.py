@@ -6,7 +6,12 @@
 
 from crossfuse.fusion import concat, late  # noqa: F401  (registers the methods)
 from crossfuse.fusion.base import FusionHead, FusionSpec
-from crossfuse.fusion.model import build_fusion_head, load_fusion_head, predict_proba, save_fusion_head
+from crossfuse.fusion.model import (
+           build_fusion_head,
+           load_fusion_head,
+           predict_proba,
+           save_fusion_head,
+)
 from crossfuse.fusion.registry import FUSION_METHODS, register_fusion
 
 __all__ = ["FUSION_METHODS", "FusionHead", "FusionSpec", "build_fusion_head", "load_fusion_head",

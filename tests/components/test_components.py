@@ -1,0 +1,140 @@
+"""Each KFP component called through ``.python_func`` with real KFP artifact objects.
+
+The six components run in DAG order on the small sample dataset (tiny encoders),
+against a real SQLite MLflow store; then each test checks what one of them left.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import build_config
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
+from mlflow.tracking import MlflowClient
+
+from components import evaluate, extract, preprocess, register, train, validate
+
+
+def artifact(cls, root: Path, name: str):
+    return cls(name=name, uri=str(root / name), metadata={})
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
+    root = tmp_path_factory.mktemp("components")
+    cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model)
+    config_json = cfg.to_json()
+    a = {name: artifact(cls, root / "artifacts", name) for name, cls in [
+        ("validation", Artifact), ("data_docs", HTML), ("validation_metrics", Metrics),
+        ("dataset", Dataset), ("features", Dataset), ("model", Model),
+        ("train_metrics", Metrics), ("evaluation", Artifact), ("eval_metrics", Metrics),
+        ("classification", ClassificationMetrics)]}
+    (root / "artifacts").mkdir()
+    run_id = validate.python_func(config_json=config_json, validation=a["validation"],
+                                  data_docs=a["data_docs"], metrics=a["validation_metrics"])
+    preprocess.python_func(config_json=config_json, run_id=run_id, validation=a["validation"],
+                           dataset=a["dataset"])
+    extract.python_func(config_json=config_json, run_id=run_id, dataset=a["dataset"],
+                        features=a["features"])
+    train.python_func(config_json=config_json, run_id=run_id, features=a["features"],
+                      model=a["model"], metrics=a["train_metrics"])
+    evaluate.python_func(config_json=config_json, run_id=run_id, features=a["features"],
+                         model=a["model"], evaluation=a["evaluation"],
+                         metrics=a["eval_metrics"], classification=a["classification"])
+    registration = register.python_func(config_json=config_json, run_id=run_id,
+                                        model=a["model"], evaluation=a["evaluation"])
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    return {"cfg": cfg, "run_id": run_id, "artifacts": a, "registration": registration}
+
+
+def test_validate_outputs(pipeline_run):
+    a = pipeline_run["artifacts"]
+    assert a["validation_metrics"].metadata == {"rows": 60, "valid": 60, "rejected": 0}
+    assert "<html" in Path(a["data_docs"].path).read_text().lower()
+    assert json.loads((Path(a["validation"].path) / "report.json").read_text())["success"]
+
+
+def test_preprocess_and_extract_metadata(pipeline_run):
+    a = pipeline_run["artifacts"]
+    meta = a["dataset"].metadata
+    assert meta["samples"] == 60 == meta["train"] + meta["val"] + meta["test"]
+    assert a["features"].metadata["dims"] == {"image": 32, "text": 32}
+    assert a["features"].metadata["cache_hits"] == {"image": 0, "text": 0}
+    # Identical captions are encoded once.
+    captions = pd.read_csv(Path(pipeline_run["cfg"].data.path) / "manifest.csv")["text"]
+    assert a["features"].metadata["encoded"] == {"image": 60, "text": captions.nunique()}
+
+
+def test_train_and_evaluate_report_to_kfp(pipeline_run):
+    a = pipeline_run["artifacts"]
+    assert 0.0 <= a["train_metrics"].metadata["best_val_macro_f1"] <= 1.0
+    m = a["eval_metrics"].metadata
+    assert {"test_accuracy", "test_macro_f1", "baseline_image_test_macro_f1",
+            "baseline_text_test_macro_f1", "fusion_gain_macro_f1"} <= set(m)
+    cm = a["classification"].metadata["confusionMatrix"]
+    assert len(cm["rows"]) == 6
+    total = sum(sum(r["row"]) for r in cm["rows"])
+    assert total == m["test_samples"]
+    assert (Path(a["evaluation"].path) / "confusion_matrix.png").stat().st_size > 1000
+
+
+def test_one_mlflow_run_holds_every_stage(pipeline_run):
+    client = MlflowClient()
+    run = client.get_run(pipeline_run["run_id"])
+    assert run.info.status == "FINISHED"
+    for stage in ("validate", "preprocess", "extract", "train", "evaluate", "register"):
+        assert run.data.tags[f"crossfuse.stage.{stage}"] == "done"
+    assert run.data.tags["data.manifest_sha256"]
+    assert run.data.params["fusion.method"] == "concat"
+    assert {"test_macro_f1", "validation_rows", "samples_train"} <= set(run.data.metrics)
+    curve = client.get_metric_history(run.info.run_id, "val_macro_f1")
+    assert len(curve) == int(run.data.metrics["epochs_run"]) and curve[0].step == 1
+    paths = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in paths
+
+
+def test_register_sets_aliases_and_tags(pipeline_run):
+    reg = pipeline_run["registration"]
+    assert (reg.version, reg.champion_version, reg.promoted) == ("1", "1", True)
+    client = MlflowClient()
+    name = pipeline_run["cfg"].model_name()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    mv = client.get_model_version_by_alias(name, "challenger")
+    assert mv.tags["crossfuse.decision"] == "promoted" and "no champion" in mv.tags[
+        "crossfuse.reason"]
+    assert mv.run_id == pipeline_run["run_id"]
+
+
+def test_served_model_matches_pipeline_predictions(pipeline_run):
+    """The registered pyfunc, fed raw test inputs, predicts what evaluate predicted."""
+    cfg = pipeline_run["cfg"]
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name()}@champion")
+    preds = pd.read_parquet(Path(pipeline_run["artifacts"]["evaluation"].path)
+                            / "predictions.parquet")
+    manifest = pd.read_csv(Path(cfg.data.path) / "manifest.csv").set_index("id")
+    raw = manifest.loc[preds["id"]]
+    out = model.predict(pd.DataFrame({"text": raw["text"].tolist(),
+                                      "image": [str(Path(cfg.data.path) / p)
+                                                for p in raw["image"]]}))
+    assert out["label"].tolist() == preds["predicted"].tolist()
+    prob_cols = [c for c in preds.columns if c.startswith("p_")]
+    assert (out[prob_cols].to_numpy() - preds[prob_cols].to_numpy()).__abs__().max() < 1e-4
+
+
+def test_failed_stage_marks_run_failed(pipeline_run, tmp_path):
+    cfg = pipeline_run["cfg"].model_copy(deep=True)
+    cfg.data.path = str(tmp_path / "missing")
+    with pytest.raises(Exception, match="does not exist"):
+        validate.python_func(config_json=cfg.to_json(),
+                             validation=artifact(Artifact, tmp_path, "v"),
+                             data_docs=artifact(HTML, tmp_path, "d"),
+                             metrics=artifact(Metrics, tmp_path, "m"))
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name(cfg.experiment_name()).experiment_id],
+        order_by=["attributes.start_time DESC"], max_results=1)
+    assert runs[0].info.status == "FAILED"
+    assert "does not exist" in runs[0].data.tags["crossfuse.error"]

@@ -1,0 +1,82 @@
+"""End to end: the real KFP local runner runs the whole DAG against a real MLflow store.
+
+Two runs on the same data and seed: the second reuses every cached feature and,
+scoring the same, does not take the champion alias. A run on bad data fails at
+validation, leaves its MLflow run FAILED, and moves no alias.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pytest
+from conftest import build_config
+from mlflow.tracking import MlflowClient
+
+from pipelines.runner import run_local
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
+                       "train.epochs=20")
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    first = run_local(cfg)
+    second = run_local(cfg)
+    return {"root": root, "cfg": cfg, "first": first, "second": second,
+            "client": MlflowClient()}
+
+
+def runs(env):
+    client, cfg = env["client"], env["cfg"]
+    exp = client.get_experiment_by_name(cfg.experiment_name())
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_pipeline_outputs_and_champion_decision(env):
+    assert env["first"] == {"version": "1", "champion_version": "1", "promoted": True}
+    assert env["second"] == {"version": "2", "champion_version": "1", "promoted": False}
+    client, name = env["client"], env["cfg"].model_name()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    v2 = client.get_model_version_by_alias(name, "challenger")
+    assert str(v2.version) == "2" and v2.tags["crossfuse.decision"] == "not promoted"
+
+
+def test_one_finished_mlflow_run_per_pipeline_run(env):
+    first, second = runs(env)
+    for run in (first, second):
+        assert run.info.status == "FINISHED"
+        assert {"test_accuracy", "test_macro_f1", "baseline_text_test_macro_f1"} <= set(
+            run.data.metrics)
+        arts = {a.path for a in env["client"].list_artifacts(run.info.run_id, "evaluation")}
+        assert "evaluation/confusion_matrix.png" in arts
+    # Same data + config + seed: same metrics.
+    assert first.data.metrics["test_macro_f1"] == second.data.metrics["test_macro_f1"]
+
+
+def test_second_run_reuses_cached_features(env):
+    first, second = runs(env)
+    assert first.data.metrics["features_image_encoded"] == 60
+    assert second.data.metrics["features_image_encoded"] == 0
+    assert second.data.metrics["features_text_cache_hits"] == 60
+
+
+def test_bad_data_stops_at_validation_and_moves_no_alias(env, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(env["cfg"].data.path, bad)
+    (bad / "images" / "s00002.png").write_bytes(b"")
+    cfg = env["cfg"].model_copy(deep=True)
+    cfg.data.path = str(bad)
+    with pytest.raises(RuntimeError, match="validate"):
+        run_local(cfg)
+    last = runs(env)[-1]
+    assert last.info.status == "FAILED"
+    assert "line 4" in last.data.tags["crossfuse.error"] and "empty" in last.data.tags[
+        "crossfuse.error"]
+    name = cfg.model_name()
+    assert str(env["client"].get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(env["client"].get_model_version_by_alias(name, "challenger").version) == "2"
