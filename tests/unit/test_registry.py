@@ -23,6 +23,7 @@ def test_decide_promotion(score, champion, promote, words):
 
 def test_register_moves_champion_only_on_improvement(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("registry-test")  # not the experiment id an earlier test left active
     model_dir = tmp_path / "model"
     save_fusion_head(build_fusion_head(FusionSpec("concat", {"text": 4}, 2, hidden_dim=8)),
                      model_dir, extra={"labels": ["a", "b"], "encoders": {}})
