@@ -1,17 +1,23 @@
 """Fusion methods behind one interface (see :mod:`crossfuse.fusion.base`), by name.
 
 >>> sorted(FUSION_METHODS)
-['concat', 'late']
+['attention', 'concat', 'film', 'gmu', 'late', 'lowrank', 'mfb', 'tensor', 'transformer', 'xattn']
 """
 
-from crossfuse.fusion import concat, late  # noqa: F401  (registers the methods)
-from crossfuse.fusion.base import FusionHead, FusionSpec
-from crossfuse.fusion.model import (
-           build_fusion_head,
-           load_fusion_head,
-           predict_proba,
-           save_fusion_head,
+from crossfuse.fusion import (  # noqa: F401  (importing a method's module registers it)
+    attention,
+    concat,
+    film,
+    gmu,
+    late,
+    lowrank,
+    mfb,
+    tensor,
+    transformer,
+    xattn,
 )
+from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.model import build_fusion_head, load_fusion_head, predict_proba, save_fusion_head
 from crossfuse.fusion.registry import FUSION_METHODS, register_fusion
 
 __all__ = ["FUSION_METHODS", "FusionHead", "FusionSpec", "build_fusion_head", "load_fusion_head",

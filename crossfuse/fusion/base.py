@@ -1,18 +1,25 @@
-"""The interface every fusion method implements, and the missing-modality mechanism they share.
+"""The interface every fusion method implements, and what they all share.
 
 ``forward(features, present) -> logits``:
 
 - ``features``: ``{modality: Tensor[B, D_m]}``, one pooled vector per sample and modality;
 - ``present``: ``{modality: BoolTensor[B]}``, False where the sample lacks that modality;
-- returns ``Tensor[B, num_classes]`` logits.
+- returns ``Tensor[B, num_classes]``: logits of the primary target.
 
-A missing modality never reaches the arithmetic: :meth:`FusionHead.fill_missing`
-swaps its row for a learned placeholder vector before any layer sees it.
+``forward_all(features, present)`` returns ``{name: logits}`` for every head: the
+primary target (``spec.target``), each extra target (multi-task), and, when
+``spec.aux_heads`` is on, ``aux:<modality>`` — a per-modality classifier of the
+primary target used as an auxiliary training loss.
+
+A method implements ``represent(features, present) -> Tensor[B, hidden_dim]``;
+the base class adds one linear head per target on top. A missing modality never
+reaches the arithmetic: :meth:`FusionHead.fill_missing` swaps its rows for a
+learned placeholder vector first, and methods that weigh modalities also mask it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -20,27 +27,50 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FusionSpec:
-    """Everything needed to rebuild a fusion head (stored next to its weights)."""
+    """Everything needed to rebuild a fusion head (stored next to its weights).
+
+    ``num_classes`` is the primary target's class count; ``extra_targets`` maps other
+    target names to theirs.
+    """
 
     method: str
     dims: dict[str, int]
     num_classes: int
     hidden_dim: int = 256
     dropout: float = 0.2
+    target: str = "label"
+    extra_targets: dict[str, int] = field(default_factory=dict)
+    aux_heads: bool = False
+    options: dict[str, int | float | str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def targets(self) -> dict[str, int]:
+        """All targets, primary first: ``{name: num_classes}``."""
+        return {self.target: self.num_classes, **self.extra_targets}
+
+    def option(self, name: str, default):
+        return type(default)(self.options.get(name, default))
+
 
 class FusionHead(nn.Module):
-    """Base class: holds the spec and one learned placeholder per modality."""
+    """Base class: placeholders, per-target heads, optional auxiliary per-modality heads."""
 
     def __init__(self, spec: FusionSpec):
         super().__init__()
+        if not spec.dims:
+            raise ValueError("a fusion head needs at least one modality")
         self.spec = spec
         self.modalities = list(spec.dims)
         self.placeholders = nn.ParameterDict(
             {m: nn.Parameter(torch.zeros(d)) for m, d in spec.dims.items()})
+        self.heads = nn.ModuleDict({t: nn.Linear(spec.hidden_dim, n)
+                                    for t, n in spec.targets.items()})
+        if spec.aux_heads:
+            self.aux = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, spec.num_classes))
+                                      for m, d in spec.dims.items()})
 
     def fill_missing(self, features: dict[str, torch.Tensor],
                      present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -52,17 +82,43 @@ class FusionHead(nn.Module):
             filled[m] = torch.where(mask, x, self.placeholders[m].to(x.dtype).expand_as(x))
         return filled
 
+    def represent(self, features: dict[str, torch.Tensor],
+                  present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Method-specific fusion of complete features -> ``[B, hidden_dim]``."""
+        raise NotImplementedError
+
+    def forward_all(self, features: dict[str, torch.Tensor],
+                    present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits of every head: ``{target: [B, n_target], "aux:<m>": [B, num_classes]}``."""
+        filled = self.fill_missing(features, present)
+        rep = self.represent(filled, present)
+        out = {t: head(rep) for t, head in self.heads.items()}
+        if self.spec.aux_heads:
+            out.update({f"aux:{m}": self.aux[m](filled[m]) for m in self.modalities})
+        return out
+
     def forward(self, features: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.fuse(self.fill_missing(features, present), present)
+        return self.forward_all(features, present)[self.spec.target]
 
-    def fuse(self, features: dict[str, torch.Tensor],
-             present: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Method-specific fusion of complete features -> logits ``[B, num_classes]``."""
-        raise NotImplementedError
+
+def presence_mask(present: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:
+    """``[B, M]`` bool mask of present modalities; rows with none present count all as present.
+
+    Methods that weigh modalities use it to give absent ones weight 0; the fallback keeps
+    an all-missing row finite (it then sees only placeholders).
+    """
+    mask = torch.stack([present[m].to(torch.bool) for m in modalities], dim=1)
+    return mask | ~mask.any(dim=1, keepdim=True)
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
-    """``Linear -> GELU -> Dropout -> Linear``: the classifier block the methods share."""
+    """``Linear -> GELU -> Dropout -> Linear``."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
                          nn.Linear(hidden_dim, out_dim))
+
+
+def projector(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """``LayerNorm -> Linear -> GELU -> Dropout``: one modality's vector into the shared width."""
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(),
+                         nn.Dropout(dropout))

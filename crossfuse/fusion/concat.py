@@ -1,9 +1,9 @@
-"""Early fusion by concatenation: LayerNorm each modality's vector, concatenate, MLP.
+"""``concat`` — early fusion: LayerNorm each modality's vector, concatenate, one hidden layer.
 
-The classic baseline (e.g. Baltrušaitis et al., "Multimodal Machine Learning: A
-Survey and Taxonomy", TPAMI 2019, §5 "early fusion").
+The classic baseline; see Baltrušaitis, Ahuja & Morency, "Multimodal Machine Learning:
+A Survey and Taxonomy", TPAMI 2019, §5 (early fusion).
 
-Shapes: ``{m: [B, D_m]}`` -> ``[B, sum_m D_m]`` -> ``[B, num_classes]``.
+Shapes: ``{m: [B, D_m]}`` -> ``[B, sum_m D_m]`` -> ``[B, H]``.
 """
 
 from __future__ import annotations
@@ -11,24 +11,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, mlp
+from crossfuse.fusion.base import FusionHead, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("concat")
 class ConcatFusion(FusionHead):
-    """>>> head = ConcatFusion(FusionSpec("concat", {"image": 8, "text": 4}, num_classes=3))
-    >>> head({"image": torch.randn(2, 8), "text": torch.randn(2, 4)},
-    ...      {"image": torch.ones(2, dtype=torch.bool), "text": torch.ones(2, dtype=torch.bool)}).shape
+    """>>> spec = FusionSpec("concat", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
+    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+    >>> ConcatFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
     torch.Size([2, 3])
     """
 
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in spec.dims.items()})
-        self.classifier = mlp(sum(spec.dims.values()), spec.hidden_dim, spec.num_classes,
-                              spec.dropout)
+        self.body = nn.Sequential(nn.Linear(sum(spec.dims.values()), spec.hidden_dim), nn.GELU(),
+                                  nn.Dropout(spec.dropout))
 
-    def fuse(self, features, present):
-        joint = torch.cat([self.norms[m](features[m]) for m in self.modalities], dim=-1)
-        return self.classifier(joint)
+    def represent(self, features, present):
+        return self.body(torch.cat([self.norms[m](features[m]) for m in self.modalities], dim=-1))

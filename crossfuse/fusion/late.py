@@ -1,10 +1,10 @@
-"""Late (decision-level) fusion: one classifier per modality, log-probabilities combined
-by learned, softmax-normalised modality weights; absent modalities get weight 0.
+"""``late`` — decision-level fusion: one classifier per modality, log-probabilities combined
+by learned softmax weights; an absent modality gets weight 0.
 
-See Baltrušaitis et al., TPAMI 2019, §5 "late fusion"; Snoek et al., "Early versus
-late fusion in semantic video analysis", ACM MM 2005.
+See Snoek, Worring & Smeulders, "Early versus late fusion in semantic video analysis",
+ACM MM 2005; Baltrušaitis et al., TPAMI 2019, §5 (late fusion).
 
-Shapes: ``{m: [B, D_m]}`` -> per modality ``[B, num_classes]`` -> ``[B, num_classes]``.
+Shapes: ``{m: [B, D_m]}`` -> per modality ``[B, C]`` -> weighted sum ``[B, C]``, per target.
 """
 
 from __future__ import annotations
@@ -12,31 +12,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, mlp
+from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask, projector
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("late")
 class LateFusion(FusionHead):
-    """>>> head = LateFusion(FusionSpec("late", {"image": 8, "text": 4}, num_classes=3))
-    >>> head({"image": torch.randn(2, 8), "text": torch.randn(2, 4)},
-    ...      {"image": torch.ones(2, dtype=torch.bool), "text": torch.ones(2, dtype=torch.bool)}).shape
+    """>>> spec = FusionSpec("late", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
+    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+    >>> LateFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
     torch.Size([2, 3])
     """
 
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
-        self.heads = nn.ModuleDict({
-            m: nn.Sequential(nn.LayerNorm(d), mlp(d, spec.hidden_dim, spec.num_classes,
-                                                  spec.dropout))
-            for m, d in spec.dims.items()})
+        del self.heads  # each modality has its own heads instead
+        self.encoders = nn.ModuleDict({m: projector(d, spec.hidden_dim, spec.dropout)
+                                       for m, d in spec.dims.items()})
+        self.decisions = nn.ModuleDict({
+            t: nn.ModuleDict({m: nn.Linear(spec.hidden_dim, n) for m in spec.dims})
+            for t, n in spec.targets.items()})
         self.weight_logits = nn.Parameter(torch.zeros(len(self.modalities)))
 
-    def fuse(self, features, present):
-        log_probs = torch.stack([self.heads[m](features[m]).log_softmax(-1)
-                                 for m in self.modalities], dim=1)        # [B, M, C]
-        mask = torch.stack([present[m].to(torch.bool) for m in self.modalities], dim=1)  # [B, M]
-        # All-absent rows fall back to equal weights over placeholders rather than NaN.
-        mask = mask | ~mask.any(dim=1, keepdim=True)
+    def forward_all(self, features, present):
+        filled = self.fill_missing(features, present)
+        hidden = {m: self.encoders[m](filled[m]) for m in self.modalities}
+        mask = presence_mask(present, self.modalities)                          # [B, M]
         weights = self.weight_logits.expand_as(mask).masked_fill(~mask, float("-inf")).softmax(-1)
-        return (weights.unsqueeze(-1) * log_probs).sum(dim=1) * len(self.modalities)
+        out = {}
+        for target, heads in self.decisions.items():
+            log_probs = torch.stack([heads[m](hidden[m]).log_softmax(-1) for m in self.modalities],
+                                    dim=1)                                          # [B, M, C]
+            out[target] = (weights.unsqueeze(-1) * log_probs).sum(dim=1) * len(self.modalities)
+        if self.spec.aux_heads:
+            out.update({f"aux:{m}": self.aux[m](filled[m]) for m in self.modalities})
+        return out

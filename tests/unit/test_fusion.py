@@ -67,5 +67,36 @@ def test_same_seed_same_weights(method, tmp_path):
 
 
 def test_unknown_method_lists_the_available_ones():
-    with pytest.raises(ValueError, match=r"unknown fusion method 'nope'; available: \['concat'"):
+    with pytest.raises(ValueError, match=r"unknown fusion method 'nope'; available: \['attention'"):
         build_fusion_head(FusionSpec("nope", DIMS2, 2))
+
+
+def test_ten_methods_are_registered():
+    assert sorted(FUSION_METHODS) == ["attention", "concat", "film", "gmu", "late", "lowrank", "mfb",
+                                      "tensor", "transformer", "xattn"]
+
+
+@pytest.mark.parametrize("method", sorted(FUSION_METHODS))
+def test_extra_targets_and_auxiliary_heads(method):
+    spec = FusionSpec(method, DIMS2, num_classes=3, hidden_dim=16, extra_targets={"fine": 11},
+                      aux_heads=True)
+    head = build_fusion_head(spec).eval()
+    feats, present = batch(DIMS2)
+    out = head.forward_all(feats, present)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "label": (4, 3), "fine": (4, 11), "aux:image": (4, 3), "aux:text": (4, 3)}
+    assert torch.equal(head(feats, present), out["label"])
+
+
+@pytest.mark.parametrize("method", sorted(FUSION_METHODS))
+def test_a_row_with_every_modality_missing_stays_finite(method):
+    head = build_fusion_head(FusionSpec(method, DIMS3, num_classes=3, hidden_dim=16)).eval()
+    feats, present = batch(DIMS3)
+    for m in present:
+        present[m][0] = False
+    assert torch.isfinite(head(feats, present)).all()
+
+
+def test_transformer_heads_must_divide_hidden_dim():
+    with pytest.raises(ValueError, match="divisible"):
+        build_fusion_head(FusionSpec("transformer", DIMS2, 3, hidden_dim=18))

@@ -35,7 +35,7 @@ def test_direct_dependencies_are_pinned_and_locked():
 
 def test_image_tag_is_the_package_version():
     version = pyproject()["project"]["version"]
-    assert BASE_IMAGE == os.environ.get("CROSSFUSE_IMAGE", f"ghcr.io/crossfuse/crossfuse:{version}")
+    assert os.environ.get("CROSSFUSE_IMAGE", f"ghcr.io/crossfuse/crossfuse:{version}") == BASE_IMAGE
 
 
 def test_dockerfile_is_slim_pinned_and_non_root():

@@ -1,0 +1,47 @@
+"""``mfb`` — Multimodal Factorized Bilinear pooling.
+
+Yu, Yu, Fan & Tao, "Multi-modal Factorized Bilinear Pooling with Co-Attention Learning
+for Visual Question Answering", ICCV 2017. Each modality is projected to ``k * H``
+(option ``factor`` k, default 4); the projections are multiplied element-wise (all
+``M`` of them), sum-pooled over windows of ``k``, then power-normalised
+(``sign(x) sqrt|x|``) and L2-normalised, as in the paper.
+
+Shapes: ``{m: [B, D_m]}`` -> ``[B, k * H]`` each -> product -> ``[B, H, k]`` -> sum -> ``[B, H]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.registry import register_fusion
+
+
+@register_fusion("mfb")
+class MFBFusion(FusionHead):
+    """>>> spec = FusionSpec("mfb", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
+    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+    >>> MFBFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__(spec)
+        self.k = spec.option("factor", 4)
+        h = spec.hidden_dim
+        self.project = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.k * h))
+                                      for m, d in spec.dims.items()})
+        self.dropout = nn.Dropout(spec.dropout)
+        # The normalised output has unit norm; rescale so the linear heads see O(1) values.
+        self.scale = nn.Parameter(torch.tensor(float(h) ** 0.5))
+
+    def represent(self, features, present):
+        joint = None
+        for m in self.modalities:
+            p = self.project[m](features[m])
+            joint = p if joint is None else joint * p
+        pooled = self.dropout(joint).view(len(joint), -1, self.k).sum(-1)          # [B, H]
+        pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
+        return F.normalize(pooled, dim=-1) * self.scale

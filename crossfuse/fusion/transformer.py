@@ -1,0 +1,51 @@
+"""``transformer`` — a Transformer encoder over one token per modality plus a [CLS] token.
+
+Vaswani et al., "Attention Is All You Need", NeurIPS 2017; the single-stream
+multimodal encoder with a classification token follows e.g. VisualBERT (Li et al., 2019)
+and the fusion transformer of AutoGluon's multimodal predictor. Absent modalities are
+masked out of attention (``src_key_padding_mask``). Options ``layers`` (default 2) and
+``heads`` (default 4).
+
+Shapes: ``{m: [B, D_m]}`` -> tokens ``[B, 1 + M, H]`` -> encoder -> [CLS] ``[B, H]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask
+from crossfuse.fusion.registry import register_fusion
+
+
+@register_fusion("transformer")
+class TransformerFusion(FusionHead):
+    """>>> spec = FusionSpec("transformer", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
+    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
+    >>> TransformerFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, spec: FusionSpec):
+        super().__init__(spec)
+        h = spec.hidden_dim
+        heads = spec.option("heads", 4)
+        if h % heads:
+            raise ValueError(f"fusion.hidden_dim={h} must be divisible by the option heads={heads}")
+        self.project = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h))
+                                      for m, d in spec.dims.items()})
+        self.modality_embedding = nn.Parameter(torch.randn(len(spec.dims), h) * 0.02)
+        self.cls = nn.Parameter(torch.randn(1, 1, h) * 0.02)
+        layer = nn.TransformerEncoderLayer(h, heads, dim_feedforward=2 * h, dropout=spec.dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, spec.option("layers", 2),
+                                             enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(h)
+
+    def represent(self, features, present):
+        tokens = torch.stack([self.project[m](features[m]) for m in self.modalities], dim=1)
+        tokens = tokens + self.modality_embedding
+        tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)
+        keep = presence_mask(present, self.modalities)
+        padding = torch.cat([torch.zeros_like(keep[:, :1]), ~keep], dim=1)        # CLS never masked
+        return self.norm(self.encoder(tokens, src_key_padding_mask=padding)[:, 0])
