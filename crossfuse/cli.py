@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from crossfuse.config import RunConfig, load_config
-from crossfuse.manifest import ManifestError, load_manifest
+from crossfuse.manifest import ManifestError
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 log = logging.getLogger("crossfuse")
@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_local
 
     cfg = _config_from_args(args).resolved()
-    load_manifest(Path(cfg.data.path), cfg.modalities)  # fail fast on a wrong --data
+    cfg.load_manifest()  # fail fast on a wrong --data or missing columns
     log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
              cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
     try:

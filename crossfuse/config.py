@@ -32,6 +32,11 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     path: str = "data"
     name: str | None = Field(None, description="Dataset name; defaults to the folder name.")
+    extra_targets: list[str] = Field(
+        default_factory=list, description="More label columns to learn at once (multi-task).")
+    extra_columns_file: str | None = Field(
+        None, description="CSV in the dataset folder joined to the manifest on id "
+                          "(e.g. extra_metadata.csv holding an extra target).")
 
     def dataset_name(self) -> str:
         return self.name or Path(self.path).resolve().name
@@ -43,6 +48,8 @@ class ValidationConfig(_Section):
     min_samples_per_class: int = 3
     max_image_pixels: int = 50_000_000
     labels: list[str] | None = Field(None, description="Declared label set; None accepts any.")
+    allow_missing_modalities: bool = Field(
+        False, description="Accept rows lacking some modality (at least one must be there).")
 
 
 class SplitConfig(_Section):
@@ -83,10 +90,20 @@ class ExtractConfig(_Section):
         return v
 
 
+class SearchConfig(_Section):
+    trials: int = Field(0, description="Optuna trials on the validation split; 0 = no search.")
+    epochs: int = Field(40, description="Epoch budget of each trial.")
+
+
 class FusionConfig(_Section):
     method: str = "concat"
     hidden_dim: int = 256
     dropout: float = 0.2
+    options: dict[str, int | float | str] = Field(
+        default_factory=dict, description="Method-specific settings, e.g. rank, factor, heads.")
+    aux_weight: float = Field(0.0, description="Weight of per-modality auxiliary heads' loss; "
+                                               "0 turns them off.")
+    search: SearchConfig = SearchConfig()
 
 
 class TrainConfig(_Section):
@@ -95,6 +112,18 @@ class TrainConfig(_Section):
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 10
+    modality_dropout: dict[str, float] = Field(
+        default_factory=dict, description="Per modality, the probability a training sample "
+                                          "loses it (one modality always stays).")
+    extra_target_weight: float = 0.5
+
+    @field_validator("modality_dropout")
+    @classmethod
+    def _probabilities(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {m: p for m, p in v.items() if not 0.0 <= p < 1.0}
+        if bad:
+            raise ValueError(f"modality_dropout probabilities must be in [0, 1): {bad}")
+        return v
 
 
 class EvaluateConfig(_Section):
@@ -133,6 +162,13 @@ class RunConfig(_Section):
     def modalities(self) -> list[str]:
         """The modalities this run uses, in a fixed order."""
         return [m for m in MODALITIES if m in self.extract.encoders]
+
+    def load_manifest(self):
+        """The run's dataset: manifest + extra columns, checked for the columns this run needs."""
+        from crossfuse.manifest import load_manifest
+
+        return load_manifest(Path(self.data.path), self.modalities, self.data.extra_columns_file,
+                             self.data.extra_targets)
 
     def model_name(self) -> str:
         return self.registry.model_name or f"crossfuse-{self.data.dataset_name()}"

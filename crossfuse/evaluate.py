@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
 from crossfuse.config import RunConfig  # noqa: E402
@@ -53,6 +54,22 @@ def test_scores(head: FusionHead, fs: FeatureSet, modalities: list[str]
         raise ValueError("the test split is empty; add samples or change preprocess.split")
     probs = predict_proba(head, x, present).numpy()
     return y.numpy(), probs.argmax(-1), probs
+
+
+@torch.inference_mode()
+def extra_target_metrics(head: FusionHead, fs: FeatureSet, modalities: list[str]) -> dict[str, float]:
+    """``test_<target>_accuracy`` and ``test_<target>_macro_f1`` for each extra target."""
+    metrics = {}
+    if not fs.targets:
+        return metrics
+    x, present, _ = split_tensors(fs, "test", modalities)
+    out = head.eval().forward_all(x, present)
+    for target, classes in fs.targets.items():
+        y = split_tensors(fs, "test", modalities, target)[2].numpy()
+        pred = out[target].argmax(-1).numpy()
+        metrics[f"test_{target}_accuracy"] = float((pred == y).mean())
+        metrics[f"test_{target}_macro_f1"] = macro_f1(y, pred, len(classes))
+    return metrics
 
 
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
@@ -97,6 +114,8 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     plot_confusion(cm, labels, out_dir / "confusion_matrix.png",
                    f"{cfg.fusion.method} fusion — test macro-F1 {metrics['test_macro_f1']:.3f}")
+
+    metrics.update(extra_target_metrics(head, fs, modalities))
 
     if cfg.evaluate.unimodal_baselines and len(modalities) > 1:
         best = 0.0

@@ -80,7 +80,8 @@ def encode_with_cache(encoder: Encoder, cache: FeatureCache, samples, root: Path
                 parts.append(encoder.encode(_load_items(samples, modality, root, rows)))
                 bar.update(len(rows))
             cache.put([h for h, _ in chunk], torch.cat(parts))
-    return cache.get(hashes), hits, len(pending)
+    vectors = cache.get(hashes) if hashes else torch.empty(0, encoder.dim)
+    return vectors, hits, len(pending)
 
 
 def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
@@ -95,23 +96,33 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     encoders: prebuilt encoders by modality (default: built from ``extract.encoders``).
     """
     preprocessed = Path(preprocessed)
-    samples, labels = read_samples(preprocessed)
+    samples, labels, targets = read_samples(preprocessed)
     encoders = encoders or {m: build_encoder(name, m, offline=cfg.extract.hf_offline)
                             for m, name in cfg.extract.encoders.items()}
-    index = samples[["id", "line", "label", "split"]].copy()
+    index = samples[["id", "line", "label", "split", *targets]].copy()
     index["label_idx"] = index["label"].map({name: i for i, name in enumerate(labels)})
+    for target, classes in targets.items():
+        index[f"{target}_idx"] = index[target].map({name: i for i, name in enumerate(classes)})
     vectors, hits, encoded, meta = {}, {}, {}, {}
     for modality in cfg.modalities:
         encoder = encoders[modality]
         cache = FeatureCache(Path(cfg.extract.cache_dir), encoder.cache_key)
-        vectors[modality], hits[modality], encoded[modality] = encode_with_cache(
-            encoder, cache, samples, preprocessed, cfg.extract.batch_size, cfg.extract.shard_size)
-        index[f"present_{modality}"] = True
-        index[f"hash_{modality}"] = _item_hashes(samples, modality, preprocessed)
+        present = (samples[modality] != "").to_numpy()
+        have = samples[present].reset_index(drop=True)
+        found, hits[modality], encoded[modality] = encode_with_cache(
+            encoder, cache, have, preprocessed, cfg.extract.batch_size, cfg.extract.shard_size)
+        # Absent rows get zeros; the fusion head never sees them (placeholder + mask).
+        matrix = torch.zeros(len(samples), found.shape[1] if len(have) else encoder.dim)
+        if len(have):
+            matrix[torch.tensor(present)] = found
+        vectors[modality] = matrix
+        hashes = iter(_item_hashes(have, modality, preprocessed))
+        index[f"present_{modality}"] = present
+        index[f"hash_{modality}"] = [next(hashes) if p else "" for p in present]
         meta[modality] = {"name": encoder.name, "cache_key": encoder.cache_key,
-                          "dim": int(vectors[modality].shape[1])}
-        log.info("features %s: %d/%d from cache, %d encoded with %s", modality, hits[modality],
-                 len(samples), encoded[modality], encoder.name)
-    write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size)
+                          "dim": int(matrix.shape[1])}
+        log.info("features %s: %d/%d from cache, %d encoded with %s (%d missing)", modality,
+                 hits[modality], len(have), encoded[modality], encoder.name, len(samples) - len(have))
+    write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets)
     return ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
                          cache_hits=hits, encoded=encoded)

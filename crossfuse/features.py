@@ -13,6 +13,7 @@ name and renamed, so a reader never sees half a shard.
 
     index.parquet                 id, line, label, label_idx, split, present_<m>, hash_<m>
     labels.json                   class names, index = label_idx
+    targets.json                  {extra target: class names}, index = <target>_idx
     encoders.json                 {modality: {name, cache_key, dim}}
     <modality>/shard-00000.safetensors   tensor "vectors" [rows, dim], rows in index order
 
@@ -29,7 +30,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +41,7 @@ from safetensors.torch import save_file
 INDEX_FILE = "index.parquet"
 ENCODERS_FILE = "encoders.json"
 LABELS_FILE = "labels.json"
+TARGETS_FILE = "targets.json"
 
 
 def content_hash(data: bytes | str) -> str:
@@ -113,6 +115,7 @@ class FeatureSet:
     labels: list[str]
     encoders: dict[str, dict]
     vectors: dict[str, torch.Tensor]
+    targets: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -126,13 +129,15 @@ class FeatureSet:
         """Long tensor of the row numbers in ``split``."""
         return torch.tensor((self.index["split"] == split).to_numpy().nonzero()[0])
 
-    def targets(self) -> torch.Tensor:
-        return torch.tensor(self.index["label_idx"].to_numpy(), dtype=torch.long)
+    def labels_of(self, target: str | None = None) -> torch.Tensor:
+        """Long tensor ``[N]`` of class ids of the primary target, or of an extra target."""
+        column = "label_idx" if target is None else f"{target}_idx"
+        return torch.tensor(self.index[column].to_numpy(), dtype=torch.long)
 
 
 def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
                       encoders: dict[str, dict], vectors: dict[str, torch.Tensor],
-                      shard_size: int = 1024) -> None:
+                      shard_size: int = 1024, targets: dict[str, list[str]] | None = None) -> None:
     """Write a feature set; each modality's vectors are split into shards of ``shard_size`` rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +148,7 @@ def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
     index.to_parquet(out_dir / INDEX_FILE, index=False)
     (out_dir / LABELS_FILE).write_text(json.dumps(labels))
     (out_dir / ENCODERS_FILE).write_text(json.dumps(encoders, indent=2))
+    (out_dir / TARGETS_FILE).write_text(json.dumps(targets or {}))
 
 
 def read_feature_set(path: Path) -> FeatureSet:
@@ -156,6 +162,8 @@ def read_feature_set(path: Path) -> FeatureSet:
             with safe_open(str(shard), framework="pt") as f:
                 parts.append(f.get_tensor("vectors"))
         vectors[modality] = torch.cat(parts)
+    targets = path / TARGETS_FILE
     return FeatureSet(index=pd.read_parquet(path / INDEX_FILE),
                       labels=json.loads((path / LABELS_FILE).read_text()),
-                      encoders=encoders, vectors=vectors)
+                      encoders=encoders, vectors=vectors,
+                      targets=json.loads(targets.read_text()) if targets.is_file() else {})

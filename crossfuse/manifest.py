@@ -58,13 +58,18 @@ class Manifest:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
-def load_manifest(root: Path, modalities: list[str] | None = None) -> Manifest:
+def load_manifest(root: Path, modalities: list[str] | None = None,
+                  extra_columns_file: str | None = None,
+                  extra_targets: list[str] | None = None) -> Manifest:
     """Read ``root/manifest.csv`` with every cell as a string (empty = missing).
 
     Parameters
     ----------
     root: dataset folder.
     modalities: modality columns the run needs; each must be present.
+    extra_columns_file: a CSV in ``root`` with an ``id`` column, left-joined on ``id``
+        (ids it lacks get empty cells, which validation reports).
+    extra_targets: more label columns the run needs (from either file).
 
     Raises
     ------
@@ -88,12 +93,28 @@ def load_manifest(root: Path, modalities: list[str] | None = None) -> Manifest:
         raise ManifestError(f"{path} is not valid UTF-8 (byte {exc.start}): re-save it as "
                             f"UTF-8") from exc
     frame.columns = [c.strip() for c in frame.columns]
-    needed = list(REQUIRED_COLUMNS) + list(modalities or [])
+    if extra_columns_file:
+        frame = _join_extra_columns(frame, root, extra_columns_file)
+    needed = list(REQUIRED_COLUMNS) + list(modalities or []) + list(extra_targets or [])
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
                             f"Rename or add them (required: id, label, and one per modality).")
     return Manifest(root=root.resolve(), path=path.resolve(), frame=frame)
+
+
+def _join_extra_columns(frame: pd.DataFrame, root: Path, name: str) -> pd.DataFrame:
+    path = resolve_media(root, name)
+    if not path.is_file():
+        raise ManifestError(f"data.extra_columns_file {path} not found")
+    extra = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    if "id" not in extra.columns:
+        raise ManifestError(f"{path} has no id column to join on; found {list(extra.columns)}")
+    if extra["id"].duplicated().any():
+        dup = extra.loc[extra["id"].duplicated(), "id"].iloc[0]
+        raise ManifestError(f"{path}: id {dup!r} appears more than once; ids must be unique")
+    extra = extra[["id"] + [c for c in extra.columns if c not in frame.columns]]
+    return frame.merge(extra, on="id", how="left").fillna("")
 
 
 def resolve_media(root: Path, relative: str) -> Path:

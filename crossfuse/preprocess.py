@@ -2,8 +2,9 @@
 
 Output folder layout::
 
-    samples.parquet    one row per usable sample: id, line, label, split, text, image
+    samples.parquet    one row per usable sample: id, line, label, split, text, image, extra targets
     labels.json        the sorted class names; index = class id
+    targets.json       {extra target: sorted class names} (multi-task runs)
     images/<h>.png     RGB, ``preprocess.image_size`` square, EXIF-rotated, alpha on white
 
 The split is taken from the manifest's ``split`` column when present. Otherwise
@@ -32,13 +33,14 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from crossfuse.config import RunConfig, SplitConfig
-from crossfuse.manifest import SPLITS, ManifestError, load_manifest, resolve_media
+from crossfuse.manifest import SPLITS, ManifestError, resolve_media
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.parquet"
 LABELS_FILE = "labels.json"
+TARGETS_FILE = "targets.json"
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -117,13 +119,14 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     rejected_ids: ids validation rejected; they are skipped.
     """
     out_dir = Path(out_dir)
-    manifest = load_manifest(Path(data_root), cfg.modalities)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
+    manifest = cfg.load_manifest()
     frame = manifest.frame.reset_index(drop=True)
     frame["line"] = frame.index + 2
     frame["split"] = _splits(frame, cfg.preprocess.split, manifest.path)
     frame = frame[~frame["id"].isin(rejected_ids)].reset_index(drop=True)
 
-    columns = ["id", "line", "label", "split"]
+    columns = ["id", "line", "label", "split", *cfg.data.extra_targets]
     if "text" in cfg.modalities:
         frame["text"] = [normalise_text(t, cfg.preprocess.lowercase_text) for t in frame["text"]]
         columns.append("text")
@@ -133,6 +136,9 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
         names = []
         for sample_id, rel in progress(list(zip(frame["id"], frame["image"], strict=True)),
                                    desc="preprocess images", unit="img"):
+            if not rel:  # a missing image stays missing (validation allowed it)
+                names.append("")
+                continue
             name = f"images/{image_filename(sample_id)}"
             prepare_image(resolve_media(manifest.root, rel), size).save(out_dir / name)
             names.append(name)
@@ -142,6 +148,8 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     frame[columns].to_parquet(out_dir / SAMPLES_FILE, index=False)
     labels = sorted(frame["label"].unique().tolist())
     (out_dir / LABELS_FILE).write_text(json.dumps(labels))
+    (out_dir / TARGETS_FILE).write_text(json.dumps(
+        {t: sorted(frame[t].unique().tolist()) for t in cfg.data.extra_targets}))
 
     counts = frame["split"].value_counts().to_dict()
     per_class = frame.groupby(["label", "split"]).size().unstack(fill_value=0)
@@ -154,8 +162,10 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
                             labels=labels)
 
 
-def read_samples(out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Read a preprocessed folder back: (samples frame, label list)."""
+def read_samples(out_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
+    """Read a preprocessed folder back: (samples, label list, {extra target: class list})."""
     out_dir = Path(out_dir)
+    targets = out_dir / TARGETS_FILE
     return (pd.read_parquet(out_dir / SAMPLES_FILE),
-            json.loads((out_dir / LABELS_FILE).read_text()))
+            json.loads((out_dir / LABELS_FILE).read_text()),
+            json.loads(targets.read_text()) if targets.is_file() else {})

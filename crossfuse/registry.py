@@ -94,7 +94,8 @@ def model_signature(model_dir: Path) -> ModelSignature:
     meta = json.loads((Path(model_dir) / SPEC_FILE).read_text())
     inputs = Schema([ColSpec("string", m, required=False) for m in meta["dims"]])
     outputs = Schema([ColSpec("string", "label")]
-                     + [ColSpec("double", f"p_{name}") for name in meta["labels"]])
+                     + [ColSpec("double", f"p_{name}") for name in meta["labels"]]
+                     + [ColSpec("string", t) for t in meta.get("targets", {})])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

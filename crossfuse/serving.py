@@ -7,7 +7,8 @@ fusion head — on a DataFrame with one column per modality:
 - ``text``: the text (empty or null = missing);
 - ``image``: a file path, or the image bytes base64-encoded (empty or null = missing).
 
-It returns one row per input: ``label`` and ``p_<class>`` for every class.
+It returns one row per input: ``label`` and ``p_<class>`` for every class, plus the
+predicted class of each extra target (multi-task models) in a column named after it.
 
 Example
 -------
@@ -32,7 +33,7 @@ from PIL import Image
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import build_encoder
-from crossfuse.fusion import load_fusion_head, predict_proba
+from crossfuse.fusion import load_fusion_head
 from crossfuse.preprocess import normalise_text, prepare_image
 
 RUN_CONFIG_FILE = "run_config.json"
@@ -87,19 +88,23 @@ class FusionPredictor:
                 vectors[rows[s:s + len(chunk)]] = self.encoders[modality].encode(chunk)
         return vectors, present
 
-    def predict_proba(self, frame: pd.DataFrame) -> torch.Tensor:
-        """``[len(frame), num_classes]`` probabilities; absent columns count as missing."""
+    def logits(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """Every head's logits for raw inputs; absent columns count as missing."""
         vectors, present = {}, {}
         for m in self.modalities:
             values = frame[m].tolist() if m in frame.columns else [None] * len(frame)
             vectors[m], present[m] = self._encode(m, values)
-        return predict_proba(self.head, vectors, present)
+        with torch.inference_mode():
+            return self.head.eval().forward_all(vectors, present)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        probs = self.predict_proba(frame).numpy()
+        logits = self.logits(frame)
+        probs = logits[self.head.spec.target].softmax(-1).numpy()
         out = pd.DataFrame({"label": [self.labels[i] for i in probs.argmax(-1)]})
         for i, name in enumerate(self.labels):
             out[f"p_{name}"] = probs[:, i].astype(float)
+        for target, classes in self.meta.get("targets", {}).items():
+            out[target] = [classes[i] for i in logits[target].argmax(-1).tolist()]
         return out
 
 

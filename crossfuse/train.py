@@ -54,17 +54,66 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
                           zero_division=0))
 
 
-def split_tensors(fs: FeatureSet, split: str, modalities: list[str]):
-    """(features, present, targets) of one split, restricted to ``modalities``."""
+def split_tensors(fs: FeatureSet, split: str, modalities: list[str], target: str | None = None):
+    """(features, present, class ids) of one split, restricted to ``modalities``.
+
+    ``target`` None means the primary label; otherwise an extra target's name.
+    """
     rows = fs.rows(split)
     feats = {m: fs.vectors[m][rows] for m in modalities}
     present = {m: fs.present(m)[rows] for m in modalities}
-    return feats, present, fs.targets()[rows]
+    return feats, present, fs.labels_of(target)[rows]
 
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
+
+
+def drop_modalities(present: dict[str, torch.Tensor], rates: dict[str, float],
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Modality dropout: hide each modality of each row with its rate; never all of a row's.
+
+    >>> p = {"image": torch.ones(4, dtype=torch.bool), "text": torch.ones(4, dtype=torch.bool)}
+    >>> out = drop_modalities(p, {"image": 0.99, "text": 0.99}, torch.Generator().manual_seed(0))
+    >>> bool(torch.stack(list(out.values())).any(0).all())
+    True
+    """
+    if not any(rates.get(m, 0.0) for m in present):
+        return present
+    kept = {m: p & (torch.rand(len(p), generator=generator) >= rates.get(m, 0.0))
+            for m, p in present.items()}
+    emptied = ~torch.stack(list(kept.values())).any(0) & torch.stack(list(present.values())).any(0)
+    return {m: kept[m] | (emptied & present[m]) for m in present}
+
+
+def build_spec(fs: FeatureSet, fusion: FusionConfig, modalities: list[str]) -> FusionSpec:
+    """The fusion head's spec for ``fs``: dims, classes, extra targets, aux heads."""
+    return FusionSpec(method=fusion.method, dims={m: fs.vectors[m].shape[1] for m in modalities},
+                      num_classes=len(fs.labels), hidden_dim=fusion.hidden_dim,
+                      dropout=fusion.dropout,
+                      extra_targets={t: len(c) for t, c in fs.targets.items()},
+                      aux_heads=fusion.aux_weight > 0 and len(modalities) > 1,
+                      options=dict(fusion.options))
+
+
+def training_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                  present: dict[str, torch.Tensor], primary: str, fusion: FusionConfig,
+                  train: TrainConfig) -> torch.Tensor:
+    """Primary cross-entropy + weighted extra targets + weighted per-modality auxiliary heads.
+
+    An auxiliary head only learns from the rows where its modality is present.
+    """
+    ce = nn.functional.cross_entropy
+    loss = ce(out[primary], targets[primary])
+    for name, y in targets.items():
+        if name != primary:
+            loss = loss + train.extra_target_weight * ce(out[name], y)
+    for m, p in present.items():
+        aux = out.get(f"aux:{m}")
+        if aux is not None and p.any():
+            loss = loss + fusion.aux_weight * ce(aux[p], targets[primary][p])
+    return loss
 
 
 def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
@@ -75,11 +124,12 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
 
     Parameters
     ----------
-    fs: feature set (train and val splits used).
+    fs: feature set (train and val splits used); its extra targets are learned too.
     fusion, train: the config sections.
-    seed: seeds init and shuffling.
+    seed: seeds init, shuffling and modality dropout.
     modalities: subset to use (unimodal baselines); default all in ``fs``.
-    on_epoch: called as ``on_epoch(epoch, {"train_loss", "val_loss", "val_macro_f1", "val_accuracy"})``.
+    on_epoch: called as ``on_epoch(epoch, metrics)`` with train_loss, val_loss,
+        val_macro_f1, val_accuracy.
 
     Returns
     -------
@@ -87,18 +137,16 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     """
     modalities = modalities or fs.modalities
     seed_everything(seed)
-    num_classes = len(fs.labels)
-    spec = FusionSpec(method=fusion.method, dims={m: fs.vectors[m].shape[1] for m in modalities},
-                      num_classes=num_classes, hidden_dim=fusion.hidden_dim,
-                      dropout=fusion.dropout)
+    spec = build_spec(fs, fusion, modalities)
     head = build_fusion_head(spec)
     x_tr, p_tr, y_tr = split_tensors(fs, "train", modalities)
     x_va, p_va, y_va = split_tensors(fs, "val", modalities)
     if len(y_tr) == 0 or len(y_va) == 0:
         raise ValueError(f"need train and val samples, got {len(y_tr)} train / {len(y_va)} val; "
                          f"add samples or change preprocess.split")
+    targets_tr = {spec.target: y_tr, **{t: split_tensors(fs, "train", modalities, t)[2]
+                                        for t in spec.extra_targets}}
     optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     best = (-1.0, float("inf"))
     best_state, best_epoch, history, stale = None, 0, [], 0
@@ -108,8 +156,11 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
         total = 0.0
         for s in range(0, len(order), train.batch_size):
             idx = order[s:s + train.batch_size]
-            logits = head({m: x_tr[m][idx] for m in modalities}, {m: p_tr[m][idx] for m in modalities})
-            loss = loss_fn(logits, y_tr[idx])
+            present = drop_modalities({m: p_tr[m][idx] for m in modalities},
+                                      train.modality_dropout, generator)
+            out = head.forward_all({m: x_tr[m][idx] for m in modalities}, present)
+            loss = training_loss(out, {t: y[idx] for t, y in targets_tr.items()}, present,
+                                 spec.target, fusion, train)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -118,7 +169,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
         val_loss = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y_va))
         pred = probs.argmax(-1).numpy()
         metrics = {"train_loss": total / len(y_tr), "val_loss": val_loss,
-                   "val_macro_f1": macro_f1(y_va.numpy(), pred, num_classes),
+                   "val_macro_f1": macro_f1(y_va.numpy(), pred, len(fs.labels)),
                    "val_accuracy": float((pred == y_va.numpy()).mean())}
         history.append({"epoch": epoch, **metrics})
         if on_epoch:
@@ -146,5 +197,6 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
     fs = read_feature_set(Path(features))
     head, result = fit(fs, cfg.fusion, cfg.train, cfg.seed, on_epoch=on_epoch)
     save_fusion_head(head, Path(model_dir), extra={"labels": fs.labels, "encoders": fs.encoders,
+                                                   "targets": fs.targets,
                                                    "best_epoch": result.best_epoch})
     return result

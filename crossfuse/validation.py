@@ -31,7 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from crossfuse.config import RunConfig
-from crossfuse.manifest import ManifestError, load_manifest, resolve_media
+from crossfuse.manifest import ManifestError, resolve_media
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +139,13 @@ def _gx_suite(cfg: RunConfig, columns: list[str]):
             gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2)]
     if v.labels:
         exps.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(v.labels)))
+    for target in cfg.data.extra_targets:
+        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=target))
+    if not v.allow_missing_modalities:
+        exps += [gxe.ExpectColumnValuesToNotBeNull(column=m) for m in columns]
     if "text" in columns:
-        exps += [gxe.ExpectColumnValuesToNotBeNull(column="text"),
-                 gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=v.min_text_chars,
-                                                         max_value=v.max_text_chars)]
-    if "image" in columns:
-        exps.append(gxe.ExpectColumnValuesToNotBeNull(column="image"))
+        exps.append(gxe.ExpectColumnValueLengthsToBeBetween(
+            column="text", min_value=v.min_text_chars, max_value=v.max_text_chars))
     suite = gx.ExpectationSuite(name=f"crossfuse-{cfg.data.dataset_name()}")
     for e in exps:
         suite.add_expectation(e)
@@ -250,6 +251,15 @@ def check_media(cfg: RunConfig, frame: pd.DataFrame, root: Path) -> list[RowIssu
     return issues
 
 
+def check_some_modality(cfg: RunConfig, frame: pd.DataFrame) -> list[RowIssue]:
+    """With missing modalities allowed, a row must still have at least one."""
+    if not cfg.validation.allow_missing_modalities:
+        return []
+    empty = (frame[cfg.modalities] == "").all(axis=1)
+    return [RowIssue(_line(int(i)), str(frame.at[i, "id"]), "+".join(cfg.modalities),
+                     "every modality is missing") for i in frame.index[empty]]
+
+
 def check_class_sizes(cfg: RunConfig, frame: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
     """Count rows per label; a class below ``min_samples_per_class`` cannot be split."""
     counts = Counter(label for label in frame["label"] if label)
@@ -269,10 +279,12 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path) -> ValidationReport
     :func:`require_valid` to stop on failure.
     """
     out_dir = Path(out_dir)
-    manifest = load_manifest(Path(data_root), cfg.modalities)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
+    manifest = cfg.load_manifest()
     frame = manifest.frame
     issues, table_failures, summaries = run_gx_suite(cfg, frame, out_dir / "data_docs")
     issues += check_media(cfg, frame, manifest.root)
+    issues += check_some_modality(cfg, frame)
     class_counts, size_failures = check_class_sizes(cfg, frame)
     report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=len(frame),
                               issues=sorted(issues, key=lambda i: (i.line, i.column)),

@@ -9,7 +9,7 @@ def test_config_shows_overrides(capsys):
     assert main(["config", "--set", "fusion.method=late", "--data", "/x/my_set"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["fusion"]["method"] == "late"
-    assert cfg["data"] == {"path": "/x/my_set", "name": None}
+    assert (cfg["data"]["path"], cfg["data"]["name"]) == ("/x/my_set", None)
 
 
 def test_run_on_missing_folder_fails_before_any_work(capsys, tmp_path):

@@ -30,7 +30,7 @@ def xor_features(n=600, seed=0) -> FeatureSet:
 @pytest.mark.parametrize("method", ["concat", "late"])
 def test_fused_model_beats_each_modality(method):
     fs = xor_features()
-    train_cfg = TrainConfig(epochs=40, patience=8)
+    train_cfg = TrainConfig(epochs=80, patience=10)
     fusion = FusionConfig(method=method, hidden_dim=32)
     _, fused = fit(fs, fusion, train_cfg, seed=0)
     _, image_only = fit(fs, fusion, train_cfg, seed=0, modalities=["image"])
