@@ -6,6 +6,7 @@
     crossfuse data generate [--out data] [--per-class 120]             # the sample dataset
     crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
     crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
+    crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
 
 ``--config`` defaults to ``configs/default.yaml`` when it exists in the working
 directory. ``--data`` points the run at another dataset folder, named after the
@@ -78,6 +79,32 @@ def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
     print(f"  champion -> v{outputs.get('champion_version')}, challenger -> v{version}")
 
 
+def cmd_bench_fusion(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from crossfuse.bench import bench_fusion, log_to_mlflow, markdown_table, prepare_features
+    from crossfuse.features import read_feature_set
+
+    cfg = _config_from_args(args).resolved()
+    with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
+        fs = read_feature_set(prepare_features(cfg, Path(work)))
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    rows = bench_fusion(fs, cfg, methods=methods, seeds=list(range(args.seeds)),
+                        trials=args.trials, search_epochs=args.search_epochs,
+                        baselines=not args.no_baselines)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    table = markdown_table(rows)
+    out.with_suffix(".md").write_text(table + "\n")
+    log_to_mlflow(cfg, rows)
+    print(table)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}; MLflow experiment "
+          f"bench-{cfg.data.dataset_name()} at {cfg.mlflow.tracking_uri}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from crossfuse.sample_data import generate_sample_dataset
 
@@ -120,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
     comp.set_defaults(func=cmd_compile)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    fusion = bench_sub.add_parser("fusion", help="every fusion method + unimodal baselines, "
+                                                 "tuned the same way, over several seeds")
+    fusion.add_argument("--data", help="dataset folder (default: config's data.path)")
+    fusion.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    fusion.add_argument("--trials", type=int, default=8, help="Optuna trials per method (0: none)")
+    fusion.add_argument("--search-epochs", type=int, default=40, help="epoch budget per trial")
+    fusion.add_argument("--methods", help="comma-separated subset (default: all)")
+    fusion.add_argument("--no-baselines", action="store_true", help="skip unimodal baselines")
+    fusion.add_argument("--out", default="results.json", help="JSON out; a .md table goes beside")
+    _add_config_args(fusion)
+    fusion.set_defaults(func=cmd_bench_fusion)
 
     show = sub.add_parser("config", help="print the resolved run config")
     show.add_argument("--data")

@@ -34,6 +34,7 @@ from sklearn.metrics import classification_report, confusion_matrix  # noqa: E40
 from crossfuse.config import RunConfig  # noqa: E402
 from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
 from crossfuse.fusion import FusionHead, load_fusion_head, predict_proba  # noqa: E402
+from crossfuse.fusion.model import RUN_CONFIG_FILE  # noqa: E402
 from crossfuse.train import fit, macro_f1, split_tensors  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -118,9 +119,12 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
     metrics.update(extra_target_metrics(head, fs, modalities))
 
     if cfg.evaluate.unimodal_baselines and len(modalities) > 1:
+        # Baselines train exactly like the fused model, with its (possibly searched) settings.
+        config_file = Path(model_dir) / RUN_CONFIG_FILE
+        used = RunConfig.from_json(config_file.read_text()) if config_file.is_file() else cfg
         best = 0.0
         for m in modalities:
-            base_head, _ = fit(fs, cfg.fusion, cfg.train, cfg.seed, modalities=[m])
+            base_head, _ = fit(fs, used.fusion, used.train, used.seed, modalities=[m])
             yb, pb, _ = test_scores(base_head, fs, [m])
             metrics[f"baseline_{m}_test_accuracy"] = float((pb == yb).mean())
             metrics[f"baseline_{m}_test_macro_f1"] = macro_f1(yb, pb, k)

@@ -34,9 +34,8 @@ from PIL import Image
 from crossfuse.config import RunConfig
 from crossfuse.encoders import build_encoder
 from crossfuse.fusion import load_fusion_head
+from crossfuse.fusion.model import RUN_CONFIG_FILE
 from crossfuse.preprocess import normalise_text, prepare_image
-
-RUN_CONFIG_FILE = "run_config.json"
 
 
 def _is_missing(value) -> bool:

@@ -25,7 +25,6 @@ from crossfuse.evaluate import EvaluationResult, evaluate
 from crossfuse.extract import ExtractResult, extract
 from crossfuse.preprocess import PreprocessResult, preprocess
 from crossfuse.registry import RegisterResult, register
-from crossfuse.serving import RUN_CONFIG_FILE
 from crossfuse.tracking import data_version, stage_run
 from crossfuse.train import TrainResult, train
 from crossfuse.validation import ValidationReport, require_valid, validate
@@ -84,10 +83,18 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path) 
 def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
     """Train the fused model, logging per-epoch curves; writes the model folder."""
     model_dir = Path(model_dir)
+
+    def log_trial(number: int, params: dict, value: float) -> None:
+        with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True):
+            mlflow.log_params({"fusion.method": cfg.fusion.method, **params})
+            mlflow.log_metric("val_macro_f1", value)
+
     with stage_run(cfg, run_id, "train"):
         result = train(cfg, Path(features), model_dir,
-                       on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch))
-        (model_dir / RUN_CONFIG_FILE).write_text(cfg.to_json())
+                       on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                       on_trial=log_trial)
+        if result.searched:
+            mlflow.log_params({f"search.best.{k}": v for k, v in result.searched.items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                             "best_val_macro_f1": result.best_val_macro_f1})
     return result

@@ -34,6 +34,7 @@ from crossfuse.fusion import (
     predict_proba,
     save_fusion_head,
 )
+from crossfuse.fusion.model import RUN_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TrainResult:
     epochs_run: int
     best_val_macro_f1: float
     history: list[dict[str, float]] = field(default_factory=list)
+    searched: dict = field(default_factory=dict)  # hyper-parameters a search chose, if any
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -192,11 +194,27 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
 
 
 def train(cfg: RunConfig, features: Path, model_dir: Path,
-          on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train the configured fused model on ``features`` and save it to ``model_dir``."""
+          on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+          on_trial: Callable[[int, dict, float], None] | None = None) -> TrainResult:
+    """Train the configured fused model on ``features`` and save it to ``model_dir``.
+
+    With ``fusion.search.trials > 0`` a seeded Optuna search on the validation split
+    picks the hyper-parameters first (:mod:`crossfuse.tuning`). The model folder holds
+    the head, its spec and the effective run config (``run_config.json``).
+    """
+    from crossfuse.tuning import search
+
     fs = read_feature_set(Path(features))
-    head, result = fit(fs, cfg.fusion, cfg.train, cfg.seed, on_epoch=on_epoch)
+    fusion, train_cfg, searched = cfg.fusion, cfg.train, {}
+    if cfg.fusion.search.trials > 0:
+        best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
+                      cfg.fusion.search.epochs, on_trial=on_trial)
+        fusion, train_cfg, searched = best.fusion, best.train, best.params
+    head, result = fit(fs, fusion, train_cfg, cfg.seed, on_epoch=on_epoch)
+    result.searched = searched
+    effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
     save_fusion_head(head, Path(model_dir), extra={"labels": fs.labels, "encoders": fs.encoders,
                                                    "targets": fs.targets,
                                                    "best_epoch": result.best_epoch})
+    (Path(model_dir) / RUN_CONFIG_FILE).write_text(effective.to_json())
     return result

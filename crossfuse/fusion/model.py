@@ -19,6 +19,7 @@ from crossfuse.fusion.registry import FUSION_METHODS
 
 WEIGHTS_FILE = "fusion_head.safetensors"
 SPEC_FILE = "fusion_spec.json"
+RUN_CONFIG_FILE = "run_config.json"  # the effective run config (after any search) of the model
 
 
 def build_fusion_head(spec: FusionSpec) -> FusionHead:

@@ -10,7 +10,7 @@ from crossfuse.evaluate import evaluate
 from crossfuse.extract import extract
 from crossfuse.features import read_feature_set
 from crossfuse.preprocess import preprocess
-from crossfuse.serving import RUN_CONFIG_FILE, FusionPredictor
+from crossfuse.serving import FusionPredictor
 from crossfuse.train import train
 from crossfuse.validation import validate
 
@@ -52,7 +52,6 @@ def test_missing_modalities_flow_to_features_and_predictions(holey, make_config,
     assert float(fs.vectors["text"][~fs.present("text")].abs().sum()) == 0.0
 
     train(cfg, tmp_path / "f", tmp_path / "model")
-    (tmp_path / "model" / RUN_CONFIG_FILE).write_text(cfg.to_json())
     evaluate(cfg, tmp_path / "f", tmp_path / "model", tmp_path / "eval")
     predictor = FusionPredictor(tmp_path / "model")
     image = str(holey / "images" / "s00010.png")
@@ -76,7 +75,6 @@ def test_extra_target_from_extra_columns_file(sample_dataset, make_config, tmp_p
     fs = read_feature_set(tmp_path / "f")
     assert fs.targets == {"shape": ["circle", "square", "triangle"]}
     train(cfg, tmp_path / "f", tmp_path / "model")
-    (tmp_path / "model" / RUN_CONFIG_FILE).write_text(cfg.to_json())
     metrics = evaluate(cfg, tmp_path / "f", tmp_path / "model", tmp_path / "eval").metrics
     assert 0.0 <= metrics["test_shape_macro_f1"] <= 1.0 and "test_shape_accuracy" in metrics
     spec = json.loads((tmp_path / "model" / "fusion_spec.json").read_text())
