@@ -27,7 +27,7 @@ from pathlib import Path
 from crossfuse.config import RunConfig
 from crossfuse.features import FeatureSet
 from crossfuse.fusion import FUSION_METHODS, predict_proba
-from crossfuse.train import fit, macro_f1, split_tensors
+from crossfuse.train import fit, macro_f1, split_tensors, split_tokens
 from crossfuse.tuning import search
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,13 @@ def prepare_features(cfg: RunConfig, workdir: Path) -> Path:
     return workdir / "features"
 
 
-def inference_ms_per_sample(head, x, present, repeats: int = 3) -> float:
+def inference_ms_per_sample(head, x, present, tokens=None, repeats: int = 3) -> float:
     """Median wall time of ``predict_proba`` over the given rows, in ms per sample."""
     n = len(next(iter(x.values())))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predict_proba(head, x, present)
+        predict_proba(head, x, present, tokens)
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times) / max(n, 1)
 
@@ -82,7 +82,8 @@ def bench_one(fs: FeatureSet, cfg: RunConfig, name: str, seeds: list[int], trial
         start = time.perf_counter()
         head, result = fit(fs, fusion, train_cfg, seed, modalities=modalities)
         seconds = time.perf_counter() - start
-        pred = predict_proba(head, x, present).argmax(-1).numpy()
+        tokens = split_tokens(fs, "test", used, head.spec)
+        pred = predict_proba(head, x, present, tokens).argmax(-1).numpy()
         rows.append({
             "method": name, "seed": seed,
             "test_accuracy": float((pred == y.numpy()).mean()),
@@ -91,7 +92,8 @@ def bench_one(fs: FeatureSet, cfg: RunConfig, name: str, seeds: list[int], trial
             "params": int(sum(p.numel() for p in head.parameters() if p.requires_grad)),
             "hyperparameters": hyper,
             "train_seconds": round(seconds, 3),
-            "infer_ms_per_sample": round(inference_ms_per_sample(head, x, present), 5)})
+            "token_inputs": head.spec.token_inputs,
+            "infer_ms_per_sample": round(inference_ms_per_sample(head, x, present, tokens), 5)})
         log.info("bench %s seed %d: test macro-F1 %.4f", name, seed, rows[-1]["test_macro_f1"])
     return rows
 

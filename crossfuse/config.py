@@ -77,6 +77,9 @@ class ExtractConfig(_Section):
     batch_size: int = 32
     shard_size: int = 1024
     cache_dir: str = ".cache/crossfuse/features"
+    token_sequences: bool = Field(False, description="Also store token sequences (for xattn).")
+    max_tokens: int = Field(32, description="Tokens kept per sample and modality (text "
+                                            "truncated; images: a sqrt(n) x sqrt(n) grid).")
     hf_offline: bool = True
 
     @field_validator("encoders")

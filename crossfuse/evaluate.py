@@ -35,7 +35,7 @@ from crossfuse.config import RunConfig  # noqa: E402
 from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
 from crossfuse.fusion import FusionHead, load_fusion_head, predict_proba  # noqa: E402
 from crossfuse.fusion.model import RUN_CONFIG_FILE  # noqa: E402
-from crossfuse.train import fit, macro_f1, split_tensors  # noqa: E402
+from crossfuse.train import fit, macro_f1, split_tensors, split_tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def test_scores(head: FusionHead, fs: FeatureSet, modalities: list[str]
     x, present, y = split_tensors(fs, "test", modalities)
     if len(y) == 0:
         raise ValueError("the test split is empty; add samples or change preprocess.split")
-    probs = predict_proba(head, x, present).numpy()
+    probs = predict_proba(head, x, present, split_tokens(fs, "test", modalities, head.spec)).numpy()
     return y.numpy(), probs.argmax(-1), probs
 
 
@@ -64,7 +64,7 @@ def extra_target_metrics(head: FusionHead, fs: FeatureSet, modalities: list[str]
     if not fs.targets:
         return metrics
     x, present, _ = split_tensors(fs, "test", modalities)
-    out = head.eval().forward_all(x, present)
+    out = head.eval().forward_all(x, present, split_tokens(fs, "test", modalities, head.spec))
     for target, classes in fs.targets.items():
         y = split_tensors(fs, "test", modalities, target)[2].numpy()
         pred = out[target].argmax(-1).numpy()

@@ -14,6 +14,7 @@ Example
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,16 +54,26 @@ def _load_items(samples, modality: str, root: Path, rows: list[int]) -> list:
     return items
 
 
-def encode_with_cache(encoder: Encoder, cache: FeatureCache, samples, root: Path,
-                      batch_size: int, shard_size: int) -> tuple[torch.Tensor, int, int]:
-    """Vectors ``[len(samples), dim]`` for ``encoder.modality``.
+def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+    """Pad/cut ``[B, L, D]`` tokens and ``[B, L]`` mask to exactly ``length`` positions."""
+    b, n, d = tokens.shape
+    out = torch.zeros(b, length, d)
+    keep = torch.zeros(b, length, dtype=torch.bool)
+    out[:, :min(n, length)] = tokens[:, :length]
+    keep[:, :min(n, length)] = mask[:, :length]
+    return {"tokens": out, "mask": keep}
 
-    Returns (vectors, rows served from the cache, distinct items encoded now).
 
-    Missing items are encoded in batches and added to the cache one shard at a time,
-    so an interrupted run keeps every completed shard.
+def encode_with_cache(encode: Callable[[list], dict[str, torch.Tensor]], label: str,
+                      cache: FeatureCache, samples, modality: str, root: Path, batch_size: int,
+                      shard_size: int) -> tuple[dict[str, torch.Tensor] | None, int, int]:
+    """Encode every row of ``samples`` for ``modality``, through the cache.
+
+    ``encode(items)`` returns named tensors with one row per item. Missing items are
+    encoded in batches and added to the cache one shard at a time, so an interrupted
+    run keeps every completed shard. Returns (stacked tensors or None for no rows,
+    rows served from the cache, distinct items encoded now).
     """
-    modality = encoder.modality
     hashes = _item_hashes(samples, modality, root)
     todo: dict[str, int] = {}
     for row, h in enumerate(hashes):
@@ -70,23 +81,34 @@ def encode_with_cache(encoder: Encoder, cache: FeatureCache, samples, root: Path
             todo[h] = row
     hits = sum(h in cache for h in hashes)
     pending = list(todo.items())
-    with progress(total=len(pending), desc=f"encode {modality} ({encoder.name})", unit="item",
-              disable=not pending) as bar:
+    with progress(total=len(pending), desc=f"encode {modality} ({label})", unit="item",
+                  disable=not pending) as bar:
         for start in range(0, len(pending), shard_size):
             chunk = pending[start:start + shard_size]
-            parts = []
+            parts: dict[str, list[torch.Tensor]] = {}
             for b in range(0, len(chunk), batch_size):
                 rows = [row for _, row in chunk[b:b + batch_size]]
-                parts.append(encoder.encode(_load_items(samples, modality, root, rows)))
+                for name, t in encode(_load_items(samples, modality, root, rows)).items():
+                    parts.setdefault(name, []).append(t)
                 bar.update(len(rows))
-            cache.put([h for h, _ in chunk], torch.cat(parts))
-    vectors = cache.get(hashes) if hashes else torch.empty(0, encoder.dim)
-    return vectors, hits, len(pending)
+            cache.put([h for h, _ in chunk], {k: torch.cat(v) for k, v in parts.items()})
+    return (cache.get(hashes) if hashes else None), hits, len(pending)
+
+
+def _scatter(found: torch.Tensor | None, present, shape_tail: tuple[int, ...], dtype) -> torch.Tensor:
+    """Rows of ``found`` into a zero tensor with one row per sample (absent rows stay zero)."""
+    out = torch.zeros((len(present), *shape_tail), dtype=dtype)
+    if found is not None:
+        out[torch.tensor(present)] = found
+    return out
 
 
 def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
             encoders: dict[str, Encoder] | None = None) -> ExtractResult:
     """Encode every modality of the preprocessed set at ``preprocessed`` into a feature set.
+
+    With ``extract.token_sequences`` the token view of each encoder (up to
+    ``extract.max_tokens`` per sample) is stored too, for cross-attention fusion.
 
     Parameters
     ----------
@@ -103,26 +125,34 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     index["label_idx"] = index["label"].map({name: i for i, name in enumerate(labels)})
     for target, classes in targets.items():
         index[f"{target}_idx"] = index[target].map({name: i for i, name in enumerate(classes)})
-    vectors, hits, encoded, meta = {}, {}, {}, {}
+    vectors, tokens, hits, encoded, meta = {}, {}, {}, {}, {}
+    length = cfg.extract.max_tokens
     for modality in cfg.modalities:
         encoder = encoders[modality]
-        cache = FeatureCache(Path(cfg.extract.cache_dir), encoder.cache_key)
         present = (samples[modality] != "").to_numpy()
         have = samples[present].reset_index(drop=True)
+        args = (have, modality, preprocessed, cfg.extract.batch_size, cfg.extract.shard_size)
+        cache = FeatureCache(Path(cfg.extract.cache_dir), encoder.cache_key)
         found, hits[modality], encoded[modality] = encode_with_cache(
-            encoder, cache, have, preprocessed, cfg.extract.batch_size, cfg.extract.shard_size)
+            lambda items, e=encoder: {"vectors": e.encode(items)}, encoder.name, cache, *args)
+        dim = found["vectors"].shape[1] if found else encoder.dim
         # Absent rows get zeros; the fusion head never sees them (placeholder + mask).
-        matrix = torch.zeros(len(samples), found.shape[1] if len(have) else encoder.dim)
-        if len(have):
-            matrix[torch.tensor(present)] = found
-        vectors[modality] = matrix
+        vectors[modality] = _scatter(found and found["vectors"], present, (dim,), torch.float32)
+        if cfg.extract.token_sequences:
+            token_cache = FeatureCache(Path(cfg.extract.cache_dir),
+                                       f"{encoder.cache_key}:tokens{length}")
+            seq, _, _ = encode_with_cache(
+                lambda items, e=encoder: pad_tokens(*e.encode_tokens(items, length), length),
+                f"{encoder.name} tokens", token_cache, *args)
+            tokens[modality] = (_scatter(seq and seq["tokens"], present, (length, dim), torch.float32),
+                                _scatter(seq and seq["mask"], present, (length,), torch.bool))
         hashes = iter(_item_hashes(have, modality, preprocessed))
         index[f"present_{modality}"] = present
         index[f"hash_{modality}"] = [next(hashes) if p else "" for p in present]
-        meta[modality] = {"name": encoder.name, "cache_key": encoder.cache_key,
-                          "dim": int(matrix.shape[1])}
+        meta[modality] = {"name": encoder.name, "cache_key": encoder.cache_key, "dim": int(dim),
+                          "tokens": length if cfg.extract.token_sequences else 0}
         log.info("features %s: %d/%d from cache, %d encoded with %s (%d missing)", modality,
                  hits[modality], len(have), encoded[modality], encoder.name, len(samples) - len(have))
-    write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets)
+    write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets, tokens)
     return ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
                          cache_hits=hits, encoded=encoded)

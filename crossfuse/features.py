@@ -3,10 +3,11 @@
 Two things live here.
 
 **The cache** (``extract.cache_dir``): one folder per encoder (named by a hash of
-its ``cache_key``) holding shards ``<name>.safetensors``; each shard has a tensor
-``vectors`` ``[n, dim]`` and, in its metadata, the content hashes of its ``n``
-items. An item (a normalised text, a preprocessed image file) is encoded once per
-encoder, whatever dataset or run it comes from. Shards are written to a temporary
+its ``cache_key``) holding shards ``<name>.safetensors``; each shard has named
+tensors with ``n`` rows (``vectors`` ``[n, dim]``, or ``tokens`` ``[n, L, dim]`` +
+``mask`` ``[n, L]``) and, in its metadata, the content hashes of its ``n`` items.
+An item (a normalised text, a preprocessed image file) is encoded once per encoder,
+whatever dataset or run it comes from. Shards are written to a temporary
 name and renamed, so a reader never sees half a shard.
 
 **A feature set** (the extract stage's output, the train stage's input)::
@@ -16,6 +17,7 @@ name and renamed, so a reader never sees half a shard.
     targets.json                  {extra target: class names}, index = <target>_idx
     encoders.json                 {modality: {name, cache_key, dim}}
     <modality>/shard-00000.safetensors   tensor "vectors" [rows, dim], rows in index order
+    <modality>/tokens-00000.safetensors  optional: "tokens" [rows, L, dim], "mask" [rows, L]
 
 Example
 -------
@@ -87,22 +89,23 @@ class FeatureCache:
     def __contains__(self, item_hash: str) -> bool:
         return item_hash in self._where
 
-    def get(self, hashes: list[str]) -> torch.Tensor:
-        """Vectors for ``hashes`` (all must be cached), ``[len(hashes), dim]``, in order."""
-        by_shard: dict[Path, list[int]] = {}
+    def get(self, hashes: list[str]) -> dict[str, torch.Tensor]:
+        """The cached tensors of ``hashes`` (all must be cached), stacked in order."""
+        loaded: dict[Path, dict[str, torch.Tensor]] = {}
         for h in hashes:
-            by_shard.setdefault(self._where[h][0], [])
-        loaded = {}
-        for shard in by_shard:
-            with safe_open(str(shard), framework="pt") as f:
-                loaded[shard] = f.get_tensor("vectors")
-        return torch.stack([loaded[self._where[h][0]][self._where[h][1]] for h in hashes])
+            shard = self._where[h][0]
+            if shard not in loaded:
+                with safe_open(str(shard), framework="pt") as f:
+                    loaded[shard] = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        names = loaded[self._where[hashes[0]][0]].keys()
+        return {k: torch.stack([loaded[self._where[h][0]][k][self._where[h][1]] for h in hashes])
+                for k in names}
 
-    def put(self, hashes: list[str], vectors: torch.Tensor) -> None:
-        """Add one shard of ``vectors`` ``[len(hashes), dim]``, written atomically."""
+    def put(self, hashes: list[str], tensors: dict[str, torch.Tensor]) -> None:
+        """Add one shard: named tensors with ``len(hashes)`` rows each, written atomically."""
         path = self.dir / f"{uuid.uuid4().hex}.safetensors"
-        atomic_save({"vectors": vectors.float()}, path,
-                    metadata={"hashes": json.dumps(hashes), "cache_key": self.cache_key})
+        atomic_save(tensors, path, metadata={"hashes": json.dumps(hashes),
+                                             "cache_key": self.cache_key})
         for row, h in enumerate(hashes):
             self._where.setdefault(h, (path, row))
 
@@ -116,6 +119,7 @@ class FeatureSet:
     encoders: dict[str, dict]
     vectors: dict[str, torch.Tensor]
     targets: dict[str, list[str]] = field(default_factory=dict)
+    tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -137,14 +141,20 @@ class FeatureSet:
 
 def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
                       encoders: dict[str, dict], vectors: dict[str, torch.Tensor],
-                      shard_size: int = 1024, targets: dict[str, list[str]] | None = None) -> None:
-    """Write a feature set; each modality's vectors are split into shards of ``shard_size`` rows."""
+                      shard_size: int = 1024, targets: dict[str, list[str]] | None = None,
+                      tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    """Write a feature set; each modality's tensors are split into shards of ``shard_size`` rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for modality, matrix in vectors.items():
         for start in range(0, max(len(matrix), 1), shard_size):
             atomic_save({"vectors": matrix[start:start + shard_size]},
                         out_dir / modality / f"shard-{start // shard_size:05d}.safetensors")
+    for modality, (seq, mask) in (tokens or {}).items():
+        for start in range(0, max(len(seq), 1), shard_size):
+            atomic_save({"tokens": seq[start:start + shard_size],
+                         "mask": mask[start:start + shard_size]},
+                        out_dir / modality / f"tokens-{start // shard_size:05d}.safetensors")
     index.to_parquet(out_dir / INDEX_FILE, index=False)
     (out_dir / LABELS_FILE).write_text(json.dumps(labels))
     (out_dir / ENCODERS_FILE).write_text(json.dumps(encoders, indent=2))
@@ -155,15 +165,24 @@ def read_feature_set(path: Path) -> FeatureSet:
     """Load a feature set written by :func:`write_feature_set`."""
     path = Path(path)
     encoders = json.loads((path / ENCODERS_FILE).read_text())
-    vectors = {}
+    vectors, tokens = {}, {}
     for modality in encoders:
-        parts = []
-        for shard in sorted((path / modality).glob("shard-*.safetensors")):
-            with safe_open(str(shard), framework="pt") as f:
-                parts.append(f.get_tensor("vectors"))
-        vectors[modality] = torch.cat(parts)
+        vectors[modality] = _read_shards(path / modality, "shard-*", ["vectors"])["vectors"]
+        if any((path / modality).glob("tokens-*.safetensors")):
+            both = _read_shards(path / modality, "tokens-*", ["tokens", "mask"])
+            tokens[modality] = (both["tokens"], both["mask"])
     targets = path / TARGETS_FILE
     return FeatureSet(index=pd.read_parquet(path / INDEX_FILE),
                       labels=json.loads((path / LABELS_FILE).read_text()),
                       encoders=encoders, vectors=vectors,
-                      targets=json.loads(targets.read_text()) if targets.is_file() else {})
+                      targets=json.loads(targets.read_text()) if targets.is_file() else {},
+                      tokens=tokens)
+
+
+def _read_shards(folder: Path, pattern: str, names: list[str]) -> dict[str, torch.Tensor]:
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for shard in sorted(folder.glob(pattern + ".safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            for n in names:
+                parts[n].append(f.get_tensor(n))
+    return {n: torch.cat(p) for n, p in parts.items()}

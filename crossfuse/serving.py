@@ -33,6 +33,7 @@ from PIL import Image
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import build_encoder
+from crossfuse.extract import pad_tokens
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
 from crossfuse.preprocess import normalise_text, prepare_image
@@ -72,9 +73,14 @@ class FusionPredictor:
                                           offline=self.cfg.extract.hf_offline)
                          for m in self.modalities}
 
-    def _encode(self, modality: str, values: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, modality: str, values: list):
+        """(vectors [N, D], present [N], tokens ([N, L, D], [N, L]) or None) for raw values."""
         present = torch.tensor([not _is_missing(v) for v in values], dtype=torch.bool)
-        vectors = torch.zeros(len(values), self.meta["dims"][modality])
+        dim, length = self.meta["dims"][modality], self.cfg.extract.max_tokens
+        vectors = torch.zeros(len(values), dim)
+        tokens = ((torch.zeros(len(values), length, dim), torch.zeros(len(values), length,
+                                                                     dtype=torch.bool))
+                  if self.head.spec.token_inputs else None)
         rows = present.nonzero().flatten().tolist()
         if rows:
             if modality == "text":
@@ -82,19 +88,25 @@ class FusionPredictor:
                          for r in rows]
             else:
                 items = [_open_image(str(values[r]), self.cfg.preprocess.image_size) for r in rows]
+            encoder = self.encoders[modality]
             for s in range(0, len(items), self.cfg.extract.batch_size):
                 chunk = items[s:s + self.cfg.extract.batch_size]
-                vectors[rows[s:s + len(chunk)]] = self.encoders[modality].encode(chunk)
-        return vectors, present
+                where = rows[s:s + len(chunk)]
+                vectors[where] = encoder.encode(chunk)
+                if tokens is not None:
+                    padded = pad_tokens(*encoder.encode_tokens(chunk, length), length)
+                    tokens[0][where], tokens[1][where] = padded["tokens"], padded["mask"]
+        return vectors, present, tokens
 
     def logits(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Every head's logits for raw inputs; absent columns count as missing."""
-        vectors, present = {}, {}
+        vectors, present, tokens = {}, {}, {}
         for m in self.modalities:
             values = frame[m].tolist() if m in frame.columns else [None] * len(frame)
-            vectors[m], present[m] = self._encode(m, values)
+            vectors[m], present[m], tokens[m] = self._encode(m, values)
         with torch.inference_mode():
-            return self.head.eval().forward_all(vectors, present)
+            return self.head.eval().forward_all(vectors, present,
+                                                tokens if self.head.spec.token_inputs else None)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         logits = self.logits(frame)

@@ -28,6 +28,7 @@ from torch import nn
 from crossfuse.config import FusionConfig, RunConfig, TrainConfig
 from crossfuse.features import FeatureSet, read_feature_set
 from crossfuse.fusion import (
+    FUSION_METHODS,
     FusionHead,
     FusionSpec,
     build_fusion_head,
@@ -67,6 +68,14 @@ def split_tensors(fs: FeatureSet, split: str, modalities: list[str], target: str
     return feats, present, fs.labels_of(target)[rows]
 
 
+def split_tokens(fs: FeatureSet, split: str, modalities: list[str], spec: FusionSpec):
+    """Token sequences of one split when the head reads them, else None."""
+    if not spec.token_inputs:
+        return None
+    rows = fs.rows(split)
+    return {m: (fs.tokens[m][0][rows], fs.tokens[m][1][rows]) for m in modalities}
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -90,13 +99,20 @@ def drop_modalities(present: dict[str, torch.Tensor], rates: dict[str, float],
 
 
 def build_spec(fs: FeatureSet, fusion: FusionConfig, modalities: list[str]) -> FusionSpec:
-    """The fusion head's spec for ``fs``: dims, classes, extra targets, aux heads."""
+    """The fusion head's spec for ``fs``: dims, classes, extra targets, aux heads, tokens.
+
+    A method that can read token sequences gets them when the feature set has them for
+    every modality used.
+    """
+    method = FUSION_METHODS.get(fusion.method)
+    token_inputs = bool(method is not None and method.uses_tokens
+                        and all(m in fs.tokens for m in modalities))
     return FusionSpec(method=fusion.method, dims={m: fs.vectors[m].shape[1] for m in modalities},
                       num_classes=len(fs.labels), hidden_dim=fusion.hidden_dim,
                       dropout=fusion.dropout,
                       extra_targets={t: len(c) for t, c in fs.targets.items()},
                       aux_heads=fusion.aux_weight > 0 and len(modalities) > 1,
-                      options=dict(fusion.options))
+                      options=dict(fusion.options), token_inputs=token_inputs)
 
 
 def training_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
@@ -143,6 +159,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     head = build_fusion_head(spec)
     x_tr, p_tr, y_tr = split_tensors(fs, "train", modalities)
     x_va, p_va, y_va = split_tensors(fs, "val", modalities)
+    t_tr, t_va = (split_tokens(fs, s, modalities, spec) for s in ("train", "val"))
     if len(y_tr) == 0 or len(y_va) == 0:
         raise ValueError(f"need train and val samples, got {len(y_tr)} train / {len(y_va)} val; "
                          f"add samples or change preprocess.split")
@@ -160,14 +177,15 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
             idx = order[s:s + train.batch_size]
             present = drop_modalities({m: p_tr[m][idx] for m in modalities},
                                       train.modality_dropout, generator)
-            out = head.forward_all({m: x_tr[m][idx] for m in modalities}, present)
+            tok = {m: (t[idx], k[idx]) for m, (t, k) in t_tr.items()} if t_tr else None
+            out = head.forward_all({m: x_tr[m][idx] for m in modalities}, present, tok)
             loss = training_loss(out, {t: y[idx] for t, y in targets_tr.items()}, present,
                                  spec.target, fusion, train)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(idx)
-        probs = predict_proba(head, x_va, p_va)
+        probs = predict_proba(head, x_va, p_va, t_va)
         val_loss = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y_va))
         pred = probs.argmax(-1).numpy()
         metrics = {"train_loss": total / len(y_tr), "val_loss": val_loss,

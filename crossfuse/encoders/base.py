@@ -38,5 +38,14 @@ class Encoder(ABC):
     def encode(self, items: list[Any]) -> torch.Tensor:
         """Encode a batch: ``len(items)`` items -> float32 tensor ``[len(items), dim]``."""
 
+    def encode_tokens(self, items: list[Any], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token sequences: ``([B, L, dim] float32, [B, L] bool mask)`` with ``L <= max_tokens``.
+
+        Text tokens are word pieces (truncated), image tokens are patches or a grid of
+        feature-map cells. Encoders without a token view raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(f"encoder {self.name!r} has no token sequences; use pooled "
+                                  f"vectors (extract.token_sequences=false)")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim})"

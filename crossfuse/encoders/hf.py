@@ -100,17 +100,32 @@ class HFEncoder(Encoder):
         probe = ["probe"] if self.modality == "text" else [_blank_image()]
         return int(self.encode(probe).shape[1])
 
-    @torch.inference_mode()
-    def encode(self, items: list[Any]) -> torch.Tensor:
+    def _forward(self, items: list[Any], max_length: int):
         if self.modality == "text":
             batch = self.processor(list(items), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            out = self.model(**batch)
-            mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                                   max_length=max_length, return_tensors="pt")
+            return self.model(**batch), batch["attention_mask"].to(torch.bool)
+        batch = self.processor(images=list(items), return_tensors="pt")
+        return self.model(pixel_values=batch["pixel_values"]), None
+
+    @torch.inference_mode()
+    def encode_tokens(self, items: list[Any], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out, mask = self._forward(items, max_tokens)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # convolutional models: [B, C, H, W] -> cells as tokens
+            hidden = hidden.flatten(2).transpose(1, 2)
+        hidden = hidden[:, :max_tokens].float()
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool)
+        return hidden, mask[:, :max_tokens]
+
+    @torch.inference_mode()
+    def encode(self, items: list[Any]) -> torch.Tensor:
+        out, mask = self._forward(items, self.max_length)
+        if self.modality == "text":
+            weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         else:
-            batch = self.processor(images=list(items), return_tensors="pt")
-            out = self.model(pixel_values=batch["pixel_values"])
             pooled = getattr(out, "pooler_output", None)
             if pooled is None:
                 hidden = out.last_hidden_state

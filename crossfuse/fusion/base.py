@@ -42,6 +42,7 @@ class FusionSpec:
     extra_targets: dict[str, int] = field(default_factory=dict)
     aux_heads: bool = False
     options: dict[str, int | float | str] = field(default_factory=dict)
+    token_inputs: bool = False  # the head reads token sequences (methods with uses_tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,8 +56,17 @@ class FusionSpec:
         return type(default)(self.options.get(name, default))
 
 
+Tokens = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {modality: ([B, L, D_m], [B, L] mask)}
+
+
 class FusionHead(nn.Module):
-    """Base class: placeholders, per-target heads, optional auxiliary per-modality heads."""
+    """Base class: placeholders, per-target heads, optional auxiliary per-modality heads.
+
+    Methods that can read token sequences set ``uses_tokens = True`` and accept a
+    ``tokens`` argument in ``represent``; it is passed only when ``spec.token_inputs``.
+    """
+
+    uses_tokens = False
 
     def __init__(self, spec: FusionSpec):
         super().__init__()
@@ -87,19 +97,25 @@ class FusionHead(nn.Module):
         """Method-specific fusion of complete features -> ``[B, hidden_dim]``."""
         raise NotImplementedError
 
-    def forward_all(self, features: dict[str, torch.Tensor],
-                    present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward_all(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                    tokens: Tokens | None = None) -> dict[str, torch.Tensor]:
         """Logits of every head: ``{target: [B, n_target], "aux:<m>": [B, num_classes]}``."""
         filled = self.fill_missing(features, present)
-        rep = self.represent(filled, present)
+        if self.spec.token_inputs:
+            if tokens is None:
+                raise ValueError(f"this {self.spec.method} head was trained on token sequences; "
+                                 f"pass tokens (extract.token_sequences=true)")
+            rep = self.represent(filled, present, tokens=tokens)
+        else:
+            rep = self.represent(filled, present)
         out = {t: head(rep) for t, head in self.heads.items()}
         if self.spec.aux_heads:
             out.update({f"aux:{m}": self.aux[m](filled[m]) for m in self.modalities})
         return out
 
-    def forward(self, features: dict[str, torch.Tensor],
-                present: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward_all(features, present)[self.spec.target]
+    def forward(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                tokens: Tokens | None = None) -> torch.Tensor:
+        return self.forward_all(features, present, tokens)[self.spec.target]
 
 
 def presence_mask(present: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:

@@ -34,7 +34,7 @@ class LateFusion(FusionHead):
             for t, n in spec.targets.items()})
         self.weight_logits = nn.Parameter(torch.zeros(len(self.modalities)))
 
-    def forward_all(self, features, present):
+    def forward_all(self, features, present, tokens=None):
         filled = self.fill_missing(features, present)
         hidden = {m: self.encoders[m](filled[m]) for m in self.modalities}
         mask = presence_mask(present, self.modalities)                          # [B, M]

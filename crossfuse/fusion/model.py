@@ -51,12 +51,15 @@ def load_fusion_head(model_dir: Path) -> tuple[FusionHead, dict]:
 
 @torch.inference_mode()
 def predict_proba(head: FusionHead, vectors: dict[str, torch.Tensor],
-                  present: dict[str, torch.Tensor], batch_size: int = 1024) -> torch.Tensor:
-    """Class probabilities ``[N, num_classes]`` for ``N`` rows of features."""
+                  present: dict[str, torch.Tensor], tokens=None,
+                  batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities ``[N, num_classes]`` for ``N`` rows of features (and tokens)."""
     head.eval()
     n = len(next(iter(vectors.values())))
     out = []
     for s in range(0, n, batch_size):
-        out.append(head({m: v[s:s + batch_size] for m, v in vectors.items()},
-                        {m: p[s:s + batch_size] for m, p in present.items()}).softmax(-1))
+        part = slice(s, s + batch_size)
+        tok = {m: (t[part], k[part]) for m, (t, k) in tokens.items()} if tokens else None
+        out.append(head({m: v[part] for m, v in vectors.items()},
+                        {m: p[part] for m, p in present.items()}, tok).softmax(-1))
     return torch.cat(out) if out else torch.empty(0)

@@ -4,11 +4,13 @@ Tsai, Bai, Liang, Kolter, Morency & Salakhutdinov, "Multimodal Transformer for U
 Multimodal Language Sequences", ACL 2019. For every modality, a cross-modal block
 lets its tokens (queries) attend to the other modalities' tokens (keys/values), with a
 residual and a feed-forward layer; the attended streams are pooled and concatenated.
-Here each modality contributes one token (its pooled vector) — with two modalities,
-each then reads the other. Absent modalities are masked out as keys.
+With token sequences (``extract.token_sequences``: word pieces, image patches or
+feature-map cells) each modality is its sequence, as in MulT; without them each
+modality is one token, its pooled vector. Absent modalities are masked out as keys; an
+absent modality's own stream is its placeholder.
 
-Shapes: ``{m: [B, D_m]}`` -> tokens ``[B, M, H]`` -> per modality ``[B, H]`` -> concat
-``[B, M * H]`` -> ``[B, H]``.
+Shapes: tokens ``{m: [B, L_m, D_m]}`` (or ``[B, 1, D_m]``) -> ``[B, L_m, H]`` -> cross-attended,
+mean-pooled per modality ``[B, H]`` -> concat ``[B, M * H]`` -> ``[B, H]``.
 """
 
 from __future__ import annotations
@@ -56,19 +58,45 @@ class CrossAttentionFusion(FusionHead):
         self.out = nn.Sequential(nn.LayerNorm(len(spec.dims) * h), nn.Linear(len(spec.dims) * h, h),
                                  nn.GELU(), nn.Dropout(spec.dropout))
 
-    def represent(self, features, present):
-        tokens = {m: self.project[m](features[m]).unsqueeze(1) for m in self.modalities}
-        keep = presence_mask(present, self.modalities)
+    uses_tokens = True
+
+    def sequences(self, features, present, tokens=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{m: (projected tokens [B, L, H], valid [B, L])}``; an absent row is its placeholder.
+
+        ``features`` are already placeholder-filled, so an absent row's pooled vector
+        is the placeholder; it becomes that row's only valid token.
+        """
+        out = {}
+        for m in self.modalities:
+            pooled = features[m].unsqueeze(1)                                    # [B, 1, D]
+            if tokens is None:
+                seq, valid = pooled, torch.ones(pooled.shape[:2], dtype=torch.bool)
+            else:
+                seq, valid = tokens[m]
+                here = present[m].to(torch.bool)
+                first = torch.arange(seq.shape[1]) == 0
+                seq = torch.where(here[:, None, None], seq,
+                                  torch.where(first[None, :, None], pooled, torch.zeros_like(pooled)))
+                valid = torch.where(here[:, None], valid, first[None, :])
+                valid = valid | (first[None, :] & ~valid.any(1, keepdim=True))  # empty text
+            out[m] = (self.project[m](seq), valid)
+        return out
+
+    def represent(self, features, present, tokens=None):
+        seqs = self.sequences(features, present, tokens)
+        keep = presence_mask(present, self.modalities)                           # [B, M]
         streams = []
         for i, m in enumerate(self.modalities):
+            queries, q_valid = seqs[m]
             others = [j for j in range(len(self.modalities)) if j != i]
-            if not others:  # a single modality has nothing to attend to
-                streams.append(tokens[m].squeeze(1))
-                continue
-            context = torch.cat([tokens[self.modalities[j]] for j in others], dim=1)
-            padding = ~keep[:, others]
-            # A row whose other modalities are all absent attends to them anyway (placeholders)
-            # rather than to nothing, which would give NaN.
-            padding = padding & ~padding.all(dim=1, keepdim=True)
-            streams.append(self.blocks[m](tokens[m], context, padding).squeeze(1))
+            if others:
+                context = torch.cat([seqs[self.modalities[j]][0] for j in others], dim=1)
+                valid = torch.cat([seqs[self.modalities[j]][1] & keep[:, j:j + 1] for j in others], 1)
+                # With every other modality absent, attend to their placeholders rather than to
+                # nothing (which gives NaN).
+                fallback = torch.cat([seqs[self.modalities[j]][1] for j in others], 1)
+                valid = torch.where(valid.any(1, keepdim=True), valid, fallback)
+                queries = self.blocks[m](queries, context, ~valid)
+            weights = q_valid.unsqueeze(-1).to(queries.dtype)
+            streams.append((queries * weights).sum(1) / weights.sum(1).clamp(min=1.0))
         return self.out(torch.cat(streams, dim=-1))
