@@ -16,7 +16,7 @@ configured proportions in expectation.
 Example
 -------
 >>> assign_split("s00001", SplitConfig())
-'train'
+'test'
 """
 
 from __future__ import annotations

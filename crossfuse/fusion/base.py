@@ -138,3 +138,18 @@ def projector(in_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
     """``LayerNorm -> Linear -> GELU -> Dropout``: one modality's vector into the shared width."""
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(),
                          nn.Dropout(dropout))
+
+
+def attention_heads(spec: FusionSpec) -> int:
+    """The ``heads`` option (default 4), checked to divide ``hidden_dim``."""
+    heads = spec.option("heads", 4)
+    if spec.hidden_dim % heads:
+        raise ValueError(f"fusion.hidden_dim={spec.hidden_dim} must be divisible by the option "
+                         f"heads={heads}")
+    return heads
+
+
+def linear_projections(spec: FusionSpec) -> nn.ModuleDict:
+    """Per modality ``LayerNorm -> Linear`` into ``hidden_dim``: token embeddings for attention."""
+    return nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, spec.hidden_dim))
+                          for m, d in spec.dims.items()})

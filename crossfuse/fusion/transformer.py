@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask
+from crossfuse.fusion.base import (
+    FusionHead,
+    FusionSpec,
+    attention_heads,
+    linear_projections,
+    presence_mask,
+)
 from crossfuse.fusion.registry import register_fusion
 
 
@@ -29,11 +35,8 @@ class TransformerFusion(FusionHead):
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
         h = spec.hidden_dim
-        heads = spec.option("heads", 4)
-        if h % heads:
-            raise ValueError(f"fusion.hidden_dim={h} must be divisible by the option heads={heads}")
-        self.project = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h))
-                                      for m, d in spec.dims.items()})
+        heads = attention_heads(spec)
+        self.project = linear_projections(spec)
         self.modality_embedding = nn.Parameter(torch.randn(len(spec.dims), h) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, h) * 0.02)
         layer = nn.TransformerEncoderLayer(h, heads, dim_feedforward=2 * h, dropout=spec.dropout,

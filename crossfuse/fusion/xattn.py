@@ -18,7 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask
+from crossfuse.fusion.base import (
+    FusionHead,
+    FusionSpec,
+    attention_heads,
+    linear_projections,
+    presence_mask,
+)
 from crossfuse.fusion.registry import register_fusion
 
 
@@ -49,11 +55,8 @@ class CrossAttentionFusion(FusionHead):
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
         h = spec.hidden_dim
-        heads = spec.option("heads", 4)
-        if h % heads:
-            raise ValueError(f"fusion.hidden_dim={h} must be divisible by the option heads={heads}")
-        self.project = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h))
-                                      for m, d in spec.dims.items()})
+        heads = attention_heads(spec)
+        self.project = linear_projections(spec)
         self.blocks = nn.ModuleDict({m: CrossModalBlock(h, heads, spec.dropout) for m in spec.dims})
         self.out = nn.Sequential(nn.LayerNorm(len(spec.dims) * h), nn.Linear(len(spec.dims) * h, h),
                                  nn.GELU(), nn.Dropout(spec.dropout))
