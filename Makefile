@@ -16,7 +16,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run data test ui compile lint lock clean
+MODEL   ?= crossfuse-sample
+ALIAS   ?= champion
+PORT    ?= 5001
+
+.PHONY: install run data test ui serve compile lint lock clean
 
 install: $(STAMP)
 
@@ -46,6 +50,12 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# A registered model (default: the champion) as a REST endpoint (POST /invocations). mlflow execs uvicorn by name: put the venv first.
+serve: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	  $(BIN)/mlflow models serve -m "models:/$(MODEL)@$(ALIAS)" --env-manager local \
+	  --host 127.0.0.1 --port $(PORT)
 
 compile: $(STAMP)
 	CROSSFUSE_IMAGE=$(IMAGE) $(BIN)/crossfuse compile

@@ -34,18 +34,29 @@ def save_fusion_head(head: FusionHead, out_dir: Path, extra: dict | None = None)
     """Write ``fusion_head.safetensors`` and ``fusion_spec.json`` (spec + ``extra``) to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from crossfuse import __version__
+
     atomic_save(head.state_dict(), out_dir / WEIGHTS_FILE)
-    (out_dir / SPEC_FILE).write_text(json.dumps({**head.spec.to_dict(), **(extra or {})},
-                                                indent=2))
+    (out_dir / SPEC_FILE).write_text(json.dumps(
+        {**head.spec.to_dict(), **(extra or {}), "crossfuse_version": __version__}, indent=2))
 
 
 def load_fusion_head(model_dir: Path) -> tuple[FusionHead, dict]:
     """Rebuild a saved head in eval mode; returns (head, the spec JSON with extras)."""
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / SPEC_FILE).read_text())
-    spec = FusionSpec(**{k: meta[k] for k in FusionSpec.__dataclass_fields__})
+    spec = FusionSpec(**{k: meta[k] for k in FusionSpec.__dataclass_fields__ if k in meta})
     head = build_fusion_head(spec)
-    head.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
+    try:
+        head.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
+    except RuntimeError as exc:
+        from crossfuse import __version__
+
+        saved = meta.get("crossfuse_version", "an earlier version")
+        raise ValueError(
+            f"{model_dir}: the {spec.method} head was saved by crossfuse {saved} and its weights "
+            f"do not fit crossfuse {__version__}'s {spec.method} head; retrain it with "
+            f"this version ({str(exc).splitlines()[0]})") from exc
     return head.eval(), meta
 
 

@@ -138,3 +138,66 @@ def test_failed_stage_marks_run_failed(pipeline_run, tmp_path):
         order_by=["attributes.start_time DESC"], max_results=1)
     assert runs[0].info.status == "FAILED"
     assert "does not exist" in runs[0].data.tags["crossfuse.error"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_raw_inputs_over_http(pipeline_run, tmp_path):
+    """`mlflow models serve` of the champion takes raw text + a base64 image over HTTP."""
+    import base64
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg = pipeline_run["cfg"]
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    # mlflow execs uvicorn by name: the venv's bin must be on PATH (as `make serve` does).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the server outlives this line)
+    server = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{cfg.model_name()}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
+                time.sleep(1)
+        preds = pd.read_parquet(Path(pipeline_run["artifacts"]["evaluation"].path)
+                                / "predictions.parquet").head(3)
+        manifest = pd.read_csv(Path(cfg.data.path) / "manifest.csv").set_index("id")
+        rows = manifest.loc[preds["id"]]
+        images = [base64.b64encode((Path(cfg.data.path) / p).read_bytes()).decode()
+                  for p in rows["image"]]
+        body = {"dataframe_split": {"columns": ["text", "image"],
+                                    "data": [[t, i] for t, i in zip(rows["text"], images,
+                                                                    strict=True)]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answer = json.loads(r.read())["predictions"]
+        assert [a["label"] for a in answer] == preds["predicted"].tolist()
+        assert all(abs(sum(v for k, v in a.items() if k.startswith("p_")) - 1) < 1e-4
+                   for a in answer)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()

@@ -100,3 +100,16 @@ def test_a_row_with_every_modality_missing_stays_finite(method):
 def test_transformer_heads_must_divide_hidden_dim():
     with pytest.raises(ValueError, match="divisible"):
         build_fusion_head(FusionSpec("transformer", DIMS2, 3, hidden_dim=18))
+
+
+def test_incompatible_saved_weights_say_to_retrain(tmp_path):
+    import json
+
+    save_fusion_head(build_fusion_head(FusionSpec("concat", DIMS2, 3, hidden_dim=16)), tmp_path)
+    meta = json.loads((tmp_path / "fusion_spec.json").read_text())
+    assert meta["crossfuse_version"]
+    meta["hidden_dim"] = 32                      # as if the architecture had changed since
+    del meta["aux_heads"]                        # and an older spec lacked a field
+    (tmp_path / "fusion_spec.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="weights do not fit .* retrain it"):
+        load_fusion_head(tmp_path)
