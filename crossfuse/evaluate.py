@@ -29,7 +29,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
 
 from crossfuse.config import RunConfig  # noqa: E402
 from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
@@ -47,7 +54,7 @@ class EvaluationResult:
     confusion: list[list[int]]
 
 
-def test_scores(head: FusionHead, fs: FeatureSet, modalities: list[str]
+def score_test_split(head: FusionHead, fs: FeatureSet, modalities: list[str]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(true labels, predicted labels, probabilities ``[N_test, C]``) on the test split."""
     x, present, y = split_tensors(fs, "test", modalities)
@@ -55,6 +62,42 @@ def test_scores(head: FusionHead, fs: FeatureSet, modalities: list[str]
         raise ValueError("the test split is empty; add samples or change preprocess.split")
     probs = predict_proba(head, x, present, split_tokens(fs, "test", modalities, head.spec)).numpy()
     return y.numpy(), probs.argmax(-1), probs
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, prefix: str = "test_"
+                           ) -> dict[str, float]:
+    """Accuracy, macro/micro F1, one-vs-rest AUROC and AUPRC (macro over classes), log loss.
+
+    Parameters
+    ----------
+    y: true class ids ``[N]``.
+    probs: class probabilities ``[N, C]``.
+    prefix: metric name prefix, e.g. ``test_`` or ``test_<target>_``.
+
+    AUROC/AUPRC average over the classes that have both positives and negatives in ``y``
+    (others have no defined curve); absent classes still count in macro-F1 as 0.
+
+    >>> m = classification_metrics(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]))
+    >>> round(m["test_accuracy"], 3), round(m["test_auroc_ovr"], 3)
+    (0.667, 1.0)
+    """
+    k = probs.shape[1]
+    pred = probs.argmax(-1)
+    metrics = {f"{prefix}accuracy": float((pred == y).mean()),
+               f"{prefix}macro_f1": macro_f1(y, pred, k),
+               f"{prefix}micro_f1": float(f1_score(y, pred, labels=list(range(k)), average="micro",
+                                                   zero_division=0)),
+               f"{prefix}log_loss": float(log_loss(y, np.clip(probs, 1e-12, 1.0), labels=list(range(k))))}
+    aurocs, auprcs = [], []
+    for c in range(k):
+        positives = y == c
+        if 0 < positives.sum() < len(y):
+            aurocs.append(roc_auc_score(positives, probs[:, c]))
+            auprcs.append(average_precision_score(positives, probs[:, c]))
+    if aurocs:
+        metrics[f"{prefix}auroc_ovr"] = float(np.mean(aurocs))
+        metrics[f"{prefix}auprc_ovr"] = float(np.mean(auprcs))
+    return metrics
 
 
 @torch.inference_mode()
@@ -65,11 +108,10 @@ def extra_target_metrics(head: FusionHead, fs: FeatureSet, modalities: list[str]
         return metrics
     x, present, _ = split_tensors(fs, "test", modalities)
     out = head.eval().forward_all(x, present, split_tokens(fs, "test", modalities, head.spec))
-    for target, classes in fs.targets.items():
+    for target in fs.targets:
         y = split_tensors(fs, "test", modalities, target)[2].numpy()
-        pred = out[target].argmax(-1).numpy()
-        metrics[f"test_{target}_accuracy"] = float((pred == y).mean())
-        metrics[f"test_{target}_macro_f1"] = macro_f1(y, pred, len(classes))
+        metrics.update(classification_metrics(y, out[target].softmax(-1).numpy(),
+                                              prefix=f"test_{target}_"))
     return metrics
 
 
@@ -101,11 +143,9 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
     head, meta = load_fusion_head(Path(model_dir))
     modalities = list(meta["dims"])
     labels = fs.labels
-    y, pred, probs = test_scores(head, fs, modalities)
+    y, pred, probs = score_test_split(head, fs, modalities)
     k = len(labels)
-    metrics = {"test_accuracy": float((pred == y).mean()),
-               "test_macro_f1": macro_f1(y, pred, k),
-               "test_samples": float(len(y))}
+    metrics = {**classification_metrics(y, probs), "test_samples": float(len(y))}
     report = classification_report(y, pred, labels=list(range(k)), target_names=labels,
                                    output_dict=True, zero_division=0)
     for name in labels:
@@ -125,7 +165,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
         best = 0.0
         for m in modalities:
             base_head, _ = fit(fs, used.fusion, used.train, used.seed, modalities=[m])
-            yb, pb, _ = test_scores(base_head, fs, [m])
+            yb, pb, _ = score_test_split(base_head, fs, [m])
             metrics[f"baseline_{m}_test_accuracy"] = float((pb == yb).mean())
             metrics[f"baseline_{m}_test_macro_f1"] = macro_f1(yb, pb, k)
             best = max(best, metrics[f"baseline_{m}_test_macro_f1"])

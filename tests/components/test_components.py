@@ -73,8 +73,10 @@ def test_train_and_evaluate_report_to_kfp(pipeline_run):
     a = pipeline_run["artifacts"]
     assert 0.0 <= a["train_metrics"].metadata["best_val_macro_f1"] <= 1.0
     m = a["eval_metrics"].metadata
-    assert {"test_accuracy", "test_macro_f1", "baseline_image_test_macro_f1",
-            "baseline_text_test_macro_f1", "fusion_gain_macro_f1"} <= set(m)
+    assert {"test_accuracy", "test_macro_f1", "test_micro_f1", "test_log_loss", "test_auroc_ovr",
+            "test_auprc_ovr", "baseline_image_test_macro_f1", "baseline_text_test_macro_f1",
+            "fusion_gain_macro_f1"} <= set(m)
+    assert 0.0 <= m["test_auroc_ovr"] <= 1.0 and m["test_log_loss"] > 0
     cm = a["classification"].metadata["confusionMatrix"]
     assert len(cm["rows"]) == 6
     total = sum(sum(r["row"]) for r in cm["rows"])

@@ -77,6 +77,7 @@ def test_extra_target_from_extra_columns_file(sample_dataset, make_config, tmp_p
     train(cfg, tmp_path / "f", tmp_path / "model")
     metrics = evaluate(cfg, tmp_path / "f", tmp_path / "model", tmp_path / "eval").metrics
     assert 0.0 <= metrics["test_shape_macro_f1"] <= 1.0 and "test_shape_accuracy" in metrics
+    assert {"test_shape_micro_f1", "test_shape_log_loss", "test_shape_auroc_ovr"} <= set(metrics)
     spec = json.loads((tmp_path / "model" / "fusion_spec.json").read_text())
     assert spec["extra_targets"] == {"shape": 3}
     out = FusionPredictor(tmp_path / "model").predict(pd.DataFrame(

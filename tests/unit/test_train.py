@@ -71,3 +71,20 @@ def test_empty_validation_split_is_explained():
     fs.index["split"] = fs.index["split"].replace({"val": "train"})
     with pytest.raises(ValueError, match="need train and val samples"):
         fit(fs, FusionConfig(), TrainConfig(epochs=1), seed=0)
+
+
+def test_classification_metrics_on_known_values():
+    import numpy as np
+
+    from crossfuse.evaluate import classification_metrics
+
+    y = np.array([0, 0, 1, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    m = classification_metrics(y, probs)
+    assert m["test_accuracy"] == m["test_micro_f1"] == 0.75
+    assert m["test_auroc_ovr"] == pytest.approx((1.0 + 1.0 + 1.0) / 3)
+    expected_loss = -np.mean(np.log([0.8, 0.4, 0.7, 0.8]))
+    assert m["test_log_loss"] == pytest.approx(expected_loss)
+    # A class absent from y has no ROC curve and is left out of the average.
+    m2 = classification_metrics(np.array([0, 0, 1]), probs[:3])
+    assert "test_auroc_ovr" in m2 and m2["test_macro_f1"] < 1
