@@ -2,7 +2,8 @@
 
 Writes to ``out_dir``: ``metrics.json`` (flat name -> value, ready for MLflow),
 ``classification_report.json`` (per-class precision/recall/F1/support),
-``confusion_matrix.png`` and ``predictions.parquet`` (id, label, predicted, p_<class>).
+``confusion_matrix.png``, ``reliability_diagram.png`` (before/after temperature scaling)
+and ``predictions.parquet`` (id, label, predicted, calibrated p_<class>, as served).
 
 Each unimodal baseline is the configured fusion method trained the same way on
 one modality's features, so ``fusion_gain_macro_f1`` (fused minus best unimodal)
@@ -38,6 +39,11 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
 )
 
+from crossfuse.calibration import (  # noqa: E402
+    apply_temperature,
+    expected_calibration_error,
+    plot_reliability,
+)
 from crossfuse.config import RunConfig  # noqa: E402
 from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
 from crossfuse.fusion import FusionHead, load_fusion_head, predict_proba  # noqa: E402
@@ -146,6 +152,15 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
     y, pred, probs = score_test_split(head, fs, modalities)
     k = len(labels)
     metrics = {**classification_metrics(y, probs), "test_samples": float(len(y))}
+    # Calibration: the served model applies the validation-fitted temperature.
+    temperature = float(meta.get("temperature", 1.0))
+    calibrated = apply_temperature(probs, temperature)
+    metrics.update({"test_ece": expected_calibration_error(y, probs),
+                    "test_ece_calibrated": expected_calibration_error(y, calibrated),
+                    "test_log_loss_calibrated": classification_metrics(y, calibrated)["test_log_loss"]})
+    plot_reliability(y, {"uncalibrated": probs, f"temperature {temperature:.2f}": calibrated},
+                     out_dir / "reliability_diagram.png", title="test split reliability")
+    probs = calibrated
     report = classification_report(y, pred, labels=list(range(k)), target_names=labels,
                                    output_dict=True, zero_division=0)
     for name in labels:

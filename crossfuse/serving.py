@@ -110,7 +110,8 @@ class FusionPredictor:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         logits = self.logits(frame)
-        probs = logits[self.head.spec.target].softmax(-1).numpy()
+        temperature = float(self.meta.get("temperature", 1.0))  # fitted on validation
+        probs = (logits[self.head.spec.target] / temperature).softmax(-1).numpy()
         out = pd.DataFrame({"label": [self.labels[i] for i in probs.argmax(-1)]})
         for i, name in enumerate(self.labels):
             out[f"p_{name}"] = probs[:, i].astype(float)

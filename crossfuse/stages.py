@@ -96,7 +96,8 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
         if result.searched:
             mlflow.log_params({f"search.best.{k}": v for k, v in result.searched.items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                            "best_val_macro_f1": result.best_val_macro_f1})
+                            "best_val_macro_f1": result.best_val_macro_f1,
+                            "temperature": result.temperature})
     return result
 
 
@@ -107,8 +108,8 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
     with stage_run(cfg, run_id, "evaluate"):
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir)
         mlflow.log_metrics(result.metrics)
-        for name in ("confusion_matrix.png", "classification_report.json", "metrics.json",
-                     "predictions.parquet"):
+        for name in ("confusion_matrix.png", "reliability_diagram.png",
+                     "classification_report.json", "metrics.json", "predictions.parquet"):
             mlflow.log_artifact(str(out_dir / name), "evaluation")
     return result
 

@@ -49,6 +49,7 @@ class TrainResult:
     best_val_macro_f1: float
     history: list[dict[str, float]] = field(default_factory=list)
     searched: dict = field(default_factory=dict)  # hyper-parameters a search chose, if any
+    temperature: float = 1.0  # temperature scaling fitted on the validation split
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -211,6 +212,16 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     return head, result
 
 
+def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
+    """Temperature scaling ``T`` for the primary target, fitted on the validation split."""
+    from crossfuse.calibration import fit_temperature
+
+    modalities = list(head.spec.dims)
+    x, present, y = split_tensors(fs, "val", modalities)
+    probs = predict_proba(head, x, present, split_tokens(fs, "val", modalities, head.spec))
+    return fit_temperature(y.numpy(), probs.numpy())
+
+
 def train(cfg: RunConfig, features: Path, model_dir: Path,
           on_epoch: Callable[[int, dict[str, float]], None] | None = None,
           on_trial: Callable[[int, dict, float], None] | None = None) -> TrainResult:
@@ -230,9 +241,11 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
         fusion, train_cfg, searched = best.fusion, best.train, best.params
     head, result = fit(fs, fusion, train_cfg, cfg.seed, on_epoch=on_epoch)
     result.searched = searched
+    result.temperature = validation_temperature(head, fs)
     effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
     save_fusion_head(head, Path(model_dir), extra={"labels": fs.labels, "encoders": fs.encoders,
                                                    "targets": fs.targets,
-                                                   "best_epoch": result.best_epoch})
+                                                   "best_epoch": result.best_epoch,
+                                                   "temperature": result.temperature})
     (Path(model_dir) / RUN_CONFIG_FILE).write_text(effective.to_json())
     return result

@@ -77,6 +77,13 @@ def test_train_and_evaluate_report_to_kfp(pipeline_run):
             "test_auprc_ovr", "baseline_image_test_macro_f1", "baseline_text_test_macro_f1",
             "fusion_gain_macro_f1"} <= set(m)
     assert 0.0 <= m["test_auroc_ovr"] <= 1.0 and m["test_log_loss"] > 0
+    assert {"test_ece", "test_ece_calibrated", "test_log_loss_calibrated"} <= set(m)
+    # Temperature scaling changes confidence, never the prediction.
+    preds = pd.read_parquet(Path(a["evaluation"].path) / "predictions.parquet")
+    probs = preds[[c for c in preds.columns if c.startswith("p_")]]
+    assert (probs.idxmax(axis=1).str[2:] == preds["predicted"]).all()
+    assert m["test_accuracy"] == (preds["predicted"] == preds["label"]).mean()
+    assert (Path(a["evaluation"].path) / "reliability_diagram.png").stat().st_size > 1000
     cm = a["classification"].metadata["confusionMatrix"]
     assert len(cm["rows"]) == 6
     total = sum(sum(r["row"]) for r in cm["rows"])
