@@ -2,7 +2,8 @@
 
 Writes to ``out_dir``: ``metrics.json`` (flat name -> value, ready for MLflow),
 ``classification_report.json`` (per-class precision/recall/F1/support),
-``confusion_matrix.png``, ``reliability_diagram.png`` (before/after temperature scaling)
+``confusion_matrix.png``, ``reliability_diagram.png`` (before/after temperature scaling),
+``modality_subsets.csv``/``.png`` (metrics with only some modalities present)
 and ``predictions.parquet`` (id, label, predicted, calibrated p_<class>, as served).
 
 Each unimodal baseline is the configured fusion method trained the same way on
@@ -48,6 +49,7 @@ from crossfuse.config import RunConfig  # noqa: E402
 from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
 from crossfuse.fusion import FusionHead, load_fusion_head, predict_proba  # noqa: E402
 from crossfuse.fusion.model import RUN_CONFIG_FILE  # noqa: E402
+from crossfuse.modality_subsets import plot_subset_heatmap, subset_metrics  # noqa: E402
 from crossfuse.train import fit, macro_f1, split_tensors, split_tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,17 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
                    f"{cfg.fusion.method} fusion — test macro-F1 {metrics['test_macro_f1']:.3f}")
 
     metrics.update(extra_target_metrics(head, fs, modalities))
+
+    if len(modalities) > 1:
+        # The same model with only some modalities present (the others masked as missing).
+        subset_rows = subset_metrics(head, fs)
+        pd.DataFrame(subset_rows).to_csv(out_dir / "modality_subsets.csv", index=False)
+        plot_subset_heatmap(subset_rows, out_dir / "modality_subsets.png",
+                            title="test metrics by modalities present")
+        for r in subset_rows:
+            name = r["subset"].replace("+", "_and_")  # MLflow metric names allow no "+"
+            metrics[f"present_{name}_test_macro_f1"] = r["macro_f1"]
+            metrics[f"present_{name}_test_accuracy"] = r["accuracy"]
 
     if cfg.evaluate.unimodal_baselines and len(modalities) > 1:
         # Baselines train exactly like the fused model, with its (possibly searched) settings.

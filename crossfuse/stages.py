@@ -108,9 +108,11 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
     with stage_run(cfg, run_id, "evaluate"):
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir)
         mlflow.log_metrics(result.metrics)
-        for name in ("confusion_matrix.png", "reliability_diagram.png",
-                     "classification_report.json", "metrics.json", "predictions.parquet"):
-            mlflow.log_artifact(str(out_dir / name), "evaluation")
+        for name in ("confusion_matrix.png", "reliability_diagram.png", "modality_subsets.png",
+                     "modality_subsets.csv", "classification_report.json", "metrics.json",
+                     "predictions.parquet"):
+            if (out_dir / name).is_file():  # the subset matrix needs two or more modalities
+                mlflow.log_artifact(str(out_dir / name), "evaluation")
     return result
 
 

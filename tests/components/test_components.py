@@ -84,6 +84,11 @@ def test_train_and_evaluate_report_to_kfp(pipeline_run):
     assert (probs.idxmax(axis=1).str[2:] == preds["predicted"]).all()
     assert m["test_accuracy"] == (preds["predicted"] == preds["label"]).mean()
     assert (Path(a["evaluation"].path) / "reliability_diagram.png").stat().st_size > 1000
+    subsets = pd.read_csv(Path(a["evaluation"].path) / "modality_subsets.csv")
+    assert subsets["subset"].tolist() == ["image", "text", "image+text"]
+    assert subsets.iloc[-1]["macro_f1"] == pytest.approx(m["test_macro_f1"])
+    assert m["present_image_and_text_test_macro_f1"] == pytest.approx(m["test_macro_f1"])
+    assert {"present_image_test_macro_f1", "present_text_test_accuracy"} <= set(m)
     cm = a["classification"].metadata["confusionMatrix"]
     assert len(cm["rows"]) == 6
     total = sum(sum(r["row"]) for r in cm["rows"])
