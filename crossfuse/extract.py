@@ -65,16 +65,17 @@ def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> dict[st
 
 
 def encode_with_cache(encode: Callable[[list], dict[str, torch.Tensor]], label: str,
-                      cache: FeatureCache, samples, modality: str, root: Path, batch_size: int,
-                      shard_size: int) -> tuple[dict[str, torch.Tensor] | None, int, int]:
+                      cache: FeatureCache, samples, hashes: list[str], modality: str, root: Path,
+                      batch_size: int, shard_size: int
+                      ) -> tuple[dict[str, torch.Tensor] | None, int, int]:
     """Encode every row of ``samples`` for ``modality``, through the cache.
 
-    ``encode(items)`` returns named tensors with one row per item. Missing items are
+    ``hashes`` are the rows' content hashes (:func:`_item_hashes`), computed once by the
+    caller. ``encode(items)`` returns named tensors with one row per item. Missing items are
     encoded in batches and added to the cache one shard at a time, so an interrupted
     run keeps every completed shard. Returns (stacked tensors or None for no rows,
     rows served from the cache, distinct items encoded now).
     """
-    hashes = _item_hashes(samples, modality, root)
     todo: dict[str, int] = {}
     for row, h in enumerate(hashes):
         if h not in cache and h not in todo:
@@ -131,24 +132,28 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
         encoder = encoders[modality]
         present = (samples[modality] != "").to_numpy()
         have = samples[present].reset_index(drop=True)
-        args = (have, modality, preprocessed, cfg.extract.batch_size, cfg.extract.shard_size)
+        hashes = _item_hashes(have, modality, preprocessed)  # reads each media file once
+        args = (have, hashes, modality, preprocessed, cfg.extract.batch_size,
+                cfg.extract.shard_size)
         cache = FeatureCache(Path(cfg.extract.cache_dir), encoder.cache_key)
         found, hits[modality], encoded[modality] = encode_with_cache(
             lambda items, e=encoder: {"vectors": e.encode(items)}, encoder.name, cache, *args)
         dim = found["vectors"].shape[1] if found else encoder.dim
         # Absent rows get zeros; the fusion head never sees them (placeholder + mask).
-        vectors[modality] = _scatter(found and found["vectors"], present, (dim,), torch.float32)
+        vectors[modality] = _scatter(found["vectors"] if found else None, present, (dim,),
+                                     torch.float32)
         if cfg.extract.token_sequences:
             token_cache = FeatureCache(Path(cfg.extract.cache_dir),
                                        f"{encoder.cache_key}:tokens{length}")
             seq, _, _ = encode_with_cache(
                 lambda items, e=encoder: pad_tokens(*e.encode_tokens(items, length), length),
                 f"{encoder.name} tokens", token_cache, *args)
-            tokens[modality] = (_scatter(seq and seq["tokens"], present, (length, dim), torch.float32),
-                                _scatter(seq and seq["mask"], present, (length,), torch.bool))
-        hashes = iter(_item_hashes(have, modality, preprocessed))
+            tokens[modality] = (
+                _scatter(seq["tokens"] if seq else None, present, (length, dim), torch.float32),
+                _scatter(seq["mask"] if seq else None, present, (length,), torch.bool))
+        remaining = iter(hashes)
         index[f"present_{modality}"] = present
-        index[f"hash_{modality}"] = [next(hashes) if p else "" for p in present]
+        index[f"hash_{modality}"] = [next(remaining) if p else "" for p in present]
         meta[modality] = {"name": encoder.name, "cache_key": encoder.cache_key, "dim": int(dim),
                           "tokens": length if cfg.extract.token_sequences else 0}
         log.info("features %s: %d/%d from cache, %d encoded with %s (%d missing)", modality,

@@ -25,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +51,6 @@ class Manifest:
     @property
     def name(self) -> str:
         return self.root.name
-
-    def content_hash(self) -> str:
-        """sha256 of the manifest file's bytes: the data version of a dataset outside DVC."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
 def load_manifest(root: Path, modalities: list[str] | None = None,

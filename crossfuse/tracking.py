@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from crossfuse.config import RunConfig, config_summary
+from crossfuse.features import content_hash
 from crossfuse.manifest import MANIFEST_NAME
 
 
@@ -65,7 +66,7 @@ def data_version(data_path: Path) -> dict[str, str]:
     """
     data_path = Path(data_path).resolve()
     version = {"data.path": str(data_path), "git.commit": git_commit(data_path.parent),
-               "data.manifest_sha256": _sha256(data_path / MANIFEST_NAME)}
+               "data.manifest_sha256": _file_hash(data_path / MANIFEST_NAME)}
     dvc_file = data_path.with_name(data_path.name + ".dvc")
     if dvc_file.is_file():
         outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
@@ -73,10 +74,8 @@ def data_version(data_path: Path) -> dict[str, str]:
     return version
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+def _file_hash(path: Path) -> str:
+    return content_hash(path.read_bytes()) if path.is_file() else "missing"
 
 
 @contextlib.contextmanager
