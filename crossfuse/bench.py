@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from crossfuse.config import RunConfig
+from crossfuse.efficiency import inference_ms_per_sample, parameter_count
 from crossfuse.features import FeatureSet
 from crossfuse.fusion import FUSION_METHODS, predict_proba
 from crossfuse.train import fit, macro_f1, split_tensors, split_tokens
@@ -49,17 +50,6 @@ def prepare_features(cfg: RunConfig, workdir: Path) -> Path:
     preprocess(cfg, data, workdir / "preprocessed")
     extract(cfg, workdir / "preprocessed", workdir / "features")
     return workdir / "features"
-
-
-def inference_ms_per_sample(head, x, present, tokens=None, repeats: int = 3) -> float:
-    """Median wall time of ``predict_proba`` over the given rows, in ms per sample."""
-    n = len(next(iter(x.values())))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        predict_proba(head, x, present, tokens)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / max(n, 1)
 
 
 def bench_one(fs: FeatureSet, cfg: RunConfig, name: str, seeds: list[int], trials: int,
@@ -89,7 +79,7 @@ def bench_one(fs: FeatureSet, cfg: RunConfig, name: str, seeds: list[int], trial
             "test_accuracy": float((pred == y.numpy()).mean()),
             "test_macro_f1": macro_f1(y.numpy(), pred, len(fs.labels)),
             "val_macro_f1": result.best_val_macro_f1,
-            "params": int(sum(p.numel() for p in head.parameters() if p.requires_grad)),
+            "params": parameter_count(head),
             "hyperparameters": hyper,
             "train_seconds": round(seconds, 3),
             "token_inputs": head.spec.token_inputs,

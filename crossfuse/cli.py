@@ -7,6 +7,8 @@
     crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
     crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
     crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
+    crossfuse models [--model NAME]                                     # versions, aliases, decisions
+    crossfuse promote --model NAME --version N [--reason TEXT]          # move champion by hand
 
 ``--config`` defaults to ``configs/default.yaml`` when it exists in the working
 directory. ``--data`` points the run at another dataset folder, named after the
@@ -105,6 +107,40 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_tracking(args: argparse.Namespace) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(_config_from_args(args).resolved().mlflow.tracking_uri)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from crossfuse.registry import list_versions
+
+    _use_tracking(args)
+    rows = list_versions(args.model)
+    if not rows:
+        print(f"no registered model{' ' + args.model if args.model else 's'} yet; run `make run`")
+        return 0
+    print(f"{'model':24s} {'ver':>4s}  {'aliases':20s} {'decision':17s} {'by':10s} metrics / reason")
+    for r in rows:
+        print(f"{r['model']:24s} {r['version']:>4d}  {r['aliases']:20s} {r['decision']:17s} "
+              f"{r['decided_by']:10s} {r['metrics']}")
+        if r["reason"]:
+            print(f"{'':62s}   {r['reason']}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from crossfuse.registry import promote_by_hand
+
+    _use_tracking(args)
+    tags = promote_by_hand(args.model, args.version, reason=args.reason)
+    before = tags["crossfuse.compared_to"] or "none"
+    print(f"{args.model}: champion -> v{args.version} (was v{before}); "
+          f"{tags['crossfuse.decided_by']}: {tags['crossfuse.reason']}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from crossfuse.sample_data import generate_sample_dataset
 
@@ -161,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--out", default="results.json", help="JSON out; a .md table goes beside")
     _add_config_args(fusion)
     fusion.set_defaults(func=cmd_bench_fusion)
+
+    models = sub.add_parser("models", help="list registered versions, aliases and decisions")
+    models.add_argument("--model", help="one registered model (default: all)")
+    _add_config_args(models)
+    models.set_defaults(func=cmd_models)
+
+    promote = sub.add_parser("promote", help="make a version the champion by hand (audited)")
+    promote.add_argument("--model", required=True, help="registered model name")
+    promote.add_argument("--version", required=True, help="version to make champion")
+    promote.add_argument("--reason", help="why; stored on the version and its run")
+    _add_config_args(promote)
+    promote.set_defaults(func=cmd_promote)
 
     show = sub.add_parser("config", help="print the resolved run config")
     show.add_argument("--data")

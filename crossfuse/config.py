@@ -129,8 +129,31 @@ class TrainConfig(_Section):
         return v
 
 
+class RobustnessConfig(_Section):
+    levels: int = Field(11, description="Noise levels evenly spaced from 0 to 1 (inclusive).")
+    features: bool = Field(True, description="Gaussian noise on the encoded features, "
+                                             "std = level x the feature's train-split std.")
+    raw: bool = Field(True, description="Noise on the raw input, then re-encoded: pixel noise "
+                                        "(std = level, pixels in [0, 1]) and word dropout "
+                                        "(each word dropped with probability = level).")
+    raw_max_samples: int = Field(256, description="Test samples re-encoded per raw level "
+                                                  "(the first ones in test order).")
+
+    @field_validator("levels")
+    @classmethod
+    def _at_least_two(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"robustness.levels must be >= 2 (0 and 1 at least), got {v}")
+        return v
+
+
 class EvaluateConfig(_Section):
     unimodal_baselines: bool = True
+    robustness: RobustnessConfig = RobustnessConfig()
+    permutation_repeats: int = Field(5, description="Shuffles per modality for permutation "
+                                                    "importance; 0 turns it off.")
+    efficiency: bool = Field(True, description="Measure parameters, latency and peak memory.")
+    efficiency_samples: int = Field(64, description="Raw test samples timed end to end.")
 
 
 class MlflowConfig(_Section):
@@ -139,9 +162,33 @@ class MlflowConfig(_Section):
     experiment: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
 
 
+class GuardrailConfig(_Section):
+    max_ece_increase: float | None = Field(
+        0.02, description="The challenger's calibrated test ECE may exceed the champion's by at "
+                          "most this much; null turns the guardrail off.")
+    max_missing_modality_drop: float | None = Field(
+        0.02, description="With any one modality missing, the challenger's test macro-F1 may "
+                          "fall below the champion's by at most this much; null turns it off.")
+
+
 class RegistryConfig(_Section):
     model_name: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
-    metric: str = "test_macro_f1"
+    metric: str = Field("test_macro_f1", description="The primary metric the gate compares.")
+    greater_is_better: bool | None = Field(
+        None, description="Direction of `metric`; null infers it (loss/ece/error: lower).")
+    margin: float = Field(0.0, description="The challenger must beat the champion's primary "
+                                           "metric by more than this.")
+    guardrails: GuardrailConfig = GuardrailConfig()
+
+    def higher_is_better(self) -> bool:
+        """Whether a larger ``metric`` is better (explicit, or inferred from its name).
+
+        >>> RegistryConfig(metric="test_log_loss").higher_is_better()
+        False
+        """
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return not any(word in self.metric for word in ("loss", "ece", "error"))
 
 
 class PipelineConfig(_Section):

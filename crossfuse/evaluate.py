@@ -3,8 +3,10 @@
 Writes to ``out_dir``: ``metrics.json`` (flat name -> value, ready for MLflow),
 ``classification_report.json`` (per-class precision/recall/F1/support),
 ``confusion_matrix.png``, ``reliability_diagram.png`` (before/after temperature scaling),
-``modality_subsets.csv``/``.png`` (metrics with only some modalities present)
-and ``predictions.parquet`` (id, label, predicted, calibrated p_<class>, as served).
+``modality_subsets.csv``/``.png`` (metrics with only some modalities present),
+``robustness.csv``/``.png`` (noise sweeps), ``importance.csv``/``.png`` (per modality),
+``efficiency.json``, ``predictions.parquet`` (id, label, predicted, calibrated
+p_<class>, as served) and ``report.html`` (all of it on one page).
 
 Each unimodal baseline is the configured fusion method trained the same way on
 one modality's features, so ``fusion_gain_macro_f1`` (fused minus best unimodal)
@@ -46,10 +48,25 @@ from crossfuse.calibration import (  # noqa: E402
     plot_reliability,
 )
 from crossfuse.config import RunConfig  # noqa: E402
+from crossfuse.efficiency import (  # noqa: E402
+    efficiency_metrics,
+    inference_ms_per_sample,
+    measure_serving,
+)
 from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
 from crossfuse.fusion import FusionHead, load_fusion_head, predict_proba  # noqa: E402
 from crossfuse.fusion.model import RUN_CONFIG_FILE  # noqa: E402
+from crossfuse.importance import importance_metrics, modality_importance, plot_importance  # noqa: E402
 from crossfuse.modality_subsets import plot_subset_heatmap, subset_metrics  # noqa: E402
+from crossfuse.preprocess import read_samples  # noqa: E402
+from crossfuse.report import render_report  # noqa: E402
+from crossfuse.robustness import (  # noqa: E402
+    feature_noise_rows,
+    noise_levels,
+    plot_robustness,
+    raw_noise_rows,
+    robustness_metrics,
+)
 from crossfuse.train import fit, macro_f1, split_tensors, split_tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -143,8 +160,70 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> EvaluationResult:
-    """Evaluate the trained model in ``model_dir`` on the test split of ``features``."""
+def raw_test_inputs(fs: FeatureSet, preprocessed: Path, modalities: list[str],
+                    limit: int) -> pd.DataFrame:
+    """The first ``limit`` test samples as the served model takes them (text, image path)."""
+    samples = read_samples(preprocessed)[0].set_index("id")
+    ids = fs.index.loc[fs.index["split"] == "test", "id"].head(limit)
+    frame = pd.DataFrame(index=range(len(ids)))
+    for m in modalities:
+        values = samples.loc[ids, m].tolist()
+        frame[m] = [None if not v else (str(Path(preprocessed).resolve() / v) if m == "image"
+                                        else v) for v in values]
+    return frame
+
+
+def analyse(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path, out_dir: Path,
+            preprocessed: Path | None) -> dict[str, float]:
+    """Robustness sweeps, modality importance and efficiency; writes their files to ``out_dir``.
+
+    The raw-input parts (raw noise, raw latency, peak memory) need the preprocessed
+    folder and are skipped without it.
+    """
+    from crossfuse.serving import FusionPredictor
+
+    ev, metrics = cfg.evaluate, {}
+    modalities = list(head.spec.dims)
+    levels = noise_levels(ev.robustness.levels)
+    rows = feature_noise_rows(head, fs, levels, cfg.seed) if ev.robustness.features else []
+    if ev.robustness.raw and preprocessed is not None:
+        samples = read_samples(preprocessed)[0]
+        rows += raw_noise_rows(FusionPredictor(model_dir), fs, samples, preprocessed, levels,
+                               cfg.seed, ev.robustness.raw_max_samples)
+    if rows:
+        pd.DataFrame(rows).to_csv(out_dir / "robustness.csv", index=False)
+        plot_robustness(rows, out_dir / "robustness.png")
+        metrics.update(robustness_metrics(rows))
+
+    if len(modalities) > 1:
+        importance = modality_importance(head, fs, ev.permutation_repeats, cfg.seed)
+        pd.DataFrame(importance).to_csv(out_dir / "importance.csv", index=False)
+        plot_importance(importance, out_dir / "importance.png")
+        metrics.update(importance_metrics(importance))
+
+    if ev.efficiency:
+        x, present, _ = split_tensors(fs, "test", modalities)
+        features_ms = inference_ms_per_sample(head, x, present,
+                                              split_tokens(fs, "test", modalities, head.spec),
+                                              repeats=5)
+        serving = {}
+        if preprocessed is not None and ev.efficiency_samples > 0:
+            serving = measure_serving(model_dir, raw_test_inputs(fs, preprocessed, modalities,
+                                                                 ev.efficiency_samples))
+        (out_dir / "efficiency.json").write_text(json.dumps(
+            {"features_ms_per_sample": features_ms, **serving}, indent=2))
+        metrics.update(efficiency_metrics(head, features_ms, serving))
+    return metrics
+
+
+def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
+             preprocessed: Path | None = None, context: dict[str, str] | None = None
+             ) -> EvaluationResult:
+    """Evaluate the trained model in ``model_dir`` on the test split of ``features``.
+
+    ``preprocessed`` (the preprocess stage's folder) enables the raw-input noise
+    sweeps and the raw-input latency; ``context`` heads the HTML report.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fs = read_feature_set(Path(features))
@@ -199,6 +278,9 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
             best = max(best, metrics[f"baseline_{m}_test_macro_f1"])
         metrics["fusion_gain_macro_f1"] = metrics["test_macro_f1"] - best
 
+    metrics.update(analyse(cfg, head, fs, Path(model_dir), out_dir,
+                           None if preprocessed is None else Path(preprocessed)))
+
     test_index = fs.index[fs.index["split"] == "test"].reset_index(drop=True)
     predictions = pd.DataFrame({"id": test_index["id"], "label": test_index["label"],
                                 "predicted": [labels[i] for i in pred]})
@@ -207,6 +289,8 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path) -> 
     predictions.to_parquet(out_dir / "predictions.parquet", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     (out_dir / "classification_report.json").write_text(json.dumps(report, indent=2))
+    render_report(out_dir, {"dataset": cfg.data.dataset_name(), "fusion": cfg.fusion.method,
+                            "modalities": "+".join(modalities), **(context or {})})
     log.info("test macro-F1 %.4f, accuracy %.4f", metrics["test_macro_f1"],
              metrics["test_accuracy"])
     return EvaluationResult(metrics=metrics, report=report, confusion=cm.tolist())

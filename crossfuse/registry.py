@@ -1,22 +1,32 @@
-"""Stage 6, register: log the pyfunc, register a version, move the aliases.
+"""Stage 6, register: log the pyfunc, register a version, move the aliases; promote by hand.
 
-Every new version gets the alias ``challenger``. ``champion`` moves to it only
-when its score on ``registry.metric`` beats the current champion's (or there is
-no champion). The decision and the numbers behind it are tags on the version:
-``crossfuse.decision`` (``promoted`` / ``not promoted``), ``crossfuse.reason``,
-``crossfuse.metric.<name>``, ``crossfuse.run_id``.
+Every new version gets the alias ``challenger``. ``champion`` moves to it only when
+the gate (:mod:`crossfuse.promotion`) says so: the primary metric beats the
+champion's by the margin, and no guardrail (calibrated ECE, any single-modality-missing
+score) is worse by more than its limit. The decision is written as tags on the
+version and on the run:
+
+- ``crossfuse.decision`` — ``promoted`` / ``not promoted`` / ``promoted by hand``;
+- ``crossfuse.reason`` — why, with the compared numbers;
+- ``crossfuse.gate`` — JSON of every check (challenger, champion, limit, passed);
+- ``crossfuse.metric.<name>`` — the exact value of each compared metric (``repr``);
+- ``crossfuse.compared_to``, ``crossfuse.decided_by``, ``crossfuse.decided_at``,
+  ``crossfuse.run_id``.
 
 Example
 -------
->>> decide_promotion("test_macro_f1", 0.91, champion=(0.88, "3")).promote
-True
+>>> r = register(cfg.registry, "crossfuse-sample", Path("model"), metrics, run_id)   # doctest: +SKIP
+>>> promote_by_hand("crossfuse-sample", "4", reason="rollback: v5 misroutes night")  # doctest: +SKIP
+>>> list_versions("crossfuse-sample")                                                # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
@@ -26,7 +36,9 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
+from crossfuse.config import RegistryConfig
 from crossfuse.fusion.model import SPEC_FILE
+from crossfuse.promotion import Decision, decide_promotion
 from crossfuse.serving import CrossfusePyfunc
 
 log = logging.getLogger(__name__)
@@ -36,50 +48,41 @@ METRIC_TAG = "crossfuse.metric."
 
 
 @dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-
-
-@dataclass(frozen=True)
 class RegisterResult:
     model_name: str
     version: str
     promoted: bool
     reason: str
     champion_version: str
+    checks: list[dict]
 
 
-def decide_promotion(metric: str, score: float, champion: tuple[float, str] | None) -> Decision:
-    """Champion/challenger: promote when there is no champion or ``score`` beats its score.
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
-    Parameters
-    ----------
-    metric: metric name, for the reason text.
-    score: the challenger's value (higher is better).
-    champion: ``(score, version)`` of the current champion, or None.
+
+def champion_metrics(client: MlflowClient, name: str) -> tuple[dict[str, float], str] | None:
+    """(metrics, version) of the version aliased ``champion``, or None.
+
+    Metrics come from its run, overridden by its exact ``crossfuse.metric.*`` tags.
     """
-    if champion is None:
-        return Decision(True, f"no champion yet; {metric}={score:.4f}")
-    best, version = champion
-    if score > best:
-        return Decision(True, f"{metric} {score:.4f} beats champion v{version}'s {best:.4f}")
-    return Decision(False, f"{metric} {score:.4f} does not beat champion v{version}'s {best:.4f}")
-
-
-def current_champion(client: MlflowClient, name: str, metric: str) -> tuple[float, str] | None:
-    """``(score, version)`` of the version aliased ``champion``, or None."""
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    tag = mv.tags.get(METRIC_TAG + metric)
-    if tag is None:
-        value = client.get_run(mv.run_id).data.metrics.get(metric) if mv.run_id else None
-        if value is None:
-            return None
-        return float(value), mv.version
-    return float(tag), mv.version
+    metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    metrics.update({k[len(METRIC_TAG):]: float(v) for k, v in mv.tags.items()
+                    if k.startswith(METRIC_TAG)})
+    return metrics, str(mv.version)
+
+
+def _write_decision(client: MlflowClient, name: str, version: str, run_id: str | None,
+                    tags: dict[str, str]) -> None:
+    """The same audit tags on the model version and on its run."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+        if run_id:
+            client.set_tag(run_id, key, value)
 
 
 def _pip_requirements() -> list[str]:
@@ -107,24 +110,79 @@ def log_pyfunc(model_dir: Path):
                                    pip_requirements=_pip_requirements())
 
 
-def register(model_name: str, model_dir: Path, metric: str, score: float,
+def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: dict[str, float],
              run_id: str) -> RegisterResult:
-    """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run)."""
+    """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run).
+
+    ``metrics`` are the evaluation's; the gate compares them with the champion's.
+    """
     client = MlflowClient()
+    champion = champion_metrics(client, model_name)
+    decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate)
     info = log_pyfunc(Path(model_dir))
     mv = mlflow.register_model(info.model_uri, model_name)
-    champion = current_champion(client, model_name, metric)
-    decision = decide_promotion(metric, score, champion)
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     tags = {"crossfuse.decision": "promoted" if decision.promote else "not promoted",
-            "crossfuse.reason": decision.reason, METRIC_TAG + metric: repr(float(score)),
+            "crossfuse.reason": decision.reason,
+            "crossfuse.gate": json.dumps(decision.as_dict()["checks"]),
+            "crossfuse.compared_to": champion[1] if champion else "",
+            "crossfuse.decided_by": "pipeline", "crossfuse.decided_at": _now(),
             "crossfuse.run_id": run_id}
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, mv.version, key, value)
-    champion_version = mv.version if decision.promote else champion[1]
+    tags.update({METRIC_TAG + k: repr(float(v)) for k, v in decision.compared_metrics().items()})
+    _write_decision(client, model_name, str(mv.version), run_id, tags)
+    champion_version = str(mv.version) if decision.promote else champion[1]
     log.info("registered %s v%s: %s", model_name, mv.version, decision.reason)
     return RegisterResult(model_name=model_name, version=str(mv.version),
                           promoted=decision.promote, reason=decision.reason,
-                          champion_version=str(champion_version))
+                          champion_version=champion_version,
+                          checks=decision.as_dict()["checks"])
+
+
+def promote_by_hand(model_name: str, version: str, reason: str | None = None,
+                    user: str | None = None) -> dict[str, str]:
+    """Move ``champion`` to ``version`` without the gate, leaving the same audit tags.
+
+    Returns the tags written. Raises ``ValueError`` when the version does not exist.
+    """
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        raise ValueError(f"model {model_name!r} has no version {version!r}; see "
+                         f"`crossfuse models --model {model_name}`") from exc
+    previous = champion_metrics(client, model_name)
+    client.set_registered_model_alias(model_name, CHAMPION, mv.version)
+    user = user or getpass.getuser()
+    tags = {"crossfuse.decision": "promoted by hand",
+            "crossfuse.reason": reason or f"promoted by hand by {user}",
+            "crossfuse.compared_to": previous[1] if previous else "",
+            "crossfuse.decided_by": user, "crossfuse.decided_at": _now()}
+    _write_decision(client, model_name, str(mv.version), mv.run_id, tags)
+    log.info("champion of %s -> v%s (by hand): %s", model_name, mv.version, tags["crossfuse.reason"])
+    return tags
+
+
+def list_versions(model_name: str | None = None) -> list[dict]:
+    """Every version (of one model, or of all), newest first: aliases, decision, metrics, reason."""
+    client = MlflowClient()
+    names = [model_name] if model_name else sorted(m.name for m in
+                                                   client.search_registered_models())
+    rows = []
+    for name in names:
+        # search results carry no aliases; the registered model has them all
+        aliases = client.get_registered_model(name).aliases
+        for mv in client.search_model_versions(f"name='{name}'"):
+            metric_tags = {k[len(METRIC_TAG):]: v for k, v in mv.tags.items()
+                           if k.startswith(METRIC_TAG)}
+            rows.append({"model": name, "version": int(mv.version),
+                         "aliases": ",".join(sorted(a for a, v in aliases.items()
+                                                    if str(v) == str(mv.version))),
+                         "decision": mv.tags.get("crossfuse.decision", ""),
+                         "metrics": " ".join(f"{k}={float(v):.4f}"
+                                             for k, v in sorted(metric_tags.items())),
+                         "decided_by": mv.tags.get("crossfuse.decided_by", ""),
+                         "reason": mv.tags.get("crossfuse.reason", ""),
+                         "run_id": mv.run_id or ""})
+    return sorted(rows, key=lambda r: (r["model"], -r["version"]))

@@ -73,29 +73,44 @@ class FusionPredictor:
                                           offline=self.cfg.extract.hf_offline)
                          for m in self.modalities}
 
+    def encode_items(self, modality: str, items: list):
+        """Encode prepared items (normalised texts or RGB images at the training size).
+
+        Returns (vectors ``[n, D]``, padded tokens ``([n, L, D], [n, L])`` or None when
+        the head reads pooled vectors only).
+        """
+        dim, length = self.meta["dims"][modality], self.cfg.extract.max_tokens
+        vectors = torch.zeros(len(items), dim)
+        tokens = ((torch.zeros(len(items), length, dim), torch.zeros(len(items), length,
+                                                                    dtype=torch.bool))
+                  if self.head.spec.token_inputs else None)
+        encoder, batch = self.encoders[modality], self.cfg.extract.batch_size
+        for s in range(0, len(items), batch):
+            chunk = items[s:s + batch]
+            vectors[s:s + len(chunk)] = encoder.encode(chunk)
+            if tokens is not None:
+                padded = pad_tokens(*encoder.encode_tokens(chunk, length), length)
+                tokens[0][s:s + len(chunk)], tokens[1][s:s + len(chunk)] = \
+                    padded["tokens"], padded["mask"]
+        return vectors, tokens
+
     def _encode(self, modality: str, values: list):
         """(vectors [N, D], present [N], tokens ([N, L, D], [N, L]) or None) for raw values."""
         present = torch.tensor([not _is_missing(v) for v in values], dtype=torch.bool)
+        rows = present.nonzero().flatten().tolist()
+        if modality == "text":
+            items = [normalise_text(str(values[r]), self.cfg.preprocess.lowercase_text) for r in rows]
+        else:
+            items = [_open_image(str(values[r]), self.cfg.preprocess.image_size) for r in rows]
+        found, found_tokens = self.encode_items(modality, items)
         dim, length = self.meta["dims"][modality], self.cfg.extract.max_tokens
         vectors = torch.zeros(len(values), dim)
-        tokens = ((torch.zeros(len(values), length, dim), torch.zeros(len(values), length,
-                                                                     dtype=torch.bool))
-                  if self.head.spec.token_inputs else None)
-        rows = present.nonzero().flatten().tolist()
-        if rows:
-            if modality == "text":
-                items = [normalise_text(str(values[r]), self.cfg.preprocess.lowercase_text)
-                         for r in rows]
-            else:
-                items = [_open_image(str(values[r]), self.cfg.preprocess.image_size) for r in rows]
-            encoder = self.encoders[modality]
-            for s in range(0, len(items), self.cfg.extract.batch_size):
-                chunk = items[s:s + self.cfg.extract.batch_size]
-                where = rows[s:s + len(chunk)]
-                vectors[where] = encoder.encode(chunk)
-                if tokens is not None:
-                    padded = pad_tokens(*encoder.encode_tokens(chunk, length), length)
-                    tokens[0][where], tokens[1][where] = padded["tokens"], padded["mask"]
+        vectors[rows] = found
+        tokens = None
+        if found_tokens is not None:
+            tokens = (torch.zeros(len(values), length, dim),
+                      torch.zeros(len(values), length, dtype=torch.bool))
+            tokens[0][rows], tokens[1][rows] = found_tokens
         return vectors, present, tokens
 
     def logits(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from crossfuse.evaluate import EvaluationResult, evaluate
 from crossfuse.extract import ExtractResult, extract
 from crossfuse.preprocess import PreprocessResult, preprocess
 from crossfuse.registry import RegisterResult, register
+from crossfuse.report import REPORT_FILE, render_report
 from crossfuse.tracking import data_version, stage_run
 from crossfuse.train import TrainResult, train
 from crossfuse.validation import ValidationReport, require_valid, validate
@@ -101,34 +103,44 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
     return result
 
 
+EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diagram.png",
+                        "modality_subsets.png", "modality_subsets.csv", "robustness.png",
+                        "robustness.csv", "importance.png", "importance.csv", "efficiency.json",
+                        "classification_report.json", "metrics.json", "predictions.parquet")
+
+
 def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
-                 out_dir: Path) -> EvaluationResult:
-    """Test metrics, confusion matrix and unimodal baselines, logged to the run."""
+                 out_dir: Path, preprocessed: Path | None = None) -> EvaluationResult:
+    """Test metrics, calibration, robustness, importance, efficiency; the report, logged to the run."""
     out_dir = Path(out_dir)
-    with stage_run(cfg, run_id, "evaluate"):
-        result = evaluate(cfg, Path(features), Path(model_dir), out_dir)
+    with stage_run(cfg, run_id, "evaluate") as run:
+        context = {"run_id": run.info.run_id, **{k: v for k, v in run.data.tags.items()
+                                                  if k in ("git.commit", "data.dvc_md5")}}
+        result = evaluate(cfg, Path(features), Path(model_dir), out_dir,
+                          preprocessed=preprocessed, context=context)
         mlflow.log_metrics(result.metrics)
-        for name in ("confusion_matrix.png", "reliability_diagram.png", "modality_subsets.png",
-                     "modality_subsets.csv", "classification_report.json", "metrics.json",
-                     "predictions.parquet"):
-            if (out_dir / name).is_file():  # the subset matrix needs two or more modalities
+        for name in EVALUATION_ARTIFACTS:
+            if (out_dir / name).is_file():  # e.g. the subset matrix needs two or more modalities
                 mlflow.log_artifact(str(out_dir / name), "evaluation")
     return result
 
 
 def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                  evaluation_dir: Path) -> RegisterResult:
-    """Register the model and apply the champion/challenger rule; finishes the run."""
-    metrics = json.loads((Path(evaluation_dir) / "metrics.json").read_text())
-    metric = cfg.registry.metric
-    if metric not in metrics:
-        raise KeyError(f"registry.metric={metric!r} is not an evaluation metric; choose one of "
-                       f"{sorted(metrics)}")
+    """Register the model through the promotion gate; adds the decision to the report; finishes the run."""
+    evaluation_dir = Path(evaluation_dir)
+    metrics = json.loads((evaluation_dir / "metrics.json").read_text())
     with stage_run(cfg, run_id, "register", final=True):
-        result = register(cfg.model_name(), Path(model_dir), metric, metrics[metric], run_id)
-        mlflow.set_tags({"crossfuse.model_version": result.version,
-                         "crossfuse.promoted": str(result.promoted),
-                         "crossfuse.promotion_reason": result.reason})
-        mlflow.log_dict(asdict(result), "registration.json")
+        result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id)
+        mlflow.set_tag("crossfuse.model_version", result.version)
+        decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
+        mlflow.log_dict(decision, "registration.json")
+        if (evaluation_dir / REPORT_FILE).is_file():  # the report again, now with the decision
+            with tempfile.TemporaryDirectory() as tmp:  # the evaluation folder may be read-only
+                report = render_report(evaluation_dir, {"model": f"{result.model_name} "
+                                                                 f"v{result.version}"},
+                                       decision, out=Path(tmp) / REPORT_FILE)
+                mlflow.log_artifact(str(report), "evaluation")
         print(f"registered {result.model_name} v{result.version}: {result.reason}", flush=True)
     return result
+

@@ -28,7 +28,7 @@ def multimodal_fusion(config_json: str = RunConfig().to_json()
     encoded = extract(config_json=config_json, run_id=run_id,
                       dataset=prepared.outputs["dataset"])
     trained = train(config_json=config_json, run_id=run_id, features=encoded.outputs["features"])
-    evaluated = evaluate(config_json=config_json, run_id=run_id,
+    evaluated = evaluate(config_json=config_json, run_id=run_id, dataset=prepared.outputs["dataset"],
                          features=encoded.outputs["features"], model=trained.outputs["model"])
     registered = register(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
                           evaluation=evaluated.outputs["evaluation"])

@@ -47,5 +47,10 @@ class Encoder(ABC):
         raise NotImplementedError(f"encoder {self.name!r} has no token sequences; use pooled "
                                   f"vectors (extract.token_sequences=false)")
 
+    def num_parameters(self) -> int:
+        """Weights in the encoder's network (``self.model``), 0 when it has none."""
+        model = getattr(self, "model", None)
+        return sum(p.numel() for p in model.parameters()) if model is not None else 0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim})"

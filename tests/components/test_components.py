@@ -31,8 +31,8 @@ def pipeline_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_m
     a = {name: artifact(cls, root / "artifacts", name) for name, cls in [
         ("validation", Artifact), ("data_docs", HTML), ("validation_metrics", Metrics),
         ("dataset", Dataset), ("features", Dataset), ("model", Model),
-        ("train_metrics", Metrics), ("evaluation", Artifact), ("eval_metrics", Metrics),
-        ("classification", ClassificationMetrics)]}
+        ("train_metrics", Metrics), ("evaluation", Artifact), ("report", HTML),
+        ("eval_metrics", Metrics), ("classification", ClassificationMetrics)]}
     (root / "artifacts").mkdir()
     run_id = validate.python_func(config_json=config_json, validation=a["validation"],
                                   data_docs=a["data_docs"], metrics=a["validation_metrics"])
@@ -42,9 +42,10 @@ def pipeline_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_m
                         features=a["features"])
     train.python_func(config_json=config_json, run_id=run_id, features=a["features"],
                       model=a["model"], metrics=a["train_metrics"])
-    evaluate.python_func(config_json=config_json, run_id=run_id, features=a["features"],
-                         model=a["model"], evaluation=a["evaluation"],
-                         metrics=a["eval_metrics"], classification=a["classification"])
+    evaluate.python_func(config_json=config_json, run_id=run_id, dataset=a["dataset"],
+                         features=a["features"], model=a["model"], evaluation=a["evaluation"],
+                         report=a["report"], metrics=a["eval_metrics"],
+                         classification=a["classification"])
     registration = register.python_func(config_json=config_json, run_id=run_id,
                                         model=a["model"], evaluation=a["evaluation"])
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -121,6 +122,58 @@ def test_register_sets_aliases_and_tags(pipeline_run):
     assert mv.tags["crossfuse.decision"] == "promoted" and "no champion" in mv.tags[
         "crossfuse.reason"]
     assert mv.run_id == pipeline_run["run_id"]
+    assert json.loads(mv.tags["crossfuse.gate"])[0]["detail"] == "no champion yet"
+    run_tags = client.get_run(pipeline_run["run_id"]).data.tags
+    assert run_tags["crossfuse.decision"] == "promoted"  # the run carries the decision too
+
+
+def test_robustness_sweeps(pipeline_run):
+    """11 levels per modality and noise kind; level 0 is the clean test score."""
+    a = pipeline_run["artifacts"]
+    m = a["eval_metrics"].metadata
+    curves = pd.read_csv(Path(a["evaluation"].path) / "robustness.csv")
+    kinds = {(r.modality, r.kind) for r in curves.itertuples()}
+    assert kinds == {("image", "features"), ("text", "features"), ("image", "pixel_noise"),
+                     ("text", "word_dropout")}
+    for _, curve in curves.groupby(["modality", "kind"]):
+        assert curve["level"].tolist() == pytest.approx([i / 10 for i in range(11)])
+        assert curve["macro_f1"].iloc[0] == pytest.approx(m["test_macro_f1"])
+    for modality, kind in kinds:
+        assert 0.0 <= m[f"robustness_{modality}_{kind}_auc"] <= 1.0
+    assert (Path(a["evaluation"].path) / "robustness.png").stat().st_size > 1000
+
+
+def test_importance_and_efficiency(pipeline_run):
+    a = pipeline_run["artifacts"]
+    m = a["eval_metrics"].metadata
+    importance = pd.read_csv(Path(a["evaluation"].path) / "importance.csv").set_index("modality")
+    for modality in ("image", "text"):
+        # Dropping a modality costs exactly the gap to the matrix row without it.
+        other = "text" if modality == "image" else "image"
+        assert importance.loc[modality, "drop"] == pytest.approx(
+            m["test_macro_f1"] - m[f"present_{other}_test_macro_f1"])
+        assert m[f"importance_permutation_{modality}"] == importance.loc[modality, "permutation"]
+    efficiency = json.loads((Path(a["evaluation"].path) / "efficiency.json").read_text())
+    assert efficiency["samples"] == m["test_samples"]  # 64 asked, the test split is smaller
+    assert efficiency["peak_rss_mb"] > 50 and efficiency["raw_ms_per_sample_batched"] > 0
+    assert efficiency["encoder_parameters"]["text"] > 0
+    run = MlflowClient().get_run(pipeline_run["run_id"]).data.metrics
+    assert run["efficiency_head_parameters"] > 0 and run["efficiency_features_ms_per_sample"] > 0
+
+
+def test_report_is_one_html_page_in_kfp_and_mlflow(pipeline_run, tmp_path):
+    a = pipeline_run["artifacts"]
+    page = Path(a["report"].path).read_text()
+    for section in ("Test metrics", "Per class", "Calibration", "Missing modalities",
+                    "Noise robustness", "Modality importance", "Efficiency"):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count("data:image/png;base64,") == 5  # every plot embedded: no loose files
+    # In MLflow the register stage re-renders it with the promotion decision.
+    local = mlflow.artifacts.download_artifacts(run_id=pipeline_run["run_id"],
+                                                artifact_path="evaluation/report.html",
+                                                dst_path=str(tmp_path))
+    logged = Path(local).read_text()
+    assert "<h2>Promotion</h2>" in logged and "no champion yet" in logged
 
 
 def test_served_model_matches_pipeline_predictions(pipeline_run):

@@ -28,7 +28,8 @@ def test_ir_wires_six_stages_in_the_crossfuse_image():
     tasks = ir["root"]["dag"]["tasks"]
     deps = {name: sorted(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps == {"validate": [], "preprocess": ["validate"], "extract": ["preprocess", "validate"],
-                    "train": ["extract", "validate"], "evaluate": ["extract", "train", "validate"],
+                    "train": ["extract", "validate"],
+                    "evaluate": ["extract", "preprocess", "train", "validate"],
                     "register": ["evaluate", "train", "validate"]}
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert list(params) == ["config_json"]

@@ -1,43 +1,89 @@
-"""Champion/challenger: the decision rule, and aliases + tags in a real MLflow registry."""
+"""The registry: aliases and audit tags through the gate, promotion by hand, the version list."""
+
+import json
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from crossfuse.config import load_config
+from crossfuse.cli import main
+from crossfuse.config import RegistryConfig, load_config
 from crossfuse.fusion import FusionSpec, build_fusion_head, save_fusion_head
-from crossfuse.registry import decide_promotion, register
+from crossfuse.registry import list_versions, promote_by_hand, register
 from crossfuse.serving import RUN_CONFIG_FILE
 
 
-@pytest.mark.parametrize("score, champion, promote, words", [
-    (0.80, None, True, "no champion yet"),
-    (0.91, (0.88, "3"), True, "beats champion v3's 0.8800"),
-    (0.88, (0.88, "3"), False, "does not beat champion v3's 0.8800"),
-    (0.70, (0.88, "3"), False, "does not beat"),
-])
-def test_decide_promotion(score, champion, promote, words):
-    d = decide_promotion("test_macro_f1", score, champion)
-    assert d.promote is promote and words in d.reason
-
-
-def test_register_moves_champion_only_on_improvement(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+@pytest.fixture
+def registry(tmp_path):
+    """A real SQLite MLflow store with a saved model folder; registers versions by score."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("registry-test")  # not the experiment id an earlier test left active
     model_dir = tmp_path / "model"
     save_fusion_head(build_fusion_head(FusionSpec("concat", {"text": 4}, 2, hidden_dim=8)),
                      model_dir, extra={"labels": ["a", "b"], "encoders": {}})
     (model_dir / RUN_CONFIG_FILE).write_text(load_config(None, env={}).to_json())
-    client = MlflowClient()
-    results = []
-    for score in (0.5, 0.4, 0.6):
+
+    def add(metrics: dict, gate: RegistryConfig = RegistryConfig()):
         with mlflow.start_run() as run:
-            results.append(register("m", model_dir, "test_macro_f1", score, run.info.run_id))
+            mlflow.log_metrics(metrics)
+            return register(gate, "m", model_dir, metrics, run.info.run_id)
+
+    add.uri = uri
+    return add
+
+
+def test_champion_moves_only_through_the_gate(registry):
+    client = MlflowClient()
+    results = [registry({"test_macro_f1": s, "test_ece_calibrated": e})
+               for s, e in ((0.5, 0.05), (0.4, 0.05), (0.6, 0.20), (0.6, 0.05))]
     assert [(r.version, r.promoted, r.champion_version) for r in results] == [
-        ("1", True, "1"), ("2", False, "1"), ("3", True, "3")]
-    assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
-    assert str(client.get_model_version_by_alias("m", "challenger").version) == "3"
+        ("1", True, "1"), ("2", False, "1"), ("3", False, "1"), ("4", True, "4")]
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "4"
+    assert str(client.get_model_version_by_alias("m", "challenger").version) == "4"
     v2 = client.get_model_version("m", "2")
     assert v2.tags["crossfuse.decision"] == "not promoted"
-    assert v2.tags["crossfuse.reason"] == "test_macro_f1 0.4000 does not beat champion v1's 0.5000"
+    assert v2.tags["crossfuse.reason"] == ("test_macro_f1 0.4000 does not beat champion v1's "
+                                           "0.5000 (margin 0.0000)")
     assert v2.tags["crossfuse.metric.test_macro_f1"] == "0.4"  # exact: compared on the next run
+    assert v2.tags["crossfuse.compared_to"] == "1" and v2.tags["crossfuse.decided_by"] == "pipeline"
+    v3 = client.get_model_version("m", "3")  # better score, but calibration got much worse
+    assert "calibrated ECE 0.2000 vs champion's 0.0500" in v3.tags["crossfuse.reason"]
+    gate = {c["check"]: c for c in json.loads(v3.tags["crossfuse.gate"])}
+    assert gate["test_macro_f1"]["passed"] and not gate["test_ece_calibrated"]["passed"]
+    run_tags = client.get_run(v3.run_id).data.tags  # the run carries the decision too
+    assert run_tags["crossfuse.decision"] == "not promoted"
+
+
+def test_unknown_metric_registers_nothing(registry):
+    with pytest.raises(KeyError, match="registry.metric"):
+        registry({"test_macro_f1": 0.5}, RegistryConfig(metric="test_f2"))
+    assert MlflowClient().search_model_versions("name='m'") == []
+
+
+def test_promote_by_hand_and_list(registry, capsys):
+    for score in (0.5, 0.4):
+        registry({"test_macro_f1": score})
+    tags = promote_by_hand("m", "2", reason="v1 misroutes night images", user="ana")
+    assert tags["crossfuse.compared_to"] == "1"
+    client = MlflowClient()
+    v2 = client.get_model_version_by_alias("m", "champion")
+    assert str(v2.version) == "2"
+    assert v2.tags["crossfuse.decision"] == "promoted by hand"
+    assert (v2.tags["crossfuse.decided_by"], v2.tags["crossfuse.reason"]) == (
+        "ana", "v1 misroutes night images")
+    rows = list_versions("m")
+    assert [(r["version"], r["aliases"], r["decision"]) for r in rows] == [
+        (2, "challenger,champion", "promoted by hand"), (1, "", "promoted")]
+    with pytest.raises(ValueError, match="has no version '9'"):
+        promote_by_hand("m", "9")
+
+    # The same through the command line, against the same store.
+    tracking = ["--set", f"mlflow.tracking_uri={registry.uri}"]
+    assert main(["promote", "--model", "m", "--version", "1", "--reason", "rollback", *tracking]) == 0
+    assert "m: champion -> v1 (was v2)" in capsys.readouterr().out
+    assert main(["models", "--model", "m", *tracking]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:4] == ["m", "2", "challenger", "promoted"]
+    assert "champion" in out[3] and "rollback" in out[4]
+    assert main(["promote", "--model", "m", "--version", "7", *tracking]) == 2

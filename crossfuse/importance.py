@@ -1,0 +1,98 @@
+"""Modality importance: how much the trained model's test macro-F1 relies on each modality.
+
+- **drop** (leave-one-out at test time): full score minus the score with the modality
+  marked missing on every test row (the head sees its learned placeholder);
+- **permutation**: full score minus the mean score over ``repeats`` shuffles of that
+  modality's inputs across test rows (vector, presence and tokens move together),
+  which breaks its link to the label but keeps its distribution (Breiman 2001).
+
+Both are differences in macro-F1: 0 means the model ignores the modality; negative
+means the modality hurts on this test split. Shuffles are seeded.
+
+Example
+-------
+>>> rows = modality_importance(head, fs, repeats=5, seed=0)       # doctest: +SKIP
+>>> [(r["modality"], round(r["drop"], 2)) for r in rows]          # doctest: +SKIP
+[('image', 0.7), ('text', 0.61)]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossfuse.features import FeatureSet
+from crossfuse.fusion import FusionHead, predict_proba
+from crossfuse.train import macro_f1, split_tensors, split_tokens
+
+
+def modality_importance(head: FusionHead, fs: FeatureSet, repeats: int, seed: int) -> list[dict]:
+    """One row per modality: ``drop``, ``permutation`` (mean) and ``permutation_std``.
+
+    ``repeats`` 0 leaves ``permutation`` out.
+    """
+    modalities = list(head.spec.dims)
+    x, present, y = split_tensors(fs, "test", modalities)
+    tokens = split_tokens(fs, "test", modalities, head.spec)
+    y, k = y.numpy(), len(fs.labels)
+
+    def score(xs, ps, ts) -> float:
+        return macro_f1(y, predict_proba(head, xs, ps, ts).argmax(-1).numpy(), k)
+
+    full = score(x, present, tokens)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for m in modalities:
+        row = {"modality": m, "full": full,
+               "drop": full - score(x, {**present, m: present[m] & False}, tokens)}
+        shuffled = []
+        for _ in range(repeats):
+            order = torch.randperm(len(y), generator=generator)
+            ts = tokens if tokens is None else {**tokens, m: (tokens[m][0][order],
+                                                              tokens[m][1][order])}
+            shuffled.append(full - score({**x, m: x[m][order]}, {**present, m: present[m][order]},
+                                         ts))
+        if shuffled:
+            row["permutation"] = float(np.mean(shuffled))
+            row["permutation_std"] = float(np.std(shuffled))
+        rows.append(row)
+    return rows
+
+
+def importance_metrics(rows: list[dict]) -> dict[str, float]:
+    """``importance_drop_<m>`` and ``importance_permutation_<m>`` for MLflow."""
+    out = {}
+    for r in rows:
+        out[f"importance_drop_{r['modality']}"] = r["drop"]
+        if "permutation" in r:
+            out[f"importance_permutation_{r['modality']}"] = r["permutation"]
+    return out
+
+
+def plot_importance(rows: list[dict], path: Path, title: str = "modality importance") -> None:
+    """Grouped bars per modality: drop and permutation importance (macro-F1 lost)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["modality"] for r in rows]
+    where = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 3, 3.6))
+    kinds = ["drop"] + (["permutation"] if all("permutation" in r for r in rows) else [])
+    width = 0.8 / len(kinds)
+    for j, kind in enumerate(kinds):
+        values = [r[kind] for r in rows]
+        errors = [r.get("permutation_std", 0.0) for r in rows] if kind == "permutation" else None
+        bars = ax.bar(where + j * width, values, width, yerr=errors, capsize=3, label=kind)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(where + width * (len(kinds) - 1) / 2, names)
+    ax.set_ylabel("test macro-F1 lost")
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

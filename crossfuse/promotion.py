@@ -1,0 +1,130 @@
+"""The promotion gate: does a challenger replace the champion? Pure, no MLflow.
+
+Rules (``registry`` section of the config):
+
+1. **primary**: the challenger's ``metric`` must beat the champion's by more than
+   ``margin`` (higher or lower is better per ``higher_is_better()``);
+2. **guardrails** — the challenger may not be worse than the champion by more than:
+   ``max_ece_increase`` on calibrated test ECE (``test_ece_calibrated``), and
+   ``max_missing_modality_drop`` on test macro-F1 with any one modality missing
+   (``present_<others>_test_macro_f1``).
+
+With no champion, the challenger is promoted. A check whose number one side lacks
+(an older champion, a one-modality model) is skipped and says so. Every check keeps
+both numbers and its limit, so the decision can be audited.
+
+Example
+-------
+>>> from crossfuse.config import RegistryConfig
+>>> d = decide_promotion({"test_macro_f1": 0.91}, {"test_macro_f1": 0.88}, "3", RegistryConfig())
+>>> d.promote, d.reason
+(True, "test_macro_f1 0.9100 beats champion v3's 0.8800 (margin 0.0000); guardrails passed")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from crossfuse.config import RegistryConfig
+
+ECE_METRIC = "test_ece_calibrated"
+_PRESENT, _SUFFIX = "present_", "_test_macro_f1"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison of the gate."""
+
+    check: str
+    challenger: float | None
+    champion: float | None
+    limit: float | None
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+
+    def compared_metrics(self) -> dict[str, float]:
+        """The challenger's value of every metric a check compared."""
+        return {c.check: c.challenger for c in self.checks if c.challenger is not None}
+
+    def as_dict(self) -> dict:
+        return {"promote": self.promote, "reason": self.reason,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def missing_one_metrics(metrics: dict[str, float]) -> dict[str, str]:
+    """``{missing modality: metric name}`` for each single-modality-missing score in ``metrics``.
+
+    >>> missing_one_metrics({"present_image_test_macro_f1": .6, "present_text_test_macro_f1": .7,
+    ...                      "present_image_and_text_test_macro_f1": .9})
+    {'text': 'present_image_test_macro_f1', 'image': 'present_text_test_macro_f1'}
+    """
+    subsets = {k: k[len(_PRESENT):-len(_SUFFIX)].split("_and_") for k in metrics
+               if k.startswith(_PRESENT) and k.endswith(_SUFFIX)}
+    if not subsets:
+        return {}
+    full = max(subsets.values(), key=len)
+    return {next(m for m in full if m not in kept): name for name, kept in subsets.items()
+            if len(kept) == len(full) - 1}
+
+
+def _primary(metric: str, new: float, old: float, version: str, gate: RegistryConfig) -> Check:
+    higher = gate.higher_is_better()
+    gain = new - old if higher else old - new
+    passed = gain > gate.margin
+    verb = "beats" if passed else "does not beat"
+    return Check(metric, new, old, gate.margin, passed,
+                 f"{metric} {new:.4f} {verb} champion v{version}'s {old:.4f} "
+                 f"(margin {gate.margin:.4f})")
+
+
+def _worse_by(name: str, label: str, new: float | None, old: float | None,
+              limit: float, lower_is_better: bool) -> Check:
+    if new is None or old is None:
+        side = "challenger" if new is None else "champion"
+        return Check(name, new, old, limit, True, f"{label}: skipped, the {side} has no {name}")
+    worse = (new - old) if lower_is_better else (old - new)
+    passed = worse <= limit
+    return Check(name, new, old, limit, passed,
+                 f"{label} {new:.4f} vs champion's {old:.4f}: worse by {worse:+.4f}, "
+                 f"{'within' if passed else 'over'} the limit {limit:.4f}")
+
+
+def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | None,
+                     champion_version: str | None, gate: RegistryConfig) -> Decision:
+    """Apply the gate to a challenger's metrics against the champion's.
+
+    Parameters
+    ----------
+    challenger: the challenger's evaluation metrics (must hold ``gate.metric``).
+    champion: the champion's metrics, or None when there is no champion.
+    champion_version: the champion's version, for the reason text.
+    gate: the registry config (metric, direction, margin, guardrails).
+    """
+    metric = gate.metric
+    if metric not in challenger:
+        raise KeyError(f"registry.metric={metric!r} is not an evaluation metric; choose one of "
+                       f"{sorted(challenger)}")
+    if champion is None or metric not in champion:
+        why = "no champion yet" if champion is None else f"champion v{champion_version} has no {metric}"
+        return Decision(True, f"{why}; {metric}={challenger[metric]:.4f}",
+                        [Check(metric, challenger[metric], None, None, True, why)])
+    checks = [_primary(metric, challenger[metric], champion[metric], champion_version, gate)]
+    rails = gate.guardrails
+    if rails.max_ece_increase is not None:
+        checks.append(_worse_by(ECE_METRIC, "calibrated ECE", challenger.get(ECE_METRIC),
+                                champion.get(ECE_METRIC), rails.max_ece_increase, True))
+    if rails.max_missing_modality_drop is not None:
+        for missing, name in sorted(missing_one_metrics(challenger).items()):
+            checks.append(_worse_by(name, f"macro-F1 with {missing} missing", challenger[name],
+                                    champion.get(name), rails.max_missing_modality_drop, False))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        return Decision(False, "; ".join(c.detail for c in failed), checks)
+    return Decision(True, f"{checks[0].detail}; guardrails passed", checks)

@@ -1,0 +1,75 @@
+"""The promotion gate: primary metric with a margin, and the ECE / missing-modality guardrails."""
+
+import pytest
+
+from crossfuse.config import RegistryConfig
+from crossfuse.promotion import decide_promotion, missing_one_metrics
+
+CHAMPION = {"test_macro_f1": 0.88, "test_log_loss": 0.40, "test_ece_calibrated": 0.030,
+            "present_image_test_macro_f1": 0.60, "present_text_test_macro_f1": 0.75,
+            "present_image_and_text_test_macro_f1": 0.88}
+
+
+def challenger(**changes):
+    return {**CHAMPION, **changes}
+
+
+@pytest.mark.parametrize("metrics, gate, promote, words", [
+    (challenger(test_macro_f1=0.91), {}, True,
+     "test_macro_f1 0.9100 beats champion v3's 0.8800 (margin 0.0000); guardrails passed"),
+    (challenger(), {}, False, "does not beat champion v3's 0.8800"),
+    (challenger(test_macro_f1=0.70), {}, False, "does not beat"),
+    # A margin: a gain of 0.01 is not enough when 0.02 is asked.
+    (challenger(test_macro_f1=0.89), {"margin": 0.02}, False, "(margin 0.0200)"),
+    (challenger(test_macro_f1=0.91), {"margin": 0.02}, True, "beats"),
+    # Lower is better for a loss, inferred from the name.
+    (challenger(test_log_loss=0.35), {"metric": "test_log_loss"}, True, "beats"),
+    (challenger(test_log_loss=0.45), {"metric": "test_log_loss"}, False, "does not beat"),
+    # Guardrails: better on the primary metric, worse elsewhere.
+    (challenger(test_macro_f1=0.95, test_ece_calibrated=0.08), {}, False,
+     "calibrated ECE 0.0800 vs champion's 0.0300: worse by +0.0500, over the limit 0.0200"),
+    (challenger(test_macro_f1=0.95, present_text_test_macro_f1=0.60), {}, False,
+     "macro-F1 with image missing 0.6000 vs champion's 0.7500: worse by +0.1500, over the limit"),
+    (challenger(test_macro_f1=0.95, present_text_test_macro_f1=0.74), {}, True, "guardrails passed"),
+    # Switched off, the guardrails do not block.
+    (challenger(test_macro_f1=0.95, test_ece_calibrated=0.08, present_text_test_macro_f1=0.1),
+     {"guardrails": {"max_ece_increase": None, "max_missing_modality_drop": None}}, True, "beats"),
+])
+def test_gate(metrics, gate, promote, words):
+    d = decide_promotion(metrics, CHAMPION, "3", RegistryConfig(**gate))
+    assert d.promote is promote
+    assert words in d.reason
+
+
+def test_every_check_keeps_both_numbers_and_its_limit():
+    d = decide_promotion(challenger(test_macro_f1=0.95, test_ece_calibrated=0.08), CHAMPION, "3",
+                         RegistryConfig())
+    checks = {c.check: c for c in d.checks}
+    # Missing-modality checks in order of the modality missing: image, then text.
+    assert list(checks) == ["test_macro_f1", "test_ece_calibrated", "present_text_test_macro_f1",
+                            "present_image_test_macro_f1"]
+    ece = checks["test_ece_calibrated"]
+    assert (ece.challenger, ece.champion, ece.limit, ece.passed) == (0.08, 0.03, 0.02, False)
+    assert d.compared_metrics()["test_macro_f1"] == 0.95
+
+
+def test_no_champion_and_champion_without_a_guardrail_metric():
+    d = decide_promotion(challenger(), None, None, RegistryConfig())
+    assert d.promote and d.reason.startswith("no champion yet; test_macro_f1=0.8800")
+    older = {"test_macro_f1": 0.80}  # registered before the guardrail metrics existed
+    d = decide_promotion(challenger(), older, "1", RegistryConfig())
+    assert d.promote
+    assert "skipped, the champion has no test_ece_calibrated" in d.checks[1].detail
+
+
+def test_unknown_metric_is_explained():
+    with pytest.raises(KeyError, match="registry.metric='test_f2' is not an evaluation metric"):
+        decide_promotion(challenger(), CHAMPION, "3", RegistryConfig(metric="test_f2"))
+
+
+def test_missing_one_of_three_modalities():
+    names = {f"present_{s}_test_macro_f1": 0.5 for s in
+             ("a", "b", "c", "a_and_b", "a_and_c", "b_and_c", "a_and_b_and_c")}
+    assert missing_one_metrics(names) == {"c": "present_a_and_b_test_macro_f1",
+                                          "b": "present_a_and_c_test_macro_f1",
+                                          "a": "present_b_and_c_test_macro_f1"}
