@@ -126,17 +126,28 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, prefix: str = "test
 
 
 @torch.inference_mode()
-def extra_target_metrics(head: FusionHead, fs: FeatureSet, modalities: list[str]) -> dict[str, float]:
-    """``test_<target>_accuracy`` and ``test_<target>_macro_f1`` for each extra target."""
+def extra_target_metrics(head: FusionHead, fs: FeatureSet, modalities: list[str],
+                         out_dir: Path) -> dict[str, float]:
+    """Every primary-target metric for each extra target, named ``test_<target>_*``.
+
+    Also writes ``classification_report_<target>.json`` and ``confusion_matrix_<target>.png``.
+    """
     metrics = {}
     if not fs.targets:
         return metrics
     x, present, _ = split_tensors(fs, "test", modalities)
     out = head.eval().forward_all(x, present, split_tokens(fs, "test", modalities, head.spec))
-    for target in fs.targets:
+    for target, classes in fs.targets.items():
         y = split_tensors(fs, "test", modalities, target)[2].numpy()
-        metrics.update(classification_metrics(y, out[target].softmax(-1).numpy(),
-                                              prefix=f"test_{target}_"))
+        probs = out[target].softmax(-1).numpy()
+        metrics.update(classification_metrics(y, probs, prefix=f"test_{target}_"))
+        pred, ids = probs.argmax(-1), list(range(len(classes)))
+        report = classification_report(y, pred, labels=ids, target_names=classes,
+                                       output_dict=True, zero_division=0)
+        (out_dir / f"classification_report_{target}.json").write_text(json.dumps(report, indent=2))
+        plot_confusion(confusion_matrix(y, pred, labels=ids), classes,
+                       out_dir / f"confusion_matrix_{target}.png",
+                       f"{target} — test macro-F1 {metrics[f'test_{target}_macro_f1']:.3f}")
     return metrics
 
 
@@ -252,7 +263,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     plot_confusion(cm, labels, out_dir / "confusion_matrix.png",
                    f"{cfg.fusion.method} fusion — test macro-F1 {metrics['test_macro_f1']:.3f}")
 
-    metrics.update(extra_target_metrics(head, fs, modalities))
+    metrics.update(extra_target_metrics(head, fs, modalities, out_dir))
 
     if len(modalities) > 1:
         # The same model with only some modalities present (the others masked as missing).

@@ -161,6 +161,10 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
                      _table([{"measure": k[len("efficiency_"):], "value": v}
                              for k, v in sorted(efficiency.items())])]
 
+    for path in sorted(eval_dir.glob("confusion_matrix_*.png")):
+        sections += [f"<h2>Target {html.escape(path.stem[len('confusion_matrix_'):])}</h2>",
+                     _image(path, path.stem)]
+
     extra = sorted({k for k in metrics if k.startswith("test_") and k not in HEADLINE
                     and not k.startswith(("test_precision_", "test_recall_", "test_f1_"))})
     if extra:

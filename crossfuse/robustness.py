@@ -31,6 +31,7 @@ from PIL import Image
 
 from crossfuse.features import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
+from crossfuse.progress import progress
 from crossfuse.train import macro_f1, split_tensors, split_tokens
 
 RAW_NOISE = {"image": "pixel_noise", "text": "word_dropout"}
@@ -152,7 +153,8 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
                     clean.append(img.convert("RGB"))
         else:
             clean = [str(by_id.at[ids[i], "text"]) for i in have]
-        for i, level in enumerate(levels):
+        for i, level in enumerate(progress(levels, desc=f"robustness {m} {RAW_NOISE[m]}",
+                                           unit="level")):
             noisy_x, noisy_tokens = x, tokens
             if level > 0 and have:  # level 0 is the clean input: its features are already here
                 rng = _rng(seed, m, i)

@@ -119,9 +119,10 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir,
                           preprocessed=preprocessed, context=context)
         mlflow.log_metrics(result.metrics)
-        for name in EVALUATION_ARTIFACTS:
-            if (out_dir / name).is_file():  # e.g. the subset matrix needs two or more modalities
-                mlflow.log_artifact(str(out_dir / name), "evaluation")
+        per_target = sorted(out_dir.glob("*_matrix_*.png")) + sorted(out_dir.glob("*_report_*.json"))
+        for path in [out_dir / name for name in EVALUATION_ARTIFACTS] + per_target:
+            if path.is_file():  # e.g. the subset matrix needs two or more modalities
+                mlflow.log_artifact(str(path), "evaluation")
     return result
 
 

@@ -78,6 +78,10 @@ def test_extra_target_from_extra_columns_file(sample_dataset, make_config, tmp_p
     metrics = evaluate(cfg, tmp_path / "f", tmp_path / "model", tmp_path / "eval").metrics
     assert 0.0 <= metrics["test_shape_macro_f1"] <= 1.0 and "test_shape_accuracy" in metrics
     assert {"test_shape_micro_f1", "test_shape_log_loss", "test_shape_auroc_ovr"} <= set(metrics)
+    report = json.loads((tmp_path / "eval" / "classification_report_shape.json").read_text())
+    assert set(report) >= {"circle", "square", "triangle", "macro avg"}
+    assert report["macro avg"]["f1-score"] == pytest.approx(metrics["test_shape_macro_f1"])
+    assert (tmp_path / "eval" / "confusion_matrix_shape.png").stat().st_size > 1000
     spec = json.loads((tmp_path / "model" / "fusion_spec.json").read_text())
     assert spec["extra_targets"] == {"shape": 3}
     out = FusionPredictor(tmp_path / "model").predict(pd.DataFrame(
