@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from crossfuse.atomic import atomic_path
+
 
 def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
     """ECE: the bin-size-weighted gap between confidence and accuracy over ``bins`` equal-width bins.
@@ -94,5 +96,6 @@ def plot_reliability(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
     ax.set_title(title)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from crossfuse.config import RunConfig, load_config
 from crossfuse.manifest import ManifestError
+from crossfuse.preflight import PreflightError, preflight
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 log = logging.getLogger("crossfuse")
@@ -50,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args).resolved()
     cfg.load_manifest()  # fail fast on a wrong --data or missing columns
+    preflight(cfg)       # ... on an unreachable MLflow, a missing encoder, an unwritable folder
     log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
              cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
     try:
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ManifestError, FileNotFoundError, ValueError) as exc:
+    except (ManifestError, FileNotFoundError, ValueError, PreflightError) as exc:
         print(f"crossfuse: error: {exc}", file=sys.stderr)
         return 2
 

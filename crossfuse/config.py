@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -43,6 +43,9 @@ class DataConfig(_Section):
 
 
 class ValidationConfig(_Section):
+    on_error: Literal["fail", "drop"] = Field(
+        "fail", description="fail: any bad row stops the run before preprocessing; drop: bad "
+                            "rows go to rejects.csv and the run goes on with the rest.")
     min_text_chars: int = 1
     max_text_chars: int = 2000
     min_samples_per_class: int = 3
@@ -81,6 +84,8 @@ class ExtractConfig(_Section):
     max_tokens: int = Field(32, description="Tokens kept per sample and modality (text "
                                             "truncated; images: a sqrt(n) x sqrt(n) grid).")
     hf_offline: bool = True
+    trust_remote_code: bool = Field(False, description="Let hf: models run the Python code "
+                                                       "their folder ships (unsandboxed).")
 
     @field_validator("encoders")
     @classmethod
@@ -119,6 +124,8 @@ class TrainConfig(_Section):
         default_factory=dict, description="Per modality, the probability a training sample "
                                           "loses it (one modality always stays).")
     extra_target_weight: float = 0.5
+    checkpoint_dir: str = Field(".cache/crossfuse/checkpoints", description="Per-epoch training "
+                                "state; a rerun of the same training resumes from it.")
 
     @field_validator("modality_dropout")
     @classmethod
@@ -247,6 +254,7 @@ class RunConfig(_Section):
 
         data.data.path = absolute(data.data.path)
         data.extract.cache_dir = absolute(data.extract.cache_dir)
+        data.train.checkpoint_dir = absolute(data.train.checkpoint_dir)
         data.mlflow.artifact_root = absolute(data.mlflow.artifact_root)
         data.pipeline.pipeline_root = absolute(data.pipeline.pipeline_root)
         data.mlflow.tracking_uri = _absolute_sqlite_uri(data.mlflow.tracking_uri, base)

@@ -42,6 +42,7 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
 )
 
+from crossfuse.atomic import atomic_path, write_json, write_text  # noqa: E402
 from crossfuse.calibration import (  # noqa: E402
     apply_temperature,
     expected_calibration_error,
@@ -144,7 +145,7 @@ def extra_target_metrics(head: FusionHead, fs: FeatureSet, modalities: list[str]
         pred, ids = probs.argmax(-1), list(range(len(classes)))
         report = classification_report(y, pred, labels=ids, target_names=classes,
                                        output_dict=True, zero_division=0)
-        (out_dir / f"classification_report_{target}.json").write_text(json.dumps(report, indent=2))
+        write_json(out_dir / f"classification_report_{target}.json", report)
         plot_confusion(confusion_matrix(y, pred, labels=ids), classes,
                        out_dir / f"confusion_matrix_{target}.png",
                        f"{target} — test macro-F1 {metrics[f'test_{target}_macro_f1']:.3f}")
@@ -167,7 +168,8 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
             ax.text(j, i, int(cm[i, j]), ha="center", va="center",
                     color="white" if cm[i, j] > threshold else "black", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -202,13 +204,13 @@ def analyse(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path, o
         rows += raw_noise_rows(FusionPredictor(model_dir), fs, samples, preprocessed, levels,
                                cfg.seed, ev.robustness.raw_max_samples)
     if rows:
-        pd.DataFrame(rows).to_csv(out_dir / "robustness.csv", index=False)
+        write_text(out_dir / "robustness.csv", pd.DataFrame(rows).to_csv(index=False))
         plot_robustness(rows, out_dir / "robustness.png")
         metrics.update(robustness_metrics(rows))
 
     if len(modalities) > 1:
         importance = modality_importance(head, fs, ev.permutation_repeats, cfg.seed)
-        pd.DataFrame(importance).to_csv(out_dir / "importance.csv", index=False)
+        write_text(out_dir / "importance.csv", pd.DataFrame(importance).to_csv(index=False))
         plot_importance(importance, out_dir / "importance.png")
         metrics.update(importance_metrics(importance))
 
@@ -221,8 +223,7 @@ def analyse(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path, o
         if preprocessed is not None and ev.efficiency_samples > 0:
             serving = measure_serving(model_dir, raw_test_inputs(fs, preprocessed, modalities,
                                                                  ev.efficiency_samples))
-        (out_dir / "efficiency.json").write_text(json.dumps(
-            {"features_ms_per_sample": features_ms, **serving}, indent=2))
+        write_json(out_dir / "efficiency.json", {"features_ms_per_sample": features_ms, **serving})
         metrics.update(efficiency_metrics(head, features_ms, serving))
     return metrics
 
@@ -268,7 +269,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     if len(modalities) > 1:
         # The same model with only some modalities present (the others masked as missing).
         subset_rows = subset_metrics(head, fs)
-        pd.DataFrame(subset_rows).to_csv(out_dir / "modality_subsets.csv", index=False)
+        write_text(out_dir / "modality_subsets.csv", pd.DataFrame(subset_rows).to_csv(index=False))
         plot_subset_heatmap(subset_rows, out_dir / "modality_subsets.png",
                             title="test metrics by modalities present")
         for r in subset_rows:
@@ -297,9 +298,10 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
                                 "predicted": [labels[i] for i in pred]})
     for i, name in enumerate(labels):
         predictions[f"p_{name}"] = probs[:, i]
-    predictions.to_parquet(out_dir / "predictions.parquet", index=False)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    (out_dir / "classification_report.json").write_text(json.dumps(report, indent=2))
+    with atomic_path(out_dir / "predictions.parquet") as tmp:
+        predictions.to_parquet(tmp, index=False)
+    write_json(out_dir / "classification_report.json", report)
+    write_json(out_dir / "metrics.json", metrics, sort_keys=True)  # last: the stage's result
     render_report(out_dir, {"dataset": cfg.data.dataset_name(), "fusion": cfg.fusion.method,
                             "modalities": "+".join(modalities), **(context or {})})
     log.info("test macro-F1 %.4f, accuracy %.4f", metrics["test_macro_f1"],

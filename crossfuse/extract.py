@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ class ExtractResult:
     dims: dict[str, int]
     cache_hits: dict[str, int]
     encoded: dict[str, int]
+    truncated: dict[str, int] = field(default_factory=dict)  # items cut to the encoder's length
 
 
 def _item_hashes(samples, modality: str, root: Path) -> list[str]:
@@ -120,13 +121,14 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     """
     preprocessed = Path(preprocessed)
     samples, labels, targets = read_samples(preprocessed)
-    encoders = encoders or {m: build_encoder(name, m, offline=cfg.extract.hf_offline)
+    encoders = encoders or {m: build_encoder(name, m, offline=cfg.extract.hf_offline,
+                                             trust_remote_code=cfg.extract.trust_remote_code)
                             for m, name in cfg.extract.encoders.items()}
     index = samples[["id", "line", "label", "split", *targets]].copy()
     index["label_idx"] = index["label"].map({name: i for i, name in enumerate(labels)})
     for target, classes in targets.items():
         index[f"{target}_idx"] = index[target].map({name: i for i, name in enumerate(classes)})
-    vectors, tokens, hits, encoded, meta = {}, {}, {}, {}, {}
+    vectors, tokens, hits, encoded, meta, truncated = {}, {}, {}, {}, {}, {}
     length = cfg.extract.max_tokens
     for modality in cfg.modalities:
         encoder = encoders[modality]
@@ -151,6 +153,8 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
             tokens[modality] = (
                 _scatter(seq["tokens"] if seq else None, present, (length, dim), torch.float32),
                 _scatter(seq["mask"] if seq else None, present, (length,), torch.bool))
+        if modality == "text":  # long texts are cut, not rejected: count them
+            truncated[modality] = encoder.count_truncated(have["text"].tolist())
         remaining = iter(hashes)
         index[f"present_{modality}"] = present
         index[f"hash_{modality}"] = [next(remaining) if p else "" for p in present]
@@ -160,4 +164,4 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
                  hits[modality], len(have), encoded[modality], encoder.name, len(samples) - len(have))
     write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets, tokens)
     return ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
-                         cache_hits=hits, encoded=encoded)
+                         cache_hits=hits, encoded=encoded, truncated=truncated)

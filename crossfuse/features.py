@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,8 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from crossfuse.atomic import atomic_path, write_json
 
 INDEX_FILE = "index.parquet"
 ENCODERS_FILE = "encoders.json"
@@ -56,10 +57,8 @@ def content_hash(data: bytes | str) -> str:
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path,
                 metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 class FeatureCache:
@@ -81,6 +80,8 @@ class FeatureCache:
         if not self.dir.is_dir():
             return
         for shard in sorted(self.dir.glob("*.safetensors")):
+            if shard.name.startswith("."):  # an unfinished write (a crash left it): never trusted
+                continue
             with safe_open(str(shard), framework="pt") as f:
                 hashes = json.loads((f.metadata() or {}).get("hashes", "[]"))
             for row, h in enumerate(hashes):
@@ -155,10 +156,11 @@ def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
             atomic_save({"tokens": seq[start:start + shard_size],
                          "mask": mask[start:start + shard_size]},
                         out_dir / modality / f"tokens-{start // shard_size:05d}.safetensors")
-    index.to_parquet(out_dir / INDEX_FILE, index=False)
-    (out_dir / LABELS_FILE).write_text(json.dumps(labels))
-    (out_dir / ENCODERS_FILE).write_text(json.dumps(encoders, indent=2))
-    (out_dir / TARGETS_FILE).write_text(json.dumps(targets or {}))
+    write_json(out_dir / LABELS_FILE, labels, indent=None)
+    write_json(out_dir / ENCODERS_FILE, encoders)
+    write_json(out_dir / TARGETS_FILE, targets or {}, indent=None)
+    with atomic_path(out_dir / INDEX_FILE) as tmp:  # last: a feature set without it is incomplete
+        index.to_parquet(tmp, index=False)
 
 
 def read_feature_set(path: Path) -> FeatureSet:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfuse.atomic import atomic_path
 from crossfuse.features import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
 from crossfuse.train import macro_f1, split_tensors, split_tokens
@@ -94,5 +95,6 @@ def plot_importance(rows: list[dict], path: Path, title: str = "modality importa
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

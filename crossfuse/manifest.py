@@ -25,7 +25,9 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -42,11 +44,18 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Manifest:
-    """A loaded manifest: ``frame`` holds the rows as strings, in file order."""
+    """A loaded manifest: ``frame`` holds the rows as strings, in file order.
+
+    ``lines[i]`` is the 1-based line of ``manifest.csv`` where row ``i`` starts (a quoted
+    newline makes a row span two lines). Bytes that were not valid UTF-8 read as U+FFFD
+    in ``frame``; ``bad_utf8`` lists each such cell as (row, column, character, byte).
+    """
 
     root: Path
     path: Path
     frame: pd.DataFrame
+    lines: list[int] = field(default_factory=list)
+    bad_utf8: list[tuple[int, str, int, int]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -78,16 +87,22 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
     if not path.is_file():
         raise ManifestError(f"{path} not found: a dataset folder needs a {MANIFEST_NAME} with "
                             f"columns id,label and one column per modality (image,text)")
+    # utf-8-sig drops a BOM; undecodable bytes become U+FFFD and are listed, so validation
+    # can name their rows instead of the whole file failing.
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig", errors="replace")
     try:
-        # utf-8-sig drops a BOM; keep_default_na=False keeps "NA" as text and "" as missing.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        # keep_default_na=False keeps "NA" as text and "" as missing.
+        frame = pd.read_csv(io.StringIO(text, newline=""), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as exc:
         raise ManifestError(f"{path} is empty: write a header row id,label,... and one row "
                             f"per sample") from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path} is not valid UTF-8 (byte {exc.start}): re-save it as "
-                            f"UTF-8") from exc
     frame.columns = [c.strip() for c in frame.columns]
+    if frame.empty:
+        raise ManifestError(f"{path} has a header but no rows: add one row per sample")
+    lines = record_lines(text)
+    if len(lines) != len(frame):  # cannot happen for a well-formed CSV; never guess lines
+        lines = [i + 2 for i in range(len(frame))]
     if extra_columns_file:
         frame = _join_extra_columns(frame, root, extra_columns_file)
     needed = list(REQUIRED_COLUMNS) + list(modalities or []) + list(extra_targets or [])
@@ -95,7 +110,46 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
                             f"Rename or add them (required: id, label, and one per modality).")
-    return Manifest(root=root.resolve(), path=path.resolve(), frame=frame)
+    return Manifest(root=root.resolve(), path=path.resolve(), frame=frame, lines=lines,
+                    bad_utf8=find_bad_utf8(raw))
+
+
+def record_lines(text: str) -> list[int]:
+    r"""The 1-based line where each data row starts (header and blank lines skipped).
+
+    >>> record_lines('id,text\n1,"two\nlines"\n\n2,b\n')
+    [2, 5]
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    starts, previous = [], 0
+    for row in reader:
+        if row:
+            starts.append(previous + 1)
+        previous = reader.line_num
+    return starts[1:]
+
+
+def find_bad_utf8(raw: bytes) -> list[tuple[int, str, int, int]]:
+    r"""Cells holding bytes that are not UTF-8: (data row, column, character offset, byte).
+
+    >>> find_bad_utf8(b"id,text\n1,ok\n2,caf\xe9\n")
+    [(1, 'text', 3, 233)]
+    """
+    try:
+        raw.decode("utf-8-sig")
+        return []
+    except UnicodeDecodeError:
+        pass
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    found = []
+    for i, row in enumerate(rows[1:]):
+        for column, value in zip(rows[0], row, strict=False):
+            for at, ch in enumerate(value):
+                if "\udc80" <= ch <= "\udcff":  # surrogateescape keeps byte b as U+DC00 + b
+                    found.append((i, column.strip(), at, ord(ch) - 0xDC00))
+                    break
+    return found
 
 
 def _join_extra_columns(frame: pd.DataFrame, root: Path, name: str) -> pd.DataFrame:

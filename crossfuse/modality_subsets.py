@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossfuse.atomic import atomic_path
 from crossfuse.features import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
 from crossfuse.train import macro_f1, split_tensors, split_tokens
@@ -65,5 +66,6 @@ def plot_subset_heatmap(rows: list[dict], path: Path, title: str = "modalities p
                     color="white" if values[i, j] < 0.6 else "black")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

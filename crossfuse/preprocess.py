@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageOps
 
+from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig, SplitConfig
 from crossfuse.manifest import SPLITS, ManifestError, resolve_media
 from crossfuse.progress import progress
@@ -95,7 +96,7 @@ def _splits(frame: pd.DataFrame, cfg: SplitConfig, manifest_path: Path) -> list[
         bad = frame.index[~frame["split"].isin(SPLITS)]
         if len(bad):
             row = int(bad[0])
-            raise ManifestError(f"{manifest_path} line {row + 2}: split "
+            raise ManifestError(f"{manifest_path} line {frame.at[row, 'line']}: split "
                                 f"{frame.loc[row, 'split']!r} is not one of {list(SPLITS)}; fix "
                                 f"it or drop the split column to split by id hash")
         return frame["split"].tolist()
@@ -108,7 +109,7 @@ def image_filename(sample_id: str) -> str:
 
 
 def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
-               rejected_ids: set[str] | frozenset[str] = frozenset()) -> PreprocessResult:
+               rejected_lines: set[int] | frozenset[int] = frozenset()) -> PreprocessResult:
     """Write the preprocessed dataset of ``data_root`` to ``out_dir``.
 
     Parameters
@@ -116,15 +117,15 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     cfg: run config (``preprocess`` section, ``extract.encoders`` for the modalities).
     data_root: dataset folder with ``manifest.csv``.
     out_dir: output folder (created).
-    rejected_ids: ids validation rejected; they are skipped.
+    rejected_lines: manifest lines validation rejected; those rows are skipped.
     """
     out_dir = Path(out_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
     manifest = cfg.load_manifest()
     frame = manifest.frame.reset_index(drop=True)
-    frame["line"] = frame.index + 2
+    frame["line"] = manifest.lines
+    frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)
     frame["split"] = _splits(frame, cfg.preprocess.split, manifest.path)
-    frame = frame[~frame["id"].isin(rejected_ids)].reset_index(drop=True)
 
     columns = ["id", "line", "label", "split", *cfg.data.extra_targets]
     if "text" in cfg.modalities:
@@ -140,16 +141,18 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
                 names.append("")
                 continue
             name = f"images/{image_filename(sample_id)}"
-            prepare_image(resolve_media(manifest.root, rel), size).save(out_dir / name)
+            with atomic_path(out_dir / name) as tmp:
+                prepare_image(resolve_media(manifest.root, rel), size).save(tmp, format="PNG")
             names.append(name)
         frame["image"] = names
         columns.append("image")
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame[columns].to_parquet(out_dir / SAMPLES_FILE, index=False)
     labels = sorted(frame["label"].unique().tolist())
-    (out_dir / LABELS_FILE).write_text(json.dumps(labels))
-    (out_dir / TARGETS_FILE).write_text(json.dumps(
-        {t: sorted(frame[t].unique().tolist()) for t in cfg.data.extra_targets}))
+    write_json(out_dir / LABELS_FILE, labels, indent=None)
+    write_json(out_dir / TARGETS_FILE,
+               {t: sorted(frame[t].unique().tolist()) for t in cfg.data.extra_targets}, indent=None)
+    with atomic_path(out_dir / SAMPLES_FILE) as tmp:  # last: the folder is complete with it
+        frame[columns].to_parquet(tmp, index=False)
 
     counts = frame["split"].value_counts().to_dict()
     per_class = frame.groupby(["label", "split"]).size().unstack(fill_value=0)

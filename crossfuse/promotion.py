@@ -58,6 +58,13 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks]}
 
 
+def require_metric(metrics: dict[str, float], metric: str) -> None:
+    """Raise ``KeyError`` naming the choices when ``metric`` is not among ``metrics``."""
+    if metric not in metrics:
+        raise KeyError(f"registry.metric={metric!r} is not an evaluation metric; choose one of "
+                       f"{sorted(metrics)}")
+
+
 def missing_one_metrics(metrics: dict[str, float]) -> dict[str, str]:
     """``{missing modality: metric name}`` for each single-modality-missing score in ``metrics``.
 
@@ -108,9 +115,7 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
     gate: the registry config (metric, direction, margin, guardrails).
     """
     metric = gate.metric
-    if metric not in challenger:
-        raise KeyError(f"registry.metric={metric!r} is not an evaluation metric; choose one of "
-                       f"{sorted(challenger)}")
+    require_metric(challenger, metric)
     if champion is None or metric not in champion:
         why = "no champion yet" if champion is None else f"champion v{champion_version} has no {metric}"
         return Decision(True, f"{why}; {metric}={challenger[metric]:.4f}",

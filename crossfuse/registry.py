@@ -38,8 +38,9 @@ from mlflow.types import ColSpec, Schema
 
 from crossfuse.config import RegistryConfig
 from crossfuse.fusion.model import SPEC_FILE
-from crossfuse.promotion import Decision, decide_promotion
+from crossfuse.promotion import Decision, decide_promotion, require_metric
 from crossfuse.serving import CrossfusePyfunc
+from crossfuse.tracking import sqlite_store_lock
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +118,26 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
     ``metrics`` are the evaluation's; the gate compares them with the champion's.
     """
     client = MlflowClient()
-    champion = champion_metrics(client, model_name)
-    decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate)
+    require_metric(metrics, gate.metric)  # before anything is logged
     info = log_pyfunc(Path(model_dir))
-    mv = mlflow.register_model(info.model_uri, model_name)
-    client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    if decision.promote:
-        client.set_registered_model_alias(model_name, CHAMPION, mv.version)
-    tags = {"crossfuse.decision": "promoted" if decision.promote else "not promoted",
-            "crossfuse.reason": decision.reason,
-            "crossfuse.gate": json.dumps(decision.as_dict()["checks"]),
-            "crossfuse.compared_to": champion[1] if champion else "",
-            "crossfuse.decided_by": "pipeline", "crossfuse.decided_at": _now(),
-            "crossfuse.run_id": run_id}
-    tags.update({METRIC_TAG + k: repr(float(v)) for k, v in decision.compared_metrics().items()})
-    _write_decision(client, model_name, str(mv.version), run_id, tags)
+    # Decide and move the aliases as one step: a concurrent run must not compare against a
+    # champion that is being replaced (SQLite stores; a server serialises its own writes).
+    with sqlite_store_lock(mlflow.get_tracking_uri()):
+        champion = champion_metrics(client, model_name)
+        decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate)
+        mv = mlflow.register_model(info.model_uri, model_name)
+        client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
+        if decision.promote:
+            client.set_registered_model_alias(model_name, CHAMPION, mv.version)
+        tags = {"crossfuse.decision": "promoted" if decision.promote else "not promoted",
+                "crossfuse.reason": decision.reason,
+                "crossfuse.gate": json.dumps(decision.as_dict()["checks"]),
+                "crossfuse.compared_to": champion[1] if champion else "",
+                "crossfuse.decided_by": "pipeline", "crossfuse.decided_at": _now(),
+                "crossfuse.run_id": run_id}
+        tags.update({METRIC_TAG + k: repr(float(v))
+                     for k, v in decision.compared_metrics().items()})
+        _write_decision(client, model_name, str(mv.version), run_id, tags)
     champion_version = str(mv.version) if decision.promote else champion[1]
     log.info("registered %s v%s: %s", model_name, mv.version, decision.reason)
     return RegisterResult(model_name=model_name, version=str(mv.version),

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from crossfuse.atomic import write_json, write_text
+
 REPORT_FILE = "report.html"
 CONTEXT_FILE = "report_context.json"
 HEADLINE = ["test_accuracy", "test_macro_f1", "test_micro_f1", "test_auroc_ovr", "test_auprc_ovr",
@@ -109,7 +111,7 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
     saved = eval_dir / CONTEXT_FILE
     context = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **context}
     if out is None:
-        saved.write_text(json.dumps(context, indent=2))
+        write_json(saved, context)
     sections = [f"<h1>crossfuse evaluation — {html.escape(context.get('dataset', ''))}</h1>",
                 _table([{"": k, "value": v} for k, v in context.items()])]
     if decision:
@@ -175,7 +177,5 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
             f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
     out = Path(out) if out is not None else eval_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, page)
     return out

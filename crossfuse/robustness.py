@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from crossfuse.atomic import atomic_path
 from crossfuse.features import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
 from crossfuse.progress import progress
@@ -201,5 +202,6 @@ def plot_robustness(rows: list[dict], path: Path, title: str = "noise robustness
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

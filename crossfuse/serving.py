@@ -70,7 +70,8 @@ class FusionPredictor:
         self.labels: list[str] = self.meta["labels"]
         self.modalities = list(self.meta["dims"])
         self.encoders = {m: build_encoder(self.meta["encoders"][m]["name"], m,
-                                          offline=self.cfg.extract.hf_offline)
+                                          offline=self.cfg.extract.hf_offline,
+                                          trust_remote_code=self.cfg.extract.trust_remote_code)
                          for m in self.modalities}
 
     def encode_items(self, modality: str, items: list):

@@ -24,6 +24,7 @@ import mlflow
 from crossfuse.config import RunConfig
 from crossfuse.evaluate import EvaluationResult, evaluate
 from crossfuse.extract import ExtractResult, extract
+from crossfuse.preflight import preflight
 from crossfuse.preprocess import PreprocessResult, preprocess
 from crossfuse.registry import RegisterResult, register
 from crossfuse.report import REPORT_FILE, render_report
@@ -42,6 +43,7 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     (and marks the run FAILED) when the data does not pass.
     """
     out_dir = Path(out_dir)
+    preflight(cfg, folders=False)  # before MLflow's client retries an unreachable server for minutes
     with stage_run(cfg, run_id, "validate") as run:
         mlflow.set_tags(data_version(Path(cfg.data.path)))
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
@@ -61,8 +63,15 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
     """Preprocess the validated dataset; rows validation rejected are skipped."""
     with stage_run(cfg, run_id, "preprocess"):
         report = ValidationReport.read(Path(validation_dir))
-        rejected = {i.id for i in report.issues}
-        result = preprocess(cfg, Path(cfg.data.path), Path(out_dir), rejected_ids=rejected)
+        result = preprocess(cfg, Path(cfg.data.path), Path(out_dir),
+                            rejected_lines=report.rejected_lines)
+        if result.n_samples + report.n_rejected != report.n_rows:  # nothing may be lost
+            raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
+                               f"{result.n_samples} used, {report.n_rejected} rejected")
+        print(f"rows in {report.n_rows} = used {result.n_samples} + rejected "
+              f"{report.n_rejected} (see validation/rejects.csv)", flush=True)
+        mlflow.log_metrics({"rows_in": report.n_rows, "rows_used": result.n_samples,
+                            "rows_rejected": report.n_rejected})
         mlflow.log_metrics({f"samples_{k}": v for k, v in result.split_counts.items()})
         mlflow.log_param("num_classes", len(result.labels))
     return result
@@ -79,6 +88,11 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path) 
             mlflow.log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
                                 f"features_{m}_encoded": result.encoded[m]})
             mlflow.log_param(f"features.{m}.dim", result.dims[m])
+        for m, n in result.truncated.items():
+            mlflow.log_metric(f"features_{m}_truncated", n)
+            if n:
+                print(f"extract {m}: {n} of {result.n_samples} items were longer than the "
+                      f"encoder's input and were truncated", flush=True)
     return result
 
 

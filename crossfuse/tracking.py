@@ -13,6 +13,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +27,40 @@ from crossfuse.features import content_hash
 from crossfuse.manifest import MANIFEST_NAME
 
 
+@contextlib.contextmanager
+def sqlite_store_lock(uri: str) -> Iterator[None]:
+    """Hold an inter-process lock next to a SQLite tracking store (no-op for other stores).
+
+    MLflow creates a new SQLite store's tables on first use; two runs starting at once
+    would both try ("table spans already exists"). The lock makes the first use, and
+    experiment creation, one process at a time.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock_path = Path(uri[len(prefix):] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def configure(cfg: RunConfig) -> str:
     """Point MLflow at ``cfg.mlflow.tracking_uri`` and make sure the experiment exists.
 
-    The experiment is created with artifacts under ``mlflow.artifact_root``.
-    Returns the experiment id.
+    The experiment is created with artifacts under ``mlflow.artifact_root``. Safe to
+    call from several processes at once. Returns the experiment id.
     """
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    with sqlite_store_lock(cfg.mlflow.tracking_uri):
+        return _ensure_experiment(cfg)
+
+
+def _ensure_experiment(cfg: RunConfig) -> str:
     client = MlflowClient()
     name = cfg.experiment_name()
     exp = client.get_experiment_by_name(name)

@@ -25,6 +25,8 @@ import torch
 from sklearn.metrics import f1_score
 from torch import nn
 
+from crossfuse.atomic import write_text
+from crossfuse.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from crossfuse.config import FusionConfig, RunConfig, TrainConfig
 from crossfuse.features import FeatureSet, read_feature_set
 from crossfuse.fusion import (
@@ -138,6 +140,7 @@ def training_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
 def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
         modalities: list[str] | None = None,
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        checkpoint_dir: Path | None = None,
         ) -> tuple[FusionHead, TrainResult]:
     """Train ``fusion.method`` on the train split; keep the epoch with the best val macro-F1.
 
@@ -148,7 +151,9 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     seed: seeds init, shuffling and modality dropout.
     modalities: subset to use (unimodal baselines); default all in ``fs``.
     on_epoch: called as ``on_epoch(epoch, metrics)`` with train_loss, val_loss,
-        val_macro_f1, val_accuracy.
+        val_macro_f1, val_accuracy (on a resume, first for the epochs already done).
+    checkpoint_dir: save the loop's state there after every epoch and resume from it
+        (:mod:`crossfuse.checkpoint`); None trains without checkpoints.
 
     Returns
     -------
@@ -169,8 +174,25 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     best = (-1.0, float("inf"))
-    best_state, best_epoch, history, stale = None, 0, [], 0
-    for epoch in range(1, train.epochs + 1):
+    best_state, best_epoch, history, stale, stopped = None, 0, [], 0, False
+    key = checkpoint_key(fs, fusion, train, seed, modalities)
+    ckpt = Path(checkpoint_dir) / f"{key}.pt" if checkpoint_dir else None
+    state = load_checkpoint(ckpt, key) if ckpt else None
+    if state:
+        head.load_state_dict(state["head"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        best, best_state = tuple(state["best"]), state["best_state"]
+        best_epoch, history, stale = state["best_epoch"], state["history"], state["stale"]
+        stopped = state["stopped"]
+        log.info("resuming %s from the checkpoint of epoch %d (%s)", fusion.method,
+                 len(history), ckpt)
+        for row in history if on_epoch else []:
+            on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+    for epoch in range(len(history) + 1, train.epochs + 1):
+        if stopped:
+            break
         head.train()
         order = torch.randperm(len(y_tr), generator=generator)
         total = 0.0
@@ -201,8 +223,14 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
             best_state = copy.deepcopy(head.state_dict())
         else:
             stale += 1
-            if stale >= train.patience:
-                break
+            stopped = stale >= train.patience
+        if ckpt:
+            save_checkpoint(ckpt, {"key": key, "head": head.state_dict(),
+                                   "optimiser": optimiser.state_dict(),
+                                   "generator": generator.get_state(),
+                                   "torch_rng": torch.get_rng_state(), "best": list(best),
+                                   "best_state": best_state, "best_epoch": best_epoch,
+                                   "history": history, "stale": stale, "stopped": stopped})
     head.load_state_dict(best_state)
     head.eval()
     result = TrainResult(method=fusion.method, modalities=modalities, best_epoch=best_epoch,
@@ -239,7 +267,9 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
         best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
                       cfg.fusion.search.epochs, on_trial=on_trial)
         fusion, train_cfg, searched = best.fusion, best.train, best.params
-    head, result = fit(fs, fusion, train_cfg, cfg.seed, on_epoch=on_epoch)
+    checkpoints = Path(cfg.train.checkpoint_dir)
+    head, result = fit(fs, fusion, train_cfg, cfg.seed, on_epoch=on_epoch,
+                       checkpoint_dir=checkpoints)
     result.searched = searched
     result.temperature = validation_temperature(head, fs)
     effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
@@ -247,5 +277,8 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
                                                    "targets": fs.targets,
                                                    "best_epoch": result.best_epoch,
                                                    "temperature": result.temperature})
-    (Path(model_dir) / RUN_CONFIG_FILE).write_text(effective.to_json())
+    write_text(Path(model_dir) / RUN_CONFIG_FILE, effective.to_json())
+    # The model is saved: this training's checkpoint has done its job.
+    (checkpoints / f"{checkpoint_key(fs, fusion, train_cfg, cfg.seed, fs.modalities)}.pt"
+     ).unlink(missing_ok=True)
     return result

@@ -2,10 +2,15 @@
 
 The GX suite checks the table (ids present and unique, labels present and, if the
 config declares them, in the label set, at least two classes, text lengths); the
-media checks open every image (inside the dataset folder, exists, decodes, under
-the pixel limit). Every problem becomes a :class:`RowIssue` naming the manifest
-line, the sample id, the column and the reason, so counts add up:
+text checks find cells that are blank or not valid UTF-8; the media checks open
+every image (inside the dataset folder, exists, non-empty, an image, under the
+pixel limit, decodes to the end). Every problem becomes a :class:`RowIssue` naming
+the manifest line, the sample id, the column and the reason, so counts add up:
 ``n_rows == n_valid + n_rejected``.
+
+What happens next is ``validation.on_error``: ``fail`` stops the run on any bad row;
+``drop`` goes on without the rejected rows. Table-level failures (one class, a class
+too small to split, no valid rows) stop the run under either policy.
 
 Outputs written to ``out_dir``: ``report.json``, ``rejects.csv`` and ``data_docs/``
 (the GX Data Docs site; open ``data_docs/index.html``).
@@ -28,14 +33,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig
-from crossfuse.manifest import ManifestError, resolve_media
+from crossfuse.manifest import Manifest, ManifestError, resolve_media
 
 log = logging.getLogger(__name__)
 
-HEADER_LINES = 1  # manifest line of row i is i + 1 + HEADER_LINES
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class RowIssue:
     id: str
     column: str
     reason: str
+    kind: str = ""  # the reason without its specifics, for counting; defaults to the reason
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", self.reason)
 
 
 @dataclass
@@ -58,6 +68,7 @@ class ValidationReport:
     table_failures: list[str] = field(default_factory=list)
     expectations: list[dict] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
+    on_error: str = "fail"
 
     @property
     def rejected_lines(self) -> set[int]:
@@ -73,19 +84,37 @@ class ValidationReport:
 
     @property
     def success(self) -> bool:
+        """Every row and table check passed."""
         return not self.issues and not self.table_failures
 
+    @property
+    def can_continue(self) -> bool:
+        """The run may go on: clean, or bad rows dropped under ``on_error: drop``."""
+        if self.table_failures or self.n_valid == 0:
+            return False
+        return self.success or self.on_error == "drop"
+
+    def reasons(self) -> dict[str, int]:
+        """Issues per kind (a row with two problems counts under both)."""
+        return dict(Counter(i.kind for i in self.issues).most_common())
+
     def summary(self, max_rows: int = 20) -> str:
-        """A readable multi-line summary: counts, table failures, the first bad rows."""
-        head = "passed" if self.success else "FAILED"
-        lines = [f"validation {head} for {self.dataset}: {self.n_rows} rows, "
-                 f"{self.n_valid} valid, {self.n_rejected} rejected"]
+        """A readable multi-line summary: counts, table failures, the first bad rows, the fix."""
+        head = ("passed" if self.success else
+                "passed with rows dropped" if self.can_continue else "FAILED")
+        lines = [f"validation {head} for {self.dataset}: {self.n_rows} rows in = "
+                 f"{self.n_valid} valid + {self.n_rejected} rejected (on_error={self.on_error})"]
         lines += [f"  table: {msg}" for msg in self.table_failures]
         for issue in self.issues[:max_rows]:
             lines.append(f"  line {issue.line} (id={issue.id!r}) column {issue.column!r}: "
                          f"{issue.reason}")
         if len(self.issues) > max_rows:
             lines.append(f"  ... and {len(self.issues) - max_rows} more issues in rejects.csv")
+        if self.issues:
+            lines.append("  by reason: " + ", ".join(f"{k} ({n})" for k, n in self.reasons().items()))
+        if self.issues and not self.table_failures and self.on_error == "fail":
+            lines.append("  fix the rows above (every one is in rejects.csv), or run with "
+                         "--set validation.on_error=drop to train without them")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -95,12 +124,13 @@ class ValidationReport:
 
     def write(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").write_text(json.dumps(self.to_dict(), indent=2))
-        with open(out_dir / "rejects.csv", "w", newline="", encoding="utf-8") as f:
+        with atomic_path(out_dir / "rejects.csv") as tmp, open(tmp, "w", newline="",
+                                                                 encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["line", "id", "column", "reason"])
+            writer.writerow(["line", "id", "column", "kind", "reason"])
             for i in self.issues:
-                writer.writerow([i.line, i.id, i.column, i.reason])
+                writer.writerow([i.line, i.id, i.column, i.kind, i.reason])
+        write_json(out_dir / "report.json", self.to_dict())
 
     @classmethod
     def read(cls, out_dir: Path) -> ValidationReport:
@@ -108,7 +138,7 @@ class ValidationReport:
         return cls(dataset=d["dataset"], n_rows=d["n_rows"],
                    issues=[RowIssue(**i) for i in d["issues"]],
                    table_failures=d["table_failures"], expectations=d["expectations"],
-                   class_counts=d["class_counts"])
+                   class_counts=d["class_counts"], on_error=d.get("on_error", "fail"))
 
 
 class ValidationFailed(RuntimeError):
@@ -120,12 +150,9 @@ class ValidationFailed(RuntimeError):
 
 
 def require_valid(report: ValidationReport) -> None:
-    if not report.success:
+    """Raise :class:`ValidationFailed` unless the run may continue under the report's policy."""
+    if not report.can_continue:
         raise ValidationFailed(report)
-
-
-def _line(index: int) -> int:
-    return index + 1 + HEADER_LINES
 
 
 def _gx_suite(cfg: RunConfig, columns: list[str]):
@@ -153,7 +180,6 @@ def _gx_suite(cfg: RunConfig, columns: list[str]):
 
 
 _REASONS = {
-    "expect_column_values_to_not_be_null": "missing value",
     "expect_column_values_to_be_unique": "duplicate id",
     "expect_column_values_to_be_in_set": "label not in validation.labels",
     "expect_column_value_lengths_to_be_between": "text length outside "
@@ -161,11 +187,13 @@ _REASONS = {
 }
 
 
-def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, docs_dir: Path
+def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, lines: list[int], docs_dir: Path
                  ) -> tuple[list[RowIssue], list[str], list[dict]]:
     """Run the GX checkpoint on ``frame`` and build Data Docs into ``docs_dir``.
 
-    Returns (row issues, table-level failures, one summary dict per expectation).
+    ``lines[i]`` is row i's manifest line. Returns (row issues, table-level failures,
+    one summary dict per expectation). The one-class check is reported by
+    :func:`check_class_sizes` in words; GX keeps it in Data Docs.
     """
     import great_expectations as gx
 
@@ -203,68 +231,108 @@ def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, docs_dir: Path
             if r.success:
                 continue
             rows = r.result.get("unexpected_index_list")
+            if kind == "expect_column_unique_value_count_to_be_between":
+                continue  # said in words by check_class_sizes
             if rows is None:
                 table_failures.append(f"{kind} on {column!r}: observed "
                                       f"{r.result.get('observed_value')}")
                 continue
-            reason = _REASONS.get(kind, kind)
+            if kind == "expect_column_values_to_not_be_null":
+                reason = f"missing {column}"
+            else:
+                reason = _REASONS.get(kind, kind)
             for idx in rows:
                 idx = int(idx["index"]) if isinstance(idx, dict) else int(idx)
-                issues.append(RowIssue(_line(idx), str(frame.iloc[idx]["id"]), column, reason))
+                issues.append(RowIssue(lines[idx], str(frame.iloc[idx]["id"]), column,
+                                       reason))
     return issues, table_failures, summaries
 
 
-def check_image(root: Path, relative: str, max_pixels: int) -> str | None:
-    """Return why the image at ``relative`` is unusable, or None if it decodes.
+def check_image(root: Path, relative: str, max_pixels: int) -> tuple[str, str] | None:
+    """Return (kind, reason) when the image at ``relative`` is unusable, None when it decodes.
 
-    Checks: confined to ``root``, exists, non-empty, under ``max_pixels``, decodes fully.
+    Checks: confined to ``root``, exists, non-empty, an image, under ``max_pixels``,
+    decodes to the end. CMYK, 16-bit, palette, alpha and EXIF-rotated images decode
+    (preprocessing converts them to RGB).
     """
     try:
         path = resolve_media(root, relative)
     except ManifestError as exc:
-        return str(exc)
+        return "media path outside the dataset", str(exc)
     if not path.is_file():
-        return f"image file {relative} not found under {root}"
+        return "image not found", f"image file {relative} not found under {root}"
     if path.stat().st_size == 0:
-        return f"image file {relative} is empty (0 bytes)"
+        return "image empty", f"image file {relative} is empty (0 bytes)"
     try:
         with Image.open(path) as img:
             if img.width * img.height > max_pixels:
-                return (f"image {relative} is {img.width}x{img.height}, above "
-                        f"validation.max_image_pixels={max_pixels}")
+                return "image too large", (
+                    f"image {relative} is {img.width}x{img.height}, above validation."
+                    f"max_image_pixels={max_pixels} (a decompression-bomb guard)")
             img.load()
+    except UnidentifiedImageError:
+        return "not an image", (f"image file {relative} is not an image PIL can read "
+                                f"(wrong suffix or corrupt header)")
+    except Image.DecompressionBombError as exc:
+        return "image too large", f"image {relative} is above the pixel limit: {exc}"
     except Exception as exc:  # PIL raises many types for bad files
-        return f"image {relative} does not decode: {type(exc).__name__}: {exc}"
+        if "truncated" in str(exc):
+            return "image truncated", f"image file {relative} is truncated: {exc}"
+        return "image does not decode", (f"image {relative} does not decode: "
+                                         f"{type(exc).__name__}: {exc}")
     return None
 
 
-def check_media(cfg: RunConfig, frame: pd.DataFrame, root: Path) -> list[RowIssue]:
+def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
+    """Cells that are not valid UTF-8 (any column), and texts that are only whitespace."""
+    frame, lines, issues = manifest.frame, manifest.lines, []
+    for idx, column, at, byte in manifest.bad_utf8:
+        if idx < len(frame):
+            issues.append(RowIssue(lines[idx], str(frame.iloc[idx]["id"]), column,
+                                   f"{column} is not valid UTF-8 (byte 0x{byte:02x} at "
+                                   f"character {at}); re-save manifest.csv as UTF-8",
+                                   kind="not valid UTF-8"))
+    if "text" in cfg.modalities and "text" in frame.columns:
+        for idx, value in enumerate(frame["text"]):
+            if value and not value.strip():
+                issues.append(RowIssue(lines[idx], str(frame.iloc[idx]["id"]), "text",
+                                       "text is only whitespace"))
+    return issues
+
+
+def check_media(cfg: RunConfig, frame: pd.DataFrame, root: Path,
+                lines: list[int]) -> list[RowIssue]:
     """Open every image the manifest names; one RowIssue per unusable one."""
     issues = []
     if "image" in cfg.modalities and "image" in frame.columns:
         for idx, (sample_id, rel) in enumerate(zip(frame["id"], frame["image"], strict=True)):
             if not rel:
                 continue  # reported by the GX not-null expectation
-            reason = check_image(root, rel, cfg.validation.max_image_pixels)
-            if reason:
-                issues.append(RowIssue(_line(idx), sample_id, "image", reason))
+            found = check_image(root, rel, cfg.validation.max_image_pixels)
+            if found:
+                issues.append(RowIssue(lines[idx], sample_id, "image",
+                                       found[1], kind=found[0]))
     return issues
 
 
-def check_some_modality(cfg: RunConfig, frame: pd.DataFrame) -> list[RowIssue]:
+def check_some_modality(cfg: RunConfig, frame: pd.DataFrame, lines: list[int]) -> list[RowIssue]:
     """With missing modalities allowed, a row must still have at least one."""
     if not cfg.validation.allow_missing_modalities:
         return []
-    empty = (frame[cfg.modalities] == "").all(axis=1)
-    return [RowIssue(_line(int(i)), str(frame.at[i, "id"]), "+".join(cfg.modalities),
-                     "every modality is missing") for i in frame.index[empty]]
+    empty = (frame[cfg.modalities].apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
+    return [RowIssue(lines[i], str(frame.iloc[i]["id"]), "+".join(cfg.modalities),
+                     "every modality is missing") for i in empty.nonzero()[0]]
 
 
-def check_class_sizes(cfg: RunConfig, frame: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
-    """Count rows per label; a class below ``min_samples_per_class`` cannot be split."""
-    counts = Counter(label for label in frame["label"] if label)
+def check_class_sizes(cfg: RunConfig, labels: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Count the valid rows per label: two classes at least, each big enough to split."""
+    counts = Counter(label for label in labels if label)
     small = {k: n for k, n in counts.items() if n < cfg.validation.min_samples_per_class}
     failures = []
+    if len(counts) < 2:
+        failures.append(f"{len(counts)} class{'es' if len(counts) != 1 else ''} among the valid "
+                        f"rows ({', '.join(sorted(counts)) or 'none'}): a classifier needs at "
+                        f"least two labels")
     if small:
         failures.append(f"classes with fewer than validation.min_samples_per_class="
                         f"{cfg.validation.min_samples_per_class} samples: {small}; add samples "
@@ -281,15 +349,20 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path) -> ValidationReport
     out_dir = Path(out_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
     manifest = cfg.load_manifest()
-    frame = manifest.frame
-    issues, table_failures, summaries = run_gx_suite(cfg, frame, out_dir / "data_docs")
-    issues += check_media(cfg, frame, manifest.root)
-    issues += check_some_modality(cfg, frame)
-    class_counts, size_failures = check_class_sizes(cfg, frame)
+    frame, lines = manifest.frame, manifest.lines
+    issues, table_failures, summaries = run_gx_suite(cfg, frame, lines, out_dir / "data_docs")
+    issues += check_text(cfg, manifest)
+    issues += check_media(cfg, frame, manifest.root, lines)
+    issues += check_some_modality(cfg, frame, lines)
+    bad = {i.line for i in issues}
+    class_counts, size_failures = check_class_sizes(
+        cfg, [label for label, line in zip(frame["label"], lines, strict=True) if line not in bad])
     report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=len(frame),
                               issues=sorted(issues, key=lambda i: (i.line, i.column)),
                               table_failures=table_failures + size_failures,
-                              expectations=summaries, class_counts=class_counts)
+                              expectations=summaries, class_counts=class_counts,
+                              on_error=cfg.validation.on_error)
     report.write(out_dir)
-    log.info(report.summary())
+    log.info("validated %s: %d rows, %d valid, %d rejected", report.dataset, report.n_rows,
+             report.n_valid, report.n_rejected)
     return report

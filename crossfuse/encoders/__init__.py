@@ -10,6 +10,7 @@ name                     modality  dim   source
 """
 
 from crossfuse.encoders.base import Encoder, EncoderUnavailable
-from crossfuse.encoders.registry import ENCODERS, build_encoder, register_encoder
+from crossfuse.encoders.registry import ENCODERS, build_encoder, encoder_problem, register_encoder
 
-__all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "register_encoder"]
+__all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "encoder_problem",
+           "register_encoder"]

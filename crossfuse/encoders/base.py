@@ -47,6 +47,10 @@ class Encoder(ABC):
         raise NotImplementedError(f"encoder {self.name!r} has no token sequences; use pooled "
                                   f"vectors (extract.token_sequences=false)")
 
+    def count_truncated(self, items: list[Any]) -> int:
+        """How many of ``items`` the encoder cuts to fit its input length (0: it cuts none)."""
+        return 0
+
     def num_parameters(self) -> int:
         """Weights in the encoder's network (``self.model``), 0 when it has none."""
         model = getattr(self, "model", None)

@@ -62,10 +62,11 @@ class HFEncoder(Encoder):
     max_length: token limit for text; longer texts are truncated.
     normalize: L2-normalise the pooled vectors.
     name: registry name (defaults to ``hf:<ref>``).
+    trust_remote_code: allow the model folder's own Python code (off unless asked for).
     """
 
     def __init__(self, ref: str, modality: str, offline: bool = True, max_length: int = 256,
-                 normalize: bool = False, name: str | None = None):
+                 normalize: bool = False, name: str | None = None, trust_remote_code: bool = False):
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         if modality not in ("text", "image"):
@@ -74,7 +75,8 @@ class HFEncoder(Encoder):
         self.modality = modality
         self.max_length = max_length
         self.normalize = normalize
-        kwargs: dict[str, Any] = {"local_files_only": offline, "trust_remote_code": False}
+        kwargs: dict[str, Any] = {"local_files_only": offline,
+                                  "trust_remote_code": trust_remote_code}
         try:
             self.model = AutoModel.from_pretrained(ref, **kwargs).eval()
             if modality == "text":
@@ -85,8 +87,13 @@ class HFEncoder(Encoder):
             raise _unavailable(ref, exc) from exc
         for p in self.model.parameters():
             p.requires_grad_(False)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if modality == "text" and isinstance(positions, int):
+            # Longer inputs would overflow the position table: cut at what the model can read.
+            self.max_length = min(max_length, positions)
         self.dim = self._infer_dim()
-        self.cache_key = f"hf:{_fingerprint(ref)}:{modality}:len{max_length}:norm{int(normalize)}"
+        self.cache_key = (f"hf:{_fingerprint(ref)}:{modality}:len{self.max_length}:"
+                          f"norm{int(normalize)}")
 
     def _infer_dim(self) -> int:
         cfg = self.model.config
@@ -107,6 +114,13 @@ class HFEncoder(Encoder):
             return self.model(**batch), batch["attention_mask"].to(torch.bool)
         batch = self.processor(images=list(items), return_tensors="pt")
         return self.model(pixel_values=batch["pixel_values"]), None
+
+    def count_truncated(self, items: list[Any]) -> int:
+        """How many texts are longer than ``max_length`` tokens (the encoder cuts them)."""
+        if self.modality != "text" or not items:
+            return 0
+        ids = self.processor(list(items), truncation=False, verbose=False)["input_ids"]
+        return sum(len(i) > self.max_length for i in ids)
 
     @torch.inference_mode()
     def encode_tokens(self, items: list[Any], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from crossfuse.atomic import write_json
 from crossfuse.features import atomic_save
 from crossfuse.fusion.base import FusionHead, FusionSpec
 from crossfuse.fusion.registry import FUSION_METHODS
@@ -37,8 +38,8 @@ def save_fusion_head(head: FusionHead, out_dir: Path, extra: dict | None = None)
     from crossfuse import __version__
 
     atomic_save(head.state_dict(), out_dir / WEIGHTS_FILE)
-    (out_dir / SPEC_FILE).write_text(json.dumps(
-        {**head.spec.to_dict(), **(extra or {}), "crossfuse_version": __version__}, indent=2))
+    write_json(out_dir / SPEC_FILE,
+               {**head.spec.to_dict(), **(extra or {}), "crossfuse_version": __version__})
 
 
 def load_fusion_head(model_dir: Path) -> tuple[FusionHead, dict]:

@@ -43,3 +43,21 @@ def test_only_new_rows_are_encoded(sample_dataset, make_config, tmp_path):
     result = extract(cfg2, tmp_path / "pre2", tmp_path / "f2")
     assert result.encoded == {"image": 1, "text": 1}
     assert result.cache_hits == {"image": 60, "text": 60}
+
+
+def test_text_beyond_the_encoder_length_is_truncated_and_counted(sample_dataset, make_config,
+                                                                 tmp_path):
+    import pandas as pd
+
+    root = tmp_path / "long"
+    shutil.copytree(sample_dataset, root)
+    frame = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    # The tiny test BERT reads 128 positions: the encoder's 256-token default is cut to that.
+    frame.loc[0, "text"] = "word " * 400                 # far beyond
+    frame.loc[1, "text"] = "word " * 100                 # fits
+    frame.to_csv(root / "manifest.csv", index=False)
+    cfg = make_config(root, "validation.max_text_chars=5000")
+    preprocess(cfg, root, tmp_path / "pre")
+    result = extract(cfg, tmp_path / "pre", tmp_path / "f")
+    assert result.truncated == {"text": 1}
+    assert read_feature_set(tmp_path / "f").vectors["text"].shape[0] == 60  # kept, not rejected

@@ -30,8 +30,8 @@ def holey(tmp_path, sample_dataset):
 
 def test_missing_modalities_are_rejected_unless_allowed(holey, make_config, tmp_path):
     strict = validate(make_config(holey), holey, tmp_path / "strict")
-    assert {(i.column, i.reason) for i in strict.issues} == {("text", "missing value"),
-                                                              ("image", "missing value")}
+    assert {(i.column, i.reason) for i in strict.issues} == {("text", "missing text"),
+                                                              ("image", "missing image")}
     assert strict.n_rejected == 9
 
     cfg = make_config(holey, "validation.allow_missing_modalities=true")
@@ -43,7 +43,7 @@ def test_missing_modalities_flow_to_features_and_predictions(holey, make_config,
     cfg = make_config(holey, "validation.allow_missing_modalities=true",
                       "train.modality_dropout.text=0.3", "fusion.aux_weight=0.3")
     report = validate(cfg, holey, tmp_path / "v")
-    preprocess(cfg, holey, tmp_path / "pre", rejected_ids={i.id for i in report.issues})
+    preprocess(cfg, holey, tmp_path / "pre", rejected_lines=report.rejected_lines)
     result = extract(cfg, tmp_path / "pre", tmp_path / "f")
     fs = read_feature_set(tmp_path / "f")
     assert len(fs.index) == 59

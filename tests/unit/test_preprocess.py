@@ -34,7 +34,7 @@ def test_alpha_is_composited_on_white(tmp_path):
 
 def test_preprocess_writes_samples_and_resized_images(sample_dataset, make_config, tmp_path):
     cfg = make_config(sample_dataset)
-    result = preprocess(cfg, sample_dataset, tmp_path / "pre", rejected_ids={"s00000"})
+    result = preprocess(cfg, sample_dataset, tmp_path / "pre", rejected_lines={2})
     samples, labels, targets = read_samples(tmp_path / "pre")
     assert targets == {}
     assert result.n_samples == len(samples) == 59 and "s00000" not in set(samples["id"])

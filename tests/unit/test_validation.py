@@ -1,10 +1,23 @@
-"""Validation: GX suite + media checks report each bad row by line, id, column and reason."""
+"""Bad input: every case is reported with its manifest line, column and reason; counts add up.
 
+One clean copy of the sample dataset (60 rows) per test; each case breaks the row of
+``s00003`` (manifest line 5) one way and checks what validation says about it.
+"""
+
+import io
+import os
 import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
+from PIL import Image
 
+from crossfuse.manifest import ManifestError
+from crossfuse.preprocess import preprocess, read_samples
 from crossfuse.validation import ValidationFailed, ValidationReport, require_valid, validate
+
+ROW, LINE = 3, 5  # s00003 sits on manifest line 5 (line 1 is the header)
 
 
 @pytest.fixture
@@ -14,10 +27,195 @@ def dataset(tmp_path, sample_dataset):
     return root
 
 
-def rewrite_rows(root, edit):
-    lines = (root / "manifest.csv").read_text().splitlines()
-    edit(lines)
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+def manifest(root: Path) -> pd.DataFrame:
+    return pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+
+
+def write_manifest(root: Path, frame: pd.DataFrame) -> None:
+    frame.to_csv(root / "manifest.csv", index=False)
+
+
+def set_cell(root: Path, column: str, value: str, row: int = ROW) -> None:
+    frame = manifest(root)
+    frame.loc[row, column] = value
+    write_manifest(root, frame)
+
+
+def image_path(root: Path) -> Path:
+    return root / manifest(root).loc[ROW, "image"]
+
+
+def png_bytes(img: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=save.pop("format", "PNG"), **save)
+    return buf.getvalue()
+
+
+def invalid_utf8_text(root: Path) -> None:
+    raw = (root / "manifest.csv").read_bytes()
+    text = manifest(root).loc[ROW, "text"].encode()
+    (root / "manifest.csv").write_bytes(raw.replace(text, b"caf\xe9 at noon", 1))
+
+
+def outside_symlink(root: Path) -> None:
+    target = root.parent / "outside.png"
+    shutil.copy(image_path(root), target)
+    image_path(root).unlink()
+    os.symlink(target, image_path(root))
+
+
+# (case, how to break the row, config overrides, column, kind, words in the reason)
+ROW_CASES = [
+    ("missing media file", lambda r: image_path(r).unlink(), [], "image", "image not found",
+     "not found under"),
+    ("zero-byte image", lambda r: image_path(r).write_bytes(b""), [], "image", "image empty",
+     "is empty (0 bytes)"),
+    ("truncated image", lambda r: image_path(r).write_bytes(
+        (b := image_path(r).read_bytes())[:len(b) // 2]), [],
+     "image", "image truncated", "is truncated"),
+    ("corrupt image", lambda r: image_path(r).write_bytes(
+        image_path(r).read_bytes()[:60] + bytes(range(256)) * 4), [], "image",
+     "image does not decode", "does not decode"),
+    ("non-image with an image suffix", lambda r: image_path(r).write_text("hello, I am text"), [],
+     "image", "not an image", "is not an image PIL can read"),
+    ("decompression bomb", lambda r: image_path(r).write_bytes(
+        png_bytes(Image.new("L", (4000, 4000)))), ["validation.max_image_pixels=1000000"], "image",
+     "image too large", "4000x4000, above validation.max_image_pixels=1000000"),
+    ("path with ..", lambda r: set_cell(r, "image", "../outside.png"), [], "image",
+     "media path outside the dataset", "leaves the dataset folder"),
+    ("absolute path", lambda r: set_cell(r, "image", "/etc/hostname"), [], "image",
+     "media path outside the dataset", "is absolute"),
+    ("symlink out of the folder", outside_symlink, [], "image",
+     "media path outside the dataset", "leaves the dataset folder"),
+    ("empty text", lambda r: set_cell(r, "text", ""), [], "text", "missing text", "missing text"),
+    ("whitespace-only text", lambda r: set_cell(r, "text", "   \t "), [], "text",
+     "text is only whitespace", "text is only whitespace"),
+    ("text not valid UTF-8", invalid_utf8_text, [], "text", "not valid UTF-8",
+     "byte 0xe9 at character 3"),
+    ("label outside the declared set", lambda r: set_cell(r, "label", "hexagon-day"),
+     ["validation.labels=[circle-day,circle-night,square-day,square-night,triangle-day,"
+      "triangle-night]"], "label", "label not in validation.labels", "not in validation.labels"),
+    ("missing label", lambda r: set_cell(r, "label", ""), [], "label", "missing label",
+     "missing label"),
+]
+
+
+@pytest.mark.parametrize("case, breaker, overrides, column, kind, words", ROW_CASES,
+                         ids=[c[0] for c in ROW_CASES])
+def test_bad_row_is_reported(case, breaker, overrides, column, kind, words, dataset, make_config,
+                             tmp_path):
+    breaker(dataset)
+    report = validate(make_config(dataset, *overrides), dataset, tmp_path / "v")
+    assert [(i.line, i.id, i.column, i.kind) for i in report.issues] == [
+        (LINE, "s00003", column, kind)]
+    assert words in report.issues[0].reason
+    assert (report.n_rows, report.n_valid, report.n_rejected) == (60, 59, 1)
+    rejects = pd.read_csv(tmp_path / "v" / "rejects.csv", dtype=str)
+    assert rejects.columns.tolist() == ["line", "id", "column", "kind", "reason"]
+    assert rejects.iloc[0].tolist()[:4] == [str(LINE), "s00003", column, kind]
+    assert not report.can_continue  # on_error=fail, the default
+    with pytest.raises(ValidationFailed, match=f"line {LINE} .*{column}"):
+        require_valid(report)
+    assert "--set validation.on_error=drop" in report.summary()
+
+
+def test_duplicate_ids_reject_every_copy(dataset, make_config, tmp_path):
+    set_cell(dataset, "id", "s00002")
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    assert [(i.line, i.id, i.reason) for i in report.issues] == [
+        (4, "s00002", "duplicate id"), (5, "s00002", "duplicate id")]
+    assert report.n_rejected == 2 and report.n_valid == 58
+
+
+@pytest.mark.parametrize("mode, size", [("CMYK", (40, 30)), ("I;16", (40, 30)), ("P", (40, 30)),
+                                        ("RGBA", (40, 30)), ("LA", (40, 30))])
+def test_unusual_image_modes_are_converted_not_rejected(mode, size, dataset, make_config, tmp_path):
+    img = Image.new("RGB", size, (200, 30, 30)).convert(mode) if mode != "I;16" else \
+        Image.new("I;16", size, 40000)
+    image_path(dataset).write_bytes(png_bytes(img, format="TIFF" if mode == "CMYK" else "PNG"))
+    cfg = make_config(dataset)
+    report = validate(cfg, dataset, tmp_path / "v")
+    assert report.success, report.summary()
+    preprocess(cfg, dataset, tmp_path / "pre")
+    samples = read_samples(tmp_path / "pre")[0].set_index("id")
+    with Image.open(tmp_path / "pre" / samples.loc["s00003", "image"]) as out:
+        assert out.mode == "RGB" and out.size == (32, 32)
+
+
+def test_exif_rotation_is_applied(dataset, make_config, tmp_path):
+    img = Image.new("RGB", (60, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 30, 20))            # left half red as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6                                  # orientation: rotate 90° clockwise to view
+    image_path(dataset).write_bytes(png_bytes(img, format="JPEG", exif=exif, quality=95))
+    cfg = make_config(dataset, "preprocess.image_size=32")
+    assert validate(cfg, dataset, tmp_path / "v").success
+    from crossfuse.preprocess import load_rgb
+
+    viewed = load_rgb(image_path(dataset))
+    assert viewed.size == (20, 60)                    # upright: taller than wide
+    top, bottom = viewed.getpixel((10, 5)), viewed.getpixel((10, 55))
+    assert top[0] > 200 and bottom[2] > 200           # the red half is now on top
+
+
+def test_bom_crlf_and_quoted_newlines_keep_true_line_numbers(dataset, make_config, tmp_path):
+    frame = manifest(dataset)
+    frame.loc[1, "text"] = "A town plaza\nappeared at midnight."   # row 2 spans lines 3-4
+    frame.loc[ROW, "label"] = ""
+    body = frame.to_csv(index=False, lineterminator="\r\n")
+    (dataset / "manifest.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    assert [(i.line, i.id, i.kind) for i in report.issues] == [(LINE + 1, "s00003", "missing label")]
+
+
+@pytest.mark.parametrize("case, content, words", [
+    ("empty manifest", "", "is empty"),
+    ("header only", "id,image,text,label\n", "has a header but no rows"),
+    ("missing column", "id,image,label\nx,images/s00000.png,circle-day\n",
+     "missing column(s) ['text']"),
+    ("misnamed column", "id,image,caption,label\nx,images/s00000.png,hi,circle-day\n",
+     "missing column(s) ['text']"),
+])
+def test_unreadable_manifest_stops_with_the_fix(case, content, words, dataset, make_config,
+                                                tmp_path):
+    (dataset / "manifest.csv").write_text(content)
+    with pytest.raises(ManifestError) as err:
+        validate(make_config(dataset), dataset, tmp_path / "v")
+    assert words in str(err.value) and "manifest.csv" in str(err.value)
+
+
+def test_single_class_and_class_too_small(dataset, make_config, tmp_path):
+    frame = manifest(dataset)
+    write_manifest(dataset, frame[frame["label"] == "circle-day"])
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    assert report.table_failures == ["1 class among the valid rows (circle-day): a classifier "
+                                     "needs at least two labels"]
+    assert not report.can_continue
+
+    write_manifest(dataset, frame)
+    cfg = make_config(dataset, "validation.min_samples_per_class=11", "validation.on_error=drop")
+    report = validate(cfg, dataset, tmp_path / "v2")
+    assert any("min_samples_per_class=11" in t for t in report.table_failures)
+    assert not report.can_continue  # a table failure stops even under on_error=drop
+
+
+def test_drop_policy_goes_on_and_the_counts_add_up(dataset, make_config, tmp_path):
+    image_path(dataset).unlink()
+    set_cell(dataset, "text", "  ", row=10)
+    set_cell(dataset, "id", "s00020", row=21)                         # duplicate of row 20
+    cfg = make_config(dataset, "validation.on_error=drop")
+    report = validate(cfg, dataset, tmp_path / "v")
+    assert report.can_continue and not report.success
+    assert (report.n_rows, report.n_valid, report.n_rejected) == (60, 56, 4)
+    assert report.reasons() == {"duplicate id": 2, "text is only whitespace": 1,
+                                "image not found": 1}
+    assert "60 rows in = 56 valid + 4 rejected (on_error=drop)" in report.summary()
+    require_valid(report)                                             # does not raise
+    result = preprocess(cfg, dataset, tmp_path / "pre", rejected_lines=report.rejected_lines)
+    assert result.n_samples == report.n_valid
+    kept = set(read_samples(tmp_path / "pre")[0]["id"])
+    assert not kept & {"s00003", "s00010", "s00020"}
+    assert ValidationReport.read(tmp_path / "v").to_dict() == report.to_dict()
 
 
 def test_clean_dataset_passes_and_writes_data_docs(dataset, make_config, tmp_path):
@@ -28,42 +226,8 @@ def test_clean_dataset_passes_and_writes_data_docs(dataset, make_config, tmp_pat
     require_valid(report)
 
 
-def test_bad_rows_are_reported_with_line_and_reason(dataset, make_config, tmp_path):
-    (dataset / "images" / "s00003.png").write_bytes(b"not a png")
-    (dataset / "images" / "s00004.png").unlink()
-
-    def edit(lines):
-        lines[2] = lines[1]                              # line 3 duplicates line 2's id
-        fields = lines[7].split(",")
-        lines[7] = ",".join(fields[:3] + [""])           # line 8: missing label
-
-    rewrite_rows(dataset, edit)
-    report = validate(make_config(dataset), dataset, tmp_path / "out")
-    assert not report.success
-    reasons = {(i.line, i.column): i.reason for i in report.issues}
-    assert reasons[(2, "id")] == reasons[(3, "id")] == "duplicate id"
-    assert "does not decode" in reasons[(5, "image")]
-    assert "not found" in reasons[(6, "image")]
-    assert reasons[(8, "label")] == "missing value"
-    assert report.n_valid + report.n_rejected == report.n_rows == 60
-    assert report.n_rejected == 5
-    rejects = (tmp_path / "out" / "rejects.csv").read_text().splitlines()
-    assert rejects[0] == "line,id,column,reason" and len(rejects) == 1 + len(report.issues)
-    with pytest.raises(ValidationFailed, match="line 5 .* does not decode"):
-        require_valid(report)
-
-
-def test_small_class_and_text_length_fail(dataset, make_config, tmp_path):
-    cfg = make_config(dataset, "validation.min_samples_per_class=11",
-                      "validation.max_text_chars=20")
+def test_text_length_limit(dataset, make_config, tmp_path):
+    cfg = make_config(dataset, "validation.max_text_chars=20")
     report = validate(cfg, dataset, tmp_path / "out")
-    assert any("min_samples_per_class=11" in t for t in report.table_failures)
-    assert any(i.column == "text" and "length" in i.reason for i in report.issues)
-
-
-def test_declared_label_set(dataset, make_config, tmp_path):
-    cfg = make_config(dataset, "validation.labels=[circle-day, circle-night]")
-    report = validate(cfg, dataset, tmp_path / "out")
-    bad = {i.reason for i in report.issues if i.column == "label"}
-    assert bad == {"label not in validation.labels"}
-    assert report.n_rejected == 40
+    assert report.issues and all(i.column == "text" and "length" in i.reason
+                                 for i in report.issues)

@@ -1,0 +1,90 @@
+"""Fail fast: what would stop a run, found before any heavy work starts.
+
+Checked, all at once so one message lists every problem with its fix:
+
+- the MLflow tracking store: an ``http(s)`` server answers ``/health`` within a few
+  seconds (MLflow's own client would retry for minutes); a SQLite file's folder is
+  writable;
+- every configured encoder can be built here (known name, packages installed, ``hf:``
+  model on disk) — without loading it;
+- every output folder (pipeline root, feature cache, checkpoints, local MLflow
+  artifacts) can be created and written.
+
+Example
+-------
+>>> preflight(load_config(None, ["mlflow.tracking_uri=http://127.0.0.1:9"]))   # doctest: +SKIP
+Traceback (most recent call last):
+PreflightError: cannot start the run:
+  - MLflow tracking server http://127.0.0.1:9 is unreachable (...); start it ...
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from crossfuse.config import RunConfig
+from crossfuse.encoders import encoder_problem
+
+
+class PreflightError(RuntimeError):
+    """The run cannot start; the message lists each problem and what to do about it."""
+
+
+def tracking_problem(uri: str, timeout: float = 5.0) -> str | None:
+    """Why the tracking store at ``uri`` is not usable, or None."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+                if reply.status == 200:
+                    return None
+                return f"MLflow tracking server {uri} answered /health with HTTP {reply.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return (f"MLflow tracking server {uri} is unreachable ({reason}); start it "
+                    f"(`mlflow server --host 127.0.0.1 --port 5000`) or set MLFLOW_TRACKING_URI "
+                    f"/ --set mlflow.tracking_uri=sqlite:///mlflow.db to track locally")
+    if uri.startswith("sqlite:///"):
+        return folder_problem(Path(uri[len("sqlite:///"):]).parent, "the MLflow SQLite database")
+    return None
+
+
+def folder_problem(folder: Path, role: str) -> str | None:
+    """Why ``folder`` cannot be created and written (for ``role``), or None."""
+    probe = Path(folder) / f".crossfuse-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return (f"cannot write {role} folder {folder} ({type(exc).__name__}: {exc}); "
+                f"choose a writable path in the config")
+    return None
+
+
+def problems(cfg: RunConfig, folders: bool = True) -> list[str]:
+    """Every reason ``cfg`` cannot run here (empty when it can).
+
+    ``folders`` False skips the output folders (a pipeline step in a container
+    writes only its own KFP artifacts).
+    """
+    found = [tracking_problem(cfg.mlflow.tracking_uri)]
+    found += [encoder_problem(name, modality, offline=cfg.extract.hf_offline)
+              for modality, name in cfg.extract.encoders.items()]
+    outputs = {"pipeline output (pipeline.pipeline_root)": cfg.pipeline.pipeline_root,
+               "feature cache (extract.cache_dir)": cfg.extract.cache_dir,
+               "checkpoint (train.checkpoint_dir)": cfg.train.checkpoint_dir}
+    if "://" not in cfg.mlflow.artifact_root:  # remote stores are the server's business
+        outputs["MLflow artifact (mlflow.artifact_root)"] = cfg.mlflow.artifact_root
+    if folders:
+        found += [folder_problem(Path(path), role) for role, path in outputs.items()]
+    return [p for p in found if p]
+
+
+def preflight(cfg: RunConfig, folders: bool = True) -> None:
+    """Raise :class:`PreflightError` listing every problem, or return when the run can start."""
+    found = problems(cfg, folders)
+    if found:
+        raise PreflightError("cannot start the run:\n" + "\n".join(f"  - {p}" for p in found))

@@ -1,0 +1,60 @@
+"""Two pipeline runs at once on one machine, sharing the MLflow store and the feature cache."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import yaml
+from conftest import build_config
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
+    root = tmp_path_factory.mktemp("concurrent")
+    cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model, "train.epochs=5",
+                       "evaluate.unimodal_baselines=false", "evaluate.robustness.raw=false",
+                       "evaluate.efficiency=false", name="concurrent")
+    config_file = root / "run.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    # MLFLOW_TRACKING_URI beats the config file, and mlflow.set_tracking_uri in earlier tests
+    # exported one: give the children this store explicitly.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri}
+    procs = [subprocess.Popen([sys.executable, "-m", "crossfuse.cli", "run", "--config",
+                               str(config_file)], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    return {"cfg": cfg, "codes": [p.returncode for p in procs], "outputs": outputs}
+
+
+def test_both_finish_and_register(two_runs):
+    assert two_runs["codes"] == [0, 0], "\n".join(o[-3000:] for o in two_runs["outputs"])
+    client, cfg = MlflowClient(), two_runs["cfg"]
+    exp = client.get_experiment_by_name(cfg.experiment_name())
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    for run in runs:  # each run holds its own complete record
+        assert run.data.tags["crossfuse.stage.register"] == "done"
+        assert run.data.metrics["rows_in"] == run.data.metrics["rows_used"] == 60
+    versions = client.search_model_versions(f"name='{cfg.model_name()}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
+    # The gate ran one at a time: the first registered is champion, the second (same score)
+    # was compared with it and not promoted.
+    decisions = {str(v.version): v.tags["crossfuse.decision"] for v in versions}
+    assert decisions == {"1": "promoted", "2": "not promoted"}
+    champion = client.get_model_version_by_alias(cfg.model_name(), "champion")
+    assert str(champion.version) == "1"
+
+
+def test_shared_cache_gives_both_the_same_features(two_runs):
+    client, cfg = MlflowClient(), two_runs["cfg"]
+    exp = client.get_experiment_by_name(cfg.experiment_name())
+    runs = client.search_runs([exp.experiment_id])
+    a, b = (r.data.metrics for r in runs)
+    # Whoever encoded an item, both read the same vectors: same data, config, seed, result.
+    for name in ("test_macro_f1", "test_log_loss", "best_val_macro_f1"):
+        assert a[name] == b[name]
