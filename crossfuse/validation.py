@@ -173,11 +173,16 @@ def _gx_suite(cfg: RunConfig, columns: list[str]):
     if "text" in columns:
         exps.append(gxe.ExpectColumnValueLengthsToBeBetween(
             column="text", min_value=v.min_text_chars, max_value=v.max_text_chars))
+    # The media/encoding checks run in Python; their findings enter the suite as one column
+    # that must be empty, so Data Docs list those rows (with the reason) like any other.
+    exps.append(gxe.ExpectColumnValuesToBeNull(column=ROW_CHECKS_COLUMN))
     suite = gx.ExpectationSuite(name=f"crossfuse-{cfg.data.dataset_name()}")
     for e in exps:
         suite.add_expectation(e)
     return suite
 
+
+ROW_CHECKS_COLUMN = "crossfuse_row_checks"
 
 _REASONS = {
     "expect_column_values_to_be_unique": "duplicate id",
@@ -187,18 +192,25 @@ _REASONS = {
 }
 
 
-def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, lines: list[int], docs_dir: Path
-                 ) -> tuple[list[RowIssue], list[str], list[dict]]:
+def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, lines: list[int], docs_dir: Path,
+                 row_checks: list[RowIssue] = ()) -> tuple[list[RowIssue], list[str], list[dict]]:
     """Run the GX checkpoint on ``frame`` and build Data Docs into ``docs_dir``.
 
-    ``lines[i]`` is row i's manifest line. Returns (row issues, table-level failures,
-    one summary dict per expectation). The one-class check is reported by
-    :func:`check_class_sizes` in words; GX keeps it in Data Docs.
+    ``lines[i]`` is row i's manifest line. ``row_checks`` (issues found in Python:
+    media, encoding) are shown in Data Docs too, under ``crossfuse_row_checks``, but
+    not returned again. Returns (row issues, table-level failures, one summary dict per
+    expectation). The one-class check is reported by :func:`check_class_sizes` in words;
+    GX keeps it in Data Docs.
     """
     import great_expectations as gx
 
     # GX treats None as null; an empty cell in the manifest means missing.
     gx_frame = frame.replace({"": None}).reset_index(drop=True)
+    found: dict[int, list[str]] = {}
+    for issue in row_checks:
+        found.setdefault(issue.line, []).append(f"{issue.column}: {issue.reason}")
+    gx_frame[ROW_CHECKS_COLUMN] = ["; ".join(found[line]) if line in found else None
+                                   for line in lines]
     modalities = [m for m in cfg.modalities if m in gx_frame.columns]
     ctx = gx.get_context(mode="ephemeral")
     ctx.add_data_docs_site(site_name="crossfuse", site_config={
@@ -231,8 +243,9 @@ def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, lines: list[int], docs_dir
             if r.success:
                 continue
             rows = r.result.get("unexpected_index_list")
-            if kind == "expect_column_unique_value_count_to_be_between":
-                continue  # said in words by check_class_sizes
+            if kind == "expect_column_unique_value_count_to_be_between" or \
+                    column == ROW_CHECKS_COLUMN:
+                continue  # said in words by check_class_sizes / already issues
             if rows is None:
                 table_failures.append(f"{kind} on {column!r}: observed "
                                       f"{r.result.get('observed_value')}")
@@ -350,10 +363,11 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path) -> ValidationReport
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
     manifest = cfg.load_manifest()
     frame, lines = manifest.frame, manifest.lines
-    issues, table_failures, summaries = run_gx_suite(cfg, frame, lines, out_dir / "data_docs")
-    issues += check_text(cfg, manifest)
-    issues += check_media(cfg, frame, manifest.root, lines)
-    issues += check_some_modality(cfg, frame, lines)
+    checked = (check_text(cfg, manifest) + check_media(cfg, frame, manifest.root, lines)
+               + check_some_modality(cfg, frame, lines))
+    issues, table_failures, summaries = run_gx_suite(cfg, frame, lines, out_dir / "data_docs",
+                                                     row_checks=checked)
+    issues += checked
     bad = {i.line for i in issues}
     class_counts, size_failures = check_class_sizes(
         cfg, [label for label, line in zip(frame["label"], lines, strict=True) if line not in bad])

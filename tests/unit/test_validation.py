@@ -4,6 +4,7 @@ One clean copy of the sample dataset (60 rows) per test; each case breaks the ro
 ``s00003`` (manifest line 5) one way and checks what validation says about it.
 """
 
+import html
 import io
 import os
 import shutil
@@ -18,6 +19,7 @@ from crossfuse.preprocess import preprocess, read_samples
 from crossfuse.validation import ValidationFailed, ValidationReport, require_valid, validate
 
 ROW, LINE = 3, 5  # s00003 sits on manifest line 5 (line 1 is the header)
+GX_NATIVE = {"missing text", "missing label", "label not in validation.labels"}
 
 
 @pytest.fixture
@@ -113,6 +115,9 @@ def test_bad_row_is_reported(case, breaker, overrides, column, kind, words, data
     rejects = pd.read_csv(tmp_path / "v" / "rejects.csv", dtype=str)
     assert rejects.columns.tolist() == ["line", "id", "column", "kind", "reason"]
     assert rejects.iloc[0].tolist()[:4] == [str(LINE), "s00003", column, kind]
+    docs = " ".join(f.read_text() for f in (tmp_path / "v" / "data_docs").rglob("*.html"))
+    if kind not in GX_NATIVE:  # checked in Python, shown in Data Docs through one column
+        assert html.escape(report.issues[0].reason, quote=False)[:40] in docs
     assert not report.can_continue  # on_error=fail, the default
     with pytest.raises(ValidationFailed, match=f"line {LINE} .*{column}"):
         require_valid(report)
