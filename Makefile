@@ -2,6 +2,7 @@
 #   make run    create .venv, install, materialise data/, run the pipeline locally, register the model
 #   make test   the whole test suite, offline
 #   make ui     MLflow UI on http://127.0.0.1:5000
+#   make mlflow-server  a real tracking server on http://127.0.0.1:5000 (SQLite, proxied artifacts)
 #   make bench  every fusion method on OpenMoji, tuned alike, 3 seeds (~30 min on 2 cores)
 
 PYTHON  ?= python3
@@ -24,7 +25,12 @@ PORT    ?= 5001
 BENCH_CONFIG ?= configs/openmoji_unicode14.yaml
 BENCH_OUT    ?= docs/results/openmoji_unicode14.json
 
-.PHONY: install run data test ui serve compile lint lock clean bench
+MLFLOW_PORT ?= 5000
+
+KFP_HOST      ?=
+KFP_NAMESPACE ?=
+
+.PHONY: install run data test ui serve compile lint lock clean bench mlflow-server submit
 
 install: $(STAMP)
 
@@ -55,6 +61,13 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+# A team-style tracking server: runs, registry and (proxied) artifacts behind one URL. Then
+#   MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make run
+mlflow-server: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow-server.db \
+	  --serve-artifacts --artifacts-destination $(CURDIR)/mlartifacts-server \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 2
+
 # A registered model (default: the champion) as a REST endpoint (POST /invocations). mlflow execs uvicorn by name: put the venv first.
 serve: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
@@ -67,6 +80,12 @@ bench: $(STAMP)
 
 compile: $(STAMP)
 	CROSSFUSE_IMAGE=$(IMAGE) $(BIN)/crossfuse compile
+
+# Compile with the config's resources and submit one run to a KFP cluster (MLflow: MLFLOW_TRACKING_URI).
+submit: $(STAMP)
+	@test -n "$(KFP_HOST)" || { echo "usage: make submit KFP_HOST=http://<kfp-api> [KFP_NAMESPACE=ns]"; exit 2; }
+	CROSSFUSE_IMAGE=$(IMAGE) $(BIN)/crossfuse submit --host $(KFP_HOST) \
+	  $(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

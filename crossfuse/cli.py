@@ -9,6 +9,7 @@
     crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
     crossfuse models [--model NAME]                                     # versions, aliases, decisions
     crossfuse promote --model NAME --version N [--reason TEXT]          # move champion by hand
+    crossfuse submit --host URL [--namespace NS] [--config FILE]       # run on a KFP cluster
 
 ``--config`` defaults to ``configs/default.yaml`` when it exists in the working
 directory. ``--data`` points the run at another dataset folder, named after the
@@ -154,7 +155,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.runner import compile_pipeline
 
-    print(f"wrote {compile_pipeline(Path(args.out))}")
+    # Only an explicit config changes the IR: without one it is the golden file's defaults.
+    cfg = load_config(args.config, list(args.set or [])) if (args.config or args.set) else None
+    print(f"wrote {compile_pipeline(Path(args.out), cfg)}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import submit
+
+    result = submit(_config_from_args(args), args.host, namespace=args.namespace,
+                    experiment=args.experiment)
+    print(f"submitted run {result['run_id']}: {result['url']}")
     return 0
 
 
@@ -184,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
+    _add_config_args(comp)
     comp.set_defaults(func=cmd_compile)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -211,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", help="why; stored on the version and its run")
     _add_config_args(promote)
     promote.set_defaults(func=cmd_promote)
+
+    sub_run = sub.add_parser("submit", help="compile and submit the pipeline to a KFP cluster")
+    sub_run.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://kfp:8080")
+    sub_run.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
+    sub_run.add_argument("--experiment", help="KFP experiment (default: crossfuse-<dataset>)")
+    sub_run.add_argument("--data", help="dataset path as the cluster's steps see it")
+    _add_config_args(sub_run)
+    sub_run.set_defaults(func=cmd_submit)
 
     show = sub.add_parser("config", help="print the resolved run config")
     show.add_argument("--data")

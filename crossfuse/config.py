@@ -25,6 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MODALITIES = ("image", "text")
 
 
+def _refuse_unknown(keys, known: tuple[str, ...], what: str) -> None:
+    unknown = set(keys) - set(known)
+    if unknown:
+        raise ValueError(f"{what} {sorted(unknown)}; known: {list(known)}")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,9 +96,7 @@ class ExtractConfig(_Section):
     @field_validator("encoders")
     @classmethod
     def _known_modalities(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = set(v) - set(MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {list(MODALITIES)}")
+        _refuse_unknown(v, MODALITIES, "unknown modalities")
         if not v:
             raise ValueError("extract.encoders needs at least one modality")
         return v
@@ -198,8 +202,42 @@ class RegistryConfig(_Section):
         return not any(word in self.metric for word in ("loss", "ece", "error"))
 
 
+STAGES = ("validate", "preprocess", "extract", "train", "evaluate", "register")
+
+
+class StageResources(_Section):
+    """Kubernetes resources of one pipeline step on a cluster (the local runner ignores them)."""
+
+    cpu_request: str | None = Field(None, description='e.g. "2" or "500m"')
+    cpu_limit: str | None = None
+    memory_request: str | None = Field(None, description='e.g. "4G"')
+    memory_limit: str | None = None
+    accelerator_type: str | None = Field(None, description='e.g. "nvidia.com/gpu"')
+    accelerator_limit: int | None = None
+    retries: int = Field(0, description="Retries of the step after a pod failure.")
+
+
+def _default_resources() -> dict[str, StageResources]:
+    light = StageResources(cpu_request="1", memory_request="2G", memory_limit="4G")
+    heavy = StageResources(cpu_request="2", memory_request="4G", memory_limit="8G", retries=1)
+    return {"validate": light, "preprocess": light, "extract": heavy, "train": heavy,
+            "evaluate": heavy, "register": light}
+
+
 class PipelineConfig(_Section):
     pipeline_root: str = "local_outputs"
+    resources: dict[str, StageResources] = Field(
+        default_factory=_default_resources,
+        description="Per step: CPU/memory requests and limits, accelerator, retries.")
+    caching: bool = Field(False, description="KFP step caching. Off: every step logs to the "
+                                             "run's MLflow run, a cached step would not; "
+                                             "features are cached by content anyway.")
+
+    @field_validator("resources")
+    @classmethod
+    def _known_stages(cls, v: dict[str, StageResources]) -> dict[str, StageResources]:
+        _refuse_unknown(v, STAGES, "pipeline.resources: unknown steps")
+        return {**_default_resources(), **v}  # a step you configure replaces its default
 
 
 class RunConfig(_Section):

@@ -3,6 +3,10 @@
 The single parameter ``config_json`` is a serialised :class:`crossfuse.config.RunConfig`;
 every stage reads the same one. The first stage creates the MLflow run and the
 others write into it, so one pipeline run is one MLflow run.
+
+What a cluster needs to know before the run — each step's CPU, memory, accelerator
+and retries, and KFP caching — is fixed when the pipeline is built, from the
+``pipeline`` section of the config (:func:`build_pipeline`).
 """
 
 from typing import NamedTuple
@@ -10,29 +14,61 @@ from typing import NamedTuple
 from kfp import dsl
 
 from components import evaluate, extract, preprocess, register, train, validate
-from crossfuse.config import RunConfig
+from crossfuse.config import RunConfig, StageResources
 
 PIPELINE_NAME = "crossfuse-multimodal-fusion"
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="Validate, preprocess, encode, fuse, evaluate and register a "
-                          "multimodal classifier.")
-def multimodal_fusion(config_json: str = RunConfig().to_json()
-                      ) -> NamedTuple("Outputs", [("version", str), ("champion_version", str),
-                                                  ("promoted", bool)]):
-    validated = validate(config_json=config_json).set_display_name("validate")
-    run_id = validated.outputs["Output"]
-    prepared = preprocess(config_json=config_json, run_id=run_id,
-                          validation=validated.outputs["validation"])
-    encoded = extract(config_json=config_json, run_id=run_id,
-                      dataset=prepared.outputs["dataset"])
-    trained = train(config_json=config_json, run_id=run_id, features=encoded.outputs["features"])
-    evaluated = evaluate(config_json=config_json, run_id=run_id, dataset=prepared.outputs["dataset"],
-                         features=encoded.outputs["features"], model=trained.outputs["model"])
-    registered = register(config_json=config_json, run_id=run_id, model=trained.outputs["model"],
-                          evaluation=evaluated.outputs["evaluation"])
+def apply_resources(task: dsl.PipelineTask, res: StageResources | None, caching: bool) -> None:
+    """Set one step's Kubernetes resources, retries and caching on its task."""
+    task.set_caching_options(caching)
+    if res is None:
+        return
+    for value, setter in ((res.cpu_request, task.set_cpu_request),
+                          (res.cpu_limit, task.set_cpu_limit),
+                          (res.memory_request, task.set_memory_request),
+                          (res.memory_limit, task.set_memory_limit)):
+        if value:
+            setter(value)
+    if res.accelerator_type:
+        task.set_accelerator_type(res.accelerator_type)
+        task.set_accelerator_limit(res.accelerator_limit or 1)
+    if res.retries:
+        task.set_retry(num_retries=res.retries, backoff_duration="30s")
+
+
+def build_pipeline(cfg: RunConfig | None = None):
+    """The DAG with ``cfg.pipeline``'s resources; ``config_json`` defaults to ``cfg``."""
+    cfg = cfg or RunConfig()
     outputs = NamedTuple("Outputs", [("version", str), ("champion_version", str),  # noqa: UP014
                                      ("promoted", bool)])
-    return outputs(registered.outputs["version"], registered.outputs["champion_version"],
-                   registered.outputs["promoted"])
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Validate, preprocess, encode, fuse, evaluate and register a "
+                              "multimodal classifier.")
+    def multimodal_fusion(config_json: str = cfg.to_json()) -> outputs:
+        validated = validate(config_json=config_json).set_display_name("validate")
+        run_id = validated.outputs["Output"]
+        prepared = preprocess(config_json=config_json, run_id=run_id,
+                              validation=validated.outputs["validation"])
+        encoded = extract(config_json=config_json, run_id=run_id,
+                          dataset=prepared.outputs["dataset"])
+        trained = train(config_json=config_json, run_id=run_id,
+                        features=encoded.outputs["features"])
+        evaluated = evaluate(config_json=config_json, run_id=run_id,
+                             dataset=prepared.outputs["dataset"],
+                             features=encoded.outputs["features"], model=trained.outputs["model"])
+        registered = register(config_json=config_json, run_id=run_id,
+                              model=trained.outputs["model"],
+                              evaluation=evaluated.outputs["evaluation"])
+        for name, task in (("validate", validated), ("preprocess", prepared),
+                           ("extract", encoded), ("train", trained), ("evaluate", evaluated),
+                           ("register", registered)):
+            apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline.caching)
+        return outputs(registered.outputs["version"], registered.outputs["champion_version"],
+                       registered.outputs["promoted"])
+
+    return multimodal_fusion
+
+
+multimodal_fusion = build_pipeline()

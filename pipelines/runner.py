@@ -17,7 +17,7 @@ from pathlib import Path
 from kfp import compiler, local
 
 from crossfuse.config import RunConfig
-from pipelines.multimodal_fusion import multimodal_fusion
+from pipelines.multimodal_fusion import build_pipeline, multimodal_fusion
 
 COMPILED = Path(__file__).parent / "compiled" / "multimodal_fusion.yaml"
 
@@ -35,8 +35,11 @@ def run_local(cfg: RunConfig) -> dict:
     return dict(task.outputs) if hasattr(task, "outputs") else {}
 
 
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    """Write the pipeline's IR YAML (what a KFP cluster runs) to ``path``."""
+def compile_pipeline(path: Path = COMPILED, cfg: RunConfig | None = None) -> Path:
+    """Write the pipeline's IR YAML (what a KFP cluster runs) to ``path``.
+
+    ``cfg`` sets the steps' resources and the default ``config_json``; None = defaults.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(multimodal_fusion, str(path))
+    compiler.Compiler().compile(build_pipeline(cfg), str(path))
     return path

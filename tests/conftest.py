@@ -6,7 +6,14 @@ bundled MiniLM tokenizer files so it tokenises real text.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +86,45 @@ def make_config(tmp_path, tiny_text_model, tiny_image_model):
                             name=name)
 
     return build
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def http_server(args: list[str], ready_url: str, log_path: Path, env: dict | None = None,
+                timeout: float = 120.0) -> Iterator[subprocess.Popen]:
+    """Run an HTTP server command until ``ready_url`` answers 200; stop it afterwards.
+
+    The venv's ``bin`` goes first on PATH: mlflow starts uvicorn by name.
+    """
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **(env or {}),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=2) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"{args[:3]} did not start: "
+                                    f"{Path(log_path).read_text()[-2000:]}")
+                    time.sleep(0.5)
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()

@@ -7,12 +7,13 @@ against a real SQLite MLflow store; then each test checks what one of them left.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import build_config
+from conftest import build_config, free_port, http_server
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 from mlflow.tracking import MlflowClient
 
@@ -207,46 +208,19 @@ def test_failed_stage_marks_run_failed(pipeline_run, tmp_path):
     assert "does not exist" in runs[0].data.tags["crossfuse.error"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_raw_inputs_over_http(pipeline_run, tmp_path):
     """`mlflow models serve` of the champion takes raw text + a base64 image over HTTP."""
     import base64
-    import os
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     cfg = pipeline_run["cfg"]
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    # mlflow execs uvicorn by name: the venv's bin must be on PATH (as `make serve` does).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the server outlives this line)
-    server = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{cfg.model_name()}@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
-                time.sleep(1)
+    port = free_port()
+    with http_server([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                      f"models:/{cfg.model_name()}@champion", "--env-manager", "local",
+                      "--host", "127.0.0.1", "--port", str(port)],
+                     f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log",
+                     env={"MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri}):
         preds = pd.read_parquet(Path(pipeline_run["artifacts"]["evaluation"].path)
                                 / "predictions.parquet").head(3)
         manifest = pd.read_csv(Path(cfg.data.path) / "manifest.csv").set_index("id")
@@ -264,7 +238,4 @@ def test_mlflow_models_serve_answers_raw_inputs_over_http(pipeline_run, tmp_path
         assert [a["label"] for a in answer] == preds["predicted"].tolist()
         assert all(abs(sum(v for k, v in a.items() if k.startswith("p_")) - 1) < 1e-4
                    for a in answer)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+

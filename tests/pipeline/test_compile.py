@@ -35,3 +35,33 @@ def test_ir_wires_six_stages_in_the_crossfuse_image():
     assert list(params) == ["config_json"]
     assert ir["root"]["outputDefinitions"]["parameters"].keys() == {
         "version", "champion_version", "promoted"}
+
+
+def test_ir_carries_resources_retries_and_no_caching():
+    ir = yaml.safe_load(Path(COMPILED).read_text())
+    executors = ir["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]["resources"]
+    assert (train["cpuRequest"], train["memoryRequest"], train["memoryLimit"]) == (2.0, 4.0, 8.0)
+    assert executors["exec-register"]["container"]["resources"]["cpuRequest"] == 1.0
+    tasks = ir["root"]["dag"]["tasks"]
+    for name in STAGES:
+        # Every step logs to the run's MLflow run: a cached step would silently skip that.
+        assert not tasks[name]["cachingOptions"].get("enableCache", False)
+    assert tasks["extract"]["retryPolicy"]["maxRetryCount"] == 1
+
+
+def test_resources_come_from_the_config(tmp_path):
+    from crossfuse.config import load_config
+
+    cfg = load_config(None, ["pipeline.resources.train.accelerator_type=nvidia.com/gpu",
+                             "pipeline.resources.train.accelerator_limit=1",
+                             "pipeline.resources.train.memory_limit=32G",
+                             "pipeline.caching=true"], env={})
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "gpu.yaml", cfg).read_text())
+    train = ir["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["accelerator"]["resourceCount"] == "1" and train["memoryLimit"] == 32.0
+    # The steps not configured keep their defaults.
+    assert ir["deploymentSpec"]["executors"]["exec-extract"]["container"]["resources"][
+        "cpuRequest"] == 2.0
+    assert all(t["cachingOptions"]["enableCache"] for t in ir["root"]["dag"]["tasks"].values())

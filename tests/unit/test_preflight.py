@@ -1,17 +1,10 @@
 """Fail fast: an unreachable MLflow, a missing encoder, an unwritable folder stop a run at once."""
 
-import socket
-
 import pytest
+from conftest import free_port
 
 from crossfuse.cli import main
 from crossfuse.preflight import PreflightError, preflight, problems
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when the socket goes
 
 
 def test_a_runnable_config_has_no_problems(sample_dataset, make_config):
@@ -19,7 +12,7 @@ def test_a_runnable_config_has_no_problems(sample_dataset, make_config):
 
 
 @pytest.mark.parametrize("override, words", [
-    (lambda tmp: f"mlflow.tracking_uri=http://127.0.0.1:{closed_port()}",
+    (lambda tmp: f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}",
      ["is unreachable", "mlflow server --host 127.0.0.1"]),
     (lambda tmp: "extract.encoders.text=hf:/no/such/model", ["hf:/no/such/model", "does not exist"]),
     (lambda tmp: "extract.encoders.image=resnet", ["unknown encoder 'resnet'"]),
@@ -39,7 +32,7 @@ def test_each_problem_is_named_with_its_fix(override, words, sample_dataset, mak
 
 
 def test_run_stops_before_any_work(sample_dataset, tmp_path, capsys):
-    port = closed_port()
+    port = free_port()
     code = main(["run", "--data", str(sample_dataset),
                  "--set", f"mlflow.tracking_uri=http://127.0.0.1:{port}",
                  "--set", f"pipeline.pipeline_root={tmp_path / 'kfp'}",

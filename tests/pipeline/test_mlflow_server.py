@@ -1,0 +1,82 @@
+"""The pipeline against a real `mlflow server` (SQLite backend, proxied artifacts) over HTTP."""
+
+import json
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import build_config, free_port, http_server
+
+from pipelines.runner import run_local
+
+
+def get(base: str, endpoint: str, **params) -> dict:
+    url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.fixture(scope="module")
+def server_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+            "--serve-artifacts", "--artifacts-destination", str(root / "server-artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with http_server(args, f"{base}/health", root / "server.log"):
+        # The same pipeline code, pointed at the server (as MLFLOW_TRACKING_URI would).
+        cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
+                           "train.epochs=10", f"mlflow.tracking_uri={base}",
+                           "evaluate.unimodal_baselines=false", "evaluate.efficiency=false",
+                           name="served")
+        outputs = run_local(cfg)
+        yield {"base": base, "cfg": cfg, "outputs": outputs, "root": root}
+
+
+def test_run_metrics_and_tags_over_http(server_run):
+    base, cfg = server_run["base"], server_run["cfg"]
+    exp = get(base, "/api/2.0/mlflow/experiments/get-by-name",
+              experiment_name=cfg.experiment_name())["experiment"]
+    assert exp["artifact_location"].startswith("mlflow-artifacts:")  # proxied by the server
+    body = json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode()
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        runs = json.loads(reply.read())["runs"]
+    assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
+    metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
+    assert {"test_macro_f1", "rows_in", "robustness_text_word_dropout_auc"} <= metrics
+    tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+    assert tags["crossfuse.decision"] == "promoted"
+
+
+def test_artifacts_are_stored_by_the_server(server_run):
+    base, cfg = server_run["base"], server_run["cfg"]
+    version = get(base, "/api/2.0/mlflow/registered-models/alias", name=cfg.model_name(),
+                  alias="champion")["model_version"]
+    run_id = version["run_id"]
+    listed = get(base, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="evaluation")
+    names = {f["path"] for f in listed["files"]}
+    assert {"evaluation/report.html", "evaluation/metrics.json"} <= names
+    with urllib.request.urlopen(f"{base}/get-artifact?path=evaluation/report.html&run_uuid="
+                                f"{run_id}", timeout=30) as reply:
+        assert b"<h2>Promotion</h2>" in reply.read()
+    # The bytes live in the server's artifact store, not in the client's folders.
+    assert any((server_run["root"] / "server-artifacts").rglob("report.html"))
+    assert not (server_run["root"] / "mlartifacts").exists()
+
+
+def test_registry_over_http(server_run):
+    base, cfg = server_run["base"], server_run["cfg"]
+    assert server_run["outputs"] == {"version": "1", "champion_version": "1", "promoted": True}
+    model = get(base, "/api/2.0/mlflow/registered-models/get", name=cfg.model_name())
+    aliases = {a["alias"]: a["version"] for a in model["registered_model"]["aliases"]}
+    assert aliases == {"champion": "1", "challenger": "1"}
+    version = get(base, "/api/2.0/mlflow/model-versions/get", name=cfg.model_name(), version="1")
+    tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}
+    assert tags["crossfuse.decided_by"] == "pipeline" and "no champion yet" in tags[
+        "crossfuse.reason"]

@@ -1,0 +1,97 @@
+"""`crossfuse submit`: kfp's own client against a local HTTP server that records the requests.
+
+Nothing of ours is mocked: the request bodies are what kfp sends a real KFP API, and
+they are checked against the kfp-server-api models and against our compiled pipeline.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+from kfp_server_api.models import V2beta1Run
+
+from crossfuse.cli import main
+from crossfuse.config import load_config
+from pipelines.submit import submit
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers like the KFP v2beta1 API for experiments and runs, and keeps every request."""
+
+    requests: list = []
+
+    def _reply(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.requests.append(("GET", self.path, None))
+        self._reply({"experiments": []} if "/experiments" in self.path else {})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        self.requests.append(("POST", self.path, body))
+        if self.path.startswith("/apis/v2beta1/experiments"):
+            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+        else:
+            self._reply({**body, "run_id": "run-1", "state": "PENDING"})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    Recorder.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Recorder.requests
+    server.shutdown()
+
+
+def config(*overrides):
+    return load_config("configs/default.yaml", ["mlflow.tracking_uri=http://mlflow.team:5000",
+                                                "pipeline.resources.train.accelerator_type="
+                                                "nvidia.com/gpu", *overrides], env={})
+
+
+def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
+    host, requests = kfp_api
+    cfg = config()
+    result = submit(cfg, host, experiment="team-exp")
+    assert result == {"run_id": "run-1", "url": f"{host}/#/runs/details/run-1"}
+    posts = {path.split("?")[0]: body for method, path, body in requests if method == "POST"}
+    assert posts["/apis/v2beta1/experiments"]["display_name"] == "team-exp"
+    body = posts["/apis/v2beta1/runs"]
+    run = V2beta1Run(**body)  # the server's own model accepts it
+    assert run.experiment_id == "exp-1"
+    assert run.display_name.startswith("sample-concat-data-")  # dataset, method, data.dvc md5
+    assert json.loads(run.runtime_config["parameters"]["config_json"]) == json.loads(cfg.to_json())
+    spec = run.pipeline_spec
+    assert spec["pipelineInfo"]["name"] == "crossfuse-multimodal-fusion"
+    train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert yaml.safe_load(yaml.safe_dump(spec))["root"]["dag"]["tasks"].keys() == {
+        "validate", "preprocess", "extract", "train", "evaluate", "register"}
+
+
+def test_a_local_tracking_store_is_refused(kfp_api):
+    host, requests = kfp_api
+    with pytest.raises(ValueError, match="needs a tracking server its pods reach"):
+        submit(load_config("configs/default.yaml", env={}), host)
+    assert requests == []  # refused before anything was sent
+
+
+def test_submit_command(kfp_api, capsys):
+    host, requests = kfp_api
+    assert main(["submit", "--host", host, "--set",
+                 "mlflow.tracking_uri=http://mlflow.team:5000"]) == 0
+    assert f"submitted run run-1: {host}/#/runs/details/run-1" in capsys.readouterr().out
+    assert any(path.startswith("/apis/v2beta1/runs") for _, path, _ in requests)
