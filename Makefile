@@ -10,7 +10,13 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGE   ?= ghcr.io/crossfuse/crossfuse:$(VERSION)
+GIT_SHA := $(shell git rev-parse --short=7 HEAD 2>/dev/null || echo nogit)
+IMAGE_REPO ?= ghcr.io/crossfuse/crossfuse
+# The image a cluster runs: package version + commit. `make compile` keeps the version-only
+# tag so the golden IR does not change with every commit.
+IMAGE   ?= $(IMAGE_REPO):$(VERSION)-$(GIT_SHA)
+GPU     ?=
+CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
 ARGS    ?=
 PYTEST_ARGS ?=
 
@@ -30,7 +36,7 @@ MLFLOW_PORT ?= 5000
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
-.PHONY: install run data test ui serve compile lint lock clean bench mlflow-server submit
+.PHONY: install run data test ui serve compile lint lock clean bench mlflow-server submit image
 
 install: $(STAMP)
 
@@ -79,7 +85,14 @@ bench: $(STAMP)
 	$(BIN)/crossfuse bench fusion --config $(BENCH_CONFIG) --seeds 3 --trials 8 --out $(BENCH_OUT) $(ARGS)
 
 compile: $(STAMP)
-	CROSSFUSE_IMAGE=$(IMAGE) $(BIN)/crossfuse compile
+	CROSSFUSE_IMAGE=$(IMAGE_REPO):$(VERSION) $(BIN)/crossfuse compile
+
+# The component image (CPU; GPU=1: the CUDA build of torch, tag suffix -cuda). Needs Docker;
+# CI builds and pushes it (.github/workflows/pipeline.yml).
+image:
+	@command -v docker >/dev/null || { echo "no docker here: CI builds the image (.github/workflows/pipeline.yml)"; exit 2; }
+	docker build -f infra/docker/Dockerfile \
+	  $(if $(GPU),--build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX) -t $(IMAGE)-cuda,-t $(IMAGE)) .
 
 # Compile with the config's resources and submit one run to a KFP cluster (MLflow: MLFLOW_TRACKING_URI).
 submit: $(STAMP)
@@ -87,8 +100,16 @@ submit: $(STAMP)
 	CROSSFUSE_IMAGE=$(IMAGE) $(BIN)/crossfuse submit --host $(KFP_HOST) \
 	  $(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(ARGS)
 
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard infra/k8s/*/*.yaml))
+
+# ruff; hadolint on the Dockerfiles; GitHub workflows and compose against their JSON schemas;
+# Kubernetes manifests against the API schemas (all offline, from PyPI).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/hadolint infra/docker/Dockerfile*
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
+	$(BIN)/kubernetes-validate --strict --quiet $(K8S_MANIFESTS)
 
 lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new

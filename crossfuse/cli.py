@@ -165,8 +165,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines.submit import submit
 
     result = submit(_config_from_args(args), args.host, namespace=args.namespace,
-                    experiment=args.experiment)
+                    experiment=args.experiment, wait_seconds=args.wait)
     print(f"submitted run {result['run_id']}: {result['url']}")
+    if "state" in result:
+        print(f"run {result['run_id']} ended: {result['state']}")
+        return 0 if result["state"] == "SUCCEEDED" else 1
     return 0
 
 
@@ -230,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_run.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
     sub_run.add_argument("--experiment", help="KFP experiment (default: crossfuse-<dataset>)")
     sub_run.add_argument("--data", help="dataset path as the cluster's steps see it")
+    sub_run.add_argument("--wait", type=int, default=0, metavar="SECONDS",
+                         help="wait for the run to end; exit 1 unless it SUCCEEDED")
     _add_config_args(sub_run)
     sub_run.set_defaults(func=cmd_submit)
 

@@ -35,8 +35,11 @@ def run_name(cfg: RunConfig) -> str:
 
 
 def submit(cfg: RunConfig, host: str, namespace: str | None = None,
-           experiment: str | None = None) -> dict[str, str]:
-    """Compile and submit one run; returns its id and UI address."""
+           experiment: str | None = None, wait_seconds: int = 0) -> dict[str, str]:
+    """Compile and submit one run; returns its id, UI address and, when waited for, its state.
+
+    ``wait_seconds`` > 0 polls the run until it ends (``TimeoutError`` past that).
+    """
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
         raise ValueError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
                          f"machine; a cluster run needs a tracking server its pods reach: set "
@@ -48,4 +51,9 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
             str(package), arguments={"config_json": cfg.to_json()}, run_name=run_name(cfg),
             experiment_name=experiment or cfg.experiment_name(), namespace=namespace,
             enable_caching=cfg.pipeline.caching)
-    return {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+    out = {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
+    if wait_seconds > 0:
+        finished = client.wait_for_run_completion(result.run_id, timeout=wait_seconds,
+                                                  sleep_duration=min(30, max(1, wait_seconds // 20)))
+        out["state"] = str(finished.state)
+    return out

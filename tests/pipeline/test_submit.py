@@ -21,6 +21,7 @@ class Recorder(BaseHTTPRequestHandler):
     """Answers like the KFP v2beta1 API for experiments and runs, and keeps every request."""
 
     requests: list = []
+    final_state = "SUCCEEDED"
 
     def _reply(self, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -32,7 +33,10 @@ class Recorder(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         self.requests.append(("GET", self.path, None))
-        self._reply({"experiments": []} if "/experiments" in self.path else {})
+        if self.path.startswith("/apis/v2beta1/runs/"):
+            self._reply({"run_id": self.path.rsplit("/", 1)[-1], "state": self.final_state})
+        else:
+            self._reply({"experiments": []} if "/experiments" in self.path else {})
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
@@ -95,3 +99,16 @@ def test_submit_command(kfp_api, capsys):
                  "mlflow.tracking_uri=http://mlflow.team:5000"]) == 0
     assert f"submitted run run-1: {host}/#/runs/details/run-1" in capsys.readouterr().out
     assert any(path.startswith("/apis/v2beta1/runs") for _, path, _ in requests)
+
+
+@pytest.mark.parametrize("state, code", [("SUCCEEDED", 0), ("FAILED", 1)])
+def test_submit_waits_and_fails_when_the_run_fails(state, code, kfp_api, capsys):
+    host, requests = kfp_api
+    Recorder.final_state = state
+    try:
+        assert main(["submit", "--host", host, "--wait", "60", "--set",
+                     "mlflow.tracking_uri=http://mlflow.team:5000"]) == code
+    finally:
+        Recorder.final_state = "SUCCEEDED"
+    assert f"run run-1 ended: {state}" in capsys.readouterr().out
+    assert ("GET", "/apis/v2beta1/runs/run-1", None) in requests

@@ -1,0 +1,82 @@
+"""What cannot run here — the image build, Kubernetes, GitHub Actions — checked by their linters
+and schemas (offline tools from PyPI), plus the properties a user relies on."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+K8S = ROOT / "infra" / "k8s" / "mlflow"
+
+
+def tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_workflows_pass_the_github_workflow_schema():
+    done = tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows",
+                ".github/workflows/ci.yml", ".github/workflows/pipeline.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ci_tests_pull_requests_and_the_pipeline_runs_on_main_by_hand_and_weekly():
+    ci = yaml.safe_load((ROOT / ".github/workflows/ci.yml").read_text())
+    assert "pull_request" in ci[True]  # YAML 1.1 reads the key `on` as True
+    steps = " ".join(s.get("run", "") for s in ci["jobs"]["test"]["steps"])
+    assert "make lint" in steps and "make test" in steps
+    pipeline = yaml.safe_load((ROOT / ".github/workflows/pipeline.yml").read_text())
+    triggers = pipeline[True]
+    assert triggers["push"]["branches"] == ["main"] and "workflow_dispatch" in triggers
+    assert triggers["schedule"][0]["cron"]
+    run = " ".join(s.get("run", "") for s in pipeline["jobs"]["run"]["steps"])
+    assert "make submit" in run and "--wait" in run and "secrets.KFP_HOST" in run
+    assert pipeline["jobs"]["run"]["needs"] == "image"
+
+
+def test_kubernetes_manifests_pass_the_api_schema():
+    files = sorted(str(p) for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    done = tool("kubernetes-validate", "--strict", *files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(Path(f).name for f in files)
+
+
+def test_the_manifest_validator_rejects_a_broken_manifest(tmp_path):
+    broken = yaml.safe_load((K8S / "namespace.yaml").read_text())
+    broken["metadata"]["nmae"] = "typo"
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert tool("kubernetes-validate", "--strict", str(tmp_path / "broken.yaml")).returncode != 0
+
+
+def test_mlflow_on_kubernetes_uses_postgres_and_proxied_object_storage():
+    docs = list(yaml.safe_load_all((K8S / "mlflow.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    args = " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "--backend-store-uri \"postgresql://" in args
+    assert "--serve-artifacts --artifacts-destination s3://mlflow" in args
+
+
+def test_compose_passes_its_schema_and_binds_to_loopback():
+    done = tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec",
+                "infra/compose.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    compose = yaml.safe_load((ROOT / "infra/compose.yaml").read_text())
+    assert {"mlflow", "postgres", "minio"} <= set(compose["services"])
+    ports = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert ports and all(p.startswith("127.0.0.1:") for p in ports)
+
+
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "infra/docker").glob("Dockerfile*")),
+                         ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint_and_runs_pinned_as_non_root(dockerfile):
+    done = tool("hadolint", str(dockerfile))
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = dockerfile.read_text()
+    assert "requirements.lock" in text and "torch==2.13.0" in text
+    user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert user and user[-1] not in ("root", "0")
