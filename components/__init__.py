@@ -6,10 +6,10 @@ lightweight component's source, not its module, to the container.
 """
 
 from components.evaluate import evaluate
-from components.extract import extract
+from components.extract import extract, merge_features
 from components.preprocess import preprocess
 from components.register import register
 from components.train import train
 from components.validate import validate
 
-__all__ = ["evaluate", "extract", "preprocess", "register", "train", "validate"]
+__all__ = ["evaluate", "extract", "merge_features", "preprocess", "register", "train", "validate"]

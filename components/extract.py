@@ -1,4 +1,4 @@
-"""KFP component: encode the preprocessed samples with the frozen encoders (cache first)."""
+"""KFP components: encode one share of the samples (cache first), and merge the shares."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
@@ -7,14 +7,34 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def extract(config_json: str, run_id: str, dataset: Input[Dataset], features: Output[Dataset]):
-    """Write the feature set folder (index.parquet, safetensors shards per modality)."""
+def extract(config_json: str, part: int, parts: int, dataset: Input[Dataset],
+            features: Output[Dataset]):
+    """Encode rows ``part, part + parts, ...`` into a partial feature set.
+
+    The MLflow run id comes with the dataset (``mlflow_run_id`` metadata), not as a
+    parameter: kfp 2.17's local runner overwrote string parameters inside ParallelFor.
+    """
     from pathlib import Path
 
     from crossfuse.config import RunConfig
     from crossfuse.stages import run_extract
 
-    result = run_extract(RunConfig.from_json(config_json), run_id, Path(dataset.path),
-                         Path(features.path))
+    # The local runner hands loop items over as floats: cast.
+    result = run_extract(RunConfig.from_json(config_json), dataset.metadata["mlflow_run_id"],
+                         Path(dataset.path), Path(features.path), part=(int(part), int(parts)))
+    features.metadata.update({"samples": result.n_samples, "encoded": result.encoded})
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def merge_features(config_json: str, run_id: str, parts: Input[list[Dataset]],
+                   features: Output[Dataset]):
+    """Join the partial feature sets into the run's feature set (index.parquet, shards)."""
+    from pathlib import Path
+
+    from crossfuse.config import RunConfig
+    from crossfuse.stages import run_merge_features
+
+    result = run_merge_features(RunConfig.from_json(config_json), run_id,
+                                [Path(p.path) for p in parts], Path(features.path))
     features.metadata.update({"samples": result.n_samples, "dims": result.dims,
                               "cache_hits": result.cache_hits, "encoded": result.encoded})

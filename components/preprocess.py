@@ -17,4 +17,7 @@ def preprocess(config_json: str, run_id: str, validation: Input[Artifact],
 
     result = run_preprocess(RunConfig.from_json(config_json), run_id, Path(validation.path),
                             Path(dataset.path))
-    dataset.metadata.update({"samples": result.n_samples, **result.split_counts})
+    # run_id travels with the dataset too: steps inside dsl.ParallelFor read it from here
+    # (kfp 2.17's local runner hands loop items to outer string parameters).
+    dataset.metadata.update({"samples": result.n_samples, **result.split_counts,
+                             "mlflow_run_id": run_id})

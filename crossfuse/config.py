@@ -202,7 +202,7 @@ class RegistryConfig(_Section):
         return not any(word in self.metric for word in ("loss", "ece", "error"))
 
 
-STAGES = ("validate", "preprocess", "extract", "train", "evaluate", "register")
+STAGES = ("validate", "preprocess", "extract", "merge_features", "train", "evaluate", "register")
 
 
 class StageResources(_Section):
@@ -220,8 +220,8 @@ class StageResources(_Section):
 def _default_resources() -> dict[str, StageResources]:
     light = StageResources(cpu_request="1", memory_request="2G", memory_limit="4G")
     heavy = StageResources(cpu_request="2", memory_request="4G", memory_limit="8G", retries=1)
-    return {"validate": light, "preprocess": light, "extract": heavy, "train": heavy,
-            "evaluate": heavy, "register": light}
+    return {"validate": light, "preprocess": light, "extract": heavy, "merge_features": light,
+            "train": heavy, "evaluate": heavy, "register": light}
 
 
 class PipelineConfig(_Section):
@@ -229,6 +229,8 @@ class PipelineConfig(_Section):
     resources: dict[str, StageResources] = Field(
         default_factory=_default_resources,
         description="Per step: CPU/memory requests and limits, accelerator, retries.")
+    extract_parts: int = Field(1, ge=1, description="Pods the extraction is spread over "
+                                                     "(dsl.ParallelFor), then merged.")
     caching: bool = Field(False, description="KFP step caching. Off: every step logs to the "
                                              "run's MLflow run, a cached step would not; "
                                              "features are cached by content anyway.")

@@ -13,21 +13,25 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from crossfuse.atomic import write_json
 from crossfuse.config import RunConfig
 from crossfuse.encoders import Encoder, build_encoder
-from crossfuse.features import FeatureCache, content_hash, write_feature_set
+from crossfuse.features import FeatureCache, content_hash, merge_feature_sets, write_feature_set
 from crossfuse.preprocess import read_samples
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
+
+RESULT_FILE = "extract_result.json"
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,8 @@ def _scatter(found: torch.Tensor | None, present, shape_tail: tuple[int, ...], d
 
 
 def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
-            encoders: dict[str, Encoder] | None = None) -> ExtractResult:
+            encoders: dict[str, Encoder] | None = None,
+            part: tuple[int, int] | None = None) -> ExtractResult:
     """Encode every modality of the preprocessed set at ``preprocessed`` into a feature set.
 
     With ``extract.token_sequences`` the token view of each encoder (up to
@@ -118,9 +123,16 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     preprocessed: output folder of :func:`crossfuse.preprocess.preprocess`.
     out_dir: where the feature set is written.
     encoders: prebuilt encoders by modality (default: built from ``extract.encoders``).
+    part: ``(i, n)`` encodes only rows ``i, i + n, i + 2n, ...`` (one pod's share of a
+        sharded extraction); :func:`crossfuse.features.merge_feature_sets` joins the parts.
     """
     preprocessed = Path(preprocessed)
     samples, labels, targets = read_samples(preprocessed)
+    if part is not None:
+        i, n = part
+        if not 0 <= i < n:
+            raise ValueError(f"part {i} of {n} does not exist; parts are 0..{n - 1}")
+        samples = samples.iloc[i::n].reset_index(drop=True)
     encoders = encoders or {m: build_encoder(name, m, offline=cfg.extract.hf_offline,
                                              trust_remote_code=cfg.extract.trust_remote_code)
                             for m, name in cfg.extract.encoders.items()}
@@ -163,5 +175,23 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
         log.info("features %s: %d/%d from cache, %d encoded with %s (%d missing)", modality,
                  hits[modality], len(have), encoded[modality], encoder.name, len(samples) - len(have))
     write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets, tokens)
-    return ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
-                         cache_hits=hits, encoded=encoded, truncated=truncated)
+    result = ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
+                           cache_hits=hits, encoded=encoded, truncated=truncated)
+    write_json(Path(out_dir) / RESULT_FILE, asdict(result))
+    return result
+
+
+def merge_parts(cfg: RunConfig, parts: list[Path], out_dir: Path) -> ExtractResult:
+    """Join the feature sets of a sharded extraction into one; counts are summed.
+
+    >>> merge_parts(cfg, [Path("part-0"), Path("part-1")], Path("features"))   # doctest: +SKIP
+    ExtractResult(n_samples=720, ...)
+    """
+    merge_feature_sets(parts, out_dir, cfg.extract.shard_size)
+    results = [json.loads((Path(p) / RESULT_FILE).read_text()) for p in parts]
+    total = ExtractResult(
+        n_samples=sum(r["n_samples"] for r in results), dims=results[0]["dims"],
+        **{k: {m: sum(r[k].get(m, 0) for r in results) for m in results[0][k]}
+           for k in ("cache_hits", "encoded", "truncated")})
+    write_json(Path(out_dir) / RESULT_FILE, asdict(total))
+    return total

@@ -163,6 +163,29 @@ def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
         index.to_parquet(tmp, index=False)
 
 
+def merge_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024) -> FeatureSet:
+    """Join feature sets holding disjoint rows of one dataset, back in manifest order.
+
+    The parts must come from the same encoders and labels (a sharded extraction);
+    rows are ordered by ``line``, as a single extraction would write them.
+    """
+    sets = [read_feature_set(p) for p in parts]
+    first = sets[0]
+    for other, path in zip(sets[1:], parts[1:], strict=True):
+        if other.encoders != first.encoders or other.labels != first.labels:
+            raise ValueError(f"feature set {path} was made with other encoders or labels than "
+                             f"{parts[0]}; extract all parts with one config")
+    index = pd.concat([s.index for s in sets], ignore_index=True)
+    order = torch.from_numpy(index["line"].to_numpy().argsort(kind="stable"))
+    vectors = {m: torch.cat([s.vectors[m] for s in sets])[order] for m in first.vectors}
+    tokens = {m: (torch.cat([s.tokens[m][0] for s in sets])[order],
+                  torch.cat([s.tokens[m][1] for s in sets])[order]) for m in first.tokens}
+    index = index.iloc[order.numpy()].reset_index(drop=True)
+    write_feature_set(out_dir, index, first.labels, first.encoders, vectors, shard_size,
+                      first.targets, tokens)
+    return read_feature_set(out_dir)
+
+
 def read_feature_set(path: Path) -> FeatureSet:
     """Load a feature set written by :func:`write_feature_set`."""
     path = Path(path)

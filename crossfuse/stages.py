@@ -23,7 +23,7 @@ import mlflow
 
 from crossfuse.config import RunConfig
 from crossfuse.evaluate import EvaluationResult, evaluate
-from crossfuse.extract import ExtractResult, extract
+from crossfuse.extract import ExtractResult, extract, merge_parts
 from crossfuse.preflight import preflight
 from crossfuse.preprocess import PreprocessResult, preprocess
 from crossfuse.registry import RegisterResult, register
@@ -77,23 +77,45 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
     return result
 
 
-def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path) -> ExtractResult:
-    """Encode the preprocessed samples (feature cache first)."""
-    with stage_run(cfg, run_id, "extract"):
-        result = extract(cfg, Path(preprocessed), Path(out_dir))
-        for m in result.dims:
-            msg = (f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
-                   f"cache, {result.encoded[m]} encoded")
-            print(msg, flush=True)
-            mlflow.log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
-                                f"features_{m}_encoded": result.encoded[m]})
-            mlflow.log_param(f"features.{m}.dim", result.dims[m])
-        for m, n in result.truncated.items():
-            mlflow.log_metric(f"features_{m}_truncated", n)
-            if n:
-                print(f"extract {m}: {n} of {result.n_samples} items were longer than the "
-                      f"encoder's input and were truncated", flush=True)
+def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
+                part: tuple[int, int] | None = None) -> ExtractResult:
+    """Encode the preprocessed samples (feature cache first); ``part`` = one pod's share.
+
+    A part logs nothing to MLflow: :func:`run_merge_features` logs the totals once.
+    """
+    with stage_run(cfg, run_id, "extract" if part is None else f"extract-{part[0]}"):
+        result = extract(cfg, Path(preprocessed), Path(out_dir), part=part)
+        if part is None:
+            log_extract_result(result)
+        else:
+            print(f"extract part {part[0] + 1}/{part[1]}: {result.n_samples} samples, "
+                  f"encoded {result.encoded}", flush=True)
     return result
+
+
+def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
+                       out_dir: Path) -> ExtractResult:
+    """Join the parts of a sharded extraction into the run's feature set."""
+    with stage_run(cfg, run_id, "extract"):
+        result = merge_parts(cfg, [Path(p) for p in parts], Path(out_dir))
+        mlflow.log_param("extract.parts", len(parts))
+        log_extract_result(result)
+    return result
+
+
+def log_extract_result(result: ExtractResult) -> None:
+    """Print and log cache hits, encodings and truncations per modality."""
+    for m in result.dims:
+        print(f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
+              f"cache, {result.encoded[m]} encoded", flush=True)
+        mlflow.log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
+                            f"features_{m}_encoded": result.encoded[m]})
+        mlflow.log_param(f"features.{m}.dim", result.dims[m])
+    for m, n in result.truncated.items():
+        mlflow.log_metric(f"features_{m}_truncated", n)
+        if n:
+            print(f"extract {m}: {n} of {result.n_samples} items were longer than the "
+                  f"encoder's input and were truncated", flush=True)
 
 
 def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components import evaluate, extract, preprocess, register, train, validate
+from components import evaluate, extract, merge_features, preprocess, register, train, validate
 from crossfuse.config import RunConfig, StageResources
 
 PIPELINE_NAME = "crossfuse-multimodal-fusion"
@@ -51,8 +51,14 @@ def build_pipeline(cfg: RunConfig | None = None):
         run_id = validated.outputs["Output"]
         prepared = preprocess(config_json=config_json, run_id=run_id,
                               validation=validated.outputs["validation"])
-        encoded = extract(config_json=config_json, run_id=run_id,
-                          dataset=prepared.outputs["dataset"])
+        parts = cfg.pipeline.extract_parts
+        # Extraction fans out over `parts` pods (each encodes every parts-th row), then merges.
+        with dsl.ParallelFor(items=list(range(parts)), name="extract-parts") as part:
+            shard = extract(config_json=config_json, part=part, parts=parts,
+                            dataset=prepared.outputs["dataset"])
+            apply_resources(shard, cfg.pipeline.resources.get("extract"), cfg.pipeline.caching)
+        encoded = merge_features(config_json=config_json, run_id=run_id,
+                                 parts=dsl.Collected(shard.outputs["features"]))
         trained = train(config_json=config_json, run_id=run_id,
                         features=encoded.outputs["features"])
         evaluated = evaluate(config_json=config_json, run_id=run_id,
@@ -62,8 +68,8 @@ def build_pipeline(cfg: RunConfig | None = None):
                               model=trained.outputs["model"],
                               evaluation=evaluated.outputs["evaluation"])
         for name, task in (("validate", validated), ("preprocess", prepared),
-                           ("extract", encoded), ("train", trained), ("evaluate", evaluated),
-                           ("register", registered)):
+                           ("merge_features", encoded), ("train", trained),
+                           ("evaluate", evaluated), ("register", registered)):
             apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline.caching)
         return outputs(registered.outputs["version"], registered.outputs["champion_version"],
                        registered.outputs["promoted"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from kfp import compiler, local
 
 from crossfuse.config import RunConfig
-from pipelines.multimodal_fusion import build_pipeline, multimodal_fusion
+from pipelines.multimodal_fusion import build_pipeline
 
 COMPILED = Path(__file__).parent / "compiled" / "multimodal_fusion.yaml"
 
@@ -31,7 +31,7 @@ def run_local(cfg: RunConfig) -> dict:
     cfg = cfg.resolved()
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=cfg.pipeline.pipeline_root, raise_on_error=True)
-    task = multimodal_fusion(config_json=cfg.to_json())
+    task = build_pipeline(cfg)(config_json=cfg.to_json())
     return dict(task.outputs) if hasattr(task, "outputs") else {}
 
 

@@ -17,7 +17,15 @@ from conftest import build_config, free_port, http_server
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 from mlflow.tracking import MlflowClient
 
-from components import evaluate, extract, preprocess, register, train, validate
+from components import (
+    evaluate,
+    extract,
+    merge_features,
+    preprocess,
+    register,
+    train,
+    validate,
+)
 
 
 def artifact(cls, root: Path, name: str):
@@ -31,7 +39,8 @@ def pipeline_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_m
     config_json = cfg.to_json()
     a = {name: artifact(cls, root / "artifacts", name) for name, cls in [
         ("validation", Artifact), ("data_docs", HTML), ("validation_metrics", Metrics),
-        ("dataset", Dataset), ("features", Dataset), ("model", Model),
+        ("dataset", Dataset), ("part-0", Dataset), ("part-1", Dataset), ("features", Dataset),
+        ("model", Model),
         ("train_metrics", Metrics), ("evaluation", Artifact), ("report", HTML),
         ("eval_metrics", Metrics), ("classification", ClassificationMetrics)]}
     (root / "artifacts").mkdir()
@@ -39,8 +48,11 @@ def pipeline_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_m
                                   data_docs=a["data_docs"], metrics=a["validation_metrics"])
     preprocess.python_func(config_json=config_json, run_id=run_id, validation=a["validation"],
                            dataset=a["dataset"])
-    extract.python_func(config_json=config_json, run_id=run_id, dataset=a["dataset"],
-                        features=a["features"])
+    for i in range(2):  # as dsl.ParallelFor runs it with pipeline.extract_parts=2
+        extract.python_func(config_json=config_json, part=i, parts=2,
+                            dataset=a["dataset"], features=a[f"part-{i}"])
+    merge_features.python_func(config_json=config_json, run_id=run_id,
+                               parts=[a["part-0"], a["part-1"]], features=a["features"])
     train.python_func(config_json=config_json, run_id=run_id, features=a["features"],
                       model=a["model"], metrics=a["train_metrics"])
     evaluate.python_func(config_json=config_json, run_id=run_id, dataset=a["dataset"],
@@ -64,6 +76,7 @@ def test_preprocess_and_extract_metadata(pipeline_run):
     a = pipeline_run["artifacts"]
     meta = a["dataset"].metadata
     assert meta["samples"] == 60 == meta["train"] + meta["val"] + meta["test"]
+    assert [a[f"part-{i}"].metadata["samples"] for i in range(2)] == [30, 30]
     assert a["features"].metadata["dims"] == {"image": 32, "text": 32}
     assert a["features"].metadata["cache_hits"] == {"image": 0, "text": 0}
     # Identical captions are encoded once.

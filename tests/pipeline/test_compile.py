@@ -7,7 +7,9 @@ import yaml
 from components.image import BASE_IMAGE
 from pipelines.runner import COMPILED, compile_pipeline
 
-STAGES = ["validate", "preprocess", "extract", "train", "evaluate", "register"]
+STAGES = ["validate", "preprocess", "extract", "merge-features", "train", "evaluate", "register"]
+TOP_LEVEL = ["validate", "preprocess", "for-loop-2", "merge-features", "train", "evaluate",
+             "register"]
 
 
 def test_compiled_ir_matches_golden_file(tmp_path):
@@ -27,9 +29,11 @@ def test_ir_wires_six_stages_in_the_crossfuse_image():
         assert "pip install" not in " ".join(spec["container"]["command"])
     tasks = ir["root"]["dag"]["tasks"]
     deps = {name: sorted(t.get("dependentTasks", [])) for name, t in tasks.items()}
-    assert deps == {"validate": [], "preprocess": ["validate"], "extract": ["preprocess", "validate"],
-                    "train": ["extract", "validate"],
-                    "evaluate": ["extract", "preprocess", "train", "validate"],
+    assert deps == {"validate": [], "preprocess": ["validate"],
+                    "for-loop-2": ["preprocess"],
+                    "merge-features": ["for-loop-2", "validate"],
+                    "train": ["merge-features", "validate"],
+                    "evaluate": ["merge-features", "preprocess", "train", "validate"],
                     "register": ["evaluate", "train", "validate"]}
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert list(params) == ["config_json"]
@@ -44,10 +48,25 @@ def test_ir_carries_resources_retries_and_no_caching():
     assert (train["cpuRequest"], train["memoryRequest"], train["memoryLimit"]) == (2.0, 4.0, 8.0)
     assert executors["exec-register"]["container"]["resources"]["cpuRequest"] == 1.0
     tasks = ir["root"]["dag"]["tasks"]
-    for name in STAGES:
+    inner = ir["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    for task in [tasks[n] for n in TOP_LEVEL if n != "for-loop-2"] + [inner["extract"]]:
         # Every step logs to the run's MLflow run: a cached step would silently skip that.
-        assert not tasks[name]["cachingOptions"].get("enableCache", False)
-    assert tasks["extract"]["retryPolicy"]["maxRetryCount"] == 1
+        assert not task["cachingOptions"].get("enableCache", False)
+    assert inner["extract"]["retryPolicy"]["maxRetryCount"] == 1
+
+
+def test_extraction_fans_out_over_parallel_for_and_merges(tmp_path):
+    from crossfuse.config import load_config
+
+    default = yaml.safe_load(Path(COMPILED).read_text())["root"]["dag"]["tasks"]
+    assert default["for-loop-2"]["parameterIterator"]["items"]["raw"] == "[0]"
+    cfg = load_config(None, ["pipeline.extract_parts=4"], env={})
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text())
+    loop = ir["root"]["dag"]["tasks"]["for-loop-2"]
+    assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
+    merge = ir["root"]["dag"]["tasks"]["merge-features"]
+    collected = merge["inputs"]["artifacts"]["parts"]
+    assert collected["taskOutputArtifact"]["producerTask"] == "for-loop-2"
 
 
 def test_resources_come_from_the_config(tmp_path):
@@ -64,4 +83,5 @@ def test_resources_come_from_the_config(tmp_path):
     # The steps not configured keep their defaults.
     assert ir["deploymentSpec"]["executors"]["exec-extract"]["container"]["resources"][
         "cpuRequest"] == 2.0
-    assert all(t["cachingOptions"]["enableCache"] for t in ir["root"]["dag"]["tasks"].values())
+    tasks = [t for n, t in ir["root"]["dag"]["tasks"].items() if n != "for-loop-2"]
+    assert all(t["cachingOptions"]["enableCache"] for t in tasks)

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
     root = tmp_path_factory.mktemp("e2e")
+    # Two extract parts: the DAG fans out over dsl.ParallelFor and merges, as on a cluster.
     cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
-                       "train.epochs=20")
+                       "train.epochs=20", "pipeline.extract_parts=2")
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     first = run_local(cfg)
     second = run_local(cfg)
@@ -80,3 +81,18 @@ def test_bad_data_stops_at_validation_and_moves_no_alias(env, tmp_path):
     name = cfg.model_name()
     assert str(env["client"].get_model_version_by_alias(name, "champion").version) == "1"
     assert str(env["client"].get_model_version_by_alias(name, "challenger").version) == "2"
+
+
+def test_extraction_parts_are_merged_into_one_feature_set(env):
+    from crossfuse.features import read_feature_set
+
+    first = runs(env)[0]
+    assert first.data.params["extract.parts"] == "2"
+    assert first.data.metrics["features_image_encoded"] == 60  # the parts' counts, summed
+    kfp_root = env["root"] / "kfp"
+    merged = sorted(kfp_root.rglob("merge-features/features/index.parquet"))
+    parts = sorted(kfp_root.rglob("extract/features/index.parquet"))
+    assert len(merged) == 2 and len(parts) == 4  # two runs, two parts each
+    fs = read_feature_set(merged[0].parent)
+    assert len(fs.index) == 60 and fs.index["line"].is_monotonic_increasing
+    assert sorted(len(read_feature_set(p.parent).index) for p in parts[:2]) == [30, 30]

@@ -83,7 +83,8 @@ def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert yaml.safe_load(yaml.safe_dump(spec))["root"]["dag"]["tasks"].keys() == {
-        "validate", "preprocess", "extract", "train", "evaluate", "register"}
+        "validate", "preprocess", "for-loop-2", "merge-features", "train", "evaluate",
+        "register"}
 
 
 def test_a_local_tracking_store_is_refused(kfp_api):

@@ -61,3 +61,23 @@ def test_text_beyond_the_encoder_length_is_truncated_and_counted(sample_dataset,
     result = extract(cfg, tmp_path / "pre", tmp_path / "f")
     assert result.truncated == {"text": 1}
     assert read_feature_set(tmp_path / "f").vectors["text"].shape[0] == 60  # kept, not rejected
+
+
+def test_parts_merged_equal_one_extraction(sample_dataset, make_config, tmp_path):
+    from crossfuse.extract import merge_parts
+
+    cfg = make_config(sample_dataset, "extract.shard_size=16")
+    preprocess(cfg, sample_dataset, tmp_path / "pre")
+    whole = extract(cfg, tmp_path / "pre", tmp_path / "whole")
+    parts = []
+    for i in range(3):
+        extract(cfg, tmp_path / "pre", tmp_path / f"part-{i}", part=(i, 3))
+        parts.append(tmp_path / f"part-{i}")
+    assert len(read_feature_set(parts[1]).index) == 20  # rows 1, 4, 7, ...
+    merged = merge_parts(cfg, list(reversed(parts)), tmp_path / "merged")
+    assert merged.n_samples == whole.n_samples == 60
+    assert merged.cache_hits == {"image": 60, "text": 60}  # the whole run filled the cache
+    a, b = read_feature_set(tmp_path / "whole"), read_feature_set(tmp_path / "merged")
+    assert a.index.equals(b.index)
+    for m in ("image", "text"):
+        assert (a.vectors[m] == b.vectors[m]).all()
