@@ -4,6 +4,7 @@
 
     crossfuse run [--data PATH] [--config FILE] [--set key=value ...]   # the whole pipeline, locally
     crossfuse data generate [--out data] [--per-class 120]             # the sample dataset
+    crossfuse data fetch --dvc-file data.dvc --remote URL --out DIR    # a pinned data version
     crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
     crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
     crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
@@ -144,6 +145,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from crossfuse.dvc_data import DvcFetchError, fetch_dvc_data
+
+    try:
+        out = fetch_dvc_data(Path(args.dvc_file).read_text(), args.remote, Path(args.out))
+    except DvcFetchError as exc:
+        print(f"crossfuse: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"fetched {args.dvc_file}'s data version from {args.remote} to {out}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from crossfuse.sample_data import generate_sample_dataset
 
@@ -196,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--per-class", type=int, default=120)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
+    fetch = data_sub.add_parser("fetch", help="pull the data version a .dvc file pins from a "
+                                              "DVC remote (no git checkout needed)")
+    fetch.add_argument("--dvc-file", default="data.dvc")
+    fetch.add_argument("--remote", required=True, help="DVC remote URL, e.g. s3://bucket/path")
+    fetch.add_argument("--out", required=True, help="new folder for the data")
+    fetch.set_defaults(func=cmd_fetch)
 
     comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
