@@ -173,10 +173,13 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def raw_test_inputs(fs: FeatureSet, preprocessed: Path, modalities: list[str],
-                    limit: int) -> pd.DataFrame:
-    """The first ``limit`` test samples as the served model takes them (text, image path)."""
-    samples = read_samples(preprocessed)[0].set_index("id")
+def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
+                    modalities: list[str], limit: int) -> pd.DataFrame:
+    """The first ``limit`` test samples as the served model takes them (text, image path).
+
+    ``samples``: the preprocessed ``samples.parquet``; image paths are relative to ``preprocessed``.
+    """
+    samples = samples.set_index("id")
     ids = fs.index.loc[fs.index["split"] == "test", "id"].head(limit)
     frame = pd.DataFrame(index=range(len(ids)))
     for m in modalities:
@@ -199,8 +202,8 @@ def analyse(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path, o
     modalities = list(head.spec.dims)
     levels = noise_levels(ev.robustness.levels)
     rows = feature_noise_rows(head, fs, levels, cfg.seed) if ev.robustness.features else []
-    if ev.robustness.raw and preprocessed is not None:
-        samples = read_samples(preprocessed)[0]
+    samples = read_samples(preprocessed)[0] if preprocessed is not None else None
+    if ev.robustness.raw and samples is not None:
         rows += raw_noise_rows(FusionPredictor(model_dir), fs, samples, preprocessed, levels,
                                cfg.seed, ev.robustness.raw_max_samples)
     if rows:
@@ -220,9 +223,9 @@ def analyse(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path, o
                                               split_tokens(fs, "test", modalities, head.spec),
                                               repeats=5)
         serving = {}
-        if preprocessed is not None and ev.efficiency_samples > 0:
-            serving = measure_serving(model_dir, raw_test_inputs(fs, preprocessed, modalities,
-                                                                 ev.efficiency_samples))
+        if samples is not None and ev.efficiency_samples > 0:
+            serving = measure_serving(model_dir, raw_test_inputs(
+                fs, samples, preprocessed, modalities, ev.efficiency_samples))
         write_json(out_dir / "efficiency.json", {"features_ms_per_sample": features_ms, **serving})
         metrics.update(efficiency_metrics(head, features_ms, serving))
     return metrics

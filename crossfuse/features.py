@@ -163,7 +163,7 @@ def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
         index.to_parquet(tmp, index=False)
 
 
-def merge_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024) -> FeatureSet:
+def merge_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024) -> Path:
     """Join feature sets holding disjoint rows of one dataset, back in manifest order.
 
     The parts must come from the same encoders and labels (a sharded extraction);
@@ -183,7 +183,7 @@ def merge_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024)
     index = index.iloc[order.numpy()].reset_index(drop=True)
     write_feature_set(out_dir, index, first.labels, first.encoders, vectors, shard_size,
                       first.targets, tokens)
-    return read_feature_set(out_dir)
+    return Path(out_dir)
 
 
 def read_feature_set(path: Path) -> FeatureSet:

@@ -52,6 +52,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     searched: dict = field(default_factory=dict)  # hyper-parameters a search chose, if any
     temperature: float = 1.0  # temperature scaling fitted on the validation split
+    checkpoint: Path | None = None  # the per-epoch state file, when fit kept one
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -175,7 +176,8 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     generator = torch.Generator().manual_seed(seed)
     best = (-1.0, float("inf"))
     best_state, best_epoch, history, stale, stopped = None, 0, [], 0, False
-    key = checkpoint_key(fs, fusion, train, seed, modalities)
+    # The key hashes the whole index: only for checkpointed training, not every trial/baseline.
+    key = checkpoint_key(fs, fusion, train, seed, modalities) if checkpoint_dir else ""
     ckpt = Path(checkpoint_dir) / f"{key}.pt" if checkpoint_dir else None
     state = load_checkpoint(ckpt, key) if ckpt else None
     if state:
@@ -234,7 +236,8 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     head.load_state_dict(best_state)
     head.eval()
     result = TrainResult(method=fusion.method, modalities=modalities, best_epoch=best_epoch,
-                         epochs_run=len(history), best_val_macro_f1=best[0], history=history)
+                         epochs_run=len(history), best_val_macro_f1=best[0], history=history,
+                         checkpoint=ckpt)
     log.info("trained %s on %s: best val macro-F1 %.4f at epoch %d/%d", fusion.method,
              "+".join(modalities), best[0], best_epoch, len(history))
     return head, result
@@ -267,9 +270,8 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
         best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
                       cfg.fusion.search.epochs, on_trial=on_trial)
         fusion, train_cfg, searched = best.fusion, best.train, best.params
-    checkpoints = Path(cfg.train.checkpoint_dir)
     head, result = fit(fs, fusion, train_cfg, cfg.seed, on_epoch=on_epoch,
-                       checkpoint_dir=checkpoints)
+                       checkpoint_dir=Path(cfg.train.checkpoint_dir))
     result.searched = searched
     result.temperature = validation_temperature(head, fs)
     effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
@@ -278,7 +280,5 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
                                                    "best_epoch": result.best_epoch,
                                                    "temperature": result.temperature})
     write_text(Path(model_dir) / RUN_CONFIG_FILE, effective.to_json())
-    # The model is saved: this training's checkpoint has done its job.
-    (checkpoints / f"{checkpoint_key(fs, fusion, train_cfg, cfg.seed, fs.modalities)}.pt"
-     ).unlink(missing_ok=True)
+    result.checkpoint.unlink(missing_ok=True)  # the model is saved: the checkpoint is done
     return result
