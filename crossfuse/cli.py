@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from crossfuse.config import RunConfig, load_config
+from crossfuse.dvc_data import DvcFetchError, materialise_data, pin_data_version
 from crossfuse.manifest import ManifestError
 from crossfuse.preflight import PreflightError, preflight
 
@@ -51,7 +52,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_local
 
-    cfg = _config_from_args(args).resolved()
+    cfg = pin_data_version(_config_from_args(args)).resolved()
+    cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
     cfg.load_manifest()  # fail fast on a wrong --data or missing columns
     preflight(cfg)       # ... on an unreachable MLflow, a missing encoder, an unwritable folder
     log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
@@ -146,7 +148,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from crossfuse.dvc_data import DvcFetchError, fetch_dvc_data
+    from crossfuse.dvc_data import fetch_dvc_data
 
     try:
         out = fetch_dvc_data(Path(args.dvc_file).read_text(), args.remote, Path(args.out))
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ManifestError, FileNotFoundError, ValueError, PreflightError) as exc:
+    except (ManifestError, FileNotFoundError, ValueError, PreflightError, DvcFetchError) as exc:
         print(f"crossfuse: error: {exc}", file=sys.stderr)
         return 2
 

@@ -43,6 +43,17 @@ class DataConfig(_Section):
     extra_columns_file: str | None = Field(
         None, description="CSV in the dataset folder joined to the manifest on id "
                           "(e.g. extra_metadata.csv holding an extra target).")
+    remote: str | None = Field(
+        None, description="DVC remote URL (s3://..., gs://..., a folder). Set: the steps pull the "
+                          "data version the .dvc file pins from it, md5-checked, instead of "
+                          "reading `path` from their own disk (how cluster pods get the data).")
+    dvc_file: str | None = Field(None, description="The .dvc file pinning the version; "
+                                                    "default: <path>.dvc.")
+    pinned: dict[str, Any] | None = Field(
+        None, description="The .dvc file's output entry (md5, size, nfiles), filled in when a "
+                          "run starts or is submitted; the steps pull exactly this.")
+    fetch_dir: str = Field(".cache/crossfuse/data",
+                           description="Where pulled data versions are kept, one folder per md5.")
 
     def dataset_name(self) -> str:
         return self.name or Path(self.path).resolve().name
@@ -205,6 +216,15 @@ class RegistryConfig(_Section):
 STAGES = ("validate", "preprocess", "extract", "merge_features", "train", "evaluate", "register")
 
 
+class Toleration(_Section):
+    """One Kubernetes toleration (the pod may run on nodes with the matching taint)."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+
+
 class StageResources(_Section):
     """Kubernetes resources of one pipeline step on a cluster (the local runner ignores them)."""
 
@@ -215,6 +235,10 @@ class StageResources(_Section):
     accelerator_type: str | None = Field(None, description='e.g. "nvidia.com/gpu"')
     accelerator_limit: int | None = None
     retries: int = Field(0, description="Retries of the step after a pod failure.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description='Node labels the pod needs, e.g. {"pool": "gpu"}.')
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints the pod tolerates (e.g. on GPU nodes).")
 
 
 def _default_resources() -> dict[str, StageResources]:
@@ -228,9 +252,14 @@ class PipelineConfig(_Section):
     pipeline_root: str = "local_outputs"
     resources: dict[str, StageResources] = Field(
         default_factory=_default_resources,
-        description="Per step: CPU/memory requests and limits, accelerator, retries.")
+        description="Per step: CPU/memory requests and limits, accelerator, retries, node "
+                    "selector, tolerations.")
     extract_parts: int = Field(1, ge=1, description="Pods the extraction is spread over "
                                                      "(dsl.ParallelFor), then merged.")
+    secret_env: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Kubernetes Secrets as environment variables of every step: secret name -> "
+                    "{secret key: VARIABLE}, e.g. the DVC remote's AWS_ACCESS_KEY_ID.")
     caching: bool = Field(False, description="KFP step caching. Off: every step logs to the "
                                              "run's MLflow run, a cached step would not; "
                                              "features are cached by content anyway.")
@@ -293,6 +322,9 @@ class RunConfig(_Section):
             return str(p if Path(p).is_absolute() else (base / p).resolve())
 
         data.data.path = absolute(data.data.path)
+        data.data.fetch_dir = absolute(data.data.fetch_dir)
+        if data.data.dvc_file:
+            data.data.dvc_file = absolute(data.data.dvc_file)
         data.extract.cache_dir = absolute(data.extract.cache_dir)
         data.train.checkpoint_dir = absolute(data.train.checkpoint_dir)
         data.mlflow.artifact_root = absolute(data.mlflow.artifact_root)

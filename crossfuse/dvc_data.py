@@ -1,20 +1,27 @@
 """Fetch the exact data a ``.dvc`` file pins from a DVC remote, without the git repository.
 
-A pipeline step on a cluster has the run config, not the submitter's checkout. Given the
-text of ``data.dvc`` (its md5 names the data version) and the remote's URL, this builds a
+A pipeline step on a cluster has the run config, not the submitter's checkout. So when
+``data.remote`` is set, the run is *pinned* when it starts or is submitted
+(:func:`pin_data_version` copies the ``.dvc`` file's output entry — its md5 names the
+data version — into ``data.pinned``), and each step that reads the raw data
+materialises that version on its own disk (:func:`materialise_data`). Fetching builds a
 scratch DVC repository (``dvc init --no-scm``), adds the remote, and runs the real
 ``dvc pull``, which downloads every file and checks it against the md5s before the
 folder appears. Credentials for object stores come from the usual environment
-(``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``).
+(``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``; on a cluster ``pipeline.secret_env``).
 
 Example
 -------
+>>> cfg = pin_data_version(load_config(None, ["data.remote=s3://bucket/crossfuse"]))  # doctest: +SKIP
+>>> materialise_data(cfg).data.path  # doctest: +SKIP
+'.cache/crossfuse/data/c011b4d07aeaa5a0baa68f947ff0bef1'
 >>> fetch_dvc_data(Path("data.dvc").read_text(), "s3://bucket/crossfuse", Path("/tmp/data"))  # doctest: +SKIP
 PosixPath('/tmp/data')
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +29,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from crossfuse.config import RunConfig
 
 
 class DvcFetchError(RuntimeError):
@@ -35,16 +44,26 @@ def _dvc(args: list[str], cwd: Path) -> None:
         raise DvcFetchError(f"`dvc {' '.join(args)}` failed:\n{(done.stderr or done.stdout)[-2000:]}")
 
 
+def pinned_output(dvc_file_text: str) -> dict:
+    """The one output entry (md5, path, size, nfiles, ...) of a .dvc file's text."""
+    outs = (yaml.safe_load(dvc_file_text) or {}).get("outs") or []
+    if len(outs) != 1 or not outs[0].get("md5") or not outs[0].get("path"):
+        raise ValueError("the .dvc file must pin exactly one output with an md5 and a path")
+    return dict(outs[0])
+
+
 def fetch_dvc_data(dvc_file_text: str, remote_url: str, out_dir: Path) -> Path:
     """Materialise the output of ``dvc_file_text`` from ``remote_url`` at ``out_dir``.
 
     Raises ``ValueError`` for a .dvc file that pins no single folder or file, and
     :class:`DvcFetchError` when DVC cannot pull it (missing on the remote, corrupt, no access).
     """
-    outs = (yaml.safe_load(dvc_file_text) or {}).get("outs") or []
-    if len(outs) != 1 or not outs[0].get("md5") or not outs[0].get("path"):
-        raise ValueError("the .dvc file must pin exactly one output with an md5 and a path")
-    name = Path(outs[0]["path"]).name
+    return fetch_pinned(pinned_output(dvc_file_text), remote_url, out_dir)
+
+
+def fetch_pinned(output: dict, remote_url: str, out_dir: Path) -> Path:
+    """Like :func:`fetch_dvc_data`, from the output entry itself (``data.pinned``)."""
+    name = Path(output["path"]).name
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ValueError(f"{out_dir} exists; fetch into a new folder")
@@ -52,8 +71,58 @@ def fetch_dvc_data(dvc_file_text: str, remote_url: str, out_dir: Path) -> Path:
         work = Path(work)
         _dvc(["init", "--no-scm", "-q"], work)
         _dvc(["remote", "add", "-d", "origin", remote_url], work)
-        (work / f"{name}.dvc").write_text(yaml.safe_dump({"outs": [{**outs[0], "path": name}]}))
+        (work / f"{name}.dvc").write_text(yaml.safe_dump({"outs": [{**output, "path": name}]}))
         _dvc(["pull", "-q", f"{name}.dvc"], work)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(work / name), str(out_dir))
     return out_dir
+
+
+def pin_data_version(cfg: RunConfig) -> RunConfig:
+    """Copy the .dvc file's output entry into ``data.pinned`` when ``data.remote`` is set.
+
+    A config without a remote, or already pinned, comes back unchanged. The dataset
+    name is frozen too, so it does not become the md5 folder's name after the pull.
+    """
+    if not cfg.data.remote or cfg.data.pinned:
+        return cfg
+    dvc_file = Path(cfg.data.dvc_file or f"{Path(cfg.data.path)}.dvc")
+    if not dvc_file.is_file():
+        raise ValueError(f"data.remote={cfg.data.remote!r} is set, but {dvc_file} does not exist: "
+                         f"track the data with `dvc add {cfg.data.path}` and `dvc push`, or set "
+                         f"data.dvc_file to the .dvc file that pins the version")
+    pinned = cfg.model_copy(deep=True)
+    pinned.data.pinned = pinned_output(dvc_file.read_text())
+    pinned.data.name = cfg.data.dataset_name()
+    return pinned
+
+
+def materialise_data(cfg: RunConfig) -> RunConfig:
+    """The config with ``data.path`` on this machine's disk, pulling the pinned version if needed.
+
+    Without ``data.remote`` nothing happens. Each version is pulled once into
+    ``data.fetch_dir/<md5>`` (checked by DVC); later steps and runs on the same disk reuse
+    it. Concurrent pulls of one version each write their own folder and the first rename wins.
+    """
+    if not cfg.data.remote:
+        return cfg
+    if not cfg.data.pinned:
+        raise ValueError(f"data.remote={cfg.data.remote!r} is set but no version is pinned: start "
+                         f"the run with `crossfuse run` or `crossfuse submit`, which pin "
+                         f"data.dvc_file's version, or set data.pinned")
+    dest = Path(cfg.data.fetch_dir) / str(cfg.data.pinned["md5"]).removesuffix(".dir")
+    if not dest.is_dir():
+        print(f"pulling data version {dest.name} from {cfg.data.remote}", flush=True)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        fetch_pinned(cfg.data.pinned, cfg.data.remote, partial)
+        try:
+            partial.rename(dest)
+        except OSError:  # another process renamed its copy first
+            if not dest.is_dir():
+                raise
+            shutil.rmtree(partial)
+    local = cfg.model_copy(deep=True)
+    local.data.name = cfg.data.dataset_name()
+    local.data.path = str(dest)
+    return local

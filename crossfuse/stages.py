@@ -22,6 +22,7 @@ from pathlib import Path
 import mlflow
 
 from crossfuse.config import RunConfig
+from crossfuse.dvc_data import materialise_data
 from crossfuse.evaluate import EvaluationResult, evaluate
 from crossfuse.extract import ExtractResult, extract, merge_parts
 from crossfuse.preflight import preflight
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
                  ) -> tuple[str, ValidationReport]:
-    """Validate ``cfg.data.path``; creates the MLflow run when ``run_id`` is None.
+    """Validate ``cfg.data.path`` (pulled first with ``data.remote``); creates the MLflow run
+    when ``run_id`` is None.
 
     Returns (run id, report). Raises :class:`crossfuse.validation.ValidationFailed`
     (and marks the run FAILED) when the data does not pass.
@@ -45,7 +47,8 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     out_dir = Path(out_dir)
     preflight(cfg, folders=False)  # before MLflow's client retries an unreachable server for minutes
     with stage_run(cfg, run_id, "validate") as run:
-        mlflow.set_tags(data_version(Path(cfg.data.path)))
+        cfg = materialise_data(cfg)
+        mlflow.set_tags(data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote))
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
         report = validate(cfg, Path(cfg.data.path), out_dir)
         print(report.summary(), flush=True)
@@ -62,6 +65,7 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
                    out_dir: Path) -> PreprocessResult:
     """Preprocess the validated dataset; rows validation rejected are skipped."""
     with stage_run(cfg, run_id, "preprocess"):
+        cfg = materialise_data(cfg)
         report = ValidationReport.read(Path(validation_dir))
         result = preprocess(cfg, Path(cfg.data.path), Path(out_dir),
                             rejected_lines=report.rejected_lines)

@@ -86,17 +86,22 @@ def git_commit(path: Path) -> str:
         return "unknown"
 
 
-def data_version(data_path: Path) -> dict[str, str]:
+def data_version(data_path: Path, pinned: dict | None = None,
+                 remote: str | None = None) -> dict[str, str]:
     """How to find this exact data again.
 
-    ``data.dvc_md5``: the md5 in ``<folder>.dvc`` next to the dataset (DVC-tracked data);
-    ``data.manifest_sha256``: the manifest's hash (any dataset); ``git.commit``: the code.
+    ``data.dvc_md5``: the md5 the run pinned (``pinned``, pulled from ``remote``) or the
+    one in ``<folder>.dvc`` next to the dataset; ``data.manifest_sha256``: the manifest's
+    hash (any dataset); ``git.commit``: the code.
     """
     data_path = Path(data_path).resolve()
     version = {"data.path": str(data_path), "git.commit": git_commit(data_path.parent),
                "data.manifest_sha256": _file_hash(data_path / MANIFEST_NAME)}
     dvc_file = data_path.with_name(data_path.name + ".dvc")
-    if dvc_file.is_file():
+    if pinned:
+        version["data.dvc_md5"] = str(pinned.get("md5", "unknown"))
+        version["data.dvc_remote"] = str(remote)
+    elif dvc_file.is_file():
         outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
         version["data.dvc_md5"] = str(outs[0].get("md5", "unknown"))
     return version

@@ -4,24 +4,29 @@ The single parameter ``config_json`` is a serialised :class:`crossfuse.config.Ru
 every stage reads the same one. The first stage creates the MLflow run and the
 others write into it, so one pipeline run is one MLflow run.
 
-What a cluster needs to know before the run — each step's CPU, memory, accelerator
-and retries, and KFP caching — is fixed when the pipeline is built, from the
-``pipeline`` section of the config (:func:`build_pipeline`).
+What a cluster needs to know before the run — each step's CPU, memory, accelerator,
+retries, node selector and tolerations, the Secrets exposed as environment variables,
+and KFP caching — is fixed when the pipeline is built, from the ``pipeline`` section of
+the config (:func:`build_pipeline`). Placement and Secrets go into the IR's
+Kubernetes platform spec (``kfp-kubernetes``).
 """
 
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components import evaluate, extract, merge_features, preprocess, register, train, validate
-from crossfuse.config import RunConfig, StageResources
+from crossfuse.config import PipelineConfig, RunConfig, StageResources
 
 PIPELINE_NAME = "crossfuse-multimodal-fusion"
 
 
-def apply_resources(task: dsl.PipelineTask, res: StageResources | None, caching: bool) -> None:
-    """Set one step's Kubernetes resources, retries and caching on its task."""
-    task.set_caching_options(caching)
+def apply_resources(task: dsl.PipelineTask, res: StageResources | None,
+                    pipeline: PipelineConfig) -> None:
+    """Set one step's Kubernetes resources, placement, retries, secrets and caching."""
+    task.set_caching_options(pipeline.caching)
+    for secret, keys in sorted(pipeline.secret_env.items()):
+        kubernetes.use_secret_as_env(task, secret, secret_key_to_env=keys)
     if res is None:
         return
     for value, setter in ((res.cpu_request, task.set_cpu_request),
@@ -35,6 +40,11 @@ def apply_resources(task: dsl.PipelineTask, res: StageResources | None, caching:
         task.set_accelerator_limit(res.accelerator_limit or 1)
     if res.retries:
         task.set_retry(num_retries=res.retries, backoff_duration="30s")
+    for label, value in sorted(res.node_selector.items()):
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for t in res.tolerations:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value,
+                                  effect=t.effect)
 
 
 def build_pipeline(cfg: RunConfig | None = None):
@@ -56,7 +66,7 @@ def build_pipeline(cfg: RunConfig | None = None):
         with dsl.ParallelFor(items=list(range(parts)), name="extract-parts") as part:
             shard = extract(config_json=config_json, part=part, parts=parts,
                             dataset=prepared.outputs["dataset"])
-            apply_resources(shard, cfg.pipeline.resources.get("extract"), cfg.pipeline.caching)
+            apply_resources(shard, cfg.pipeline.resources.get("extract"), cfg.pipeline)
         encoded = merge_features(config_json=config_json, run_id=run_id,
                                  parts=dsl.Collected(shard.outputs["features"]))
         trained = train(config_json=config_json, run_id=run_id,
@@ -70,7 +80,7 @@ def build_pipeline(cfg: RunConfig | None = None):
         for name, task in (("validate", validated), ("preprocess", prepared),
                            ("merge_features", encoded), ("train", trained),
                            ("evaluate", evaluated), ("register", registered)):
-            apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline.caching)
+            apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline)
         return outputs(registered.outputs["version"], registered.outputs["champion_version"],
                        registered.outputs["promoted"])
 

@@ -2,16 +2,19 @@
 
 The pipeline is compiled with the config's step resources, then sent with kfp's own
 client (``kfp.Client(...).create_run_from_pipeline_package``); the run's single
-argument is the serialised config. The run is named after the dataset, the fusion
-method and the data version (``data.dvc``'s md5, when the data is under DVC), so
-the KFP UI and the MLflow run point at the same data.
+argument is the serialised config. The data version is pinned into that config from
+the .dvc file (``data.dvc_file``, default ``data.dvc``): the pods pull exactly that
+version from ``data.remote`` through DVC, never from the submitter's disk. The run is
+named after the dataset, the fusion method and that md5, so the KFP UI and the MLflow
+run point at the same data.
 
-A cluster run needs an MLflow tracking server its pods can reach: a SQLite or file
-tracking URI is refused.
+A cluster run needs an MLflow tracking server and a DVC remote its pods can reach:
+a SQLite or file tracking URI, or no ``data.remote``, is refused.
 
 Example
 -------
->>> submit(load_config("configs/default.yaml"), host="http://kfp.example:8080")  # doctest: +SKIP
+>>> submit(load_config("configs/default.yaml", ["data.remote=s3://bucket/crossfuse"]),
+...        host="http://kfp.example:8080")  # doctest: +SKIP
 {'run_id': '5b0c...', 'url': 'http://kfp.example:8080/#/runs/details/5b0c...'}
 """
 
@@ -23,13 +26,14 @@ from pathlib import Path
 import kfp
 
 from crossfuse.config import RunConfig
+from crossfuse.dvc_data import pin_data_version
 from crossfuse.tracking import data_version
 from pipelines.runner import compile_pipeline
 
 
 def run_name(cfg: RunConfig) -> str:
     """``<dataset>-<method>[-data-<md5[:8]>]``: what the KFP UI lists."""
-    md5 = data_version(Path(cfg.data.path)).get("data.dvc_md5", "")
+    md5 = (cfg.data.pinned or {}).get("md5") or data_version(Path(cfg.data.path)).get("data.dvc_md5", "")
     suffix = f"-data-{md5[:8]}" if md5 and md5 != "unknown" else ""
     return f"{cfg.data.dataset_name()}-{cfg.fusion.method}{suffix}"
 
@@ -44,6 +48,11 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
         raise ValueError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
                          f"machine; a cluster run needs a tracking server its pods reach: set "
                          f"MLFLOW_TRACKING_URI=http://<server> (see `make mlflow-server`)")
+    if not cfg.data.remote:
+        raise ValueError("data.remote is not set: cluster pods pull the data version data.dvc pins "
+                         "from a DVC remote; `dvc push` the data there and pass "
+                         "--set data.remote=s3://<bucket>/<path> (or set it in the config)")
+    cfg = pin_data_version(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "multimodal_fusion.yaml", cfg)
         client = kfp.Client(host=host, namespace=namespace)

@@ -85,3 +85,31 @@ def test_resources_come_from_the_config(tmp_path):
         "cpuRequest"] == 2.0
     tasks = [t for n, t in ir["root"]["dag"]["tasks"].items() if n != "for-loop-2"]
     assert all(t["cachingOptions"]["enableCache"] for t in tasks)
+
+
+def test_placement_and_secrets_go_into_the_kubernetes_platform_spec(tmp_path):
+    """Node selectors, tolerations and Secret env vars: the IR's second document (kfp-kubernetes)."""
+    from crossfuse.config import load_config
+
+    cfg = load_config(None, ['pipeline.resources.train.node_selector={"pool": "gpu"}',
+                             'pipeline.resources.train.tolerations=[{"key": "nvidia.com/gpu", '
+                             '"operator": "Exists", "effect": "NoSchedule"}]',
+                             'pipeline.secret_env={"dvc-remote": {"key_id": "AWS_ACCESS_KEY_ID"}}'],
+                      env={})
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {f"exec-{s}" for s in STAGES}  # every step gets the Secret
+    train = executors["exec-train"]
+    assert train["nodeSelector"] == {"labels": {"pool": "gpu"}}
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                     "effect": "NoSchedule"}]
+    assert "nodeSelector" not in executors["exec-extract"]  # only where the config says
+    for executor in executors.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "dvc-remote"
+        assert secret["keyToEnv"] == [{"secretKey": "key_id", "envVar": "AWS_ACCESS_KEY_ID"}]
+
+
+def test_the_default_ir_has_no_platform_spec():
+    """Nothing cluster-specific unless the config asks: the golden IR is one document."""
+    assert len(list(yaml.safe_load_all(Path(COMPILED).read_text()))) == 1

@@ -7,13 +7,14 @@ they are checked against the kfp-server-api models and against our compiled pipe
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import yaml
 from kfp_server_api.models import V2beta1Run
 
 from crossfuse.cli import main
-from crossfuse.config import load_config
+from crossfuse.config import RunConfig, load_config
 from pipelines.submit import submit
 
 
@@ -60,8 +61,13 @@ def kfp_api():
     server.shutdown()
 
 
+REMOTE = "s3://team-bucket/crossfuse"
+TEAM = ["--set", "mlflow.tracking_uri=http://mlflow.team:5000", "--set", f"data.remote={REMOTE}"]
+
+
 def config(*overrides):
     return load_config("configs/default.yaml", ["mlflow.tracking_uri=http://mlflow.team:5000",
+                                                f"data.remote={REMOTE}",
                                                 "pipeline.resources.train.accelerator_type="
                                                 "nvidia.com/gpu", *overrides], env={})
 
@@ -76,8 +82,12 @@ def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
     body = posts["/apis/v2beta1/runs"]
     run = V2beta1Run(**body)  # the server's own model accepts it
     assert run.experiment_id == "exp-1"
-    assert run.display_name.startswith("sample-concat-data-")  # dataset, method, data.dvc md5
-    assert json.loads(run.runtime_config["parameters"]["config_json"]) == json.loads(cfg.to_json())
+    sent = RunConfig.from_json(run.runtime_config["parameters"]["config_json"])
+    # the data version travels pinned: the pods pull data.dvc's md5 from the remote
+    pinned = yaml.safe_load(Path("data.dvc").read_text())["outs"][0]
+    assert sent.data.pinned == pinned and sent.data.remote == REMOTE
+    assert run.display_name == f"sample-concat-data-{pinned['md5'][:8]}"
+    assert sent.model_dump(exclude={"data"}) == cfg.model_dump(exclude={"data"})
     spec = run.pipeline_spec
     assert spec["pipelineInfo"]["name"] == "crossfuse-multimodal-fusion"
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
@@ -94,10 +104,16 @@ def test_a_local_tracking_store_is_refused(kfp_api):
     assert requests == []  # refused before anything was sent
 
 
+def test_a_run_without_a_dvc_remote_is_refused(kfp_api):
+    host, requests = kfp_api
+    with pytest.raises(ValueError, match="data.remote is not set"):
+        submit(config("data.remote=null"), host)
+    assert requests == []
+
+
 def test_submit_command(kfp_api, capsys):
     host, requests = kfp_api
-    assert main(["submit", "--host", host, "--set",
-                 "mlflow.tracking_uri=http://mlflow.team:5000"]) == 0
+    assert main(["submit", "--host", host, *TEAM]) == 0
     assert f"submitted run run-1: {host}/#/runs/details/run-1" in capsys.readouterr().out
     assert any(path.startswith("/apis/v2beta1/runs") for _, path, _ in requests)
 
@@ -107,8 +123,7 @@ def test_submit_waits_and_fails_when_the_run_fails(state, code, kfp_api, capsys)
     host, requests = kfp_api
     Recorder.final_state = state
     try:
-        assert main(["submit", "--host", host, "--wait", "60", "--set",
-                     "mlflow.tracking_uri=http://mlflow.team:5000"]) == code
+        assert main(["submit", "--host", host, "--wait", "60", *TEAM]) == code
     finally:
         Recorder.final_state = "SUCCEEDED"
     assert f"run run-1 ended: {state}" in capsys.readouterr().out
