@@ -91,8 +91,7 @@ compile: $(STAMP)
 # CI builds and pushes it (.github/workflows/pipeline.yml).
 image:
 	@command -v docker >/dev/null || { echo "no docker here: CI builds the image (.github/workflows/pipeline.yml)"; exit 2; }
-	docker build -f infra/docker/Dockerfile \
-	  $(if $(GPU),--build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX) -t $(IMAGE)-cuda,-t $(IMAGE)) .
+	docker build $(if $(GPU),-f infra/docker/Dockerfile.gpu -t $(IMAGE)-cuda,-f infra/docker/Dockerfile -t $(IMAGE)) .
 
 # Compile with the config's resources and submit one run to a KFP cluster (MLflow: MLFLOW_TRACKING_URI).
 submit: $(STAMP)
@@ -106,7 +105,8 @@ K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard infra/k8s/*/*.yaml
 # Kubernetes manifests against the API schemas (all offline, from PyPI).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/hadolint infra/docker/Dockerfile*
+	$(BIN)/hadolint infra/docker/Dockerfile infra/docker/Dockerfile.gpu
+	$(BIN)/shellcheck infra/docker/install.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec infra/compose.yaml
 	$(BIN)/kubernetes-validate --strict --quiet $(K8S_MANIFESTS)

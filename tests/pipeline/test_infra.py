@@ -36,6 +36,10 @@ def test_ci_tests_pull_requests_and_the_pipeline_runs_on_main_by_hand_and_weekly
     run = " ".join(s.get("run", "") for s in pipeline["jobs"]["run"]["steps"])
     assert "make submit" in run and "--wait" in run and "secrets.KFP_HOST" in run
     assert pipeline["jobs"]["run"]["needs"] == "image"
+    images = pipeline["jobs"]["image"]["strategy"]["matrix"]["include"]
+    assert {i["dockerfile"] for i in images} == {"infra/docker/Dockerfile",
+                                                 "infra/docker/Dockerfile.gpu"}
+    assert "--set data.remote=$DVC_REMOTE" in run  # the pods pull data.dvc's version from there
 
 
 def test_kubernetes_manifests_pass_the_api_schema():
@@ -71,12 +75,50 @@ def test_compose_passes_its_schema_and_binds_to_loopback():
     assert ports and all(p.startswith("127.0.0.1:") for p in ports)
 
 
-@pytest.mark.parametrize("dockerfile", sorted((ROOT / "infra/docker").glob("Dockerfile*")),
-                         ids=lambda p: p.name)
-def test_dockerfile_passes_hadolint_and_runs_pinned_as_non_root(dockerfile):
-    done = tool("hadolint", str(dockerfile))
+DOCKER = ROOT / "infra" / "docker"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfile_passes_hadolint_and_runs_the_lock_as_non_root(dockerfile):
+    done = tool("hadolint", str(DOCKER / dockerfile))
     assert done.returncode == 0, done.stdout + done.stderr
-    text = dockerfile.read_text()
-    assert "requirements.lock" in text and "torch==2.13.0" in text
-    user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
-    assert user and user[-1] not in ("root", "0")
+    lines = (DOCKER / dockerfile).read_text().splitlines()
+    assert "FROM python:3.11-slim" in lines  # the Python the lock was made with
+    assert "COPY requirements.lock infra/docker/install.sh ./" in lines
+    assert [ln for ln in lines if ln.startswith("RUN ")][-1] == "RUN sh install.sh app"
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_cpu_and_cuda_images_differ_only_where_a_gpu_needs_it():
+    """One recipe (install.sh): the CUDA twin may only change the torch index and NVIDIA env."""
+    cpu = (DOCKER / "Dockerfile").read_text().splitlines()
+    gpu = (DOCKER / "Dockerfile.gpu").read_text().splitlines()
+
+    def body(lines):
+        return [ln for ln in lines if not ln.startswith("#")]
+
+    only_gpu = [ln for ln in body(gpu) if ln not in body(cpu)]
+    only_cpu = [ln for ln in body(cpu) if ln not in body(gpu)]
+    assert only_cpu == ["    GIT_PYTHON_REFRESH=quiet",
+                        "RUN sh install.sh deps https://download.pytorch.org/whl/cpu"]
+    assert only_gpu == ["    GIT_PYTHON_REFRESH=quiet \\",
+                        "    NVIDIA_VISIBLE_DEVICES=all \\",
+                        "    NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+                        "RUN sh install.sh deps https://download.pytorch.org/whl/cu128"]
+
+
+def test_install_script_passes_shellcheck_and_takes_torch_from_the_lock():
+    done = tool("shellcheck", "infra/docker/install.sh")
+    assert done.returncode == 0, done.stdout + done.stderr
+    script = (DOCKER / "install.sh").read_text()
+    assert "torch==" not in script.replace("'^torch=='", "")  # no second torch pin
+    assert "useradd --create-home --uid 10001" in script
+    usage = subprocess.run(["sh", str(DOCKER / "install.sh")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: install.sh deps" in usage.stderr
+
+
+def test_the_build_context_leaves_data_and_local_state_out():
+    ignored = set((ROOT / ".dockerignore").read_text().splitlines())
+    assert {".venv", ".git", "data", "mlflow.db", "mlruns", "mlartifacts", ".cache",
+            "tests"} <= ignored
