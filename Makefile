@@ -16,7 +16,6 @@ IMAGE_REPO ?= ghcr.io/crossfuse/crossfuse
 # tag so the golden IR does not change with every commit.
 IMAGE   ?= $(IMAGE_REPO):$(VERSION)-$(GIT_SHA)
 GPU     ?=
-CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
 ARGS    ?=
 PYTEST_ARGS ?=
 
@@ -87,7 +86,7 @@ bench: $(STAMP)
 compile: $(STAMP)
 	CROSSFUSE_IMAGE=$(IMAGE_REPO):$(VERSION) $(BIN)/crossfuse compile
 
-# The component image (CPU; GPU=1: the CUDA build of torch, tag suffix -cuda). Needs Docker;
+# The component image (CPU; GPU=1: Dockerfile.gpu, CUDA torch, tag suffix -cuda). Needs Docker;
 # CI builds and pushes it (.github/workflows/pipeline.yml).
 image:
 	@command -v docker >/dev/null || { echo "no docker here: CI builds the image (.github/workflows/pipeline.yml)"; exit 2; }
