@@ -53,9 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_local
 
     cfg = pin_data_version(_config_from_args(args)).resolved()
+    preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
     cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
-    cfg.load_manifest()  # fail fast on a wrong --data or missing columns
-    preflight(cfg)       # ... on an unreachable MLflow, a missing encoder, an unwritable folder
+    cfg.load_manifest()  # ... and on a wrong --data or missing columns
     log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
              cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
     try:

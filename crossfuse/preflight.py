@@ -76,6 +76,8 @@ def problems(cfg: RunConfig, folders: bool = True) -> list[str]:
     outputs = {"pipeline output (pipeline.pipeline_root)": cfg.pipeline.pipeline_root,
                "feature cache (extract.cache_dir)": cfg.extract.cache_dir,
                "checkpoint (train.checkpoint_dir)": cfg.train.checkpoint_dir}
+    if cfg.data.remote:
+        outputs["pulled data (data.fetch_dir)"] = cfg.data.fetch_dir
     if "://" not in cfg.mlflow.artifact_root:  # remote stores are the server's business
         outputs["MLflow artifact (mlflow.artifact_root)"] = cfg.mlflow.artifact_root
     if folders:

@@ -20,11 +20,14 @@ def test_a_runnable_config_has_no_problems(sample_dataset, make_config):
     (lambda tmp: f"pipeline.pipeline_root={tmp / 'a-file' / 'out'}",
      ["cannot write pipeline output (pipeline.pipeline_root)", "Not a directory"]),
     (lambda tmp: f"extract.cache_dir={tmp / 'a-file'}", ["feature cache (extract.cache_dir)"]),
+    (lambda tmp: ("data.remote=s3://bucket/x", f"data.fetch_dir={tmp / 'a-file'}"),
+     ["pulled data (data.fetch_dir)"]),
 ])
 def test_each_problem_is_named_with_its_fix(override, words, sample_dataset, make_config,
                                             tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
-    cfg = make_config(sample_dataset, override(tmp_path))
+    overrides = override(tmp_path)
+    cfg = make_config(sample_dataset, *([overrides] if isinstance(overrides, str) else overrides))
     with pytest.raises(PreflightError) as err:
         preflight(cfg)
     for w in words:
