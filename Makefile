@@ -98,7 +98,7 @@ compile: $(STAMP)
 # The component image (CPU; GPU=1: Dockerfile.gpu, CUDA torch, tag suffix -cuda). Needs Docker;
 # CI builds and pushes it (.github/workflows/pipeline.yml).
 image:
-	@command -v docker >/dev/null || { echo "no docker here: CI builds the image (.github/workflows/pipeline.yml)"; exit 2; }
+	@docker info >/dev/null 2>&1 || { echo "no Docker engine here (\`docker info\` fails): CI builds the images (.github/workflows/pipeline.yml)"; exit 2; }
 	docker build $(if $(GPU),-f infra/docker/Dockerfile.gpu -t $(IMAGE)-cuda,-f infra/docker/Dockerfile -t $(IMAGE)) .
 
 # Compile with the config's resources and submit one run to a KFP cluster (MLflow: MLFLOW_TRACKING_URI).
