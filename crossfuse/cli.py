@@ -8,6 +8,7 @@
     crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
     crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
     crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
+    crossfuse bench encoders [--data PATH] [--device auto|cpu|cuda]     # encoder items per second
     crossfuse models [--model NAME]                                     # versions, aliases, decisions
     crossfuse promote --model NAME --version N [--reason TEXT]          # move champion by hand
     crossfuse submit --host URL [--namespace NS] [--config FILE]       # run on a KFP cluster
@@ -110,6 +111,20 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nwrote {out} and {out.with_suffix('.md')}; MLflow experiment "
           f"bench-{cfg.data.dataset_name()} at {cfg.mlflow.tracking_uri}")
+    return 0
+
+
+def cmd_bench_encoders(args: argparse.Namespace) -> int:
+    import json
+
+    from crossfuse.bench_encoders import bench_encoders, markdown_table
+
+    rows = bench_encoders(_config_from_args(args).resolved(), device=args.device,
+                          batch_size=args.batch_size, limit=args.limit)
+    print(markdown_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
     return 0
 
 
@@ -236,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--out", default="results.json", help="JSON out; a .md table goes beside")
     _add_config_args(fusion)
     fusion.set_defaults(func=cmd_bench_fusion)
+    enc = bench_sub.add_parser("encoders", help="items per second of the run's encoders")
+    enc.add_argument("--data", help="dataset folder (default: config's data.path)")
+    enc.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
+    enc.add_argument("--batch-size", type=int, help="default: extract.batch_size")
+    enc.add_argument("--limit", type=int, default=512, help="items per modality (default 512)")
+    enc.add_argument("--out", help="also write the rows as JSON here")
+    _add_config_args(enc)
+    enc.set_defaults(func=cmd_bench_encoders)
 
     models = sub.add_parser("models", help="list registered versions, aliases and decisions")
     models.add_argument("--model", help="one registered model (default: all)")

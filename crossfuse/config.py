@@ -103,6 +103,9 @@ class ExtractConfig(_Section):
     hf_offline: bool = True
     trust_remote_code: bool = Field(False, description="Let hf: models run the Python code "
                                                        "their folder ships (unsandboxed).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="Where the encoders run: auto (CUDA when the machine has a "
+                                    "GPU), cpu, cuda or cuda:N. The fusion head trains on the CPU.")
 
     @field_validator("encoders")
     @classmethod

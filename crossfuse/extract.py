@@ -24,7 +24,7 @@ from PIL import Image
 
 from crossfuse.atomic import write_json
 from crossfuse.config import RunConfig
-from crossfuse.encoders import Encoder, build_encoder
+from crossfuse.encoders import Encoder, build_encoder, resolve_device
 from crossfuse.features import FeatureCache, content_hash, merge_feature_sets, write_feature_set
 from crossfuse.preprocess import read_samples
 from crossfuse.progress import progress
@@ -136,6 +136,9 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     encoders = encoders or {m: build_encoder(name, m, offline=cfg.extract.hf_offline,
                                              trust_remote_code=cfg.extract.trust_remote_code)
                             for m, name in cfg.extract.encoders.items()}
+    device = resolve_device(cfg.extract.device)
+    for encoder in encoders.values():
+        encoder.to(device)
     index = samples[["id", "line", "label", "split", *targets]].copy()
     index["label_idx"] = index["label"].map({name: i for i, name in enumerate(labels)})
     for target, classes in targets.items():
@@ -172,8 +175,9 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
         index[f"hash_{modality}"] = [next(remaining) if p else "" for p in present]
         meta[modality] = {"name": encoder.name, "cache_key": encoder.cache_key, "dim": int(dim),
                           "tokens": length if cfg.extract.token_sequences else 0}
-        log.info("features %s: %d/%d from cache, %d encoded with %s (%d missing)", modality,
-                 hits[modality], len(have), encoded[modality], encoder.name, len(samples) - len(have))
+        log.info("features %s: %d/%d from cache, %d encoded with %s on %s (%d missing)", modality,
+                 hits[modality], len(have), encoded[modality], encoder.name, device,
+                 len(samples) - len(have))
     write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets, tokens)
     result = ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
                            cache_hits=hits, encoded=encoded, truncated=truncated)

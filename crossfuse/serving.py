@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from crossfuse.config import RunConfig
-from crossfuse.encoders import build_encoder
+from crossfuse.encoders import build_encoder, resolve_device
 from crossfuse.extract import pad_tokens
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
@@ -61,6 +61,9 @@ class FusionPredictor:
     Parameters
     ----------
     model_dir: the train stage's output (fusion head, spec, run config).
+
+    The encoders run on this machine's GPU when it has one (wherever the model was
+    trained); the fusion head runs on the CPU.
     """
 
     def __init__(self, model_dir: Path):
@@ -72,7 +75,7 @@ class FusionPredictor:
         self.encoders = {m: build_encoder(self.meta["encoders"][m]["name"], m,
                                           offline=self.cfg.extract.hf_offline,
                                           trust_remote_code=self.cfg.extract.trust_remote_code)
-                         for m in self.modalities}
+                         .to(resolve_device("auto")) for m in self.modalities}
 
     def encode_items(self, modality: str, items: list):
         """Encode prepared items (normalised texts or RGB images at the training size).

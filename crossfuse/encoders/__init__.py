@@ -9,8 +9,8 @@ name                     modality  dim   source
 =======================  ========  ====  ============================================
 """
 
-from crossfuse.encoders.base import Encoder, EncoderUnavailable
+from crossfuse.encoders.base import Encoder, EncoderUnavailable, resolve_device
 from crossfuse.encoders.registry import ENCODERS, build_encoder, encoder_problem, register_encoder
 
 __all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "encoder_problem",
-           "register_encoder"]
+           "register_encoder", "resolve_device"]

@@ -3,7 +3,8 @@
 An :class:`Encoder` takes a list of raw items of its modality (``str`` for text,
 ``PIL.Image`` for images) and returns a float32 tensor of shape ``[batch, dim]``.
 Its ``cache_key`` names the exact weights and settings, so cached features are
-reused only for the same encoder.
+reused only for the same encoder. :meth:`Encoder.to` runs the network on a GPU;
+vectors always come back on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,23 @@ class EncoderUnavailable(RuntimeError):
     """The encoder's model cannot be loaded here; the message says how to provide it."""
 
 
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Where encoders run: ``auto`` is CUDA when torch sees a GPU, else the CPU.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderUnavailable(
+            f"extract.device={spec!r}, but torch {torch.__version__} sees no GPU here: run in the "
+            f"CUDA image (infra/docker/Dockerfile.gpu) on a node with a GPU, or set "
+            f"extract.device=auto")
+    return device
+
+
 class Encoder(ABC):
     """A frozen encoder for one modality.
 
@@ -26,13 +44,30 @@ class Encoder(ABC):
     name: the registry name it was built from (``minilm``, ``hf:...``).
     modality: ``"text"`` or ``"image"``.
     dim: length of the output vectors.
-    cache_key: identifies weights + preprocessing; part of every cached feature's key.
+    cache_key: identifies weights + preprocessing (+ ``@cuda`` on a GPU); part of every
+        cached feature's key.
+    device: where the network runs (:meth:`to`); the CPU unless moved.
     """
 
     name: str
     modality: str
     dim: int
     cache_key: str
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Encoder:
+        """Run the network (``self.model``) on ``device``; inputs follow, outputs return to the CPU.
+
+        A GPU's kernels round differently from the CPU's, so features made there are
+        cached under their own key (``<key>@cuda``): a cache never mixes the two.
+        """
+        self.device = torch.device(device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to(self.device)
+        base = self.cache_key.split("@", 1)[0]
+        self.cache_key = base if self.device.type == "cpu" else f"{base}@{self.device.type}"
+        return self
 
     @abstractmethod
     def encode(self, items: list[Any]) -> torch.Tensor:

@@ -58,16 +58,16 @@ class EfficientNetLite0Encoder(Encoder):
 
     @torch.inference_mode()
     def encode(self, items: list[Image.Image]) -> torch.Tensor:
-        fmap = self.model.extract_features(to_tensor(items))
-        return fmap.mean(dim=(2, 3)).float()
+        fmap = self.model.extract_features(to_tensor(items).to(self.device))
+        return fmap.mean(dim=(2, 3)).float().cpu()
 
     @torch.inference_mode()
     def encode_tokens(self, items: list[Image.Image], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The 7x7 feature map average-pooled to a ``g x g`` grid, ``g = floor(sqrt(max_tokens))``."""
         grid = max(1, min(7, int(max_tokens ** 0.5)))
-        fmap = torch.nn.functional.adaptive_avg_pool2d(self.model.extract_features(to_tensor(items)),
-                                                       grid)
-        tokens = fmap.flatten(2).transpose(1, 2).float()                         # [B, g*g, 1280]
+        fmap = self.model.extract_features(to_tensor(items).to(self.device))
+        fmap = torch.nn.functional.adaptive_avg_pool2d(fmap, grid)
+        tokens = fmap.flatten(2).transpose(1, 2).float().cpu()                   # [B, g*g, 1280]
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
 
 

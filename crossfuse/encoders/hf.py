@@ -110,10 +110,10 @@ class HFEncoder(Encoder):
     def _forward(self, items: list[Any], max_length: int):
         if self.modality == "text":
             batch = self.processor(list(items), padding=True, truncation=True,
-                                   max_length=max_length, return_tensors="pt")
+                                   max_length=max_length, return_tensors="pt").to(self.device)
             return self.model(**batch), batch["attention_mask"].to(torch.bool)
         batch = self.processor(images=list(items), return_tensors="pt")
-        return self.model(pixel_values=batch["pixel_values"]), None
+        return self.model(pixel_values=batch["pixel_values"].to(self.device)), None
 
     def count_truncated(self, items: list[Any]) -> int:
         """How many texts are longer than ``max_length`` tokens (the encoder cuts them)."""
@@ -128,10 +128,10 @@ class HFEncoder(Encoder):
         hidden = out.last_hidden_state
         if hidden.dim() == 4:  # convolutional models: [B, C, H, W] -> cells as tokens
             hidden = hidden.flatten(2).transpose(1, 2)
-        hidden = hidden[:, :max_tokens].float()
+        hidden = hidden[:, :max_tokens].float().cpu()
         if mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=torch.bool)
-        return hidden, mask[:, :max_tokens]
+        return hidden, mask[:, :max_tokens].cpu()
 
     @torch.inference_mode()
     def encode(self, items: list[Any]) -> torch.Tensor:
@@ -146,7 +146,7 @@ class HFEncoder(Encoder):
                 pooled = hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
             pooled = pooled.flatten(1)
         pooled = pooled.float()
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        return (F.normalize(pooled, dim=-1) if self.normalize else pooled).cpu()
 
 
 def _blank_image():

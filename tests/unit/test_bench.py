@@ -48,3 +48,21 @@ def test_summary_is_mean_and_std_over_seeds():
     assert [x["method"] for x in s] == ["b", "a"]
     assert abs(s[1]["test_macro_f1"] - 0.85) < 1e-12 and abs(s[1]["test_macro_f1_std"] - 0.0707) < 1e-3
     assert "| a | 0.850 ± 0.071 |" in markdown_table(rows)
+
+
+def test_bench_encoders_command(sample_dataset, tiny_text_model, tiny_image_model, tmp_path,
+                                capsys):
+    out = tmp_path / "encoders.json"
+    code = main(["bench", "encoders", "--data", str(sample_dataset), "--device", "cpu",
+                 "--limit", "20", "--batch-size", "8", "--out", str(out),
+                 "--set", f"extract.encoders.text=hf:{tiny_text_model}",
+                 "--set", f"extract.encoders.image=hf:{tiny_image_model}",
+                 "--set", "preprocess.image_size=32"])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [(r["modality"], r["device"], r["items"], r["batch_size"]) for r in rows] == [
+        ("image", "cpu", 20, 8), ("text", "cpu", 20, 8)]
+    assert all(r["items_per_s"] > 0 and r["ms_per_item"] > 0 for r in rows)
+    assert rows[0]["encoder"] == f"hf:{tiny_image_model}"
+    table = capsys.readouterr().out
+    assert "| modality | encoder | device | batch_size | items | items_per_s | ms_per_item |" in table

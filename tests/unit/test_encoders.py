@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from crossfuse.encoders import EncoderUnavailable, build_encoder
+from crossfuse.encoders import EncoderUnavailable, build_encoder, resolve_device
 
 
 def test_hf_text_and_image_encoders_from_local_folders(tiny_text_model, tiny_image_model):
@@ -56,3 +56,34 @@ def test_real_bundled_encoders_on_a_few_samples(sample_dataset):
             for i in (0, 1, 2)]
     f = image.encode(imgs)
     assert f.shape == (3, 1280) and torch.isfinite(f).all() and float(f.std()) > 0
+
+
+def test_features_from_another_device_get_their_own_cache_key(tiny_text_model):
+    """A GPU rounds differently: its features must never be served from the CPU's cache."""
+    text = build_encoder(f"hf:{tiny_text_model}", "text")
+    cpu_key = text.cache_key
+    # The key logic without a GPU: "meta" stands in for "cuda" (no model to move).
+    keyed = build_encoder(f"hf:{tiny_text_model}", "text")
+    del keyed.model
+    assert keyed.to("meta").cache_key == f"{cpu_key}@meta"
+    assert keyed.to("meta").cache_key == f"{cpu_key}@meta"  # not suffixed twice
+    assert keyed.to("cpu").cache_key == cpu_key
+    # On the CPU, encode() is unchanged by .to() and returns CPU tensors.
+    before = text.encode(["a fox at midnight"])
+    assert text.to("cpu") is text and text.encode(["a fox at midnight"]).device.type == "cpu"
+    assert torch.equal(before, text.encode(["a fox at midnight"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is not there")
+def test_asking_for_a_gpu_that_is_not_there_names_the_fix():
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(EncoderUnavailable, match=r"sees no GPU here: run in the CUDA image"):
+        resolve_device("cuda")
+
+
+def test_the_device_setting_is_checked_when_the_config_loads():
+    from crossfuse.config import load_config
+
+    assert load_config(None, ["extract.device=cuda:1"], env={}).extract.device == "cuda:1"
+    with pytest.raises(ValueError, match="extract.device"):
+        load_config(None, ["extract.device=gpu"], env={})
