@@ -166,7 +166,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from crossfuse.dvc_data import fetch_dvc_data
 
     try:
-        out = fetch_dvc_data(Path(args.dvc_file).read_text(), args.remote, Path(args.out))
+        options = {}
+        for option in args.remote_option or []:
+            key, sep, value = option.partition("=")
+            if not sep:
+                raise ValueError(f"--remote-option {option!r} is not KEY=VALUE "
+                                 f"(e.g. endpointurl=http://minio:9000)")
+            options[key] = value
+        out = fetch_dvc_data(Path(args.dvc_file).read_text(), args.remote, Path(args.out), options)
     except DvcFetchError as exc:
         print(f"crossfuse: error: {exc}", file=sys.stderr)
         return 1
@@ -231,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dvc-file", default="data.dvc")
     fetch.add_argument("--remote", required=True, help="DVC remote URL, e.g. s3://bucket/path")
     fetch.add_argument("--out", required=True, help="new folder for the data")
+    fetch.add_argument("--remote-option", action="append", metavar="KEY=VALUE",
+                       help="DVC remote setting, e.g. endpointurl=http://minio:9000 (repeatable)")
     fetch.set_defaults(func=cmd_fetch)
 
     comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")

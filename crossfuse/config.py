@@ -47,6 +47,10 @@ class DataConfig(_Section):
         None, description="DVC remote URL (s3://..., gs://..., a folder). Set: the steps pull the "
                           "data version the .dvc file pins from it, md5-checked, instead of "
                           "reading `path` from their own disk (how cluster pods get the data).")
+    remote_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="DVC remote settings (`dvc remote modify`), e.g. {endpointurl: "
+                    "http://minio:9000} for MinIO; credentials come from the environment.")
     dvc_file: str | None = Field(None, description="The .dvc file pinning the version; "
                                                     "default: <path>.dvc.")
     pinned: dict[str, Any] | None = Field(

@@ -52,16 +52,20 @@ def pinned_output(dvc_file_text: str) -> dict:
     return dict(outs[0])
 
 
-def fetch_dvc_data(dvc_file_text: str, remote_url: str, out_dir: Path) -> Path:
+def fetch_dvc_data(dvc_file_text: str, remote_url: str, out_dir: Path,
+                   remote_options: dict[str, str] | None = None) -> Path:
     """Materialise the output of ``dvc_file_text`` from ``remote_url`` at ``out_dir``.
 
+    ``remote_options`` are DVC remote settings (``dvc remote modify``), e.g.
+    ``{"endpointurl": "http://minio:9000"}`` for an S3-compatible store.
     Raises ``ValueError`` for a .dvc file that pins no single folder or file, and
     :class:`DvcFetchError` when DVC cannot pull it (missing on the remote, corrupt, no access).
     """
-    return fetch_pinned(pinned_output(dvc_file_text), remote_url, out_dir)
+    return fetch_pinned(pinned_output(dvc_file_text), remote_url, out_dir, remote_options)
 
 
-def fetch_pinned(output: dict, remote_url: str, out_dir: Path) -> Path:
+def fetch_pinned(output: dict, remote_url: str, out_dir: Path,
+                 remote_options: dict[str, str] | None = None) -> Path:
     """Like :func:`fetch_dvc_data`, from the output entry itself (``data.pinned``)."""
     name = Path(output["path"]).name
     out_dir = Path(out_dir)
@@ -71,6 +75,8 @@ def fetch_pinned(output: dict, remote_url: str, out_dir: Path) -> Path:
         work = Path(work)
         _dvc(["init", "--no-scm", "-q"], work)
         _dvc(["remote", "add", "-d", "origin", remote_url], work)
+        for key, value in sorted((remote_options or {}).items()):
+            _dvc(["remote", "modify", "origin", key, value], work)
         (work / f"{name}.dvc").write_text(yaml.safe_dump({"outs": [{**output, "path": name}]}))
         _dvc(["pull", "-q", f"{name}.dvc"], work)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,7 @@ def materialise_data(cfg: RunConfig) -> RunConfig:
         print(f"pulling data version {dest.name} from {cfg.data.remote}", flush=True)
         partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
         shutil.rmtree(partial, ignore_errors=True)
-        fetch_pinned(cfg.data.pinned, cfg.data.remote, partial)
+        fetch_pinned(cfg.data.pinned, cfg.data.remote, partial, cfg.data.remote_options)
         try:
             partial.rename(dest)
         except OSError:  # another process renamed its copy first
