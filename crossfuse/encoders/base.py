@@ -65,8 +65,9 @@ class Encoder(ABC):
         model = getattr(self, "model", None)
         if model is not None:
             model.to(self.device)
-        base = self.cache_key.split("@", 1)[0]
-        self.cache_key = base if self.device.type == "cpu" else f"{base}@{self.device.type}"
+        # The key the encoder was built with is the CPU's; a moved encoder derives from it.
+        cpu_key = self.__dict__.setdefault("_cpu_cache_key", self.cache_key)
+        self.cache_key = cpu_key if self.device.type == "cpu" else f"{cpu_key}@{self.device.type}"
         return self
 
     @abstractmethod
