@@ -16,7 +16,7 @@ def evaluate(config_json: str, run_id: str, dataset: Input[Dataset], features: I
     from pathlib import Path
 
     from crossfuse.config import RunConfig
-    from crossfuse.report import REPORT_FILE, is_headline
+    from crossfuse.evaluation.report import REPORT_FILE, is_headline
     from crossfuse.stages import run_evaluate
 
     out = Path(evaluation.path)

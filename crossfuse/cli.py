@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 from crossfuse.config import RunConfig, load_config
-from crossfuse.dvc_data import DvcFetchError, materialise_data, pin_data_version
-from crossfuse.manifest import ManifestError
+from crossfuse.data.dvc import DvcFetchError, materialise_data, pin_data_version
+from crossfuse.data.manifest import ManifestError
 from crossfuse.preflight import PreflightError, preflight
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
@@ -92,8 +92,8 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from crossfuse.bench import bench_fusion, log_to_mlflow, markdown_table, prepare_features
-    from crossfuse.features import read_feature_set
+    from crossfuse.bench.fusion import bench_fusion, log_to_mlflow, markdown_table, prepare_features
+    from crossfuse.features.store import read_feature_set
 
     cfg = _config_from_args(args).resolved()
     with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
@@ -117,7 +117,7 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
 def cmd_bench_encoders(args: argparse.Namespace) -> int:
     import json
 
-    from crossfuse.bench_encoders import bench_encoders, markdown_table
+    from crossfuse.bench.encoders import bench_encoders, markdown_table
 
     rows = bench_encoders(_config_from_args(args).resolved(), device=args.device,
                           batch_size=args.batch_size, limit=args.limit)
@@ -135,7 +135,7 @@ def _use_tracking(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from crossfuse.registry import list_versions
+    from crossfuse.registry.register import list_versions
 
     _use_tracking(args)
     rows = list_versions(args.model)
@@ -152,7 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from crossfuse.registry import promote_by_hand
+    from crossfuse.registry.register import promote_by_hand
 
     _use_tracking(args)
     tags = promote_by_hand(args.model, args.version, reason=args.reason)
@@ -163,7 +163,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from crossfuse.dvc_data import fetch_dvc_data
+    from crossfuse.data.dvc import fetch_dvc_data
 
     try:
         options = {}
@@ -182,7 +182,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from crossfuse.sample_data import generate_sample_dataset
+    from crossfuse.data.sample import generate_sample_dataset
 
     ds = generate_sample_dataset(Path(args.out), per_class=args.per_class, seed=args.seed)
     print(f"wrote {ds.n_samples} samples ({len(ds.labels)} classes) to {ds.root}")

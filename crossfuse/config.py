@@ -298,7 +298,7 @@ class RunConfig(_Section):
 
     def load_manifest(self):
         """The run's dataset: manifest + extra columns, checked for the columns this run needs."""
-        from crossfuse.manifest import load_manifest
+        from crossfuse.data.manifest import load_manifest
 
         return load_manifest(Path(self.data.path), self.modalities, self.data.extra_columns_file,
                              self.data.extra_targets)

@@ -22,16 +22,16 @@ from pathlib import Path
 import mlflow
 
 from crossfuse.config import RunConfig
-from crossfuse.dvc_data import materialise_data
-from crossfuse.evaluate import EvaluationResult, evaluate
-from crossfuse.extract import ExtractResult, extract, merge_parts
+from crossfuse.data.dvc import materialise_data
+from crossfuse.evaluation.evaluate import EvaluationResult, evaluate
+from crossfuse.features.extract import ExtractResult, extract, merge_parts
 from crossfuse.preflight import preflight
-from crossfuse.preprocess import PreprocessResult, preprocess
-from crossfuse.registry import RegisterResult, register
-from crossfuse.report import REPORT_FILE, render_report
+from crossfuse.data.preprocess import PreprocessResult, preprocess
+from crossfuse.registry.register import RegisterResult, register
+from crossfuse.evaluation.report import REPORT_FILE, render_report
 from crossfuse.tracking import data_version, stage_run
-from crossfuse.train import TrainResult, train
-from crossfuse.validation import ValidationReport, require_valid, validate
+from crossfuse.training.loop import TrainResult, train
+from crossfuse.data.validation import ValidationReport, require_valid, validate
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import kfp
 
 from crossfuse.config import RunConfig
-from crossfuse.dvc_data import pin_data_version
+from crossfuse.data.dvc import pin_data_version
 from crossfuse.tracking import data_version
 from pipelines.runner import compile_pipeline
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from crossfuse.config import RunConfig, load_config
-from crossfuse.sample_data import generate_sample_dataset
+from crossfuse.data.sample import generate_sample_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

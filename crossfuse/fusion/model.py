@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from crossfuse.atomic import write_json
-from crossfuse.features import atomic_save
+from crossfuse.features.store import atomic_save
 from crossfuse.fusion.base import FusionHead, FusionSpec
 from crossfuse.fusion.registry import FUSION_METHODS
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from crossfuse.encoders import build_encoder
-from crossfuse.extract import extract
-from crossfuse.features import read_feature_set
-from crossfuse.preprocess import preprocess
+from crossfuse.features.extract import extract
+from crossfuse.features.store import read_feature_set
+from crossfuse.data.preprocess import preprocess
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -84,7 +84,7 @@ def test_bad_data_stops_at_validation_and_moves_no_alias(env, tmp_path):
 
 
 def test_extraction_parts_are_merged_into_one_feature_set(env):
-    from crossfuse.features import read_feature_set
+    from crossfuse.features.store import read_feature_set
 
     first = runs(env)[0]
     assert first.data.params["extract.parts"] == "2"

@@ -15,7 +15,7 @@ import pytest
 from conftest import free_port, http_server
 
 from crossfuse.cli import main
-from crossfuse.dvc_data import DvcFetchError, materialise_data, pin_data_version
+from crossfuse.data.dvc import DvcFetchError, materialise_data, pin_data_version
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "crossfuse", "AWS_SECRET_ACCESS_KEY": "crossfuse-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}

@@ -5,7 +5,7 @@ import json
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from crossfuse.bench import markdown_table, summarise
+from crossfuse.bench.fusion import markdown_table, summarise
 from crossfuse.cli import main
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from crossfuse.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from crossfuse.training.calibration import apply_temperature, expected_calibration_error, fit_temperature
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

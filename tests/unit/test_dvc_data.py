@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossfuse.dvc_data import DvcFetchError, fetch_dvc_data, materialise_data, pin_data_version
+from crossfuse.data.dvc import DvcFetchError, fetch_dvc_data, materialise_data, pin_data_version
 
 
 def dvc(*args, cwd):

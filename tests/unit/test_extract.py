@@ -2,9 +2,9 @@
 
 import shutil
 
-from crossfuse.extract import extract
-from crossfuse.features import read_feature_set
-from crossfuse.preprocess import preprocess
+from crossfuse.features.extract import extract
+from crossfuse.features.store import read_feature_set
+from crossfuse.data.preprocess import preprocess
 
 
 def test_extract_writes_feature_set_and_reuses_cache(sample_dataset, make_config, tmp_path):
@@ -64,7 +64,7 @@ def test_text_beyond_the_encoder_length_is_truncated_and_counted(sample_dataset,
 
 
 def test_parts_merged_equal_one_extraction(sample_dataset, make_config, tmp_path):
-    from crossfuse.extract import merge_parts
+    from crossfuse.features.extract import merge_parts
 
     cfg = make_config(sample_dataset, "extract.shard_size=16")
     preprocess(cfg, sample_dataset, tmp_path / "pre")

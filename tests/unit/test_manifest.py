@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from crossfuse.manifest import ManifestError, load_manifest, resolve_media
+from crossfuse.data.manifest import ManifestError, load_manifest, resolve_media
 
 
 def write(root, text, encoding="utf-8"):

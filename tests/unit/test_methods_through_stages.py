@@ -3,12 +3,12 @@
 import pandas as pd
 import pytest
 
-from crossfuse.evaluate import evaluate
-from crossfuse.extract import extract
+from crossfuse.evaluation.evaluate import evaluate
+from crossfuse.features.extract import extract
 from crossfuse.fusion import FUSION_METHODS
-from crossfuse.preprocess import preprocess
-from crossfuse.serving import FusionPredictor
-from crossfuse.train import train
+from crossfuse.data.preprocess import preprocess
+from crossfuse.registry.serving import FusionPredictor
+from crossfuse.training.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import shutil
 import pandas as pd
 import pytest
 
-from crossfuse.evaluate import evaluate
-from crossfuse.extract import extract
-from crossfuse.features import read_feature_set
-from crossfuse.preprocess import preprocess
-from crossfuse.serving import FusionPredictor
-from crossfuse.train import train
-from crossfuse.validation import validate
+from crossfuse.evaluation.evaluate import evaluate
+from crossfuse.features.extract import extract
+from crossfuse.features.store import read_feature_set
+from crossfuse.data.preprocess import preprocess
+from crossfuse.registry.serving import FusionPredictor
+from crossfuse.training.loop import train
+from crossfuse.data.validation import validate
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_extra_target_from_extra_columns_file(sample_dataset, make_config, tmp_p
 
 
 def test_extra_columns_file_must_have_unique_ids(sample_dataset, make_config, tmp_path):
-    from crossfuse.manifest import ManifestError
+    from crossfuse.data.manifest import ManifestError
 
     root = tmp_path / "dup"
     shutil.copytree(sample_dataset, root)

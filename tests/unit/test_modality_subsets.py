@@ -3,8 +3,8 @@
 from test_train import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.modality_subsets import subset_metrics, subsets
-from crossfuse.train import fit
+from crossfuse.evaluation.modality_subsets import subset_metrics, subsets
+from crossfuse.training.loop import fit
 
 
 def test_subsets_of_three():

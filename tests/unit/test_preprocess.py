@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from crossfuse.config import SplitConfig
-from crossfuse.manifest import ManifestError
-from crossfuse.preprocess import assign_split, load_rgb, normalise_text, preprocess, read_samples
+from crossfuse.data.manifest import ManifestError
+from crossfuse.data.preprocess import assign_split, load_rgb, normalise_text, preprocess, read_samples
 
 
 def test_normalise_text():

@@ -3,7 +3,7 @@
 import pytest
 
 from crossfuse.config import RegistryConfig
-from crossfuse.promotion import decide_promotion, missing_one_metrics
+from crossfuse.registry.promotion import decide_promotion, missing_one_metrics
 
 CHAMPION = {"test_macro_f1": 0.88, "test_log_loss": 0.40, "test_ece_calibrated": 0.030,
             "present_image_test_macro_f1": 0.60, "present_text_test_macro_f1": 0.75,

@@ -19,11 +19,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crossfuse.checkpoint import checkpoint_key
-from crossfuse.extract import extract
-from crossfuse.features import FeatureCache, read_feature_set
-from crossfuse.preprocess import preprocess
-from crossfuse.train import train
+from crossfuse.training.checkpoint import checkpoint_key
+from crossfuse.features.extract import extract
+from crossfuse.features.store import FeatureCache, read_feature_set
+from crossfuse.data.preprocess import preprocess
+from crossfuse.training.loop import train
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -31,11 +31,11 @@ CHILD = textwrap.dedent("""
     from crossfuse.config import RunConfig
     cfg = RunConfig.from_json(Path(sys.argv[2]).read_text())
     if sys.argv[1] == "train":
-        from crossfuse.train import train
+        from crossfuse.training.loop import train
         train(cfg, Path(sys.argv[3]), Path(sys.argv[4]))
     else:
         from crossfuse.encoders import build_encoder
-        from crossfuse.extract import extract
+        from crossfuse.features.extract import extract
 
         class Slow:  # the real encoder, slowed so the kill lands mid-shard
             def __init__(self, inner):

@@ -8,16 +8,16 @@ from PIL import Image
 from test_train import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.features import FeatureSet
-from crossfuse.importance import modality_importance
-from crossfuse.robustness import (
+from crossfuse.features.store import FeatureSet
+from crossfuse.evaluation.importance import modality_importance
+from crossfuse.evaluation.robustness import (
     feature_noise_rows,
     noise_levels,
     pixel_noise,
     robustness_metrics,
     word_dropout,
 )
-from crossfuse.train import fit
+from crossfuse.training.loop import fit
 
 
 def text_only_features(n=400, seed=0) -> FeatureSet:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from crossfuse.sample_data import SHAPES, TIMES, class_labels, generate_sample_dataset
+from crossfuse.data.sample import SHAPES, TIMES, class_labels, generate_sample_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from crossfuse.evaluate import evaluate
-from crossfuse.extract import extract, pad_tokens
-from crossfuse.features import read_feature_set
+from crossfuse.evaluation.evaluate import evaluate
+from crossfuse.features.extract import extract, pad_tokens
+from crossfuse.features.store import read_feature_set
 from crossfuse.fusion import FusionSpec, build_fusion_head
-from crossfuse.preprocess import preprocess
-from crossfuse.serving import FusionPredictor
-from crossfuse.train import train
+from crossfuse.data.preprocess import preprocess
+from crossfuse.registry.serving import FusionPredictor
+from crossfuse.training.loop import train
 
 
 def test_pad_tokens():

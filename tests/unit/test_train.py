@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.features import FeatureSet
-from crossfuse.train import fit, split_tensors
+from crossfuse.features.store import FeatureSet
+from crossfuse.training.loop import fit, split_tensors
 
 
 def xor_features(n=600, seed=0) -> FeatureSet:
@@ -61,7 +61,7 @@ def test_early_stopping_keeps_the_best_epoch():
     assert result.best_val_macro_f1 == best
     x, p, y = split_tensors(fs, "val", ["image", "text"])
     pred = head(x, p).argmax(-1)
-    from crossfuse.train import macro_f1
+    from crossfuse.training.loop import macro_f1
 
     assert macro_f1(y.numpy(), pred.numpy(), 4) == pytest.approx(best)
 
@@ -76,7 +76,7 @@ def test_empty_validation_split_is_explained():
 def test_classification_metrics_on_known_values():
     import numpy as np
 
-    from crossfuse.evaluate import classification_metrics
+    from crossfuse.evaluation.evaluate import classification_metrics
 
     y = np.array([0, 0, 1, 2])
     probs = np.array([[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])

@@ -7,13 +7,13 @@ from mlflow.tracking import MlflowClient
 
 from crossfuse import stages
 from crossfuse.config import RunConfig
-from crossfuse.features import read_feature_set
-from crossfuse.tuning import search
+from crossfuse.features.store import read_feature_set
+from crossfuse.training.tuning import search
 
 
 def test_search_is_seeded(sample_dataset, make_config, tmp_path):
-    from crossfuse.extract import extract
-    from crossfuse.preprocess import preprocess
+    from crossfuse.features.extract import extract
+    from crossfuse.data.preprocess import preprocess
 
     cfg = make_config(sample_dataset, "fusion.method=lowrank")
     preprocess(cfg, sample_dataset, tmp_path / "pre")

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from crossfuse.manifest import ManifestError
-from crossfuse.preprocess import preprocess, read_samples
-from crossfuse.validation import ValidationFailed, ValidationReport, require_valid, validate
+from crossfuse.data.manifest import ManifestError
+from crossfuse.data.preprocess import preprocess, read_samples
+from crossfuse.data.validation import ValidationFailed, ValidationReport, require_valid, validate
 
 ROW, LINE = 3, 5  # s00003 sits on manifest line 5 (line 1 is the header)
 GX_NATIVE = {"missing text", "missing label", "label not in validation.labels"}
@@ -155,7 +155,7 @@ def test_exif_rotation_is_applied(dataset, make_config, tmp_path):
     image_path(dataset).write_bytes(png_bytes(img, format="JPEG", exif=exif, quality=95))
     cfg = make_config(dataset, "preprocess.image_size=32")
     assert validate(cfg, dataset, tmp_path / "v").success
-    from crossfuse.preprocess import load_rgb
+    from crossfuse.data.preprocess import load_rgb
 
     viewed = load_rgb(image_path(dataset))
     assert viewed.size == (20, 60)                    # upright: taller than wide

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig
-from crossfuse.manifest import Manifest, ManifestError, resolve_media
+from crossfuse.data.manifest import Manifest, ManifestError, resolve_media
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
   (``ru_maxrss``: the whole serving footprint, not the evaluating process's history),
   plus peak CUDA memory when a GPU is used.
 
-The raw-input measurement runs in a child process (``python -m crossfuse.efficiency``)
+The raw-input measurement runs in a child process (``python -m crossfuse.evaluation.efficiency``)
 so its peak memory is the serving process's alone.
 
 Example
@@ -64,7 +64,7 @@ def _peak_rss_mb() -> float:
 
 def serving_profile(model_dir: Path, frame: pd.DataFrame, single_requests: int = 8) -> dict:
     """Load the served model and time it on ``frame`` (raw inputs), in this process."""
-    from crossfuse.serving import FusionPredictor
+    from crossfuse.registry.serving import FusionPredictor
 
     start = time.perf_counter()
     predictor = FusionPredictor(Path(model_dir))
@@ -95,7 +95,7 @@ def measure_serving(model_dir: Path, frame: pd.DataFrame, timeout: float = 900.0
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.parquet"
         frame.to_parquet(inputs, index=False)
-        done = subprocess.run([sys.executable, "-m", "crossfuse.efficiency", str(model_dir),
+        done = subprocess.run([sys.executable, "-m", "crossfuse.evaluation.efficiency", str(model_dir),
                                str(inputs)], capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"measuring the served model failed (exit {done.returncode}):\n"
@@ -116,5 +116,5 @@ def efficiency_metrics(head: FusionHead, features_ms: float, serving: dict) -> d
     return out
 
 
-if __name__ == "__main__":  # python -m crossfuse.efficiency MODEL_DIR INPUTS.parquet
+if __name__ == "__main__":  # python -m crossfuse.evaluation.efficiency MODEL_DIR INPUTS.parquet
     print(json.dumps(serving_profile(Path(sys.argv[1]), pd.read_parquet(sys.argv[2]))))

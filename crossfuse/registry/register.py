@@ -1,7 +1,7 @@
 """Stage 6, register: log the pyfunc, register a version, move the aliases; promote by hand.
 
 Every new version gets the alias ``challenger``. ``champion`` moves to it only when
-the gate (:mod:`crossfuse.promotion`) says so: the primary metric beats the
+the gate (:mod:`crossfuse.registry.promotion`) says so: the primary metric beats the
 champion's by the margin, and no guardrail (calibrated ECE, any single-modality-missing
 score) is worse by more than its limit. The decision is written as tags on the
 version and on the run:
@@ -38,8 +38,8 @@ from mlflow.types import ColSpec, Schema
 
 from crossfuse.config import RegistryConfig
 from crossfuse.fusion.model import SPEC_FILE
-from crossfuse.promotion import Decision, decide_promotion, require_metric
-from crossfuse.serving import CrossfusePyfunc
+from crossfuse.registry.promotion import Decision, decide_promotion, require_metric
+from crossfuse.registry.serving import CrossfusePyfunc
 from crossfuse.tracking import sqlite_store_lock
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from crossfuse.atomic import atomic_path
-from crossfuse.features import FeatureSet
+from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
-from crossfuse.train import macro_f1, split_tensors, split_tokens
+from crossfuse.training.loop import macro_f1, split_tensors, split_tokens
 
 
 def modality_importance(head: FusionHead, fs: FeatureSet, repeats: int, seed: int) -> list[dict]:

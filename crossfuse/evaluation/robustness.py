@@ -30,10 +30,10 @@ import torch
 from PIL import Image
 
 from crossfuse.atomic import atomic_path
-from crossfuse.features import FeatureSet
+from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
 from crossfuse.progress import progress
-from crossfuse.train import macro_f1, split_tensors, split_tokens
+from crossfuse.training.loop import macro_f1, split_tensors, split_tokens
 
 RAW_NOISE = {"image": "pixel_noise", "text": "word_dropout"}
 

@@ -26,9 +26,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from crossfuse.atomic import write_text
-from crossfuse.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from crossfuse.training.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
 from crossfuse.config import FusionConfig, RunConfig, TrainConfig
-from crossfuse.features import FeatureSet, read_feature_set
+from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import (
     FUSION_METHODS,
     FusionHead,
@@ -154,7 +154,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     on_epoch: called as ``on_epoch(epoch, metrics)`` with train_loss, val_loss,
         val_macro_f1, val_accuracy (on a resume, first for the epochs already done).
     checkpoint_dir: save the loop's state there after every epoch and resume from it
-        (:mod:`crossfuse.checkpoint`); None trains without checkpoints.
+        (:mod:`crossfuse.training.checkpoint`); None trains without checkpoints.
 
     Returns
     -------
@@ -245,7 +245,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
 
 def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
     """Temperature scaling ``T`` for the primary target, fitted on the validation split."""
-    from crossfuse.calibration import fit_temperature
+    from crossfuse.training.calibration import fit_temperature
 
     modalities = list(head.spec.dims)
     x, present, y = split_tensors(fs, "val", modalities)
@@ -259,10 +259,10 @@ def train(cfg: RunConfig, features: Path, model_dir: Path,
     """Train the configured fused model on ``features`` and save it to ``model_dir``.
 
     With ``fusion.search.trials > 0`` a seeded Optuna search on the validation split
-    picks the hyper-parameters first (:mod:`crossfuse.tuning`). The model folder holds
+    picks the hyper-parameters first (:mod:`crossfuse.training.tuning`). The model folder holds
     the head, its spec and the effective run config (``run_config.json``).
     """
-    from crossfuse.tuning import search
+    from crossfuse.training.tuning import search
 
     fs = read_feature_set(Path(features))
     fusion, train_cfg, searched = cfg.fusion, cfg.train, {}

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from crossfuse.config import RunConfig
-from crossfuse.efficiency import inference_ms_per_sample, parameter_count
-from crossfuse.features import FeatureSet
+from crossfuse.evaluation.efficiency import inference_ms_per_sample, parameter_count
+from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FUSION_METHODS, predict_proba
-from crossfuse.train import fit, macro_f1, split_tensors, split_tokens
-from crossfuse.tuning import search
+from crossfuse.training.loop import fit, macro_f1, split_tensors, split_tokens
+from crossfuse.training.tuning import search
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def prepare_features(cfg: RunConfig, workdir: Path) -> Path:
 
     Raises :class:`crossfuse.validation.ValidationFailed` on bad data.
     """
-    from crossfuse.extract import extract
-    from crossfuse.preprocess import preprocess
-    from crossfuse.validation import require_valid, validate
+    from crossfuse.features.extract import extract
+    from crossfuse.data.preprocess import preprocess
+    from crossfuse.data.validation import require_valid, validate
 
     data = Path(cfg.data.path)
     require_valid(validate(cfg, data, workdir / "validation"))

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from crossfuse.atomic import atomic_path
-from crossfuse.features import FeatureSet
+from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionHead, predict_proba
-from crossfuse.train import macro_f1, split_tensors, split_tokens
+from crossfuse.training.loop import macro_f1, split_tensors, split_tokens
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:

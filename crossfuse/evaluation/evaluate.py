@@ -43,32 +43,32 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from crossfuse.atomic import atomic_path, write_json, write_text  # noqa: E402
-from crossfuse.calibration import (  # noqa: E402
+from crossfuse.training.calibration import (  # noqa: E402
     apply_temperature,
     expected_calibration_error,
     plot_reliability,
 )
 from crossfuse.config import RunConfig  # noqa: E402
-from crossfuse.efficiency import (  # noqa: E402
+from crossfuse.evaluation.efficiency import (  # noqa: E402
     efficiency_metrics,
     inference_ms_per_sample,
     measure_serving,
 )
-from crossfuse.features import FeatureSet, read_feature_set  # noqa: E402
+from crossfuse.features.store import FeatureSet, read_feature_set  # noqa: E402
 from crossfuse.fusion import FusionHead, load_fusion_head, predict_proba  # noqa: E402
 from crossfuse.fusion.model import RUN_CONFIG_FILE  # noqa: E402
-from crossfuse.importance import importance_metrics, modality_importance, plot_importance  # noqa: E402
-from crossfuse.modality_subsets import plot_subset_heatmap, subset_metrics  # noqa: E402
-from crossfuse.preprocess import read_samples  # noqa: E402
-from crossfuse.report import render_report  # noqa: E402
-from crossfuse.robustness import (  # noqa: E402
+from crossfuse.evaluation.importance import importance_metrics, modality_importance, plot_importance  # noqa: E402
+from crossfuse.evaluation.modality_subsets import plot_subset_heatmap, subset_metrics  # noqa: E402
+from crossfuse.data.preprocess import read_samples  # noqa: E402
+from crossfuse.evaluation.report import render_report  # noqa: E402
+from crossfuse.evaluation.robustness import (  # noqa: E402
     feature_noise_rows,
     noise_levels,
     plot_robustness,
     raw_noise_rows,
     robustness_metrics,
 )
-from crossfuse.train import fit, macro_f1, split_tensors, split_tokens  # noqa: E402
+from crossfuse.training.loop import fit, macro_f1, split_tensors, split_tokens  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def analyse(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path, o
     The raw-input parts (raw noise, raw latency, peak memory) need the preprocessed
     folder and are skipped without it.
     """
-    from crossfuse.serving import FusionPredictor
+    from crossfuse.registry.serving import FusionPredictor
 
     ev, metrics = cfg.evaluate, {}
     modalities = list(head.spec.dims)

@@ -33,10 +33,10 @@ from PIL import Image
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import build_encoder, resolve_device
-from crossfuse.extract import pad_tokens
+from crossfuse.features.extract import pad_tokens
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
-from crossfuse.preprocess import normalise_text, prepare_image
+from crossfuse.data.preprocess import normalise_text, prepare_image
 
 
 def _is_missing(value) -> bool:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.features import FeatureSet
-from crossfuse.train import fit
+from crossfuse.features.store import FeatureSet
+from crossfuse.training.loop import fit
 
 log = logging.getLogger(__name__)
 

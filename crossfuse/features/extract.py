@@ -25,8 +25,8 @@ from PIL import Image
 from crossfuse.atomic import write_json
 from crossfuse.config import RunConfig
 from crossfuse.encoders import Encoder, build_encoder, resolve_device
-from crossfuse.features import FeatureCache, content_hash, merge_feature_sets, write_feature_set
-from crossfuse.preprocess import read_samples
+from crossfuse.features.store import FeatureCache, content_hash, merge_feature_sets, write_feature_set
+from crossfuse.data.preprocess import read_samples
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)

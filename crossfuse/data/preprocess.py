@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig, SplitConfig
-from crossfuse.manifest import SPLITS, ManifestError, resolve_media
+from crossfuse.data.manifest import SPLITS, ManifestError, resolve_media
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)

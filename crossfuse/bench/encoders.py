@@ -23,8 +23,8 @@ import torch
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import Encoder, build_encoder, resolve_device
-from crossfuse.manifest import resolve_media
-from crossfuse.preprocess import normalise_text, prepare_image
+from crossfuse.data.manifest import resolve_media
+from crossfuse.data.preprocess import normalise_text, prepare_image
 
 
 def dataset_items(cfg: RunConfig, limit: int) -> dict[str, list]:

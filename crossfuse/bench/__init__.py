@@ -1,0 +1,1 @@
+"""Benchmarks behind ``crossfuse bench``: fusion methods tuned alike, encoder throughput."""

@@ -1,0 +1,1 @@
+"""Evaluation: test metrics, unimodal baselines, subsets, robustness, importance, cost, the report."""

@@ -1,0 +1,1 @@
+"""Features: the content-hash keyed feature store and the extract stage that fills it."""

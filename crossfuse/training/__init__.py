@@ -1,0 +1,1 @@
+"""Training: the fit loop, hyper-parameter search, checkpoints, calibration, and the train stage."""
