@@ -60,3 +60,11 @@ def write_json(path: str | Path, obj: Any, **dumps: Any) -> None:
     """Write ``obj`` as JSON (indent 2 unless told otherwise) to ``path`` atomically."""
     dumps.setdefault("indent", 2)
     write_text(path, json.dumps(obj, **dumps))
+
+
+def atomic_save(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write ``{name: torch.Tensor}`` as a safetensors file under a temporary name, then rename it."""
+    from safetensors.torch import save_file  # torch only where tensors are written
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -1,6 +1,6 @@
-"""The ``crossfuse`` command.
+"""The ``crossfuse`` command: the library's commands; ``pipelines.cli`` adds run, compile, submit.
 
-::
+The installed ``crossfuse`` script is :func:`pipelines.cli.main`, which has them all::
 
     crossfuse run [--data PATH] [--config FILE] [--set key=value ...]   # the whole pipeline, locally
     crossfuse data generate [--out data] [--per-class 120]             # the sample dataset
@@ -26,15 +26,17 @@ import sys
 from pathlib import Path
 
 from crossfuse.config import RunConfig, load_config
-from crossfuse.data.dvc import DvcFetchError, materialise_data, pin_data_version
+from crossfuse.data.dvc import DvcFetchError
 from crossfuse.data.manifest import ManifestError
-from crossfuse.preflight import PreflightError, preflight
+from crossfuse.preflight import PreflightError
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
+DESCRIPTION = ("Multimodal data fusion for classification: validate, preprocess, extract, train, "
+               "evaluate and register, tracked in MLflow.")
 log = logging.getLogger("crossfuse")
 
 
-def _config_from_args(args: argparse.Namespace) -> RunConfig:
+def config_from_args(args: argparse.Namespace) -> RunConfig:
     path = args.config
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
@@ -44,48 +46,10 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     return load_config(path, overrides + list(args.set or []))
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML run config (default: configs/default.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set fusion.method=late (repeatable)")
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_local
-
-    cfg = pin_data_version(_config_from_args(args)).resolved()
-    preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
-    cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
-    cfg.load_manifest()  # ... and on a wrong --data or missing columns
-    log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
-             cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
-    try:
-        outputs = run_local(cfg)
-    except RuntimeError as exc:
-        print(f"\ncrossfuse run failed: {exc}\nThe failing stage's log is above; the MLflow run "
-              f"is marked FAILED and no registry alias moved.", file=sys.stderr)
-        return 1
-    print_run_summary(cfg, outputs)
-    return 0
-
-
-def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
-    """Print the registered version, the champion, and the headline test metrics."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    client = MlflowClient()
-    name = cfg.model_name()
-    version = str(outputs.get("version", ""))
-    mv = client.get_model_version(name, version)
-    metrics = client.get_run(mv.run_id).data.metrics
-    print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")
-    for key in sorted(metrics):
-        if key.startswith(("test_accuracy", "test_macro_f1", "baseline_", "fusion_gain")):
-            print(f"  {key:34s} {metrics[key]:.4f}")
-    print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
-    print(f"  champion -> v{outputs.get('champion_version')}, challenger -> v{version}")
 
 
 def cmd_bench_fusion(args: argparse.Namespace) -> int:
@@ -95,7 +59,7 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     from crossfuse.bench.fusion import bench_fusion, log_to_mlflow, markdown_table, prepare_features
     from crossfuse.features.store import read_feature_set
 
-    cfg = _config_from_args(args).resolved()
+    cfg = config_from_args(args).resolved()
     with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
         fs = read_feature_set(prepare_features(cfg, Path(work)))
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
@@ -119,7 +83,7 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
 
     from crossfuse.bench.encoders import bench_encoders, markdown_table
 
-    rows = bench_encoders(_config_from_args(args).resolved(), device=args.device,
+    rows = bench_encoders(config_from_args(args).resolved(), device=args.device,
                           batch_size=args.batch_size, limit=args.limit)
     print(markdown_table(rows))
     if args.out:
@@ -131,7 +95,7 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
 def _use_tracking(args: argparse.Namespace) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(_config_from_args(args).resolved().mlflow.tracking_uri)
+    mlflow.set_tracking_uri(config_from_args(args).resolved().mlflow.tracking_uri)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -189,43 +153,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.runner import compile_pipeline
-
-    # Only an explicit config changes the IR: without one it is the golden file's defaults.
-    cfg = load_config(args.config, list(args.set or [])) if (args.config or args.set) else None
-    print(f"wrote {compile_pipeline(Path(args.out), cfg)}")
-    return 0
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from pipelines.submit import submit
-
-    result = submit(_config_from_args(args), args.host, namespace=args.namespace,
-                    experiment=args.experiment, wait_seconds=args.wait)
-    print(f"submitted run {result['run_id']}: {result['url']}")
-    if "state" in result:
-        print(f"run {result['run_id']} ended: {result['state']}")
-        return 0 if result["state"] == "SUCCEEDED" else 1
-    return 0
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    print(yaml.safe_dump(_config_from_args(args).model_dump(), sort_keys=False), end="")
+    print(yaml.safe_dump(config_from_args(args).model_dump(), sort_keys=False), end="")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crossfuse", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The bare ``crossfuse`` parser and its sub-command action, for commands to be added to."""
+    parser = argparse.ArgumentParser(prog="crossfuse", description=DESCRIPTION)
+    return parser, parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the whole pipeline locally (KFP local runner)")
-    run.add_argument("--data", help="dataset folder with manifest.csv (default: config's data.path)")
-    _add_config_args(run)
-    run.set_defaults(func=cmd_run)
 
+def add_library_commands(sub: argparse._SubParsersAction) -> None:
+    """``data``, ``bench``, ``models``, ``promote`` and ``config``: the commands that need no KFP."""
     data = sub.add_parser("data", help="dataset helpers")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     gen = data_sub.add_parser("generate", help="write the deterministic sample dataset")
@@ -242,11 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="DVC remote setting, e.g. endpointurl=http://minio:9000 (repeatable)")
     fetch.set_defaults(func=cmd_fetch)
 
-    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
-    comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
-    _add_config_args(comp)
-    comp.set_defaults(func=cmd_compile)
-
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     fusion = bench_sub.add_parser("fusion", help="every fusion method + unimodal baselines, "
@@ -258,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--methods", help="comma-separated subset (default: all)")
     fusion.add_argument("--no-baselines", action="store_true", help="skip unimodal baselines")
     fusion.add_argument("--out", default="results.json", help="JSON out; a .md table goes beside")
-    _add_config_args(fusion)
+    add_config_args(fusion)
     fusion.set_defaults(func=cmd_bench_fusion)
     enc = bench_sub.add_parser("encoders", help="items per second of the run's encoders")
     enc.add_argument("--data", help="dataset folder (default: config's data.path)")
@@ -266,41 +203,41 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--batch-size", type=int, help="default: extract.batch_size")
     enc.add_argument("--limit", type=int, default=512, help="items per modality (default 512)")
     enc.add_argument("--out", help="also write the rows as JSON here")
-    _add_config_args(enc)
+    add_config_args(enc)
     enc.set_defaults(func=cmd_bench_encoders)
 
     models = sub.add_parser("models", help="list registered versions, aliases and decisions")
     models.add_argument("--model", help="one registered model (default: all)")
-    _add_config_args(models)
+    add_config_args(models)
     models.set_defaults(func=cmd_models)
 
     promote = sub.add_parser("promote", help="make a version the champion by hand (audited)")
     promote.add_argument("--model", required=True, help="registered model name")
     promote.add_argument("--version", required=True, help="version to make champion")
     promote.add_argument("--reason", help="why; stored on the version and its run")
-    _add_config_args(promote)
+    add_config_args(promote)
     promote.set_defaults(func=cmd_promote)
-
-    sub_run = sub.add_parser("submit", help="compile and submit the pipeline to a KFP cluster")
-    sub_run.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://kfp:8080")
-    sub_run.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
-    sub_run.add_argument("--experiment", help="KFP experiment (default: crossfuse-<dataset>)")
-    sub_run.add_argument("--data", help="dataset path as the cluster's steps see it")
-    sub_run.add_argument("--wait", type=int, default=0, metavar="SECONDS",
-                         help="wait for the run to end; exit 1 unless it SUCCEEDED")
-    _add_config_args(sub_run)
-    sub_run.set_defaults(func=cmd_submit)
 
     show = sub.add_parser("config", help="print the resolved run config")
     show.add_argument("--data")
-    _add_config_args(show)
+    add_config_args(show)
     show.set_defaults(func=cmd_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The library's commands alone (``pipelines.cli`` adds run, compile and submit)."""
+    parser, sub = new_parser()
+    add_library_commands(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (default: the library's commands), run the command.
+
+    Errors a user can fix (bad data, config, paths) print one line and exit 2.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = (parser or build_parser()).parse_args(argv)
     try:
         return args.func(args)
     except (ManifestError, FileNotFoundError, ValueError, PreflightError, DvcFetchError) as exc:

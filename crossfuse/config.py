@@ -296,13 +296,6 @@ class RunConfig(_Section):
         """The modalities this run uses, in a fixed order."""
         return [m for m in MODALITIES if m in self.extract.encoders]
 
-    def load_manifest(self):
-        """The run's dataset: manifest + extra columns, checked for the columns this run needs."""
-        from crossfuse.data.manifest import load_manifest
-
-        return load_manifest(Path(self.data.path), self.modalities, self.data.extra_columns_file,
-                             self.data.extra_targets)
-
     def model_name(self) -> str:
         return self.registry.model_name or f"crossfuse-{self.data.dataset_name()}"
 

@@ -1,9 +1,21 @@
-"""The six pipeline stages as plain functions over folders, each logging to the run's MLflow run.
+"""The pipeline's stages as plain functions over folders, each logging to the run's MLflow run.
 
 Each ``run_<stage>(cfg, run_id, inputs..., outputs...)`` opens the pipeline's MLflow
-run (:func:`crossfuse.tracking.stage_run`), calls the library function, and logs
-its parameters, metrics and artifacts. KFP components (``components/``) and the
-``crossfuse stage`` command are thin wrappers over these.
+run (:func:`crossfuse.tracking.stage_run`), calls the stage's library function, and logs
+its parameters, metrics and artifacts. The KFP components (``components/``, one file per
+stage) are thin wrappers over these; this file is their index:
+
+=============  ==============================================  ===========================
+stage          library function                                component
+=============  ==============================================  ===========================
+validate       :func:`crossfuse.data.validation.validate`      ``components/validate.py``
+preprocess     :func:`crossfuse.data.preprocess.preprocess`    ``components/preprocess.py``
+extract        :func:`crossfuse.features.extract.extract`      ``components/extract.py``
+merge_features :func:`crossfuse.features.extract.merge_features` ``components/extract.py``
+train          :func:`crossfuse.training.train.train`          ``components/train.py``
+evaluate       :func:`crossfuse.evaluation.evaluate.evaluate`  ``components/evaluate.py``
+register       :func:`crossfuse.registry.register.register`    ``components/register.py``
+=============  ==============================================  ===========================
 
 Example
 -------
@@ -23,15 +35,16 @@ import mlflow
 
 from crossfuse.config import RunConfig
 from crossfuse.data.dvc import materialise_data
-from crossfuse.evaluation.evaluate import EvaluationResult, evaluate
-from crossfuse.features.extract import ExtractResult, extract, merge_parts
-from crossfuse.preflight import preflight
 from crossfuse.data.preprocess import PreprocessResult, preprocess
-from crossfuse.registry.register import RegisterResult, register
-from crossfuse.evaluation.report import REPORT_FILE, render_report
-from crossfuse.tracking import data_version, stage_run
-from crossfuse.training.loop import TrainResult, train
 from crossfuse.data.validation import ValidationReport, require_valid, validate
+from crossfuse.evaluation.evaluate import EvaluationResult, evaluate
+from crossfuse.evaluation.report import REPORT_FILE, render_report
+from crossfuse.features.extract import ExtractResult, extract, merge_features
+from crossfuse.preflight import preflight
+from crossfuse.registry.register import RegisterResult, register
+from crossfuse.tracking import data_version, stage_run
+from crossfuse.training.loop import TrainResult
+from crossfuse.training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +114,7 @@ def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
                        out_dir: Path) -> ExtractResult:
     """Join the parts of a sharded extraction into the run's feature set."""
     with stage_run(cfg, run_id, "extract"):
-        result = merge_parts(cfg, [Path(p) for p in parts], Path(out_dir))
+        result = merge_features(cfg, [Path(p) for p in parts], Path(out_dir))
         mlflow.log_param("extract.parts", len(parts))
         log_extract_result(result)
     return result

@@ -23,8 +23,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from crossfuse.config import RunConfig, config_summary
-from crossfuse.features.store import content_hash
 from crossfuse.data.manifest import MANIFEST_NAME
+from crossfuse.hashing import content_hash
 
 
 @contextlib.contextmanager

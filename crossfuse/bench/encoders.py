@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 from crossfuse.config import RunConfig
-from crossfuse.encoders import Encoder, build_encoder, resolve_device
-from crossfuse.data.manifest import resolve_media
+from crossfuse.data.manifest import load_run_manifest, resolve_media
 from crossfuse.data.preprocess import normalise_text, prepare_image
+from crossfuse.encoders import Encoder, build_encoder, resolve_device
 
 
 def dataset_items(cfg: RunConfig, limit: int) -> dict[str, list]:
     """The first ``limit`` non-empty items of each modality, prepared as in preprocessing."""
-    frame = cfg.load_manifest().frame
+    frame = load_run_manifest(cfg).frame
     root = Path(cfg.data.path)
     items: dict[str, list] = {}
     for modality in cfg.modalities:

@@ -24,11 +24,18 @@ import statistics
 import time
 from pathlib import Path
 
+import mlflow
+
 from crossfuse.config import RunConfig
+from crossfuse.data.preprocess import preprocess
+from crossfuse.data.validation import require_valid, validate
 from crossfuse.evaluation.efficiency import inference_ms_per_sample, parameter_count
+from crossfuse.features.extract import extract
 from crossfuse.features.store import FeatureSet
-from crossfuse.fusion import FUSION_METHODS, predict_proba
-from crossfuse.training.loop import fit, macro_f1, split_tensors, split_tokens
+from crossfuse.fusion import FUSION_METHODS
+from crossfuse.metrics import predict_split
+from crossfuse.tracking import configure
+from crossfuse.training.loop import fit
 from crossfuse.training.tuning import search
 
 log = logging.getLogger(__name__)
@@ -41,10 +48,6 @@ def prepare_features(cfg: RunConfig, workdir: Path) -> Path:
 
     Raises :class:`crossfuse.validation.ValidationFailed` on bad data.
     """
-    from crossfuse.features.extract import extract
-    from crossfuse.data.preprocess import preprocess
-    from crossfuse.data.validation import require_valid, validate
-
     data = Path(cfg.data.path)
     require_valid(validate(cfg, data, workdir / "validation"))
     preprocess(cfg, data, workdir / "preprocessed")
@@ -67,23 +70,22 @@ def bench_one(fs: FeatureSet, cfg: RunConfig, name: str, seeds: list[int], trial
         fusion, train_cfg, hyper = best.fusion, best.train, best.params
     rows = []
     used = modalities or fs.modalities
-    x, present, y = split_tensors(fs, "test", used)
     for seed in seeds:
         start = time.perf_counter()
         head, result = fit(fs, fusion, train_cfg, seed, modalities=modalities)
         seconds = time.perf_counter() - start
-        tokens = split_tokens(fs, "test", used, head.spec)
-        pred = predict_proba(head, x, present, tokens).argmax(-1).numpy()
+        inputs = fs.split_inputs("test", used, head.spec.token_inputs)
+        scores = predict_split(head, inputs)
         rows.append({
             "method": name, "seed": seed,
-            "test_accuracy": float((pred == y.numpy()).mean()),
-            "test_macro_f1": macro_f1(y.numpy(), pred, len(fs.labels)),
+            "test_accuracy": scores.accuracy,
+            "test_macro_f1": scores.macro_f1,
             "val_macro_f1": result.best_val_macro_f1,
             "params": parameter_count(head),
             "hyperparameters": hyper,
             "train_seconds": round(seconds, 3),
             "token_inputs": head.spec.token_inputs,
-            "infer_ms_per_sample": round(inference_ms_per_sample(head, x, present, tokens), 5)})
+            "infer_ms_per_sample": round(inference_ms_per_sample(head, inputs), 5)})
         log.info("bench %s seed %d: test macro-F1 %.4f", name, seed, rows[-1]["test_macro_f1"])
     return rows
 
@@ -133,10 +135,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 def log_to_mlflow(cfg: RunConfig, rows: list[dict]) -> str:
     """One MLflow run per row in experiment ``bench-<dataset>``; returns the experiment id."""
-    import mlflow
-
-    from crossfuse.tracking import configure
-
     bench_cfg = cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(
         update={"experiment": f"bench-{cfg.data.dataset_name()}"})})
     experiment_id = configure(bench_cfg)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from crossfuse.config import RunConfig
+
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "label")
 SPLITS = ("train", "val", "test")
@@ -112,6 +114,12 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
                             f"Rename or add them (required: id, label, and one per modality).")
     return Manifest(root=root.resolve(), path=path.resolve(), frame=frame, lines=lines,
                     bad_utf8=find_bad_utf8(raw))
+
+
+def load_run_manifest(cfg: RunConfig) -> Manifest:
+    """The run's dataset: manifest + extra columns, checked for the columns ``cfg`` needs."""
+    return load_manifest(Path(cfg.data.path), cfg.modalities, cfg.data.extra_columns_file,
+                         cfg.data.extra_targets)
 
 
 def record_lines(text: str) -> list[int]:

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig, SplitConfig
-from crossfuse.data.manifest import SPLITS, ManifestError, resolve_media
+from crossfuse.data.manifest import SPLITS, ManifestError, load_run_manifest, resolve_media
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     """
     out_dir = Path(out_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
-    manifest = cfg.load_manifest()
+    manifest = load_run_manifest(cfg)
     frame = manifest.frame.reset_index(drop=True)
     frame["line"] = manifest.lines
     frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)

@@ -9,8 +9,8 @@ name                     modality  dim   source
 =======================  ========  ====  ============================================
 """
 
-from crossfuse.encoders.base import Encoder, EncoderUnavailable, resolve_device
+from crossfuse.encoders.base import Encoder, EncoderUnavailable, pad_tokens, resolve_device
 from crossfuse.encoders.registry import ENCODERS, build_encoder, encoder_problem, register_encoder
 
 __all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "encoder_problem",
-           "register_encoder", "resolve_device"]
+           "pad_tokens", "register_encoder", "resolve_device"]

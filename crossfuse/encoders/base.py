@@ -94,3 +94,13 @@ class Encoder(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim})"
+
+
+def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+    """Pad/cut ``[B, L, D]`` tokens and ``[B, L]`` mask to exactly ``length`` positions."""
+    b, n, d = tokens.shape
+    out = torch.zeros(b, length, d)
+    keep = torch.zeros(b, length, dtype=torch.bool)
+    out[:, :min(n, length)] = tokens[:, :length]
+    keep[:, :min(n, length)] = mask[:, :length]
+    return {"tokens": out, "mask": keep}

@@ -13,7 +13,7 @@ so its peak memory is the serving process's alone.
 
 Example
 -------
->>> inference_ms_per_sample(head, x, present)                          # doctest: +SKIP
+>>> inference_ms_per_sample(head, inputs)                              # doctest: +SKIP
 0.004
 >>> measure_serving(Path("model"), frame)["raw_ms_per_sample_batched"]  # doctest: +SKIP
 31.2
@@ -33,7 +33,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from crossfuse.fusion import FusionHead, predict_proba
+from crossfuse.features.store import SplitInputs
+from crossfuse.fusion import FusionHead
+from crossfuse.metrics import predict_split
+from crossfuse.registry.serving import FusionPredictor
 
 
 def parameter_count(module: torch.nn.Module) -> int:
@@ -45,15 +48,14 @@ def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def inference_ms_per_sample(head: FusionHead, x, present, tokens=None, repeats: int = 3) -> float:
-    """Median wall time of ``predict_proba`` over the given rows, in ms per sample."""
-    n = len(next(iter(x.values())))
+def inference_ms_per_sample(head: FusionHead, inputs: SplitInputs, repeats: int = 3) -> float:
+    """Median wall time of scoring ``inputs`` (features -> probabilities), in ms per sample."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predict_proba(head, x, present, tokens)
+        predict_split(head, inputs)
         times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times) / max(n, 1)
+    return 1000.0 * statistics.median(times) / max(len(inputs), 1)
 
 
 def _peak_rss_mb() -> float:
@@ -64,8 +66,6 @@ def _peak_rss_mb() -> float:
 
 def serving_profile(model_dir: Path, frame: pd.DataFrame, single_requests: int = 8) -> dict:
     """Load the served model and time it on ``frame`` (raw inputs), in this process."""
-    from crossfuse.registry.serving import FusionPredictor
-
     start = time.perf_counter()
     predictor = FusionPredictor(Path(model_dir))
     load_seconds = time.perf_counter() - start

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crossfuse.atomic import atomic_path
 from crossfuse.features.store import FeatureSet
-from crossfuse.fusion import FusionHead, predict_proba
-from crossfuse.training.loop import macro_f1, split_tensors, split_tokens
+from crossfuse.fusion import FusionHead
+from crossfuse.metrics import predict_split
+from crossfuse.plots import new_figure, save_figure
 
 
 def modality_importance(head: FusionHead, fs: FeatureSet, repeats: int, seed: int) -> list[dict]:
@@ -35,26 +35,22 @@ def modality_importance(head: FusionHead, fs: FeatureSet, repeats: int, seed: in
     ``repeats`` 0 leaves ``permutation`` out.
     """
     modalities = list(head.spec.dims)
-    x, present, y = split_tensors(fs, "test", modalities)
-    tokens = split_tokens(fs, "test", modalities, head.spec)
-    y, k = y.numpy(), len(fs.labels)
-
-    def score(xs, ps, ts) -> float:
-        return macro_f1(y, predict_proba(head, xs, ps, ts).argmax(-1).numpy(), k)
-
-    full = score(x, present, tokens)
+    inputs = fs.split_inputs("test", modalities, head.spec.token_inputs)
+    full = predict_split(head, inputs).macro_f1
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for m in modalities:
-        row = {"modality": m, "full": full,
-               "drop": full - score(x, {**present, m: present[m] & False}, tokens)}
+        dropped = inputs.replace(present={**inputs.present, m: inputs.present[m] & False})
+        row = {"modality": m, "full": full, "drop": full - predict_split(head, dropped).macro_f1}
         shuffled = []
         for _ in range(repeats):
-            order = torch.randperm(len(y), generator=generator)
-            ts = tokens if tokens is None else {**tokens, m: (tokens[m][0][order],
-                                                              tokens[m][1][order])}
-            shuffled.append(full - score({**x, m: x[m][order]}, {**present, m: present[m][order]},
-                                         ts))
+            order = torch.randperm(len(inputs), generator=generator)
+            tokens = inputs.tokens and {**inputs.tokens, m: (inputs.tokens[m][0][order],
+                                                             inputs.tokens[m][1][order])}
+            moved = inputs.replace(vectors={**inputs.vectors, m: inputs.vectors[m][order]},
+                                   present={**inputs.present, m: inputs.present[m][order]},
+                                   tokens=tokens)
+            shuffled.append(full - predict_split(head, moved).macro_f1)
         if shuffled:
             row["permutation"] = float(np.mean(shuffled))
             row["permutation_std"] = float(np.std(shuffled))
@@ -74,14 +70,9 @@ def importance_metrics(rows: list[dict]) -> dict[str, float]:
 
 def plot_importance(rows: list[dict], path: Path, title: str = "modality importance") -> None:
     """Grouped bars per modality: drop and permutation importance (macro-F1 lost)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["modality"] for r in rows]
     where = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 3, 3.6))
+    fig, ax = new_figure((1.6 * len(rows) + 3, 3.6))
     kinds = ["drop"] + (["permutation"] if all("permutation" in r for r in rows) else [])
     width = 0.8 / len(kinds)
     for j, kind in enumerate(kinds):
@@ -94,7 +85,4 @@ def plot_importance(rows: list[dict], path: Path, title: str = "modality importa
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

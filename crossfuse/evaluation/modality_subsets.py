@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from crossfuse.atomic import atomic_path
 from crossfuse.features.store import FeatureSet
-from crossfuse.fusion import FusionHead, predict_proba
-from crossfuse.training.loop import macro_f1, split_tensors, split_tokens
+from crossfuse.fusion import FusionHead
+from crossfuse.metrics import predict_split
+from crossfuse.plots import new_figure, save_figure
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
@@ -37,26 +37,20 @@ def subsets(modalities: list[str]) -> list[tuple[str, ...]]:
 def subset_metrics(head: FusionHead, fs: FeatureSet, split: str = "test") -> list[dict]:
     """Accuracy and macro-F1 on ``split`` for each subset of modalities kept present."""
     modalities = list(head.spec.dims)
-    x, present, y = split_tensors(fs, split, modalities)
-    tokens = split_tokens(fs, split, modalities, head.spec)
+    inputs = fs.split_inputs(split, modalities, head.spec.token_inputs)
     rows = []
     for kept in subsets(modalities):
-        masked = {m: p if m in kept else p & False for m, p in present.items()}
-        pred = predict_proba(head, x, masked, tokens).argmax(-1).numpy()
-        rows.append({"subset": "+".join(kept), "accuracy": float((pred == y.numpy()).mean()),
-                     "macro_f1": macro_f1(y.numpy(), pred, len(fs.labels))})
+        masked = {m: p if m in kept else p & False for m, p in inputs.present.items()}
+        scores = predict_split(head, inputs.replace(present=masked))
+        rows.append({"subset": "+".join(kept), "accuracy": scores.accuracy,
+                     "macro_f1": scores.macro_f1})
     return rows
 
 
 def plot_subset_heatmap(rows: list[dict], path: Path, title: str = "modalities present") -> None:
     """Heatmap: one row per subset, columns accuracy and macro-F1, values written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     values = np.array([[r["accuracy"], r["macro_f1"]] for r in rows])
-    fig, ax = plt.subplots(figsize=(4.5, 0.6 * len(rows) + 1.5))
+    fig, ax = new_figure((4.5, 0.6 * len(rows) + 1.5))
     ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks([0, 1], ["accuracy", "macro-F1"])
     ax.set_yticks(range(len(rows)), [r["subset"] for r in rows])
@@ -65,7 +59,4 @@ def plot_subset_heatmap(rows: list[dict], path: Path, title: str = "modalities p
             ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center",
                     color="white" if values[i, j] < 0.6 else "black")
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from crossfuse.atomic import atomic_path
 from crossfuse.features.store import FeatureSet
-from crossfuse.fusion import FusionHead, predict_proba
+from crossfuse.fusion import FusionHead
+from crossfuse.metrics import SplitScores, predict_split
+from crossfuse.plots import new_figure, save_figure
 from crossfuse.progress import progress
-from crossfuse.training.loop import macro_f1, split_tensors, split_tokens
 
 RAW_NOISE = {"image": "pixel_noise", "text": "word_dropout"}
 
@@ -53,9 +53,9 @@ def _rng(seed: int, modality: str, level_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, sum(map(ord, modality)), level_index])
 
 
-def _row(modality: str, kind: str, level: float, y: np.ndarray, pred: np.ndarray, k: int) -> dict:
+def _row(modality: str, kind: str, level: float, scores: SplitScores) -> dict:
     return {"modality": modality, "kind": kind, "level": round(float(level), 6),
-            "accuracy": float((pred == y).mean()), "macro_f1": macro_f1(y, pred, k)}
+            "accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
 
 
 def _train_std(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -81,10 +81,10 @@ def feature_noise_rows(head: FusionHead, fs: FeatureSet, levels: np.ndarray, see
                        ) -> list[dict]:
     """Test accuracy/macro-F1 per (modality, level) with Gaussian noise on that modality's features."""
     modalities = list(head.spec.dims)
-    x, present, y = split_tensors(fs, "test", modalities)
-    tokens = split_tokens(fs, "test", modalities, head.spec)
+    inputs = fs.split_inputs("test", modalities, head.spec.token_inputs)
+    x, tokens = inputs.vectors, inputs.tokens
     train_rows = fs.rows("train")
-    y, k, rows = y.numpy(), len(fs.labels), []
+    rows = []
     for m in modalities:
         train_present = fs.present(m)[train_rows]
         vec_std = _train_std(fs.vectors[m][train_rows], train_present)
@@ -98,8 +98,8 @@ def feature_noise_rows(head: FusionHead, fs: FeatureSet, levels: np.ndarray, see
             if tokens is not None:
                 noisy_tokens = {**tokens, m: (add_gaussian(tokens[m][0], tok_std, level, rng),
                                               tokens[m][1])}
-            pred = predict_proba(head, noisy_x, present, noisy_tokens).argmax(-1).numpy()
-            rows.append(_row(m, "features", level, y, pred, k))
+            scores = predict_split(head, inputs.replace(vectors=noisy_x, tokens=noisy_tokens))
+            rows.append(_row(m, "features", level, scores))
     return rows
 
 
@@ -137,11 +137,9 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
     """
     head, modalities = predictor.head, list(predictor.head.spec.dims)
     test_rows = fs.rows("test")[:max_samples]
-    x = {m: fs.vectors[m][test_rows] for m in modalities}
-    present = {m: fs.present(m)[test_rows] for m in modalities}
-    tokens = ({m: (fs.tokens[m][0][test_rows], fs.tokens[m][1][test_rows]) for m in modalities}
-              if head.spec.token_inputs else None)
-    y = fs.labels_of()[test_rows].numpy()
+    inputs = fs.split_inputs("test", modalities, head.spec.token_inputs).select(
+        torch.arange(len(test_rows)))
+    x, present, tokens = inputs.vectors, inputs.present, inputs.tokens
     by_id = samples.set_index("id")
     ids = fs.index["id"].iloc[test_rows.numpy()].tolist()
     rows = []
@@ -166,8 +164,8 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
                 if toks is not None:
                     noisy_tokens = {**tokens, m: (tokens[m][0].clone(), tokens[m][1].clone())}
                     noisy_tokens[m][0][have], noisy_tokens[m][1][have] = toks
-            pred = predict_proba(head, noisy_x, present, noisy_tokens).argmax(-1).numpy()
-            rows.append(_row(m, RAW_NOISE[m], level, y, pred, len(fs.labels)))
+            scores = predict_split(head, inputs.replace(vectors=noisy_x, tokens=noisy_tokens))
+            rows.append(_row(m, RAW_NOISE[m], level, scores))
     return rows
 
 
@@ -183,13 +181,8 @@ def robustness_metrics(rows: list[dict]) -> dict[str, float]:
 
 def plot_robustness(rows: list[dict], path: Path, title: str = "noise robustness") -> None:
     """One line per (modality, noise kind): test macro-F1 against noise level, AUC in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     frame = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = new_figure((6.5, 4.2))
     for (m, kind), curve in frame.groupby(["modality", "kind"], sort=True):
         curve = curve.sort_values("level")
         auc = robustness_auc(curve["level"], curve["macro_f1"])
@@ -201,7 +194,4 @@ def plot_robustness(rows: list[dict], path: Path, title: str = "noise robustness
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -19,14 +19,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 from crossfuse.atomic import write_json
 from crossfuse.config import RunConfig
-from crossfuse.encoders import Encoder, build_encoder, resolve_device
-from crossfuse.features.store import FeatureCache, content_hash, merge_feature_sets, write_feature_set
 from crossfuse.data.preprocess import read_samples
+from crossfuse.encoders import Encoder, build_encoder, pad_tokens, resolve_device
+from crossfuse.features.store import FeatureCache, concat_feature_sets, write_feature_set
+from crossfuse.hashing import content_hash
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
@@ -57,16 +60,6 @@ def _load_items(samples, modality: str, root: Path, rows: list[int]) -> list:
         with Image.open(root / samples["image"].iloc[r]) as img:
             items.append(img.convert("RGB"))
     return items
-
-
-def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
-    """Pad/cut ``[B, L, D]`` tokens and ``[B, L]`` mask to exactly ``length`` positions."""
-    b, n, d = tokens.shape
-    out = torch.zeros(b, length, d)
-    keep = torch.zeros(b, length, dtype=torch.bool)
-    out[:, :min(n, length)] = tokens[:, :length]
-    keep[:, :min(n, length)] = mask[:, :length]
-    return {"tokens": out, "mask": keep}
 
 
 def encode_with_cache(encode: Callable[[list], dict[str, torch.Tensor]], label: str,
@@ -109,6 +102,75 @@ def _scatter(found: torch.Tensor | None, present, shape_tail: tuple[int, ...], d
     return out
 
 
+@dataclass
+class ModalityFeatures:
+    """One modality's share of a feature set, rows aligned with the samples.
+
+    ``vectors`` ``[N, dim]`` (zeros where absent); ``tokens`` ``([N, L, dim], [N, L])`` or None;
+    ``present`` ``[N]`` bool; ``hashes`` the content hash of each present row, in order.
+    """
+
+    vectors: torch.Tensor
+    tokens: tuple[torch.Tensor, torch.Tensor] | None
+    present: np.ndarray
+    hashes: list[str]
+    cache_hits: int
+    encoded: int
+    truncated: int | None
+    meta: dict
+
+
+def build_encoders(cfg: RunConfig) -> dict[str, Encoder]:
+    """The run's encoders by modality (``extract.encoders``), on the CPU."""
+    return {m: build_encoder(name, m, offline=cfg.extract.hf_offline,
+                             trust_remote_code=cfg.extract.trust_remote_code)
+            for m, name in cfg.extract.encoders.items()}
+
+
+def extract_modality(cfg: RunConfig, encoder: Encoder, modality: str, samples: pd.DataFrame,
+                     preprocessed: Path) -> ModalityFeatures:
+    """Encode one modality of ``samples`` through the feature cache (and its token view).
+
+    Rows without the modality get zero vectors; the fusion head never sees them
+    (placeholder + mask).
+    """
+    length, cache_dir = cfg.extract.max_tokens, Path(cfg.extract.cache_dir)
+    present = (samples[modality] != "").to_numpy()
+    have = samples[present].reset_index(drop=True)
+    hashes = _item_hashes(have, modality, preprocessed)  # reads each media file once
+    args = (have, hashes, modality, preprocessed, cfg.extract.batch_size, cfg.extract.shard_size)
+    found, hits, encoded = encode_with_cache(
+        lambda items: {"vectors": encoder.encode(items)}, encoder.name,
+        FeatureCache(cache_dir, encoder.cache_key), *args)
+    dim = found["vectors"].shape[1] if found else encoder.dim
+    vectors = _scatter(found["vectors"] if found else None, present, (dim,), torch.float32)
+    tokens = None
+    if cfg.extract.token_sequences:
+        seq, _, _ = encode_with_cache(
+            lambda items: pad_tokens(*encoder.encode_tokens(items, length), length),
+            f"{encoder.name} tokens", FeatureCache(cache_dir, f"{encoder.cache_key}:tokens{length}"),
+            *args)
+        tokens = (_scatter(seq["tokens"] if seq else None, present, (length, dim), torch.float32),
+                  _scatter(seq["mask"] if seq else None, present, (length,), torch.bool))
+    # Long texts are cut, not rejected: count them.
+    truncated = encoder.count_truncated(have["text"].tolist()) if modality == "text" else None
+    meta = {"name": encoder.name, "cache_key": encoder.cache_key, "dim": int(dim),
+            "tokens": length if cfg.extract.token_sequences else 0}
+    log.info("features %s: %d/%d from cache, %d encoded with %s on %s (%d missing)", modality,
+             hits, len(have), encoded, encoder.name, encoder.device, len(samples) - len(have))
+    return ModalityFeatures(vectors, tokens, present, hashes, hits, encoded, truncated, meta)
+
+
+def feature_index(samples: pd.DataFrame, labels: list[str], targets: dict[str, list[str]]
+                  ) -> pd.DataFrame:
+    """The index's id, line, label, split and target columns, with class ids (``*_idx``)."""
+    index = samples[["id", "line", "label", "split", *targets]].copy()
+    index["label_idx"] = index["label"].map({name: i for i, name in enumerate(labels)})
+    for target, classes in targets.items():
+        index[f"{target}_idx"] = index[target].map({name: i for i, name in enumerate(classes)})
+    return index
+
+
 def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
             encoders: dict[str, Encoder] | None = None,
             part: tuple[int, int] | None = None) -> ExtractResult:
@@ -120,11 +182,11 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     Parameters
     ----------
     cfg: run config (``extract`` section).
-    preprocessed: output folder of :func:`crossfuse.preprocess.preprocess`.
+    preprocessed: output folder of :func:`crossfuse.data.preprocess.preprocess`.
     out_dir: where the feature set is written.
     encoders: prebuilt encoders by modality (default: built from ``extract.encoders``).
     part: ``(i, n)`` encodes only rows ``i, i + n, i + 2n, ...`` (one pod's share of a
-        sharded extraction); :func:`crossfuse.features.merge_feature_sets` joins the parts.
+        sharded extraction); :func:`merge_features` joins the parts.
     """
     preprocessed = Path(preprocessed)
     samples, labels, targets = read_samples(preprocessed)
@@ -133,65 +195,35 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
         if not 0 <= i < n:
             raise ValueError(f"part {i} of {n} does not exist; parts are 0..{n - 1}")
         samples = samples.iloc[i::n].reset_index(drop=True)
-    encoders = encoders or {m: build_encoder(name, m, offline=cfg.extract.hf_offline,
-                                             trust_remote_code=cfg.extract.trust_remote_code)
-                            for m, name in cfg.extract.encoders.items()}
+    encoders = encoders or build_encoders(cfg)
     device = resolve_device(cfg.extract.device)
     for encoder in encoders.values():
-        encoder.to(device)
-    index = samples[["id", "line", "label", "split", *targets]].copy()
-    index["label_idx"] = index["label"].map({name: i for i, name in enumerate(labels)})
-    for target, classes in targets.items():
-        index[f"{target}_idx"] = index[target].map({name: i for i, name in enumerate(classes)})
-    vectors, tokens, hits, encoded, meta, truncated = {}, {}, {}, {}, {}, {}
-    length = cfg.extract.max_tokens
-    for modality in cfg.modalities:
-        encoder = encoders[modality]
-        present = (samples[modality] != "").to_numpy()
-        have = samples[present].reset_index(drop=True)
-        hashes = _item_hashes(have, modality, preprocessed)  # reads each media file once
-        args = (have, hashes, modality, preprocessed, cfg.extract.batch_size,
-                cfg.extract.shard_size)
-        cache = FeatureCache(Path(cfg.extract.cache_dir), encoder.cache_key)
-        found, hits[modality], encoded[modality] = encode_with_cache(
-            lambda items, e=encoder: {"vectors": e.encode(items)}, encoder.name, cache, *args)
-        dim = found["vectors"].shape[1] if found else encoder.dim
-        # Absent rows get zeros; the fusion head never sees them (placeholder + mask).
-        vectors[modality] = _scatter(found["vectors"] if found else None, present, (dim,),
-                                     torch.float32)
-        if cfg.extract.token_sequences:
-            token_cache = FeatureCache(Path(cfg.extract.cache_dir),
-                                       f"{encoder.cache_key}:tokens{length}")
-            seq, _, _ = encode_with_cache(
-                lambda items, e=encoder: pad_tokens(*e.encode_tokens(items, length), length),
-                f"{encoder.name} tokens", token_cache, *args)
-            tokens[modality] = (
-                _scatter(seq["tokens"] if seq else None, present, (length, dim), torch.float32),
-                _scatter(seq["mask"] if seq else None, present, (length,), torch.bool))
-        if modality == "text":  # long texts are cut, not rejected: count them
-            truncated[modality] = encoder.count_truncated(have["text"].tolist())
-        remaining = iter(hashes)
-        index[f"present_{modality}"] = present
-        index[f"hash_{modality}"] = [next(remaining) if p else "" for p in present]
-        meta[modality] = {"name": encoder.name, "cache_key": encoder.cache_key, "dim": int(dim),
-                          "tokens": length if cfg.extract.token_sequences else 0}
-        log.info("features %s: %d/%d from cache, %d encoded with %s on %s (%d missing)", modality,
-                 hits[modality], len(have), encoded[modality], encoder.name, device,
-                 len(samples) - len(have))
-    write_feature_set(out_dir, index, labels, meta, vectors, cfg.extract.shard_size, targets, tokens)
-    result = ExtractResult(n_samples=len(samples), dims={m: v["dim"] for m, v in meta.items()},
-                           cache_hits=hits, encoded=encoded, truncated=truncated)
+        encoder.to(device)  # in place: a wrapped encoder stays wrapped
+    index = feature_index(samples, labels, targets)
+    done = {m: extract_modality(cfg, encoders[m], m, samples, preprocessed) for m in cfg.modalities}
+    for m, f in done.items():
+        remaining = iter(f.hashes)
+        index[f"present_{m}"] = f.present
+        index[f"hash_{m}"] = [next(remaining) if p else "" for p in f.present]
+    write_feature_set(out_dir, index, labels, {m: f.meta for m, f in done.items()},
+                      {m: f.vectors for m, f in done.items()}, cfg.extract.shard_size, targets,
+                      {m: f.tokens for m, f in done.items() if f.tokens is not None})
+    result = ExtractResult(n_samples=len(samples), dims={m: f.meta["dim"] for m, f in done.items()},
+                           cache_hits={m: f.cache_hits for m, f in done.items()},
+                           encoded={m: f.encoded for m, f in done.items()},
+                           truncated={m: f.truncated for m, f in done.items()
+                                      if f.truncated is not None})
     write_json(Path(out_dir) / RESULT_FILE, asdict(result))
     return result
 
 
-def merge_parts(cfg: RunConfig, parts: list[Path], out_dir: Path) -> ExtractResult:
+def merge_features(cfg: RunConfig, parts: list[Path], out_dir: Path) -> ExtractResult:
     """Join the feature sets of a sharded extraction into one; counts are summed.
 
-    >>> merge_parts(cfg, [Path("part-0"), Path("part-1")], Path("features"))   # doctest: +SKIP
+    >>> merge_features(cfg, [Path("part-0"), Path("part-1")], Path("features"))   # doctest: +SKIP
     ExtractResult(n_samples=720, ...)
     """
-    merge_feature_sets(parts, out_dir, cfg.extract.shard_size)
+    concat_feature_sets(parts, out_dir, cfg.extract.shard_size)
     results = [json.loads((Path(p) / RESULT_FILE).read_text()) for p in parts]
     total = ExtractResult(
         n_samples=sum(r["n_samples"] for r in results), dims=results[0]["dims"],

@@ -28,7 +28,7 @@ Example
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -37,28 +37,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from crossfuse.atomic import atomic_path, write_json
+from crossfuse.atomic import atomic_path, atomic_save, write_json
+from crossfuse.hashing import content_hash
 
 INDEX_FILE = "index.parquet"
 ENCODERS_FILE = "encoders.json"
 LABELS_FILE = "labels.json"
 TARGETS_FILE = "targets.json"
-
-
-def content_hash(data: bytes | str) -> str:
-    """sha256 hex digest of an item's content (text is UTF-8 encoded)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return hashlib.sha256(data).hexdigest()
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path,
-                metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file under a temporary name, then rename it into place."""
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 class FeatureCache:
@@ -71,7 +57,7 @@ class FeatureCache:
     """
 
     def __init__(self, root: Path, cache_key: str):
-        self.dir = Path(root) / hashlib.sha256(cache_key.encode()).hexdigest()[:24]
+        self.dir = Path(root) / content_hash(cache_key)[:24]
         self.cache_key = cache_key
         self._where: dict[str, tuple[Path, int]] = {}
         self._scan()
@@ -111,6 +97,41 @@ class FeatureCache:
             self._where.setdefault(h, (path, row))
 
 
+Tokens = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {modality: ([N, L, D_m], [N, L] mask)}
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """One split's model inputs, row-aligned: what a fusion head reads and the labels it is scored on.
+
+    ``vectors`` ``{m: [N, D_m]}``, ``present`` ``{m: BoolTensor[N]}``, ``labels`` ``LongTensor[N]``
+    (primary target), ``tokens`` ``{m: ([N, L, D_m], [N, L])}`` or None when the head reads none.
+
+    >>> s = SplitInputs({"text": torch.zeros(3, 2)}, {"text": torch.ones(3, dtype=torch.bool)},
+    ...                 torch.tensor([0, 1, 0]))
+    >>> len(s), len(s.select(torch.tensor([0, 2])))
+    (3, 2)
+    """
+
+    vectors: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    tokens: Tokens | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, rows: torch.Tensor) -> SplitInputs:
+        """The same inputs restricted to ``rows`` (a batch, a subsample)."""
+        tokens = {m: (t[rows], k[rows]) for m, (t, k) in self.tokens.items()} if self.tokens else None
+        return SplitInputs({m: v[rows] for m, v in self.vectors.items()},
+                           {m: p[rows] for m, p in self.present.items()}, self.labels[rows], tokens)
+
+    def replace(self, **changes) -> SplitInputs:
+        """A copy with some fields replaced, e.g. ``present={**s.present, "text": ...}``."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass
 class FeatureSet:
     """A loaded feature set: the index frame, class names, and one ``[N, dim]`` tensor per modality."""
@@ -120,7 +141,7 @@ class FeatureSet:
     encoders: dict[str, dict]
     vectors: dict[str, torch.Tensor]
     targets: dict[str, list[str]] = field(default_factory=dict)
-    tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    tokens: Tokens = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -138,6 +159,28 @@ class FeatureSet:
         """Long tensor ``[N]`` of class ids of the primary target, or of an extra target."""
         column = "label_idx" if target is None else f"{target}_idx"
         return torch.tensor(self.index[column].to_numpy(), dtype=torch.long)
+
+    def split_tensors(self, split: str, modalities: list[str], target: str | None = None):
+        """(vectors, present, class ids) of one split, restricted to ``modalities``.
+
+        ``target`` None means the primary label; otherwise an extra target's name.
+        """
+        rows = self.rows(split)
+        return ({m: self.vectors[m][rows] for m in modalities},
+                {m: self.present(m)[rows] for m in modalities}, self.labels_of(target)[rows])
+
+    def split_tokens(self, split: str, modalities: list[str], token_inputs: bool) -> Tokens | None:
+        """Token sequences of one split when the head reads them (``token_inputs``), else None."""
+        if not token_inputs:
+            return None
+        rows = self.rows(split)
+        return {m: (self.tokens[m][0][rows], self.tokens[m][1][rows]) for m in modalities}
+
+    def split_inputs(self, split: str, modalities: list[str], token_inputs: bool = False
+                     ) -> SplitInputs:
+        """Everything a head reads for ``split``, with the primary labels."""
+        vectors, present, labels = self.split_tensors(split, modalities)
+        return SplitInputs(vectors, present, labels, self.split_tokens(split, modalities, token_inputs))
 
 
 def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
@@ -163,7 +206,7 @@ def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
         index.to_parquet(tmp, index=False)
 
 
-def merge_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024) -> Path:
+def concat_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024) -> Path:
     """Join feature sets holding disjoint rows of one dataset, back in manifest order.
 
     The parts must come from the same encoders and labels (a sharded extraction);

@@ -13,16 +13,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask, projector
+from crossfuse.fusion.base import FusionMethod, FusionSpec, presence_mask, projector
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("attention")
-class AttentionFusion(FusionHead):
+class AttentionFusion(FusionMethod):
     """>>> spec = FusionSpec("attention", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> AttentionFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -31,7 +31,7 @@ class AttentionFusion(FusionHead):
         self.project = nn.ModuleDict({m: projector(d, h, spec.dropout) for m, d in spec.dims.items()})
         self.score = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1, bias=False))
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         tokens = torch.stack([self.project[m](features[m]) for m in self.modalities], dim=1)
         scores = self.score(tokens).squeeze(-1)                                    # [B, M]
         mask = presence_mask(present, self.modalities)

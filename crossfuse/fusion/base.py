@@ -11,10 +11,11 @@ primary target (``spec.target``), each extra target (multi-task), and, when
 ``spec.aux_heads`` is on, ``aux:<modality>`` — a per-modality classifier of the
 primary target used as an auxiliary training loss.
 
-A method implements ``represent(features, present) -> Tensor[B, hidden_dim]``;
-the base class adds one linear head per target on top. A missing modality never
-reaches the arithmetic: :meth:`FusionHead.fill_missing` swaps its rows for a
-learned placeholder vector first, and methods that weigh modalities also mask it.
+A method is a :class:`FusionMethod`: ``forward(features, present) -> Tensor[B, hidden_dim]``.
+:class:`crossfuse.fusion.head.FusionHead` composes it with what every method shares:
+learned placeholders for missing modalities, one linear head per target and the
+optional auxiliary heads. A missing modality never reaches the arithmetic: the head
+swaps its rows for the placeholder first, and methods that weigh modalities also mask it.
 """
 
 from __future__ import annotations
@@ -59,63 +60,30 @@ class FusionSpec:
 Tokens = dict[str, tuple[torch.Tensor, torch.Tensor]]  # {modality: ([B, L, D_m], [B, L] mask)}
 
 
-class FusionHead(nn.Module):
-    """Base class: placeholders, per-target heads, optional auxiliary per-modality heads.
+class FusionMethod(nn.Module):
+    """Base class of a fusion method: complete features in, one fused representation out.
 
-    Methods that can read token sequences set ``uses_tokens = True`` and accept a
-    ``tokens`` argument in ``represent``; it is passed only when ``spec.token_inputs``.
+    ``forward(features, present) -> Tensor[B, hidden_dim]``. ``features`` arrive with
+    missing rows already replaced by placeholders (:class:`crossfuse.fusion.head.FusionHead`
+    does that); ``present`` tells which rows are real, for methods that weigh modalities.
+
+    Class attributes a method may set:
+
+    - ``uses_tokens``: it can read token sequences; its ``forward`` then takes
+      ``tokens=`` (passed only when ``spec.token_inputs``);
+    - ``decides``: decision-level fusion — ``forward`` returns ``{target: logits}`` itself,
+      and the head adds no per-target linear layers on top.
     """
 
     uses_tokens = False
+    decides = False
 
     def __init__(self, spec: FusionSpec):
         super().__init__()
         if not spec.dims:
-            raise ValueError("a fusion head needs at least one modality")
+            raise ValueError("a fusion method needs at least one modality")
         self.spec = spec
         self.modalities = list(spec.dims)
-        self.placeholders = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(d)) for m, d in spec.dims.items()})
-        self.heads = nn.ModuleDict({t: nn.Linear(spec.hidden_dim, n)
-                                    for t, n in spec.targets.items()})
-        if spec.aux_heads:
-            self.aux = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, spec.num_classes))
-                                      for m, d in spec.dims.items()})
-
-    def fill_missing(self, features: dict[str, torch.Tensor],
-                     present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Replace absent rows by the modality's placeholder: same shapes in and out."""
-        filled = {}
-        for m in self.modalities:
-            x = features[m]
-            mask = present[m].to(torch.bool).unsqueeze(-1)
-            filled[m] = torch.where(mask, x, self.placeholders[m].to(x.dtype).expand_as(x))
-        return filled
-
-    def represent(self, features: dict[str, torch.Tensor],
-                  present: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Method-specific fusion of complete features -> ``[B, hidden_dim]``."""
-        raise NotImplementedError
-
-    def forward_all(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
-                    tokens: Tokens | None = None) -> dict[str, torch.Tensor]:
-        """Logits of every head: ``{target: [B, n_target], "aux:<m>": [B, num_classes]}``."""
-        filled = self.fill_missing(features, present)
-        if self.spec.token_inputs:
-            if tokens is None:
-                raise ValueError(f"this {self.spec.method} head was trained on token sequences; "
-                                 f"pass tokens (extract.token_sequences=true)")
-            rep = self.represent(filled, present, tokens=tokens)
-        else:
-            rep = self.represent(filled, present)
-        out = {t: head(rep) for t, head in self.heads.items()}
-        if self.spec.aux_heads:
-            out.update({f"aux:{m}": self.aux[m](filled[m]) for m in self.modalities})
-        return out
-
-    def forward(self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
-                tokens: Tokens | None = None) -> torch.Tensor:
-        return self.forward_all(features, present, tokens)[self.spec.target]
 
 
 def presence_mask(present: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.base import FusionMethod, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("concat")
-class ConcatFusion(FusionHead):
+class ConcatFusion(FusionMethod):
     """>>> spec = FusionSpec("concat", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> ConcatFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -29,5 +29,5 @@ class ConcatFusion(FusionHead):
         self.body = nn.Sequential(nn.Linear(sum(spec.dims.values()), spec.hidden_dim), nn.GELU(),
                                   nn.Dropout(spec.dropout))
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         return self.body(torch.cat([self.norms[m](features[m]) for m in self.modalities], dim=-1))

@@ -16,16 +16,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.base import FusionMethod, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("film")
-class FiLMFusion(FusionHead):
+class FiLMFusion(FusionMethod):
     """>>> spec = FusionSpec("film", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> FiLMFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -42,7 +42,7 @@ class FiLMFusion(FusionHead):
         self.film = nn.Linear(cond_dim, 2 * h) if cond_dim else None
         self.out = nn.Sequential(nn.GELU(), nn.Dropout(spec.dropout))
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         h = self.project(self.norms[self.target](features[self.target]))
         if self.film is not None:
             context = torch.cat([self.norms[m](features[m]) for m in self.conditioners], dim=-1)

@@ -14,16 +14,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask
+from crossfuse.fusion.base import FusionMethod, FusionSpec, presence_mask
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("gmu")
-class GatedMultimodalUnit(FusionHead):
+class GatedMultimodalUnit(FusionMethod):
     """>>> spec = FusionSpec("gmu", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> GatedMultimodalUnit(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -34,7 +34,7 @@ class GatedMultimodalUnit(FusionHead):
         self.gate = nn.Linear(sum(spec.dims.values()), m * h)
         self.dropout = nn.Dropout(spec.dropout)
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         x = {k: self.norms[k](features[k]) for k in self.modalities}
         cand = torch.stack([torch.tanh(self.candidates[k](x[k])) for k in self.modalities], dim=1)
         gates = self.gate(torch.cat([x[k] for k in self.modalities], dim=-1))

@@ -12,21 +12,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec, presence_mask, projector
+from crossfuse.fusion.base import FusionMethod, FusionSpec, presence_mask, projector
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("late")
-class LateFusion(FusionHead):
-    """>>> spec = FusionSpec("late", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
+class LateFusion(FusionMethod):
+    """Returns ``{target: logits [B, C]}``: the head adds no target layers (``decides``).
+
+    >>> spec = FusionSpec("late", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
-    >>> LateFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
+    >>> LateFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x})["label"].shape
     torch.Size([2, 3])
     """
 
+    decides = True
+
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
-        del self.heads  # each modality has its own heads instead
         self.encoders = nn.ModuleDict({m: projector(d, spec.hidden_dim, spec.dropout)
                                        for m, d in spec.dims.items()})
         self.decisions = nn.ModuleDict({
@@ -34,9 +37,8 @@ class LateFusion(FusionHead):
             for t, n in spec.targets.items()})
         self.weight_logits = nn.Parameter(torch.zeros(len(self.modalities)))
 
-    def forward_all(self, features, present, tokens=None):
-        filled = self.fill_missing(features, present)
-        hidden = {m: self.encoders[m](filled[m]) for m in self.modalities}
+    def forward(self, features, present):
+        hidden = {m: self.encoders[m](features[m]) for m in self.modalities}
         mask = presence_mask(present, self.modalities)                          # [B, M]
         weights = self.weight_logits.expand_as(mask).masked_fill(~mask, float("-inf")).softmax(-1)
         out = {}
@@ -44,6 +46,4 @@ class LateFusion(FusionHead):
             log_probs = torch.stack([heads[m](hidden[m]).log_softmax(-1) for m in self.modalities],
                                     dim=1)                                          # [B, M, C]
             out[target] = (weights.unsqueeze(-1) * log_probs).sum(dim=1) * len(self.modalities)
-        if self.spec.aux_heads:
-            out.update({f"aux:{m}": self.aux[m](filled[m]) for m in self.modalities})
         return out

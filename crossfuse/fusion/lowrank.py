@@ -15,16 +15,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.base import FusionMethod, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("lowrank")
-class LowRankFusion(FusionHead):
+class LowRankFusion(FusionMethod):
     """>>> spec = FusionSpec("lowrank", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> LowRankFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -40,7 +40,7 @@ class LowRankFusion(FusionHead):
         self.bias = nn.Parameter(torch.zeros(h))
         self.out = nn.Sequential(nn.GELU(), nn.Dropout(spec.dropout))
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         product = None
         for m in self.modalities:
             z = self.norms[m](features[m])

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.base import FusionMethod, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("mfb")
-class MFBFusion(FusionHead):
+class MFBFusion(FusionMethod):
     """>>> spec = FusionSpec("mfb", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> MFBFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -37,7 +37,7 @@ class MFBFusion(FusionHead):
         # The normalised output has unit norm; rescale so the linear heads see O(1) values.
         self.scale = nn.Parameter(torch.tensor(float(h) ** 0.5))
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         joint = None
         for m in self.modalities:
             p = self.project[m](features[m])

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from crossfuse.atomic import write_json
-from crossfuse.features.store import atomic_save
-from crossfuse.fusion.base import FusionHead, FusionSpec
-from crossfuse.fusion.registry import FUSION_METHODS
+from crossfuse import __version__
+from crossfuse.atomic import atomic_save, write_json
+from crossfuse.fusion.base import FusionSpec
+from crossfuse.fusion.head import FusionHead, upgrade_state_dict
 
 WEIGHTS_FILE = "fusion_head.safetensors"
 SPEC_FILE = "fusion_spec.json"
@@ -24,19 +24,14 @@ RUN_CONFIG_FILE = "run_config.json"  # the effective run config (after any searc
 
 
 def build_fusion_head(spec: FusionSpec) -> FusionHead:
-    """Instantiate the registered method ``spec.method``."""
-    if spec.method not in FUSION_METHODS:
-        raise ValueError(f"unknown fusion method {spec.method!r}; available: "
-                         f"{sorted(FUSION_METHODS)}")
-    return FUSION_METHODS[spec.method](spec)
+    """The registered method ``spec.method`` inside a :class:`FusionHead`."""
+    return FusionHead(spec)
 
 
 def save_fusion_head(head: FusionHead, out_dir: Path, extra: dict | None = None) -> None:
     """Write ``fusion_head.safetensors`` and ``fusion_spec.json`` (spec + ``extra``) to ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from crossfuse import __version__
-
     atomic_save(head.state_dict(), out_dir / WEIGHTS_FILE)
     write_json(out_dir / SPEC_FILE,
                {**head.spec.to_dict(), **(extra or {}), "crossfuse_version": __version__})
@@ -49,10 +44,8 @@ def load_fusion_head(model_dir: Path) -> tuple[FusionHead, dict]:
     spec = FusionSpec(**{k: meta[k] for k in FusionSpec.__dataclass_fields__ if k in meta})
     head = build_fusion_head(spec)
     try:
-        head.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
+        head.load_state_dict(upgrade_state_dict(load_file(str(model_dir / WEIGHTS_FILE))))
     except RuntimeError as exc:
-        from crossfuse import __version__
-
         saved = meta.get("crossfuse_version", "an earlier version")
         raise ValueError(
             f"{model_dir}: the {spec.method} head was saved by crossfuse {saved} and its weights "

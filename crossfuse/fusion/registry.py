@@ -1,4 +1,4 @@
-"""Fusion method registry: ``name -> FusionHead subclass``.
+"""Fusion method registry: ``name -> FusionMethod subclass``.
 
 New methods register themselves with ``@register_fusion("name")`` in their own
 module and are imported by ``crossfuse.fusion``.

@@ -13,16 +13,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossfuse.fusion.base import FusionHead, FusionSpec
+from crossfuse.fusion.base import FusionMethod, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("tensor")
-class TensorFusion(FusionHead):
+class TensorFusion(FusionMethod):
     """>>> spec = FusionSpec("tensor", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> TensorFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -34,7 +34,7 @@ class TensorFusion(FusionHead):
                                                                       spec.hidden_dim),
                                   nn.GELU(), nn.Dropout(spec.dropout))
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         joint = None
         for m in self.modalities:
             z = self.project[m](features[m])

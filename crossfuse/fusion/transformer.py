@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from crossfuse.fusion.base import (
-    FusionHead,
+    FusionMethod,
     FusionSpec,
     attention_heads,
     linear_projections,
@@ -25,11 +25,11 @@ from crossfuse.fusion.registry import register_fusion
 
 
 @register_fusion("transformer")
-class TransformerFusion(FusionHead):
+class TransformerFusion(FusionMethod):
     """>>> spec = FusionSpec("transformer", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> TransformerFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -45,7 +45,7 @@ class TransformerFusion(FusionHead):
                                              enable_nested_tensor=False)
         self.norm = nn.LayerNorm(h)
 
-    def represent(self, features, present):
+    def forward(self, features, present):
         tokens = torch.stack([self.project[m](features[m]) for m in self.modalities], dim=1)
         tokens = tokens + self.modality_embedding
         tokens = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from crossfuse.fusion.base import (
-    FusionHead,
+    FusionMethod,
     FusionSpec,
     attention_heads,
     linear_projections,
@@ -45,11 +45,11 @@ class CrossModalBlock(nn.Module):
 
 
 @register_fusion("xattn")
-class CrossAttentionFusion(FusionHead):
+class CrossAttentionFusion(FusionMethod):
     """>>> spec = FusionSpec("xattn", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
     >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
     >>> CrossAttentionFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
-    torch.Size([2, 3])
+    torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
@@ -85,7 +85,7 @@ class CrossAttentionFusion(FusionHead):
             out[m] = (self.project[m](seq), valid)
         return out
 
-    def represent(self, features, present, tokens=None):
+    def forward(self, features, present, tokens=None):
         seqs = self.sequences(features, present, tokens)
         keep = presence_mask(present, self.modalities)                           # [B, M]
         streams = []

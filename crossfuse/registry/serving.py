@@ -32,11 +32,10 @@ import torch
 from PIL import Image
 
 from crossfuse.config import RunConfig
-from crossfuse.encoders import build_encoder, resolve_device
-from crossfuse.features.extract import pad_tokens
+from crossfuse.data.preprocess import normalise_text, prepare_image
+from crossfuse.encoders import build_encoder, pad_tokens, resolve_device
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
-from crossfuse.data.preprocess import normalise_text, prepare_image
 
 
 def _is_missing(value) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from crossfuse.atomic import atomic_path
+from crossfuse.plots import new_figure, save_figure
 
 
 def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
@@ -70,12 +70,7 @@ def fit_temperature(y: np.ndarray, probs: np.ndarray) -> float:
 def plot_reliability(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, bins: int = 15,
                      title: str = "reliability") -> None:
     """Save a reliability diagram: accuracy per confidence bin for each named probability set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = new_figure((5, 5))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     edges = np.linspace(0.0, 1.0, bins + 1)
     for name, probs in curves.items():
@@ -95,7 +90,4 @@ def plot_reliability(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, b
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -27,7 +27,8 @@ import torch
 
 from crossfuse.atomic import atomic_path
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.features.store import FeatureSet, content_hash
+from crossfuse.features.store import FeatureSet
+from crossfuse.hashing import content_hash
 
 log = logging.getLogger(__name__)
 

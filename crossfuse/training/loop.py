@@ -1,8 +1,9 @@
-"""Stage 4, train: fit a fusion head on a feature set, early-stopped on validation macro-F1.
+"""The training loop: fit a fusion head on a feature set, early-stopped on validation macro-F1.
 
-Seeded (parameter init and batch order), so the same features + config + seed give
-the same weights and metrics. ``on_epoch`` receives each epoch's metrics, which
-the pipeline logs to MLflow as curves.
+Seeded (parameter init, batch order, modality dropout), so the same features + config +
+seed give the same weights and metrics. The loop's whole state is a :class:`LoopState`,
+which a checkpoint holds after every epoch (:mod:`crossfuse.training.checkpoint`), so a
+killed run resumes where it stopped.
 
 Example
 -------
@@ -22,24 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 
-from crossfuse.atomic import write_text
+from crossfuse.config import FusionConfig, TrainConfig
+from crossfuse.features.store import FeatureSet, SplitInputs
+from crossfuse.fusion import FUSION_METHODS, FusionHead, FusionSpec, build_fusion_head
+from crossfuse.metrics import predict_split
 from crossfuse.training.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
-from crossfuse.config import FusionConfig, RunConfig, TrainConfig
-from crossfuse.features.store import FeatureSet, read_feature_set
-from crossfuse.fusion import (
-    FUSION_METHODS,
-    FusionHead,
-    FusionSpec,
-    build_fusion_head,
-    predict_proba,
-    save_fusion_head,
-)
-from crossfuse.fusion.model import RUN_CONFIG_FILE
 
 log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -55,29 +49,52 @@ class TrainResult:
     checkpoint: Path | None = None  # the per-epoch state file, when fit kept one
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-averaged F1 over all ``num_classes`` classes (absent classes score 0)."""
-    return float(f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro",
-                          zero_division=0))
+@dataclass
+class LoopState:
+    """Early-stopping bookkeeping: the best epoch so far, its weights, the history.
 
-
-def split_tensors(fs: FeatureSet, split: str, modalities: list[str], target: str | None = None):
-    """(features, present, class ids) of one split, restricted to ``modalities``.
-
-    ``target`` None means the primary label; otherwise an extra target's name.
+    ``best`` is ``(val macro-F1, val loss)``: a higher F1 wins, a tie goes to the lower loss.
     """
-    rows = fs.rows(split)
-    feats = {m: fs.vectors[m][rows] for m in modalities}
-    present = {m: fs.present(m)[rows] for m in modalities}
-    return feats, present, fs.labels_of(target)[rows]
 
+    best: tuple[float, float] = (-1.0, float("inf"))
+    best_state: dict | None = None
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    stale: int = 0
+    stopped: bool = False
 
-def split_tokens(fs: FeatureSet, split: str, modalities: list[str], spec: FusionSpec):
-    """Token sequences of one split when the head reads them, else None."""
-    if not spec.token_inputs:
-        return None
-    rows = fs.rows(split)
-    return {m: (fs.tokens[m][0][rows], fs.tokens[m][1][rows]) for m in modalities}
+    def record(self, epoch: int, metrics: dict[str, float], head: nn.Module, patience: int) -> None:
+        """Add one epoch; keep the head's weights when it is the best so far; stop when stale."""
+        self.history.append({"epoch": epoch, **metrics})
+        score = (metrics["val_macro_f1"], metrics["val_loss"])
+        if score[0] > self.best[0] + 1e-9 or (abs(score[0] - self.best[0]) <= 1e-9
+                                              and score[1] < self.best[1]):
+            self.best, self.best_epoch, self.stale = score, epoch, 0
+            self.best_state = copy.deepcopy(head.state_dict())
+        else:
+            self.stale += 1
+            self.stopped = self.stale >= patience
+
+    def to_checkpoint(self, key: str, head: nn.Module, optimiser: torch.optim.Optimizer,
+                      generator: torch.Generator) -> dict:
+        """Everything a resume needs: this state plus the head, optimiser and RNG states."""
+        return {"key": key, "head": head.state_dict(), "optimiser": optimiser.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "best": list(self.best), "best_state": self.best_state,
+                "best_epoch": self.best_epoch, "history": self.history, "stale": self.stale,
+                "stopped": self.stopped}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, head: nn.Module, optimiser: torch.optim.Optimizer,
+                        generator: torch.Generator) -> LoopState:
+        """Restore the head, optimiser and RNGs from ``saved``; return the loop state."""
+        head.load_state_dict(saved["head"])
+        optimiser.load_state_dict(saved["optimiser"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        return cls(best=tuple(saved["best"]), best_state=saved["best_state"],
+                   best_epoch=saved["best_epoch"], history=saved["history"],
+                   stale=saved["stale"], stopped=saved["stopped"])
 
 
 def seed_everything(seed: int) -> None:
@@ -138,11 +155,36 @@ def training_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
     return loss
 
 
+def train_epoch(head: FusionHead, data: SplitInputs, targets: dict[str, torch.Tensor],
+                optimiser: torch.optim.Optimizer, generator: torch.Generator,
+                fusion: FusionConfig, train: TrainConfig) -> float:
+    """One shuffled pass over ``data`` with modality dropout; returns the mean training loss."""
+    head.train()
+    order = torch.randperm(len(data), generator=generator)
+    total = 0.0
+    for s in range(0, len(order), train.batch_size):
+        idx = order[s:s + train.batch_size]
+        batch = data.select(idx)
+        present = drop_modalities(batch.present, train.modality_dropout, generator)
+        out = head.forward_all(batch.vectors, present, batch.tokens)
+        loss = training_loss(out, {t: y[idx] for t, y in targets.items()}, present,
+                             head.spec.target, fusion, train)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        total += loss.item() * len(idx)
+    return total / len(data)
+
+
+def validation_metrics(head: FusionHead, data: SplitInputs) -> dict[str, float]:
+    """val_loss, val_macro_f1 and val_accuracy of ``head`` on the validation inputs."""
+    scores = predict_split(head, data)
+    return {"val_loss": scores.nll, "val_macro_f1": scores.macro_f1, "val_accuracy": scores.accuracy}
+
+
 def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
-        modalities: list[str] | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        checkpoint_dir: Path | None = None,
-        ) -> tuple[FusionHead, TrainResult]:
+        modalities: list[str] | None = None, on_epoch: EpochCallback | None = None,
+        checkpoint_dir: Path | None = None) -> tuple[FusionHead, TrainResult]:
     """Train ``fusion.method`` on the train split; keep the epoch with the best val macro-F1.
 
     Parameters
@@ -164,121 +206,41 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     seed_everything(seed)
     spec = build_spec(fs, fusion, modalities)
     head = build_fusion_head(spec)
-    x_tr, p_tr, y_tr = split_tensors(fs, "train", modalities)
-    x_va, p_va, y_va = split_tensors(fs, "val", modalities)
-    t_tr, t_va = (split_tokens(fs, s, modalities, spec) for s in ("train", "val"))
-    if len(y_tr) == 0 or len(y_va) == 0:
-        raise ValueError(f"need train and val samples, got {len(y_tr)} train / {len(y_va)} val; "
-                         f"add samples or change preprocess.split")
-    targets_tr = {spec.target: y_tr, **{t: split_tensors(fs, "train", modalities, t)[2]
-                                        for t in spec.extra_targets}}
+    data_tr = fs.split_inputs("train", modalities, spec.token_inputs)
+    data_va = fs.split_inputs("val", modalities, spec.token_inputs)
+    if len(data_tr) == 0 or len(data_va) == 0:
+        raise ValueError(f"need train and val samples, got {len(data_tr)} train / {len(data_va)} "
+                         f"val; add samples or change preprocess.split")
+    train_rows = fs.rows("train")
+    targets = {spec.target: data_tr.labels,
+               **{t: fs.labels_of(t)[train_rows] for t in spec.extra_targets}}
     optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    best = (-1.0, float("inf"))
-    best_state, best_epoch, history, stale, stopped = None, 0, [], 0, False
     # The key hashes the whole index: only for checkpointed training, not every trial/baseline.
     key = checkpoint_key(fs, fusion, train, seed, modalities) if checkpoint_dir else ""
     ckpt = Path(checkpoint_dir) / f"{key}.pt" if checkpoint_dir else None
-    state = load_checkpoint(ckpt, key) if ckpt else None
-    if state:
-        head.load_state_dict(state["head"])
-        optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        best, best_state = tuple(state["best"]), state["best_state"]
-        best_epoch, history, stale = state["best_epoch"], state["history"], state["stale"]
-        stopped = state["stopped"]
+    saved = load_checkpoint(ckpt, key) if ckpt else None
+    state = LoopState.from_checkpoint(saved, head, optimiser, generator) if saved else LoopState()
+    if saved:
         log.info("resuming %s from the checkpoint of epoch %d (%s)", fusion.method,
-                 len(history), ckpt)
-        for row in history if on_epoch else []:
+                 len(state.history), ckpt)
+        for row in state.history if on_epoch else []:
             on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-    for epoch in range(len(history) + 1, train.epochs + 1):
-        if stopped:
+    for epoch in range(len(state.history) + 1, train.epochs + 1):
+        if state.stopped:
             break
-        head.train()
-        order = torch.randperm(len(y_tr), generator=generator)
-        total = 0.0
-        for s in range(0, len(order), train.batch_size):
-            idx = order[s:s + train.batch_size]
-            present = drop_modalities({m: p_tr[m][idx] for m in modalities},
-                                      train.modality_dropout, generator)
-            tok = {m: (t[idx], k[idx]) for m, (t, k) in t_tr.items()} if t_tr else None
-            out = head.forward_all({m: x_tr[m][idx] for m in modalities}, present, tok)
-            loss = training_loss(out, {t: y[idx] for t, y in targets_tr.items()}, present,
-                                 spec.target, fusion, train)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(idx)
-        probs = predict_proba(head, x_va, p_va, t_va)
-        val_loss = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y_va))
-        pred = probs.argmax(-1).numpy()
-        metrics = {"train_loss": total / len(y_tr), "val_loss": val_loss,
-                   "val_macro_f1": macro_f1(y_va.numpy(), pred, len(fs.labels)),
-                   "val_accuracy": float((pred == y_va.numpy()).mean())}
-        history.append({"epoch": epoch, **metrics})
+        train_loss = train_epoch(head, data_tr, targets, optimiser, generator, fusion, train)
+        metrics = {"train_loss": train_loss, **validation_metrics(head, data_va)}
+        state.record(epoch, metrics, head, train.patience)
         if on_epoch:
             on_epoch(epoch, metrics)
-        score = (metrics["val_macro_f1"], val_loss)
-        if score[0] > best[0] + 1e-9 or (abs(score[0] - best[0]) <= 1e-9 and score[1] < best[1]):
-            best, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(head.state_dict())
-        else:
-            stale += 1
-            stopped = stale >= train.patience
         if ckpt:
-            save_checkpoint(ckpt, {"key": key, "head": head.state_dict(),
-                                   "optimiser": optimiser.state_dict(),
-                                   "generator": generator.get_state(),
-                                   "torch_rng": torch.get_rng_state(), "best": list(best),
-                                   "best_state": best_state, "best_epoch": best_epoch,
-                                   "history": history, "stale": stale, "stopped": stopped})
-    head.load_state_dict(best_state)
+            save_checkpoint(ckpt, state.to_checkpoint(key, head, optimiser, generator))
+    head.load_state_dict(state.best_state)
     head.eval()
-    result = TrainResult(method=fusion.method, modalities=modalities, best_epoch=best_epoch,
-                         epochs_run=len(history), best_val_macro_f1=best[0], history=history,
-                         checkpoint=ckpt)
     log.info("trained %s on %s: best val macro-F1 %.4f at epoch %d/%d", fusion.method,
-             "+".join(modalities), best[0], best_epoch, len(history))
-    return head, result
-
-
-def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
-    """Temperature scaling ``T`` for the primary target, fitted on the validation split."""
-    from crossfuse.training.calibration import fit_temperature
-
-    modalities = list(head.spec.dims)
-    x, present, y = split_tensors(fs, "val", modalities)
-    probs = predict_proba(head, x, present, split_tokens(fs, "val", modalities, head.spec))
-    return fit_temperature(y.numpy(), probs.numpy())
-
-
-def train(cfg: RunConfig, features: Path, model_dir: Path,
-          on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-          on_trial: Callable[[int, dict, float], None] | None = None) -> TrainResult:
-    """Train the configured fused model on ``features`` and save it to ``model_dir``.
-
-    With ``fusion.search.trials > 0`` a seeded Optuna search on the validation split
-    picks the hyper-parameters first (:mod:`crossfuse.training.tuning`). The model folder holds
-    the head, its spec and the effective run config (``run_config.json``).
-    """
-    from crossfuse.training.tuning import search
-
-    fs = read_feature_set(Path(features))
-    fusion, train_cfg, searched = cfg.fusion, cfg.train, {}
-    if cfg.fusion.search.trials > 0:
-        best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
-                      cfg.fusion.search.epochs, on_trial=on_trial)
-        fusion, train_cfg, searched = best.fusion, best.train, best.params
-    head, result = fit(fs, fusion, train_cfg, cfg.seed, on_epoch=on_epoch,
-                       checkpoint_dir=Path(cfg.train.checkpoint_dir))
-    result.searched = searched
-    result.temperature = validation_temperature(head, fs)
-    effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
-    save_fusion_head(head, Path(model_dir), extra={"labels": fs.labels, "encoders": fs.encoders,
-                                                   "targets": fs.targets,
-                                                   "best_epoch": result.best_epoch,
-                                                   "temperature": result.temperature})
-    write_text(Path(model_dir) / RUN_CONFIG_FILE, effective.to_json())
-    result.checkpoint.unlink(missing_ok=True)  # the model is saved: the checkpoint is done
-    return result
+             "+".join(modalities), state.best[0], state.best_epoch, len(state.history))
+    return head, TrainResult(method=fusion.method, modalities=modalities,
+                             best_epoch=state.best_epoch, epochs_run=len(state.history),
+                             best_val_macro_f1=state.best[0], history=state.history,
+                             checkpoint=ckpt)

@@ -22,6 +22,8 @@ from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
 from crossfuse.training.loop import fit
 
+TrialCallback = Callable[[int, dict, float], None]
+
 log = logging.getLogger(__name__)
 
 METHOD_OPTIONS: dict[str, dict[str, list[int]]] = {
@@ -58,7 +60,7 @@ def suggest(trial, fusion: FusionConfig, train: TrainConfig) -> tuple[FusionConf
 
 def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, trials: int,
            epochs: int = 40, modalities: list[str] | None = None,
-           on_trial: Callable[[int, dict, float], None] | None = None) -> SearchResult:
+           on_trial: TrialCallback | None = None) -> SearchResult:
     """Run ``trials`` seeded TPE trials; return the best configs (with the full epoch budget).
 
     Parameters

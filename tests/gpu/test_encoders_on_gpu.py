@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from crossfuse.data.preprocess import preprocess
 from crossfuse.encoders import build_encoder
 from crossfuse.features.extract import extract
 from crossfuse.features.store import read_feature_set
-from crossfuse.data.preprocess import preprocess
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -22,7 +22,7 @@ def two_runs(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model
     # MLFLOW_TRACKING_URI beats the config file, and mlflow.set_tracking_uri in earlier tests
     # exported one: give the children this store explicitly.
     env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri}
-    procs = [subprocess.Popen([sys.executable, "-m", "crossfuse.cli", "run", "--config",
+    procs = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--config",
                                str(config_file)], cwd=root, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]

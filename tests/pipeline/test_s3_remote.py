@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port, http_server
 
-from crossfuse.cli import main
 from crossfuse.data.dvc import DvcFetchError, materialise_data, pin_data_version
+from pipelines.cli import main
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "crossfuse", "AWS_SECRET_ACCESS_KEY": "crossfuse-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}

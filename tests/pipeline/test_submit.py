@@ -13,8 +13,8 @@ import pytest
 import yaml
 from kfp_server_api.models import V2beta1Run
 
-from crossfuse.cli import main
 from crossfuse.config import RunConfig, load_config
+from pipelines.cli import main
 from pipelines.submit import submit
 
 

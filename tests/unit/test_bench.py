@@ -6,7 +6,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from crossfuse.bench.fusion import markdown_table, summarise
-from crossfuse.cli import main
+from pipelines.cli import main
 
 
 def test_bench_fusion_command(sample_dataset, tiny_text_model, tiny_image_model, tmp_path,

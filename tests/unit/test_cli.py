@@ -2,7 +2,7 @@
 
 import yaml
 
-from crossfuse.cli import main
+from pipelines.cli import main
 
 
 def test_config_shows_overrides(capsys):

@@ -52,7 +52,7 @@ def test_the_dvc_file_must_pin_one_output(tmp_path):
 
 
 def test_fetch_command(pushed, tmp_path, capsys):
-    from crossfuse.cli import main
+    from pipelines.cli import main
 
     text, remote, _ = pushed
     (tmp_path / "pinned.dvc").write_text(text)

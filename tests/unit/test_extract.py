@@ -2,9 +2,9 @@
 
 import shutil
 
+from crossfuse.data.preprocess import preprocess
 from crossfuse.features.extract import extract
 from crossfuse.features.store import read_feature_set
-from crossfuse.data.preprocess import preprocess
 
 
 def test_extract_writes_feature_set_and_reuses_cache(sample_dataset, make_config, tmp_path):
@@ -64,7 +64,7 @@ def test_text_beyond_the_encoder_length_is_truncated_and_counted(sample_dataset,
 
 
 def test_parts_merged_equal_one_extraction(sample_dataset, make_config, tmp_path):
-    from crossfuse.features.extract import merge_parts
+    from crossfuse.features.extract import merge_features
 
     cfg = make_config(sample_dataset, "extract.shard_size=16")
     preprocess(cfg, sample_dataset, tmp_path / "pre")
@@ -74,7 +74,7 @@ def test_parts_merged_equal_one_extraction(sample_dataset, make_config, tmp_path
         extract(cfg, tmp_path / "pre", tmp_path / f"part-{i}", part=(i, 3))
         parts.append(tmp_path / f"part-{i}")
     assert len(read_feature_set(parts[1]).index) == 20  # rows 1, 4, 7, ...
-    merged = merge_parts(cfg, list(reversed(parts)), tmp_path / "merged")
+    merged = merge_features(cfg, list(reversed(parts)), tmp_path / "merged")
     assert merged.n_samples == whole.n_samples == 60
     assert merged.cache_hits == {"image": 60, "text": 60}  # the whole run filled the cache
     a, b = read_feature_set(tmp_path / "whole"), read_feature_set(tmp_path / "merged")

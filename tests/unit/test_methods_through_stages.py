@@ -3,12 +3,12 @@
 import pandas as pd
 import pytest
 
+from crossfuse.data.preprocess import preprocess
 from crossfuse.evaluation.evaluate import evaluate
 from crossfuse.features.extract import extract
 from crossfuse.fusion import FUSION_METHODS
-from crossfuse.data.preprocess import preprocess
 from crossfuse.registry.serving import FusionPredictor
-from crossfuse.training.loop import train
+from crossfuse.training.train import train
 
 
 @pytest.fixture(scope="module")

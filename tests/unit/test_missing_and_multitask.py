@@ -6,13 +6,14 @@ import shutil
 import pandas as pd
 import pytest
 
+from crossfuse.data.manifest import load_run_manifest
+from crossfuse.data.preprocess import preprocess
+from crossfuse.data.validation import validate
 from crossfuse.evaluation.evaluate import evaluate
 from crossfuse.features.extract import extract
 from crossfuse.features.store import read_feature_set
-from crossfuse.data.preprocess import preprocess
 from crossfuse.registry.serving import FusionPredictor
-from crossfuse.training.loop import train
-from crossfuse.data.validation import validate
+from crossfuse.training.train import train
 
 
 @pytest.fixture
@@ -97,4 +98,4 @@ def test_extra_columns_file_must_have_unique_ids(sample_dataset, make_config, tm
     (root / "extra.csv").write_text("id,shape\ns00000,circle\ns00000,square\n")
     cfg = make_config(root, "data.extra_columns_file=extra.csv", "data.extra_targets=[shape]")
     with pytest.raises(ManifestError, match="s00000' appears more than once"):
-        cfg.load_manifest()
+        load_run_manifest(cfg)

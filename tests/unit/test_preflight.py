@@ -3,8 +3,8 @@
 import pytest
 from conftest import free_port
 
-from crossfuse.cli import main
 from crossfuse.preflight import PreflightError, preflight, problems
+from pipelines.cli import main
 
 
 def test_a_runnable_config_has_no_problems(sample_dataset, make_config):

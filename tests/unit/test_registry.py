@@ -6,11 +6,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from crossfuse.cli import main
 from crossfuse.config import RegistryConfig, load_config
 from crossfuse.fusion import FusionSpec, build_fusion_head, save_fusion_head
 from crossfuse.registry.register import list_versions, promote_by_hand, register
 from crossfuse.registry.serving import RUN_CONFIG_FILE
+from pipelines.cli import main
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crossfuse.training.checkpoint import checkpoint_key
+from crossfuse.data.preprocess import preprocess
 from crossfuse.features.extract import extract
 from crossfuse.features.store import FeatureCache, read_feature_set
-from crossfuse.data.preprocess import preprocess
-from crossfuse.training.loop import train
+from crossfuse.training.checkpoint import checkpoint_key
+from crossfuse.training.train import train
 
 CHILD = textwrap.dedent("""
     import sys, time
@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
     from crossfuse.config import RunConfig
     cfg = RunConfig.from_json(Path(sys.argv[2]).read_text())
     if sys.argv[1] == "train":
-        from crossfuse.training.loop import train
+        from crossfuse.training.train import train
         train(cfg, Path(sys.argv[3]), Path(sys.argv[4]))
     else:
         from crossfuse.encoders import build_encoder

@@ -8,7 +8,6 @@ from PIL import Image
 from test_train import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.features.store import FeatureSet
 from crossfuse.evaluation.importance import modality_importance
 from crossfuse.evaluation.robustness import (
     feature_noise_rows,
@@ -17,6 +16,7 @@ from crossfuse.evaluation.robustness import (
     robustness_metrics,
     word_dropout,
 )
+from crossfuse.features.store import FeatureSet
 from crossfuse.training.loop import fit
 
 

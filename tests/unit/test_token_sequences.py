@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
+from crossfuse.data.preprocess import preprocess
 from crossfuse.evaluation.evaluate import evaluate
 from crossfuse.features.extract import extract, pad_tokens
 from crossfuse.features.store import read_feature_set
 from crossfuse.fusion import FusionSpec, build_fusion_head
-from crossfuse.data.preprocess import preprocess
 from crossfuse.registry.serving import FusionPredictor
-from crossfuse.training.loop import train
+from crossfuse.training.train import train
 
 
 def test_pad_tokens():

@@ -6,7 +6,7 @@ import torch
 
 from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
-from crossfuse.training.loop import fit, split_tensors
+from crossfuse.training.loop import fit
 
 
 def xor_features(n=600, seed=0) -> FeatureSet:
@@ -59,9 +59,9 @@ def test_early_stopping_keeps_the_best_epoch():
     assert result.epochs_run - result.best_epoch <= 3
     best = max(h["val_macro_f1"] for h in result.history)
     assert result.best_val_macro_f1 == best
-    x, p, y = split_tensors(fs, "val", ["image", "text"])
+    x, p, y = fs.split_tensors("val", ["image", "text"])
     pred = head(x, p).argmax(-1)
-    from crossfuse.training.loop import macro_f1
+    from crossfuse.metrics import macro_f1
 
     assert macro_f1(y.numpy(), pred.numpy(), 4) == pytest.approx(best)
 

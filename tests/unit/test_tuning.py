@@ -12,8 +12,8 @@ from crossfuse.training.tuning import search
 
 
 def test_search_is_seeded(sample_dataset, make_config, tmp_path):
-    from crossfuse.features.extract import extract
     from crossfuse.data.preprocess import preprocess
+    from crossfuse.features.extract import extract
 
     cfg = make_config(sample_dataset, "fusion.method=lowrank")
     preprocess(cfg, sample_dataset, tmp_path / "pre")

@@ -1,14 +1,19 @@
 """Stage 1, validate: row-level checks, the Great Expectations suite, the report and rejects.
 
+- :mod:`.report`: :class:`RowIssue`, :class:`ValidationReport`, :func:`require_valid`;
+- :mod:`.checks`: media, text encoding, empty rows, class sizes (plain Python);
+- :mod:`.gx_suite`: the GX suite, checkpoint and Data Docs;
+- :mod:`.validate`: :func:`validate`, which runs them all on a dataset.
+
 >>> from crossfuse.data.validation import validate, require_valid   # doctest: +SKIP
 """
 
-from crossfuse.data.validation.validate import (
+from crossfuse.data.validation.report import (
     RowIssue,
     ValidationFailed,
     ValidationReport,
     require_valid,
-    validate,
 )
+from crossfuse.data.validation.validate import validate
 
 __all__ = ["RowIssue", "ValidationFailed", "ValidationReport", "require_valid", "validate"]

@@ -1,0 +1,112 @@
+"""Row checks that run in Python: media files, text encoding, empty rows, class sizes.
+
+Each returns :class:`RowIssue` rows naming the manifest line, the id, the column and
+the reason (and a short ``kind`` for counting).
+
+>>> check_image(Path("/nonexistent"), "a.png", 10)[0]
+'image not found'
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from crossfuse.config import RunConfig
+from crossfuse.data.manifest import Manifest, ManifestError, resolve_media
+from crossfuse.data.validation.report import RowIssue
+
+
+def check_image(root: Path, relative: str, max_pixels: int) -> tuple[str, str] | None:
+    """Return (kind, reason) when the image at ``relative`` is unusable, None when it decodes.
+
+    Checks: confined to ``root``, exists, non-empty, an image, under ``max_pixels``,
+    decodes to the end. CMYK, 16-bit, palette, alpha and EXIF-rotated images decode
+    (preprocessing converts them to RGB).
+    """
+    try:
+        path = resolve_media(root, relative)
+    except ManifestError as exc:
+        return "media path outside the dataset", str(exc)
+    if not path.is_file():
+        return "image not found", f"image file {relative} not found under {root}"
+    if path.stat().st_size == 0:
+        return "image empty", f"image file {relative} is empty (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                return "image too large", (
+                    f"image {relative} is {img.width}x{img.height}, above validation."
+                    f"max_image_pixels={max_pixels} (a decompression-bomb guard)")
+            img.load()
+    except UnidentifiedImageError:
+        return "not an image", (f"image file {relative} is not an image PIL can read "
+                                f"(wrong suffix or corrupt header)")
+    except Image.DecompressionBombError as exc:
+        return "image too large", f"image {relative} is above the pixel limit: {exc}"
+    except Exception as exc:  # PIL raises many types for bad files
+        if "truncated" in str(exc):
+            return "image truncated", f"image file {relative} is truncated: {exc}"
+        return "image does not decode", (f"image {relative} does not decode: "
+                                         f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
+    """Cells that are not valid UTF-8 (any column), and texts that are only whitespace."""
+    frame, lines, issues = manifest.frame, manifest.lines, []
+    for idx, column, at, byte in manifest.bad_utf8:
+        if idx < len(frame):
+            issues.append(RowIssue(lines[idx], str(frame.iloc[idx]["id"]), column,
+                                   f"{column} is not valid UTF-8 (byte 0x{byte:02x} at "
+                                   f"character {at}); re-save manifest.csv as UTF-8",
+                                   kind="not valid UTF-8"))
+    if "text" in cfg.modalities and "text" in frame.columns:
+        for idx, value in enumerate(frame["text"]):
+            if value and not value.strip():
+                issues.append(RowIssue(lines[idx], str(frame.iloc[idx]["id"]), "text",
+                                       "text is only whitespace"))
+    return issues
+
+
+def check_media(cfg: RunConfig, frame: pd.DataFrame, root: Path,
+                lines: list[int]) -> list[RowIssue]:
+    """Open every image the manifest names; one RowIssue per unusable one."""
+    issues = []
+    if "image" in cfg.modalities and "image" in frame.columns:
+        for idx, (sample_id, rel) in enumerate(zip(frame["id"], frame["image"], strict=True)):
+            if not rel:
+                continue  # reported by the GX not-null expectation
+            found = check_image(root, rel, cfg.validation.max_image_pixels)
+            if found:
+                issues.append(RowIssue(lines[idx], sample_id, "image",
+                                       found[1], kind=found[0]))
+    return issues
+
+
+def check_some_modality(cfg: RunConfig, frame: pd.DataFrame, lines: list[int]) -> list[RowIssue]:
+    """With missing modalities allowed, a row must still have at least one."""
+    if not cfg.validation.allow_missing_modalities:
+        return []
+    empty = (frame[cfg.modalities].apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
+    return [RowIssue(lines[i], str(frame.iloc[i]["id"]), "+".join(cfg.modalities),
+                     "every modality is missing") for i in empty.nonzero()[0]]
+
+
+def check_class_sizes(cfg: RunConfig, labels: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Count the valid rows per label: two classes at least, each big enough to split."""
+    counts = Counter(label for label in labels if label)
+    small = {k: n for k, n in counts.items() if n < cfg.validation.min_samples_per_class}
+    failures = []
+    if len(counts) < 2:
+        failures.append(f"{len(counts)} class{'es' if len(counts) != 1 else ''} among the valid "
+                        f"rows ({', '.join(sorted(counts)) or 'none'}): a classifier needs at "
+                        f"least two labels")
+    if small:
+        failures.append(f"classes with fewer than validation.min_samples_per_class="
+                        f"{cfg.validation.min_samples_per_class} samples: {small}; add samples "
+                        f"or remove these classes")
+    return dict(sorted(counts.items())), failures

@@ -1,0 +1,131 @@
+"""What validation found: one :class:`RowIssue` per bad row and column, and the report.
+
+Counts add up: ``n_rows == n_valid + n_rejected``. The report is written as
+``report.json`` and ``rejects.csv`` (one line per issue) and read back by later stages.
+
+>>> r = ValidationReport("d", n_rows=3, issues=[RowIssue(2, "a", "text", "missing text")])
+>>> r.n_valid, r.n_rejected, r.success
+(2, 1, False)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crossfuse.atomic import atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class RowIssue:
+    """One problem with one manifest row. ``line`` is the 1-based line in manifest.csv."""
+
+    line: int
+    id: str
+    column: str
+    reason: str
+    kind: str = ""  # the reason without its specifics, for counting; defaults to the reason
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", self.reason)
+
+
+@dataclass
+class ValidationReport:
+    """What validation found. ``success`` is False when any row or table check failed."""
+
+    dataset: str
+    n_rows: int
+    issues: list[RowIssue] = field(default_factory=list)
+    table_failures: list[str] = field(default_factory=list)
+    expectations: list[dict] = field(default_factory=list)
+    class_counts: dict[str, int] = field(default_factory=dict)
+    on_error: str = "fail"
+
+    @property
+    def rejected_lines(self) -> set[int]:
+        return {i.line for i in self.issues}
+
+    @property
+    def n_rejected(self) -> int:
+        return len(self.rejected_lines)
+
+    @property
+    def n_valid(self) -> int:
+        return self.n_rows - self.n_rejected
+
+    @property
+    def success(self) -> bool:
+        """Every row and table check passed."""
+        return not self.issues and not self.table_failures
+
+    @property
+    def can_continue(self) -> bool:
+        """The run may go on: clean, or bad rows dropped under ``on_error: drop``."""
+        if self.table_failures or self.n_valid == 0:
+            return False
+        return self.success or self.on_error == "drop"
+
+    def reasons(self) -> dict[str, int]:
+        """Issues per kind (a row with two problems counts under both)."""
+        return dict(Counter(i.kind for i in self.issues).most_common())
+
+    def summary(self, max_rows: int = 20) -> str:
+        """A readable multi-line summary: counts, table failures, the first bad rows, the fix."""
+        head = ("passed" if self.success else
+                "passed with rows dropped" if self.can_continue else "FAILED")
+        lines = [f"validation {head} for {self.dataset}: {self.n_rows} rows in = "
+                 f"{self.n_valid} valid + {self.n_rejected} rejected (on_error={self.on_error})"]
+        lines += [f"  table: {msg}" for msg in self.table_failures]
+        for issue in self.issues[:max_rows]:
+            lines.append(f"  line {issue.line} (id={issue.id!r}) column {issue.column!r}: "
+                         f"{issue.reason}")
+        if len(self.issues) > max_rows:
+            lines.append(f"  ... and {len(self.issues) - max_rows} more issues in rejects.csv")
+        if self.issues:
+            lines.append("  by reason: " + ", ".join(f"{k} ({n})" for k, n in self.reasons().items()))
+        if self.issues and not self.table_failures and self.on_error == "fail":
+            lines.append("  fix the rows above (every one is in rejects.csv), or run with "
+                         "--set validation.on_error=drop to train without them")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(success=self.success, n_valid=self.n_valid, n_rejected=self.n_rejected)
+        return d
+
+    def write(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "rejects.csv") as tmp, open(tmp, "w", newline="",
+                                                                 encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["line", "id", "column", "kind", "reason"])
+            for i in self.issues:
+                writer.writerow([i.line, i.id, i.column, i.kind, i.reason])
+        write_json(out_dir / "report.json", self.to_dict())
+
+    @classmethod
+    def read(cls, out_dir: Path) -> ValidationReport:
+        d = json.loads((Path(out_dir) / "report.json").read_text())
+        return cls(dataset=d["dataset"], n_rows=d["n_rows"],
+                   issues=[RowIssue(**i) for i in d["issues"]],
+                   table_failures=d["table_failures"], expectations=d["expectations"],
+                   class_counts=d["class_counts"], on_error=d.get("on_error", "fail"))
+
+
+class ValidationFailed(RuntimeError):
+    """Raised by :func:`require_valid`; its message is the report's summary."""
+
+    def __init__(self, report: ValidationReport):
+        super().__init__(report.summary())
+        self.report = report
+
+
+def require_valid(report: ValidationReport) -> None:
+    """Raise :class:`ValidationFailed` unless the run may continue under the report's policy."""
+    if not report.can_continue:
+        raise ValidationFailed(report)

@@ -1,0 +1,122 @@
+"""The installed ``crossfuse`` command: the library's commands plus run, compile and submit.
+
+The commands that drive Kubeflow Pipelines live here, above the library, so that
+``crossfuse/`` never imports KFP or this package (see ``crossfuse.cli`` for the rest)::
+
+    crossfuse run [--data PATH] [--config FILE] [--set key=value ...]   # the whole pipeline, locally
+    crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
+    crossfuse submit --host URL [--namespace NS] [--config FILE]       # run on a KFP cluster
+
+Example
+-------
+>>> main(["config", "--set", "fusion.method=late"])    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from crossfuse import cli
+from crossfuse.config import RunConfig, load_config
+from crossfuse.data.dvc import materialise_data, pin_data_version
+from crossfuse.data.manifest import load_run_manifest
+from crossfuse.preflight import preflight
+
+log = logging.getLogger("crossfuse")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_local  # KFP's import is slow: only for the commands that run it
+
+    cfg = pin_data_version(cli.config_from_args(args)).resolved()
+    preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
+    cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
+    load_run_manifest(cfg)  # ... and on a wrong --data or missing columns
+    log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
+             cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
+    try:
+        outputs = run_local(cfg)
+    except RuntimeError as exc:
+        print(f"\ncrossfuse run failed: {exc}\nThe failing stage's log is above; the MLflow run "
+              f"is marked FAILED and no registry alias moved.", file=sys.stderr)
+        return 1
+    print_run_summary(cfg, outputs)
+    return 0
+
+
+def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
+    """Print the registered version, the champion, and the headline test metrics."""
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    client = MlflowClient()
+    name = cfg.model_name()
+    version = str(outputs.get("version", ""))
+    mv = client.get_model_version(name, version)
+    metrics = client.get_run(mv.run_id).data.metrics
+    print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")
+    for key in sorted(metrics):
+        if key.startswith(("test_accuracy", "test_macro_f1", "baseline_", "fusion_gain")):
+            print(f"  {key:34s} {metrics[key]:.4f}")
+    print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
+    print(f"  champion -> v{outputs.get('champion_version')}, challenger -> v{version}")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines.runner import compile_pipeline
+
+    # Only an explicit config changes the IR: without one it is the golden file's defaults.
+    cfg = load_config(args.config, list(args.set or [])) if (args.config or args.set) else None
+    print(f"wrote {compile_pipeline(Path(args.out), cfg)}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.submit import submit
+
+    result = submit(cli.config_from_args(args), args.host, namespace=args.namespace,
+                    experiment=args.experiment, wait_seconds=args.wait)
+    print(f"submitted run {result['run_id']}: {result['url']}")
+    if "state" in result:
+        print(f"run {result['run_id']} ended: {result['state']}")
+        return 0 if result["state"] == "SUCCEEDED" else 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every ``crossfuse`` command: run, compile, submit and the library's."""
+    parser, sub = cli.new_parser()
+    run = sub.add_parser("run", help="run the whole pipeline locally (KFP local runner)")
+    run.add_argument("--data", help="dataset folder with manifest.csv (default: config's data.path)")
+    cli.add_config_args(run)
+    run.set_defaults(func=cmd_run)
+
+    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
+    cli.add_config_args(comp)
+    comp.set_defaults(func=cmd_compile)
+
+    sub_run = sub.add_parser("submit", help="compile and submit the pipeline to a KFP cluster")
+    sub_run.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://kfp:8080")
+    sub_run.add_argument("--namespace", help="Kubernetes namespace (multi-user KFP)")
+    sub_run.add_argument("--experiment", help="KFP experiment (default: crossfuse-<dataset>)")
+    sub_run.add_argument("--data", help="dataset path as the cluster's steps see it")
+    sub_run.add_argument("--wait", type=int, default=0, metavar="SECONDS",
+                         help="wait for the run to end; exit 1 unless it SUCCEEDED")
+    cli.add_config_args(sub_run)
+    sub_run.set_defaults(func=cmd_submit)
+
+    cli.add_library_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
