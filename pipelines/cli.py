@@ -19,9 +19,6 @@ import logging
 import sys
 from pathlib import Path
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
 from crossfuse import cli
 from crossfuse.config import RunConfig, load_config
 from crossfuse.data.dvc import materialise_data, pin_data_version
@@ -52,6 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
     """Print the registered version, the champion, and the headline test metrics."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     client = MlflowClient()
     name = cfg.model_name()

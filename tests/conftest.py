@@ -16,10 +16,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from crossfuse.config import RunConfig, load_config
 from crossfuse.data.sample import generate_sample_dataset
+from crossfuse.features.store import FeatureSet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
@@ -61,6 +64,24 @@ def sample_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample") / "sample"
     generate_sample_dataset(root, per_class=10)
     return root
+
+
+def xor_features(n=600, seed=0) -> FeatureSet:
+    """Label = 2*a + b where modality 'image' encodes a and 'text' encodes b, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 2, (n,), generator=g)
+    b = torch.randint(0, 2, (n,), generator=g)
+    image = torch.randn(n, 8, generator=g) * 0.5
+    image[:, 0] += a * 3.0
+    text = torch.randn(n, 6, generator=g) * 0.5
+    text[:, 0] += b * 3.0
+    splits = ["train"] * (n * 7 // 10) + ["val"] * (n * 15 // 100)
+    splits += ["test"] * (n - len(splits))
+    index = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "split": splits,
+                          "label_idx": (2 * a + b).numpy(), "present_image": True,
+                          "present_text": True})
+    return FeatureSet(index=index, labels=["00", "01", "10", "11"], encoders={},
+                      vectors={"image": image, "text": text})
 
 
 def build_config(root: Path, data: Path, text_model: Path, image_model: Path,

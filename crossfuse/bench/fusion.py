@@ -46,7 +46,7 @@ UNIMODAL_PREFIX = "unimodal:"
 def prepare_features(cfg: RunConfig, workdir: Path) -> Path:
     """Validate, preprocess and extract ``cfg.data.path`` into ``workdir`` (feature cache first).
 
-    Raises :class:`crossfuse.validation.ValidationFailed` on bad data.
+    Raises :class:`crossfuse.data.validation.ValidationFailed` on bad data.
     """
     data = Path(cfg.data.path)
     require_valid(validate(cfg, data, workdir / "validation"))

@@ -129,7 +129,7 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
 
     Parameters
     ----------
-    predictor: a :class:`crossfuse.serving.FusionPredictor` of the model (its encoders).
+    predictor: a :class:`crossfuse.registry.serving.FusionPredictor` of the model (its encoders).
     fs: the feature set (clean features of the other modalities, labels).
     samples: the preprocessed ``samples.parquet`` (texts, image paths), any row order.
     preprocessed: the folder image paths in ``samples`` are relative to.

@@ -121,3 +121,18 @@ def linear_projections(spec: FusionSpec) -> nn.ModuleDict:
     """Per modality ``LayerNorm -> Linear`` into ``hidden_dim``: token embeddings for attention."""
     return nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, spec.hidden_dim))
                           for m, d in spec.dims.items()})
+
+
+def example_inputs(method: str, batch: int = 2
+                   ) -> tuple[FusionSpec, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(spec, features, present)``: a toy image (8-d) + text (4-d) batch, 3 classes, width 16.
+
+    The inputs of the methods' docstring examples.
+
+    >>> spec, x, present = example_inputs("concat")
+    >>> {m: tuple(v.shape) for m, v in x.items()}, spec.hidden_dim
+    ({'image': (2, 8), 'text': (2, 4)}, 16)
+    """
+    spec = FusionSpec(method, {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
+    features = {m: torch.randn(batch, d) for m, d in spec.dims.items()}
+    return spec, features, {m: torch.ones(batch, dtype=torch.bool) for m in features}

@@ -20,9 +20,9 @@ from crossfuse.fusion.registry import register_fusion
 class LateFusion(FusionMethod):
     """Returns ``{target: logits [B, C]}``: the head adds no target layers (``decides``).
 
-    >>> spec = FusionSpec("late", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
-    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
-    >>> LateFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x})["label"].shape
+    >>> from crossfuse.fusion.base import example_inputs
+    >>> spec, x, present = example_inputs("late")
+    >>> LateFusion(spec)(x, present)["label"].shape
     torch.Size([2, 3])
     """
 

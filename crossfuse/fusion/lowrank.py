@@ -21,9 +21,9 @@ from crossfuse.fusion.registry import register_fusion
 
 @register_fusion("lowrank")
 class LowRankFusion(FusionMethod):
-    """>>> spec = FusionSpec("lowrank", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
-    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
-    >>> LowRankFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
+    """>>> from crossfuse.fusion.base import example_inputs
+    >>> spec, x, present = example_inputs("lowrank")
+    >>> LowRankFusion(spec)(x, present).shape
     torch.Size([2, 16])
     """
 

@@ -26,21 +26,20 @@ from crossfuse.fusion.registry import register_fusion
 
 @register_fusion("transformer")
 class TransformerFusion(FusionMethod):
-    """>>> spec = FusionSpec("transformer", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
-    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
-    >>> TransformerFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
+    """>>> from crossfuse.fusion.base import example_inputs
+    >>> spec, x, present = example_inputs("transformer")
+    >>> TransformerFusion(spec)(x, present).shape
     torch.Size([2, 16])
     """
 
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
         h = spec.hidden_dim
-        heads = attention_heads(spec)
         self.project = linear_projections(spec)
         self.modality_embedding = nn.Parameter(torch.randn(len(spec.dims), h) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, h) * 0.02)
-        layer = nn.TransformerEncoderLayer(h, heads, dim_feedforward=2 * h, dropout=spec.dropout,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(h, attention_heads(spec), dim_feedforward=2 * h,
+                                           dropout=spec.dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, spec.option("layers", 2),
                                              enable_nested_tensor=False)
         self.norm = nn.LayerNorm(h)

@@ -46,9 +46,9 @@ class CrossModalBlock(nn.Module):
 
 @register_fusion("xattn")
 class CrossAttentionFusion(FusionMethod):
-    """>>> spec = FusionSpec("xattn", {"image": 8, "text": 4}, num_classes=3, hidden_dim=16)
-    >>> x = {"image": torch.randn(2, 8), "text": torch.randn(2, 4)}
-    >>> CrossAttentionFusion(spec)(x, {m: torch.ones(2, dtype=torch.bool) for m in x}).shape
+    """>>> from crossfuse.fusion.base import example_inputs
+    >>> spec, x, present = example_inputs("xattn")
+    >>> CrossAttentionFusion(spec)(x, present).shape
     torch.Size([2, 16])
     """
 

@@ -1,7 +1,7 @@
 """The registered model: an MLflow pyfunc from raw inputs to predictions.
 
-It runs the training code path — :func:`crossfuse.preprocess.normalise_text`,
-:func:`crossfuse.preprocess.prepare_image`, the same frozen encoders, the trained
+It runs the training code path — :func:`crossfuse.data.preprocess.normalise_text`,
+:func:`crossfuse.data.preprocess.prepare_image`, the same frozen encoders, the trained
 fusion head — on a DataFrame with one column per modality:
 
 - ``text``: the text (empty or null = missing);

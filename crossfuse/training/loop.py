@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +78,10 @@ class LoopState:
     def to_checkpoint(self, key: str, head: nn.Module, optimiser: torch.optim.Optimizer,
                       generator: torch.Generator) -> dict:
         """Everything a resume needs: this state plus the head, optimiser and RNG states."""
-        return {"key": key, "head": head.state_dict(), "optimiser": optimiser.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "best": list(self.best), "best_state": self.best_state,
-                "best_epoch": self.best_epoch, "history": self.history, "stale": self.stale,
-                "stopped": self.stopped}
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**state, "best": list(self.best), "key": key, "head": head.state_dict(),
+                "optimiser": optimiser.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state()}
 
     @classmethod
     def from_checkpoint(cls, saved: dict, head: nn.Module, optimiser: torch.optim.Optimizer,
@@ -92,9 +91,9 @@ class LoopState:
         optimiser.load_state_dict(saved["optimiser"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
-        return cls(best=tuple(saved["best"]), best_state=saved["best_state"],
-                   best_epoch=saved["best_epoch"], history=saved["history"],
-                   stale=saved["stale"], stopped=saved["stopped"])
+        state = cls(**{f.name: saved[f.name] for f in fields(cls)})
+        state.best = tuple(state.best)
+        return state
 
 
 def seed_everything(seed: int) -> None:

@@ -10,6 +10,8 @@ import yaml
 from conftest import build_config
 from mlflow.tracking import MlflowClient
 
+pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
+
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):

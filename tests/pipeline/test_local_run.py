@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.runner import run_local
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
 
 @pytest.fixture(scope="module")

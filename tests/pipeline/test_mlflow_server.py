@@ -11,6 +11,8 @@ from conftest import build_config, free_port, http_server
 
 from pipelines.runner import run_local
 
+pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
+
 
 def get(base: str, endpoint: str, **params) -> dict:
     url = f"{base}{endpoint}?{urllib.parse.urlencode(params)}"

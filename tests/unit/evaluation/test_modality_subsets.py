@@ -1,6 +1,6 @@
 """The missing-modality matrix: one trained model, scored with each subset of modalities present."""
 
-from test_train import xor_features
+from conftest import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.evaluation.modality_subsets import subset_metrics, subsets

@@ -11,7 +11,7 @@ import yaml
 
 from crossfuse.data.sample import SHAPES, TIMES, class_labels, generate_sample_dataset
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_regeneration_is_byte_identical(tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import xor_features
 from PIL import Image
-from test_train import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.evaluation.importance import modality_importance
