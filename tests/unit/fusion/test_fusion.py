@@ -113,3 +113,26 @@ def test_incompatible_saved_weights_say_to_retrain(tmp_path):
     (tmp_path / "fusion_spec.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="weights do not fit .* retrain it"):
         load_fusion_head(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["concat", "late"])
+def test_heads_saved_before_composition_still_load(method, tmp_path):
+    """Weights saved when methods subclassed the head (no ``fusion.`` prefix) load unchanged."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    head = build_fusion_head(FusionSpec(method, DIMS2, 3, hidden_dim=16, aux_heads=True)).eval()
+    save_fusion_head(head, tmp_path)
+    weights = tmp_path / "fusion_head.safetensors"
+    legacy = {k.removeprefix("fusion."): v for k, v in load_file(str(weights)).items()}
+    assert not any(k.startswith("fusion.") for k in legacy)
+    save_file(legacy, str(weights))
+    loaded, _ = load_fusion_head(tmp_path)
+    feats, present = batch(DIMS2)
+    assert torch.equal(loaded(feats, present), head(feats, present))
+
+
+def test_late_fusion_decides_itself_and_the_head_adds_no_target_layers():
+    head = build_fusion_head(FusionSpec("late", DIMS2, 3, hidden_dim=16))
+    assert not hasattr(head, "heads") and head.fusion.decides
+    assert "heads" in dict(build_fusion_head(FusionSpec("concat", DIMS2, 3, hidden_dim=16)).named_children())
