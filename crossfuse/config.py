@@ -198,6 +198,10 @@ class GuardrailConfig(_Section):
     max_missing_modality_drop: float | None = Field(
         0.02, description="With any one modality missing, the challenger's test macro-F1 may "
                           "fall below the champion's by at most this much; null turns it off.")
+    min_fusion_gain: float | None = Field(
+        0.0, description="A fused model's test macro-F1 minus its best unimodal baseline's "
+                         "(fusion_gain_macro_f1) must be at least this, champion or not: a fused "
+                         "model that loses to one modality is never promoted. Null turns it off.")
 
 
 class RegistryConfig(_Section):

@@ -9,7 +9,10 @@ Rules (``registry`` section of the config):
    ``max_missing_modality_drop`` on test macro-F1 with any one modality missing
    (``present_<others>_test_macro_f1``).
 
-With no champion, the challenger is promoted. A check whose number one side lacks
+3. **fusion gain**, champion or not: a fused model must not lose to its best unimodal
+   baseline by more than ``min_fusion_gain`` allows (``fusion_gain_macro_f1``).
+
+With no champion, the challenger is promoted if it passes 3. A check whose number one side lacks
 (an older champion, a one-modality model) is skipped and says so. Every check keeps
 both numbers and its limit, so the decision can be audited.
 
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from crossfuse.config import RegistryConfig
 
 ECE_METRIC = "test_ece_calibrated"
+FUSION_GAIN = "fusion_gain_macro_f1"
 _PRESENT, _SUFFIX = "present_", "_test_macro_f1"
 
 
@@ -103,6 +107,23 @@ def _worse_by(name: str, label: str, new: float | None, old: float | None,
                  f"{'within' if passed else 'over'} the limit {limit:.4f}")
 
 
+def fusion_gain_check(gain: float, minimum: float) -> Check:
+    """Does the fused model beat its best unimodal baseline (``fusion_gain_macro_f1 >= minimum``)?
+
+    Only fused models evaluated beside unimodal baselines have a fusion gain to check.
+
+    >>> check = fusion_gain_check(-0.09, 0.0)
+    >>> check.passed, check.detail.split(":")[0]
+    (False, 'fusion lost to one modality alone')
+    """
+    passed = gain >= minimum
+    detail = (f"fusion gain {gain:+.4f} over the best single modality (minimum {minimum:.4f})"
+              if passed else
+              f"fusion lost to one modality alone: {FUSION_GAIN} {gain:.4f} is below the minimum "
+              f"{minimum:.4f} (registry.guardrails.min_fusion_gain)")
+    return Check(FUSION_GAIN, gain, None, minimum, passed, detail)
+
+
 def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | None,
                      champion_version: str | None, gate: RegistryConfig) -> Decision:
     """Apply the gate to a challenger's metrics against the champion's.
@@ -116,12 +137,16 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
     """
     metric = gate.metric
     require_metric(challenger, metric)
+    rails = gate.guardrails
+    fusion = ([fusion_gain_check(challenger[FUSION_GAIN], rails.min_fusion_gain)]
+              if rails.min_fusion_gain is not None and FUSION_GAIN in challenger else [])
     if champion is None or metric not in champion:
         why = "no champion yet" if champion is None else f"champion v{champion_version} has no {metric}"
-        return Decision(True, f"{why}; {metric}={challenger[metric]:.4f}",
-                        [Check(metric, challenger[metric], None, None, True, why)])
+        checks = [Check(metric, challenger[metric], None, None, True, why), *fusion]
+        if fusion and not fusion[0].passed:  # losing to one modality is never promoted
+            return Decision(False, fusion[0].detail, checks)
+        return Decision(True, f"{why}; {metric}={challenger[metric]:.4f}", checks)
     checks = [_primary(metric, challenger[metric], champion[metric], champion_version, gate)]
-    rails = gate.guardrails
     if rails.max_ece_increase is not None:
         checks.append(_worse_by(ECE_METRIC, "calibrated ECE", challenger.get(ECE_METRIC),
                                 champion.get(ECE_METRIC), rails.max_ece_increase, True))
@@ -129,6 +154,7 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
         for missing, name in sorted(missing_one_metrics(challenger).items()):
             checks.append(_worse_by(name, f"macro-F1 with {missing} missing", challenger[name],
                                     champion.get(name), rails.max_missing_modality_drop, False))
+    checks += fusion
     failed = [c for c in checks if not c.passed]
     if failed:
         return Decision(False, "; ".join(c.detail for c in failed), checks)

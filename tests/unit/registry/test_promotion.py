@@ -73,3 +73,26 @@ def test_missing_one_of_three_modalities():
     assert missing_one_metrics(names) == {"c": "present_a_and_b_test_macro_f1",
                                           "b": "present_a_and_c_test_macro_f1",
                                           "a": "present_b_and_c_test_macro_f1"}
+
+
+@pytest.mark.parametrize("champion", [None, CHAMPION], ids=["no-champion", "champion"])
+def test_a_fused_model_that_loses_to_one_modality_is_never_promoted(champion):
+    # Better than the champion, but text alone scored 0.09 more on the same test split.
+    loses = challenger(test_macro_f1=0.95, fusion_gain_macro_f1=-0.09)
+    d = decide_promotion(loses, champion, "3" if champion else None, RegistryConfig())
+    assert not d.promote
+    assert "fusion lost to one modality alone: fusion_gain_macro_f1 -0.0900" in d.reason
+    gain = next(c for c in d.checks if c.check == "fusion_gain_macro_f1")
+    assert (gain.challenger, gain.limit, gain.passed) == (-0.09, 0.0, False)
+
+
+def test_fusion_gain_guardrail_minimum_and_switch():
+    wins = challenger(test_macro_f1=0.95, fusion_gain_macro_f1=0.01)
+    assert decide_promotion(wins, None, None, RegistryConfig()).promote
+    strict = RegistryConfig(guardrails={"min_fusion_gain": 0.02})
+    assert not decide_promotion(wins, CHAMPION, "3", strict).promote
+    off = RegistryConfig(guardrails={"min_fusion_gain": None})
+    assert decide_promotion(challenger(test_macro_f1=0.95, fusion_gain_macro_f1=-0.2), CHAMPION,
+                            "3", off).promote
+    # A tie with the best single modality is not a loss.
+    assert decide_promotion(challenger(fusion_gain_macro_f1=0.0), None, None, RegistryConfig()).promote
