@@ -9,6 +9,7 @@ The installed ``crossfuse`` script is :func:`pipelines.cli.main`, which has them
     crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
     crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
     crossfuse bench encoders [--data PATH] [--device auto|cpu|cuda]     # encoder items per second
+    crossfuse bench small-data --fractions 0.1,0.25,1 --seeds 3         # auto vs methods, less data
     crossfuse models [--model NAME]                                     # versions, aliases, decisions
     crossfuse promote --model NAME --version N [--reason TEXT]          # move champion by hand
     crossfuse submit --host URL [--namespace NS] [--config FILE]       # run on a KFP cluster
@@ -79,6 +80,32 @@ def cmd_bench_fusion(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nwrote {out} and {out.with_suffix('.md')}; MLflow experiment "
           f"bench-{cfg.data.dataset_name()} at {cfg.mlflow.tracking_uri}")
+    return 0
+
+
+def cmd_bench_small_data(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from crossfuse.bench.fusion import prepare_features
+    from crossfuse.bench.small_data import bench_small_data, markdown_table, write_rows
+    from crossfuse.features.store import read_feature_set
+
+    cfg = config_from_args(args).resolved()
+    with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
+        fs = read_feature_set(prepare_features(cfg, Path(work)))
+    rows, out = [], Path(args.out)
+
+    def keep(row: dict) -> None:  # written as it goes: a long benchmark keeps what it finished
+        rows.append(row)
+        write_rows(rows, out)
+        print(f"  {row['fraction']:.0%} seed {row['seed']} {row['model']:18s} "
+              f"test macro-F1 {row['test_macro_f1']:.4f} ({row['seconds']:.1f} s)", flush=True)
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    bench_small_data(fs, cfg, [float(f) for f in args.fractions.split(",")],
+                     list(range(args.seeds)), methods, on_row=keep)
+    print(markdown_table(rows))
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
@@ -201,6 +228,15 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     fusion.add_argument("--out", default="results.json", help="JSON out; a .md table goes beside")
     add_config_args(fusion)
     fusion.set_defaults(func=cmd_bench_fusion)
+    small = bench_sub.add_parser("small-data", help="auto vs every fixed method vs each modality "
+                                                    "alone, on shrinking train+val subsets")
+    small.add_argument("--data", help="dataset folder (default: config's data.path)")
+    small.add_argument("--fractions", default="0.1,0.25,1", help="train+val fractions kept")
+    small.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (subsample and training)")
+    small.add_argument("--methods", help="comma-separated fixed methods (default: all)")
+    small.add_argument("--out", default="small_data.json", help="JSON out; a .md table goes beside")
+    add_config_args(small)
+    small.set_defaults(func=cmd_bench_small_data)
     enc = bench_sub.add_parser("encoders", help="items per second of the run's encoders")
     enc.add_argument("--data", help="dataset folder (default: config's data.path)")
     enc.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")

@@ -125,15 +125,46 @@ class SearchConfig(_Section):
     epochs: int = Field(40, description="Epoch budget of each trial.")
 
 
+class AutoConfig(_Section):
+    """``fusion.method: auto``: choose the model by stratified cross-validation over train+val."""
+
+    candidates: list[str] = Field(
+        default_factory=lambda: ["late", "mfb", "gmu", "concat"],
+        description="Fusion methods tried (each with the fusion/train settings of this config).")
+    unimodal: bool = Field(True, description="Also try one head per modality alone.")
+    ensemble: bool = Field(True, description="Also try a Caruana-style weighted ensemble of the "
+                                             "candidates, selected on their out-of-fold predictions.")
+    folds: int = Field(5, ge=2, description="Cross-validation folds over train+val.")
+    holdout_above: int = Field(5000, description="Above this many train+val rows, one fold is held "
+                                                 "out instead of all k (a single holdout).")
+    ensemble_rounds: int = Field(25, ge=1, description="Greedy selection steps (with replacement).")
+    trials: int | None = Field(
+        None, ge=0, description="Optuna trials per candidate (on the first fold's split) before "
+        "its cross-validation; null scales with the data: many cheap trials on small data, a "
+        "few on large (crossfuse.training.tuning.search_budget); 0 = the config's settings.")
+    modality_dropout: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Fused candidates train with this chance of losing each "
+        "modality (where train.modality_dropout does not set one), so the chosen model answers "
+        "sensibly when a modality is missing; 0 turns it off.")
+
+
 class FusionConfig(_Section):
-    method: str = "concat"
+    method: str = Field("auto", description="A fusion method, or auto: choose by cross-validation "
+                                              "among fusion.auto.candidates, unimodal heads and "
+                                              "their ensemble.")
     hidden_dim: int = 256
     dropout: float = 0.2
     options: dict[str, int | float | str] = Field(
         default_factory=dict, description="Method-specific settings, e.g. rank, factor, heads.")
     aux_weight: float = Field(0.0, description="Weight of per-modality auxiliary heads' loss; "
                                                "0 turns them off.")
+    bottleneck: int = Field(0, ge=0, description="Project each modality to this many dimensions "
+                            "(LayerNorm -> Linear -> GELU) before fusing, so a wide encoder cannot "
+                            "swamp a narrow one; 0 = off.")
+    input_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on each modality's "
+                                 "input features while training.")
     search: SearchConfig = SearchConfig()
+    auto: AutoConfig = AutoConfig()
 
 
 class TrainConfig(_Section):
@@ -146,6 +177,8 @@ class TrainConfig(_Section):
         default_factory=dict, description="Per modality, the probability a training sample "
                                           "loses it (one modality always stays).")
     extra_target_weight: float = 0.5
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label "
+                                   "smoothing (Szegedy et al. 2016): softer targets for small data.")
     checkpoint_dir: str = Field(".cache/crossfuse/checkpoints", description="Per-epoch training "
                                 "state; a rerun of the same training resumes from it.")
 
@@ -212,6 +245,11 @@ class RegistryConfig(_Section):
     margin: float = Field(0.0, description="The challenger must beat the champion's primary "
                                            "metric by more than this.")
     guardrails: GuardrailConfig = GuardrailConfig()
+    bootstrap: int = Field(
+        1000, ge=0, description="Paired bootstrap resamples of the test predictions when the "
+                                "champion's predictions cover the same test rows: promote only "
+                                "when the 95% interval of the gain clears `margin`. 0 compares "
+                                "the two numbers alone.")
 
     def higher_is_better(self) -> bool:
         """Whether a larger ``metric`` is better (explicit, or inferred from its name).

@@ -32,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from crossfuse.config import RunConfig
 from crossfuse.data.dvc import materialise_data
@@ -44,7 +45,8 @@ from crossfuse.preflight import preflight
 from crossfuse.registry.register import RegisterResult, register
 from crossfuse.tracking import data_version, stage_run
 from crossfuse.training.loop import TrainResult
-from crossfuse.training.train import train
+from crossfuse.training.selection import Candidate
+from crossfuse.training.train import SELECTION_FILE, train
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +146,30 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
             mlflow.log_params({"fusion.method": cfg.fusion.method, **params})
             mlflow.log_metric("val_macro_f1", value)
 
+    def log_candidate(candidate: Candidate) -> None:
+        with mlflow.start_run(run_name=f"candidate-{candidate.name.replace(':', '-')}", nested=True):
+            mlflow.log_params({"candidate": candidate.name, "kind": candidate.kind,
+                               "modalities": "+".join(candidate.modalities),
+                               **({"members": json.dumps(candidate.members)}
+                                  if candidate.members else {})})
+            mlflow.log_metrics({"cv_macro_f1_mean": candidate.mean, "cv_macro_f1_std": candidate.std})
+            for fold, score in enumerate(candidate.fold_scores):
+                mlflow.log_metric("cv_macro_f1", score, step=fold)
+        print(f"  candidate {candidate.name:22s} CV macro-F1 {candidate.mean:.4f} ± "
+              f"{candidate.std:.4f}", flush=True)
+
     with stage_run(cfg, run_id, "train"):
         result = train(cfg, Path(features), model_dir,
                        on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
-                       on_trial=log_trial)
+                       on_trial=log_trial, on_candidate=log_candidate)
+        selection = model_dir / SELECTION_FILE
+        if selection.is_file():
+            chosen = json.loads(selection.read_text())
+            mlflow.log_param("auto.winner", chosen["winner"])
+            mlflow.set_tag("crossfuse.model_choice", chosen["verdict"])
+            mlflow.log_artifact(str(selection), "train")
+            print(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows): "
+                  f"{chosen['verdict']}", flush=True)
         if result.searched:
             mlflow.log_params({f"search.best.{k}": v for k, v in result.searched.items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -159,7 +181,8 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
 EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diagram.png",
                         "modality_subsets.png", "modality_subsets.csv", "robustness.png",
                         "robustness.csv", "importance.png", "importance.csv", "efficiency.json",
-                        "classification_report.json", "metrics.json", "predictions.parquet")
+                        "classification_report.json", "metrics.json", "predictions.parquet",
+                        "model_choice.csv", "model_choice.json")
 
 
 def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
@@ -185,7 +208,9 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
     evaluation_dir = Path(evaluation_dir)
     metrics = json.loads((evaluation_dir / "metrics.json").read_text())
     with stage_run(cfg, run_id, "register", final=True):
-        result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id)
+        predictions = evaluation_dir / "predictions.parquet"
+        result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id,
+                          pd.read_parquet(predictions) if predictions.is_file() else None)
         mlflow.set_tag("crossfuse.model_version", result.version)
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
         mlflow.log_dict(decision, "registration.json")

@@ -57,11 +57,18 @@ def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
     name = cfg.model_name()
     version = str(outputs.get("version", ""))
     mv = client.get_model_version(name, version)
-    metrics = client.get_run(mv.run_id).data.metrics
+    run = client.get_run(mv.run_id)
+    metrics = run.data.metrics
     print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")
     for key in sorted(metrics):
         if key.startswith(("test_accuracy", "test_macro_f1", "baseline_", "fusion_gain")):
             print(f"  {key:34s} {metrics[key]:.4f}")
+    if "crossfuse.model_choice" in run.data.tags:
+        print(f"model choice: {run.data.tags['crossfuse.model_choice']}")
+    gain = metrics.get("fusion_gain_macro_f1")
+    if gain is not None and gain < 0:
+        print(f"fusion did not help on the test split: the best single modality scored "
+              f"{-gain:.4f} macro-F1 more than the fused model")
     print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
     print(f"  champion -> v{outputs.get('champion_version')}, challenger -> v{version}")
 

@@ -94,7 +94,11 @@ def build_config(root: Path, data: Path, text_model: Path, image_model: Path,
             f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
             f"mlflow.artifact_root={root / 'mlartifacts'}",
             f"pipeline.pipeline_root={root / 'kfp'}",
-            "preprocess.image_size=32", "train.epochs=30", "train.patience=8"]
+            "preprocess.image_size=32", "train.epochs=30", "train.patience=8",
+            # fusion.method=auto stays the default; fewer folds and no per-candidate search
+            # keep the whole-pipeline tests quick (tests/unit/training/test_selection.py and
+            # tests/model/ cover the search and the default budget).
+            "fusion.auto.folds=3", "fusion.auto.trials=0"]
     return load_config(None, base + list(overrides), env={}).resolved(root)
 
 
@@ -107,6 +111,11 @@ def make_config(tmp_path, tiny_text_model, tiny_image_model):
                             name=name)
 
     return build
+
+
+def top_level(runs: list) -> list:
+    """The pipeline runs among MLflow runs: not the nested ones (auto's candidates, search trials)."""
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
 
 
 def free_port() -> int:

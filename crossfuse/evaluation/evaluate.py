@@ -10,9 +10,10 @@ p_<class>, as served) and ``report.html`` (all of it on one page).
 
 :func:`evaluate` is a list of small sections, each taking what it needs and returning
 its metrics (and writing its files), in the style of Made-With-ML's ``evaluate.py``.
-Each unimodal baseline is the configured fusion method trained the same way on one
-modality's features, so ``fusion_gain_macro_f1`` (fused minus best unimodal) shows what
-fusion buys.
+Each unimodal baseline is scored on the same test split — with ``fusion.method: auto``
+the cross-validated unimodal candidate, otherwise the configured method trained the same
+way on one modality — so ``fusion_gain_macro_f1`` (fused minus best unimodal) shows what
+fusion buys. With ``auto``, ``model_choice.csv`` ranks every candidate by CV macro-F1.
 
 Example
 -------
@@ -23,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +49,15 @@ from crossfuse.evaluation.robustness import (
     robustness_metrics,
 )
 from crossfuse.features.store import FeatureSet, read_feature_set
-from crossfuse.fusion import FusionHead, load_fusion_head
+from crossfuse.fusion import FUSION_METHODS, FusionHead, load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
 from crossfuse.metrics import SplitScores, classification_metrics, metric_name, predict_split
 from crossfuse.plots import plot_confusion
 from crossfuse.registry.serving import FusionPredictor
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
 from crossfuse.training.loop import fit
+from crossfuse.training.selection import UNIMODAL_METHOD
+from crossfuse.training.train import BASELINES_DIR, SELECTION_FILE
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +150,47 @@ def subset_section(head: FusionHead, fs: FeatureSet, out_dir: Path) -> dict[str,
 
 def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities: list[str],
                      fused_macro_f1: float) -> dict[str, float]:
-    """One unimodal model per modality, trained exactly like the fused one; the fusion gain.
+    """One unimodal model per modality, scored on the same test split; the fusion gain.
 
-    Baselines use the model's effective settings (after any search) from ``run_config.json``.
+    With ``fusion.method: auto`` these are the cross-validated unimodal candidates the model
+    folder keeps (``baselines/<m>/``). Otherwise each is trained exactly like the fused model,
+    with its effective settings (after any search) from ``run_config.json``.
     """
     config_file = Path(model_dir) / RUN_CONFIG_FILE
     used = RunConfig.from_json(config_file.read_text()) if config_file.is_file() else cfg
+    method = used.fusion.method if used.fusion.method in FUSION_METHODS else UNIMODAL_METHOD
     metrics, best = {}, 0.0
     for m in modalities:
-        head, _ = fit(fs, used.fusion, used.train, used.seed, modalities=[m])
+        saved = Path(model_dir) / BASELINES_DIR / m
+        if saved.is_dir():
+            head = load_fusion_head(saved)[0]
+        else:
+            head, _ = fit(fs, used.fusion.model_copy(update={"method": method}), used.train,
+                          used.seed, modalities=[m])
         scores = score_test_split(head, fs, [m])
         metrics[f"baseline_{m}_test_accuracy"] = scores.accuracy
         metrics[f"baseline_{m}_test_macro_f1"] = scores.macro_f1
         best = max(best, scores.macro_f1)
     metrics["fusion_gain_macro_f1"] = fused_macro_f1 - best
     return metrics
+
+
+def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
+    """With ``fusion.method: auto``: the ranked candidates as ``model_choice.csv`` and metrics."""
+    selection_file = Path(model_dir) / SELECTION_FILE
+    if not selection_file.is_file():
+        return {}
+    selection = json.loads(selection_file.read_text())
+    rows = [{"rank": i + 1, **{k: v for k, v in r.items() if k not in ("folds", "members")},
+             "members": ", ".join(f"{n} {w:.2f}" for n, w in r.get("members", {}).items())}
+            for i, r in enumerate(selection["ranked"])]
+    write_text(out_dir / "model_choice.csv", pd.DataFrame(rows).to_csv(index=False))
+    write_json(out_dir / "model_choice.json", {k: selection[k] for k in
+                                               ("winner", "verdict", "folds", "holdout", "rows")})
+    best = {}
+    for r in selection["ranked"]:
+        best.setdefault(r["kind"], r["cv_macro_f1_mean"])
+    return {f"cv_best_{kind}_macro_f1": value for kind, value in best.items()}
 
 
 def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
@@ -252,12 +282,13 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     metrics = {**classification_metrics(scores.labels, scores.probs),
                "test_samples": float(len(scores.labels))}
     calibration, calibrated = calibration_section(scores, float(meta.get("temperature", 1.0)), out_dir)
+    model_name = meta.get("chosen") or f"{cfg.fusion.method} fusion"
     per_class, report, cm = per_class_section(
-        scores, fs.labels, out_dir,
-        f"{cfg.fusion.method} fusion — test macro-F1 {metrics['test_macro_f1']:.3f}")
+        scores, fs.labels, out_dir, f"{model_name} — test macro-F1 {metrics['test_macro_f1']:.3f}")
     metrics.update({**calibration, **per_class, **extra_target_section(head, fs, modalities, out_dir)})
     if multimodal:
         metrics.update(subset_section(head, fs, out_dir))
+    metrics.update(model_choice_section(model_dir, out_dir))
     if multimodal and cfg.evaluate.unimodal_baselines:
         metrics.update(baseline_section(cfg, fs, model_dir, modalities, metrics["test_macro_f1"]))
     metrics.update(robustness_section(cfg, head, fs, model_dir, out_dir, samples, preprocessed))

@@ -117,6 +117,18 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
     if decision:
         sections += ["<h2>Promotion</h2>", _decision_section(decision)]
 
+    choice_file = eval_dir / "model_choice.json"
+    if choice_file.is_file():
+        choice = json.loads(choice_file.read_text())
+        how = "a single stratified holdout" if choice["holdout"] else f"{choice['folds']}-fold " \
+            "stratified cross-validation"
+        sections += ["<h2>Model choice (fusion.method: auto)</h2>",
+                     f"<p><b>{html.escape(choice['verdict'])}</b></p>",
+                     f"<p class='note'>Every candidate scored by {how} over the "
+                     f"{choice['rows']} train+val rows (mean ± std of the folds' macro-F1); the "
+                     f"winner ships as the average of its fold models.</p>",
+                     _table(_csv_rows(eval_dir / "model_choice.csv"))]
+
     headline = [{"metric": k, "value": metrics[k]} for k in HEADLINE if k in metrics]
     headline += [{"metric": k, "value": v} for k, v in sorted(metrics.items())
                  if k.startswith("baseline_")]

@@ -17,9 +17,11 @@ from crossfuse.fusion import (  # noqa: F401  (importing a method's module regis
     xattn,
 )
 from crossfuse.fusion.base import FusionMethod, FusionSpec
+from crossfuse.fusion.ensemble import FusionEnsemble
 from crossfuse.fusion.head import FusionHead
 from crossfuse.fusion.model import build_fusion_head, load_fusion_head, predict_proba, save_fusion_head
 from crossfuse.fusion.registry import FUSION_METHODS, register_fusion
 
-__all__ = ["FUSION_METHODS", "FusionHead", "FusionMethod", "FusionSpec", "build_fusion_head",
-           "load_fusion_head", "predict_proba", "register_fusion", "save_fusion_head"]
+__all__ = ["FUSION_METHODS", "FusionEnsemble", "FusionHead", "FusionMethod", "FusionSpec",
+           "build_fusion_head", "load_fusion_head", "predict_proba", "register_fusion",
+           "save_fusion_head"]

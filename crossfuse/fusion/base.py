@@ -44,6 +44,8 @@ class FusionSpec:
     aux_heads: bool = False
     options: dict[str, int | float | str] = field(default_factory=dict)
     token_inputs: bool = False  # the head reads token sequences (methods with uses_tokens)
+    bottleneck: int = 0  # per-modality projection width before the method; 0 = none
+    input_dropout: float = 0.0  # dropout on each modality's input features while training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +54,10 @@ class FusionSpec:
     def targets(self) -> dict[str, int]:
         """All targets, primary first: ``{name: num_classes}``."""
         return {self.target: self.num_classes, **self.extra_targets}
+
+    def fused_dims(self) -> dict[str, int]:
+        """The widths the method sees: ``bottleneck`` for every modality when it is on."""
+        return {m: self.bottleneck for m in self.dims} if self.bottleneck else dict(self.dims)
 
     def option(self, name: str, default):
         return type(default)(self.options.get(name, default))

@@ -3,7 +3,9 @@
 Rules (``registry`` section of the config):
 
 1. **primary**: the challenger's ``metric`` must beat the champion's by more than
-   ``margin`` (higher or lower is better per ``higher_is_better()``);
+   ``margin`` (higher or lower is better per ``higher_is_better()``). When both models'
+   test predictions cover the same rows (a :class:`PairedBootstrap`), the *lower end of
+   the 95% interval* of the gain must clear ``margin``, not just the point estimate;
 2. **guardrails** — the challenger may not be worse than the champion by more than:
    ``max_ece_increase`` on calibrated test ECE (``test_ece_calibrated``), and
    ``max_missing_modality_drop`` on test macro-F1 with any one modality missing
@@ -28,7 +30,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from crossfuse.config import RegistryConfig
+from crossfuse.metrics import macro_f1
 
 ECE_METRIC = "test_ece_calibrated"
 FUSION_GAIN = "fusion_gain_macro_f1"
@@ -62,6 +67,50 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks]}
 
 
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """The challenger's gain over the champion on the same test rows, resampled in pairs.
+
+    ``gain`` is the challenger's metric minus the champion's on all rows; ``low``/``high``
+    the 2.5% and 97.5% percentiles over ``resamples`` bootstrap draws of the rows.
+    """
+
+    metric: str
+    gain: float
+    low: float
+    high: float
+    rows: int
+    resamples: int
+
+
+BOOTSTRAP_METRICS = {"test_macro_f1": lambda y, p, k: macro_f1(y, p, k),
+                     "test_accuracy": lambda y, p, k: float((y == p).mean())}
+
+
+def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, num_classes: int,
+                     metric: str = "test_macro_f1", resamples: int = 1000, seed: int = 0
+                     ) -> PairedBootstrap:
+    """Resample the test rows with replacement; score both models' predictions on each draw.
+
+    ``y``, ``challenger``, ``champion``: class ids ``[N]`` of the same rows, in the same order.
+
+    >>> y = np.arange(100) % 2
+    >>> b = paired_bootstrap(y, y, np.where(np.arange(100) < 30, 1 - y, y), 2, resamples=200)
+    >>> round(b.gain, 2), b.low > 0
+    (0.3, True)
+    >>> paired_bootstrap(y, y, y, 2, resamples=200).low
+    0.0
+    """
+    score = BOOTSTRAP_METRICS[metric]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y), size=(resamples, len(y)))
+    gains = np.array([score(y[d], challenger[d], num_classes) - score(y[d], champion[d], num_classes)
+                      for d in draws])
+    return PairedBootstrap(metric, score(y, challenger, num_classes) - score(y, champion, num_classes),
+                           float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)),
+                           len(y), resamples)
+
+
 def require_metric(metrics: dict[str, float], metric: str) -> None:
     """Raise ``KeyError`` naming the choices when ``metric`` is not among ``metrics``."""
     if metric not in metrics:
@@ -83,6 +132,16 @@ def missing_one_metrics(metrics: dict[str, float]) -> dict[str, str]:
     full = max(subsets.values(), key=len)
     return {next(m for m in full if m not in kept): name for name, kept in subsets.items()
             if len(kept) == len(full) - 1}
+
+
+def _primary_bootstrap(b: PairedBootstrap, new: float, old: float, version: str,
+                       gate: RegistryConfig) -> Check:
+    passed = b.low > gate.margin
+    verb = "clears" if passed else "does not clear"
+    return Check(b.metric, new, old, gate.margin, passed,
+                 f"{b.metric} {new:.4f} vs champion v{version}'s {old:.4f}: gain {b.gain:+.4f}, "
+                 f"95% interval [{b.low:+.4f}, {b.high:+.4f}] (paired bootstrap of {b.rows} test "
+                 f"rows, {b.resamples} draws) {verb} the margin {gate.margin:.4f}")
 
 
 def _primary(metric: str, new: float, old: float, version: str, gate: RegistryConfig) -> Check:
@@ -125,7 +184,8 @@ def fusion_gain_check(gain: float, minimum: float) -> Check:
 
 
 def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | None,
-                     champion_version: str | None, gate: RegistryConfig) -> Decision:
+                     champion_version: str | None, gate: RegistryConfig,
+                     bootstrap: PairedBootstrap | None = None) -> Decision:
     """Apply the gate to a challenger's metrics against the champion's.
 
     Parameters
@@ -134,6 +194,8 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
     champion: the champion's metrics, or None when there is no champion.
     champion_version: the champion's version, for the reason text.
     gate: the registry config (metric, direction, margin, guardrails).
+    bootstrap: the paired bootstrap of the two models' test predictions on the same rows,
+        when there is one; the primary check then asks its interval to clear the margin.
     """
     metric = gate.metric
     require_metric(challenger, metric)
@@ -146,7 +208,12 @@ def decide_promotion(challenger: dict[str, float], champion: dict[str, float] | 
         if fusion and not fusion[0].passed:  # losing to one modality is never promoted
             return Decision(False, fusion[0].detail, checks)
         return Decision(True, f"{why}; {metric}={challenger[metric]:.4f}", checks)
-    checks = [_primary(metric, challenger[metric], champion[metric], champion_version, gate)]
+    if bootstrap is not None and bootstrap.metric == metric:
+        first = _primary_bootstrap(bootstrap, challenger[metric], champion[metric],
+                                   champion_version, gate)
+    else:
+        first = _primary(metric, challenger[metric], champion[metric], champion_version, gate)
+    checks = [first]
     if rails.max_ece_increase is not None:
         checks.append(_worse_by(ECE_METRIC, "calibrated ECE", challenger.get(ECE_METRIC),
                                 champion.get(ECE_METRIC), rails.max_ece_increase, True))

@@ -25,12 +25,14 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -38,7 +40,14 @@ from mlflow.types import ColSpec, Schema
 
 from crossfuse.config import RegistryConfig
 from crossfuse.fusion.model import SPEC_FILE
-from crossfuse.registry.promotion import Decision, decide_promotion, require_metric
+from crossfuse.registry.promotion import (
+    BOOTSTRAP_METRICS,
+    Decision,
+    PairedBootstrap,
+    decide_promotion,
+    paired_bootstrap,
+    require_metric,
+)
 from crossfuse.registry.serving import CrossfusePyfunc
 from crossfuse.tracking import sqlite_store_lock
 
@@ -111,11 +120,60 @@ def log_pyfunc(model_dir: Path):
                                    pip_requirements=_pip_requirements())
 
 
+def model_tags(model_dir: Path) -> dict[str, str]:
+    """What the version is: its modalities (``text`` for a text-only model) and, with
+    ``fusion.method: auto``, the candidate that won."""
+    meta = json.loads((Path(model_dir) / SPEC_FILE).read_text())
+    tags = {"crossfuse.modalities": "+".join(meta["dims"])}
+    if meta.get("chosen"):
+        tags["crossfuse.chosen"] = meta["chosen"]
+    return tags
+
+
+PREDICTIONS_ARTIFACT = "evaluation/predictions.parquet"
+
+
+def champion_predictions(client: MlflowClient, name: str) -> pd.DataFrame | None:
+    """The champion run's test predictions (``id``, ``label``, ``predicted``), if it logged them."""
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id,
+                                                       artifact_path=PREDICTIONS_ARTIFACT, dst_path=tmp)
+            return pd.read_parquet(path, columns=["id", "label", "predicted"])
+    except (MlflowException, OSError, KeyError, ValueError) as exc:
+        log.info("no champion predictions to pair with (%s): comparing the numbers alone", exc)
+        return None
+
+
+def bootstrap_against(ours: pd.DataFrame | None, theirs: pd.DataFrame | None, gate: RegistryConfig,
+                      labels: list[str]) -> PairedBootstrap | None:
+    """Paired bootstrap of the challenger's and the champion's predictions on the same test rows.
+
+    None (compare the numbers alone) unless both exist, cover exactly the same ids with the
+    same labels, the metric can be computed from predictions, and ``gate.bootstrap`` > 0.
+    """
+    if ours is None or theirs is None or gate.bootstrap == 0 or gate.metric not in BOOTSTRAP_METRICS:
+        return None
+    pair = ours.merge(theirs, on="id", suffixes=("", "_champion"))
+    if len(pair) != len(ours) or len(pair) != len(theirs) or \
+            not (pair["label"] == pair["label_champion"]).all():
+        return None
+    index = {name: i for i, name in enumerate(labels)}
+    if not set(pair["predicted_champion"]) <= set(index):
+        return None
+    codes = [pair[c].map(index).to_numpy() for c in ("label", "predicted", "predicted_champion")]
+    return paired_bootstrap(*codes, num_classes=len(labels), metric=gate.metric,
+                            resamples=gate.bootstrap)
+
+
 def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: dict[str, float],
-             run_id: str) -> RegisterResult:
+             run_id: str, predictions: pd.DataFrame | None = None) -> RegisterResult:
     """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run).
 
     ``metrics`` are the evaluation's; the gate compares them with the champion's.
+    ``predictions`` (the evaluation's ``predictions.parquet``) lets the gate compare both
+    models on the same test rows with a paired bootstrap.
     """
     client = MlflowClient()
     require_metric(metrics, gate.metric)  # before anything is logged
@@ -124,7 +182,10 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
     # champion that is being replaced (SQLite stores; a server serialises its own writes).
     with sqlite_store_lock(mlflow.get_tracking_uri()):
         champion = champion_metrics(client, model_name)
-        decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate)
+        labels = json.loads((Path(model_dir) / SPEC_FILE).read_text())["labels"]
+        paired = bootstrap_against(predictions, champion_predictions(client, model_name), gate,
+                                   labels) if champion else None
+        decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate, paired)
         mv = mlflow.register_model(info.model_uri, model_name)
         client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
         if decision.promote:
@@ -134,7 +195,7 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
                 "crossfuse.gate": json.dumps(decision.as_dict()["checks"]),
                 "crossfuse.compared_to": champion[1] if champion else "",
                 "crossfuse.decided_by": "pipeline", "crossfuse.decided_at": _now(),
-                "crossfuse.run_id": run_id}
+                "crossfuse.run_id": run_id, **model_tags(Path(model_dir))}
         tags.update({METRIC_TAG + k: repr(float(v))
                      for k, v in decision.compared_metrics().items()})
         _write_decision(client, model_name, str(mv.version), run_id, tags)

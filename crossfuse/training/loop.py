@@ -8,7 +8,7 @@ killed run resumes where it stopped.
 Example
 -------
 >>> fs = read_feature_set(Path("features"))                          # doctest: +SKIP
->>> head, result = fit(fs, FusionConfig(), TrainConfig(), seed=0)    # doctest: +SKIP
+>>> head, result = fit(fs, FusionConfig(method="gmu"), TrainConfig(), seed=0)  # doctest: +SKIP
 >>> result.best_val_macro_f1                                         # doctest: +SKIP
 0.99
 """
@@ -132,7 +132,8 @@ def build_spec(fs: FeatureSet, fusion: FusionConfig, modalities: list[str]) -> F
                       dropout=fusion.dropout,
                       extra_targets={t: len(c) for t, c in fs.targets.items()},
                       aux_heads=fusion.aux_weight > 0 and len(modalities) > 1,
-                      options=dict(fusion.options), token_inputs=token_inputs)
+                      options=dict(fusion.options), token_inputs=token_inputs,
+                      bottleneck=fusion.bottleneck, input_dropout=fusion.input_dropout)
 
 
 def training_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
@@ -140,9 +141,13 @@ def training_loss(out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
                   train: TrainConfig) -> torch.Tensor:
     """Primary cross-entropy + weighted extra targets + weighted per-modality auxiliary heads.
 
+    Every term uses ``train.label_smoothing``.
+
     An auxiliary head only learns from the rows where its modality is present.
     """
-    ce = nn.functional.cross_entropy
+    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, y, label_smoothing=train.label_smoothing)
+
     loss = ce(out[primary], targets[primary])
     for name, y in targets.items():
         if name != primary:
@@ -201,6 +206,10 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     -------
     (the best head in eval mode, TrainResult)
     """
+    if fusion.method not in FUSION_METHODS:
+        raise ValueError(f"fit trains one fusion method, got fusion.method={fusion.method!r}; "
+                         f"choose one of {sorted(FUSION_METHODS)} (fusion.method=auto is a choice "
+                         f"among several: crossfuse.training.train.train makes it)")
     modalities = modalities or fs.modalities
     seed_everything(seed)
     spec = build_spec(fs, fusion, modalities)

@@ -5,6 +5,11 @@ class names, the encoders, the validation-fitted temperature and the effective r
 config (``run_config.json``: the config after any search), which the served model and
 the unimodal baselines read back.
 
+With ``fusion.method: auto`` (:mod:`crossfuse.training.selection`) the folder also holds
+``selection.json`` (every candidate's cross-validated macro-F1, ranked, and the verdict)
+and ``baselines/<modality>/`` (the unimodal candidates, bagged, which the evaluate stage
+scores on the test split beside the shipped model).
+
 Example
 -------
 >>> result = train(cfg, Path("features"), Path("model"))     # doctest: +SKIP
@@ -14,9 +19,12 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from crossfuse.atomic import write_text
+import numpy as np
+
+from crossfuse.atomic import write_json, write_text
 from crossfuse.config import RunConfig
 from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import FusionHead, save_fusion_head
@@ -24,7 +32,19 @@ from crossfuse.fusion.model import RUN_CONFIG_FILE
 from crossfuse.metrics import predict_split
 from crossfuse.training.calibration import fit_temperature
 from crossfuse.training.loop import EpochCallback, TrainResult, fit
+from crossfuse.training.selection import (
+    AUTO,
+    UNIMODAL,
+    Candidate,
+    Selection,
+    bagged,
+    out_of_fold_scores,
+    select_model,
+)
 from crossfuse.training.tuning import TrialCallback, search
+
+SELECTION_FILE = "selection.json"
+BASELINES_DIR = "baselines"
 
 
 def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
@@ -34,13 +54,18 @@ def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
 
 
 def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallback | None = None,
-          on_trial: TrialCallback | None = None) -> TrainResult:
+          on_trial: TrialCallback | None = None,
+          on_candidate: Callable[[Candidate], None] | None = None) -> TrainResult:
     """Train the configured fused model on ``features`` and save it to ``model_dir``.
 
     With ``fusion.search.trials > 0`` a seeded Optuna search on the validation split
-    picks the hyper-parameters first (:mod:`crossfuse.training.tuning`).
+    picks the hyper-parameters first (:mod:`crossfuse.training.tuning`). With
+    ``fusion.method: auto`` the model is chosen by cross-validation (:func:`train_auto`);
+    ``on_candidate`` then sees each candidate's result.
     """
     fs = read_feature_set(Path(features))
+    if cfg.fusion.method == AUTO:
+        return train_auto(cfg, fs, Path(model_dir), on_candidate)
     fusion, train_cfg, searched = cfg.fusion, cfg.train, {}
     if cfg.fusion.search.trials > 0:
         best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
@@ -51,10 +76,45 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
     result.searched = searched
     result.temperature = validation_temperature(head, fs)
     effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
-    save_fusion_head(head, Path(model_dir), extra={"labels": fs.labels, "encoders": fs.encoders,
-                                                   "targets": fs.targets,
-                                                   "best_epoch": result.best_epoch,
-                                                   "temperature": result.temperature})
+    save_fusion_head(head, Path(model_dir),
+                     extra=model_extras(fs, result.temperature, best_epoch=result.best_epoch))
     write_text(Path(model_dir) / RUN_CONFIG_FILE, effective.to_json())
     result.checkpoint.unlink(missing_ok=True)  # the model is saved: the checkpoint is done
     return result
+
+
+def model_extras(fs: FeatureSet, temperature: float, **more) -> dict:
+    """What a saved model keeps beside its spec: classes, encoders, targets, temperature."""
+    return {"labels": fs.labels, "encoders": fs.encoders, "targets": fs.targets,
+            "temperature": temperature, **more}
+
+
+def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
+               on_candidate: Callable[[Candidate], None] | None = None) -> TrainResult:
+    """Choose the model by cross-validation and save what ships (the winner, bagged).
+
+    The unimodal candidates are saved too (``baselines/<m>/``): the evaluate stage scores
+    them on the test split beside the shipped model.
+    """
+    selection: Selection = select_model(fs, cfg, on_candidate, Path(cfg.train.checkpoint_dir))
+    winner, by_name = selection.winner, {c.name: c for c in selection.ranked}
+    oof = out_of_fold_scores(selection, fs, cfg)
+    temperature = fit_temperature(oof.labels, oof.probs)
+    save_fusion_head(bagged(winner, by_name), model_dir,
+                     extra=model_extras(fs, temperature, chosen=winner.name))
+    for c in selection.ranked:
+        if c.kind == "unimodal":
+            save_fusion_head(bagged(c, by_name), model_dir / BASELINES_DIR / c.name[len(UNIMODAL):],
+                             extra=model_extras(fs, 1.0, chosen=c.name))
+    write_json(model_dir / SELECTION_FILE, selection.to_json())
+    method = winner.name if winner.kind == "fused" else cfg.fusion.method
+    effective = cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"method": method})})
+    write_text(model_dir / RUN_CONFIG_FILE, effective.to_json())
+    for c in selection.ranked:  # the model is saved: the fold checkpoints are done
+        for checkpoint in c.checkpoints:
+            checkpoint.unlink(missing_ok=True)
+    return TrainResult(method=winner.name, modalities=winner.modalities,
+                       best_epoch=int(np.median(winner.best_epochs)) if winner.best_epochs else 0,
+                       epochs_run=max(winner.best_epochs, default=0),
+                       best_val_macro_f1=winner.mean, temperature=temperature,
+                       searched={})

@@ -1,7 +1,8 @@
 """Per-method hyper-parameter search on the validation split (Optuna TPE, seeded, fixed budget).
 
-Every method shares a search over learning rate, weight decay, dropout and hidden width;
-methods with their own knobs add them (``tensor_dim``, ``rank``, ``factor``, ``layers``).
+Every method shares a search over learning rate, weight decay (1e-6 to 1e-1), dropout,
+hidden width and the small-data regularisers — a per-modality bottleneck, input dropout
+and label smoothing; methods with their own knobs add them (``tensor_dim``, ``rank``, ``factor``, ``layers``).
 The objective is the best validation macro-F1 of a training run of ``search.epochs``
 epochs; the test split is never touched.
 
@@ -51,11 +52,24 @@ def suggest(trial, fusion: FusionConfig, train: TrainConfig) -> tuple[FusionConf
     fusion = fusion.model_copy(update={
         "hidden_dim": trial.suggest_categorical("hidden_dim", [128, 256, 512]),
         "dropout": trial.suggest_float("dropout", 0.0, 0.6),
-        "options": options})
+        "options": options,
+        # Small-data regularisers: a per-modality bottleneck and input dropout.
+        "bottleneck": trial.suggest_categorical("bottleneck", [0, 64, 128, 256]),
+        "input_dropout": trial.suggest_float("input_dropout", 0.0, 0.5)})
     train = train.model_copy(update={
         "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)})
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.1, 0.2])})
     return fusion, train
+
+
+def search_budget(rows: int) -> int:
+    """Trials for ``rows`` training rows: many cheap trials on small data, a few on large.
+
+    >>> [search_budget(n) for n in (100, 600, 2000, 50000)]
+    [12, 5, 2, 2]
+    """
+    return int(min(12, max(2, round(3000 / max(rows, 1)))))
 
 
 def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, trials: int,

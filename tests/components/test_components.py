@@ -35,7 +35,7 @@ def artifact(cls, root: Path, name: str):
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
     root = tmp_path_factory.mktemp("components")
-    cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model)
+    cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model, "fusion.method=concat")
     config_json = cfg.to_json()
     a = {name: artifact(cls, root / "artifacts", name) for name, cls in [
         ("validation", Artifact), ("data_docs", HTML), ("validation_metrics", Metrics),

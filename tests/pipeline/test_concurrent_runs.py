@@ -7,7 +7,7 @@ import sys
 import mlflow
 import pytest
 import yaml
-from conftest import build_config
+from conftest import build_config, top_level
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
@@ -36,7 +36,7 @@ def test_both_finish_and_register(two_runs):
     assert two_runs["codes"] == [0, 0], "\n".join(o[-3000:] for o in two_runs["outputs"])
     client, cfg = MlflowClient(), two_runs["cfg"]
     exp = client.get_experiment_by_name(cfg.experiment_name())
-    runs = client.search_runs([exp.experiment_id])
+    runs = top_level(client.search_runs([exp.experiment_id]))
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
     for run in runs:  # each run holds its own complete record
         assert run.data.tags["crossfuse.stage.register"] == "done"
@@ -55,7 +55,7 @@ def test_both_finish_and_register(two_runs):
 def test_shared_cache_gives_both_the_same_features(two_runs):
     client, cfg = MlflowClient(), two_runs["cfg"]
     exp = client.get_experiment_by_name(cfg.experiment_name())
-    runs = client.search_runs([exp.experiment_id])
+    runs = top_level(client.search_runs([exp.experiment_id]))
     a, b = (r.data.metrics for r in runs)
     # Whoever encoded an item, both read the same vectors: same data, config, seed, result.
     for name in ("test_macro_f1", "test_log_loss", "best_val_macro_f1"):

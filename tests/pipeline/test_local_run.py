@@ -11,7 +11,7 @@ import shutil
 
 import mlflow
 import pytest
-from conftest import build_config
+from conftest import build_config, top_level
 from mlflow.tracking import MlflowClient
 
 from pipelines.runner import run_local
@@ -35,7 +35,7 @@ def env(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
 def runs(env):
     client, cfg = env["client"], env["cfg"]
     exp = client.get_experiment_by_name(cfg.experiment_name())
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return top_level(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
 
 
 def test_pipeline_outputs_and_champion_decision(env):

@@ -86,7 +86,7 @@ def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
     # the data version travels pinned: the pods pull data.dvc's md5 from the remote
     pinned = yaml.safe_load(Path("data.dvc").read_text())["outs"][0]
     assert sent.data.pinned == pinned and sent.data.remote == REMOTE
-    assert run.display_name == f"sample-concat-data-{pinned['md5'][:8]}"
+    assert run.display_name == f"sample-auto-data-{pinned['md5'][:8]}"
     assert sent.model_dump(exclude={"data"}) == cfg.model_dump(exclude={"data"})
     spec = run.pipeline_spec
     assert spec["pipelineInfo"]["name"] == "crossfuse-multimodal-fusion"

@@ -53,7 +53,7 @@ def test_resolved_paths_are_absolute_and_json_roundtrips(tmp_path):
 def test_names_derive_from_dataset_folder():
     cfg = load_config(None, ["data.path=/x/openmoji_unicode14"], env={})
     assert cfg.model_name() == "crossfuse-openmoji_unicode14"
-    assert config_summary(cfg)["fusion.method"] == "concat"
+    assert config_summary(cfg)["fusion.method"] == "auto"  # the default: choose by cross-validation
 
 
 def test_default_yaml_is_valid():

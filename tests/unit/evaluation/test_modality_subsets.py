@@ -14,7 +14,7 @@ def test_subsets_of_three():
 
 def test_each_modality_alone_scores_below_both_on_a_task_needing_both():
     fs = xor_features()
-    head, _ = fit(fs, FusionConfig(hidden_dim=32), TrainConfig(epochs=80, patience=10,
+    head, _ = fit(fs, FusionConfig(method="concat", hidden_dim=32), TrainConfig(epochs=80, patience=10,
                                                                modality_dropout={"image": 0.3,
                                                                                  "text": 0.3}),
                   seed=0)
@@ -29,7 +29,7 @@ def test_each_modality_alone_scores_below_both_on_a_task_needing_both():
 
 def test_masking_a_modality_equals_feeding_missing_rows():
     fs = xor_features(n=100)
-    head, _ = fit(fs, FusionConfig(hidden_dim=16), TrainConfig(epochs=3), seed=0)
+    head, _ = fit(fs, FusionConfig(method="concat", hidden_dim=16), TrainConfig(epochs=3), seed=0)
     rows = {r["subset"]: r for r in subset_metrics(head, fs)}
     fs.index["present_text"] = False                      # the data itself lacks text
     lacking = {r["subset"]: r for r in subset_metrics(head, fs)}

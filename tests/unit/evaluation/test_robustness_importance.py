@@ -37,7 +37,8 @@ def text_only_features(n=400, seed=0) -> FeatureSet:
 @pytest.fixture(scope="module")
 def xor_model():
     fs = xor_features()
-    head, _ = fit(fs, FusionConfig(hidden_dim=32), TrainConfig(epochs=60, patience=10), seed=0)
+    head, _ = fit(fs, FusionConfig(method="concat", hidden_dim=32), TrainConfig(epochs=60, patience=10),
+                  seed=0)
     return head, fs
 
 
@@ -61,7 +62,8 @@ def test_feature_noise_degrades_from_the_clean_score(xor_model):
 
 def test_noise_on_an_ignored_modality_changes_little():
     fs = text_only_features()
-    head, _ = fit(fs, FusionConfig(hidden_dim=32), TrainConfig(epochs=60, patience=10), seed=0)
+    head, _ = fit(fs, FusionConfig(method="concat", hidden_dim=32), TrainConfig(epochs=60, patience=10),
+                  seed=0)
     rows = feature_noise_rows(head, fs, noise_levels(6), seed=0)
     clean = rows[0]["macro_f1"]
     auc = robustness_metrics(rows)
@@ -71,7 +73,8 @@ def test_noise_on_an_ignored_modality_changes_little():
 
 def test_importance_finds_the_modality_that_carries_the_label():
     fs = text_only_features()
-    head, _ = fit(fs, FusionConfig(hidden_dim=32), TrainConfig(epochs=60, patience=10), seed=0)
+    head, _ = fit(fs, FusionConfig(method="concat", hidden_dim=32), TrainConfig(epochs=60, patience=10),
+                  seed=0)
     rows = {r["modality"]: r for r in modality_importance(head, fs, repeats=5, seed=0)}
     assert rows["text"]["full"] > 0.9
     assert rows["text"]["drop"] > 0.3 and rows["text"]["permutation"] > 0.3

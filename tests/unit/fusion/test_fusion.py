@@ -136,3 +136,34 @@ def test_late_fusion_decides_itself_and_the_head_adds_no_target_layers():
     head = build_fusion_head(FusionSpec("late", DIMS2, 3, hidden_dim=16))
     assert not hasattr(head, "heads") and head.fusion.decides
     assert "heads" in dict(build_fusion_head(FusionSpec("concat", DIMS2, 3, hidden_dim=16)).named_children())
+
+
+@pytest.mark.parametrize("method", sorted(FUSION_METHODS))
+def test_bottleneck_gives_every_modality_the_same_width(method):
+    wide = {"image": 1280, "text": 7}
+    head = build_fusion_head(FusionSpec(method, wide, 3, hidden_dim=16, bottleneck=8)).eval()
+    assert head.fusion.spec.dims == {"image": 8, "text": 8}          # what the method sees
+    assert head.placeholders["image"].shape == (1280,)                # what a row lacks
+    feats, present = batch(wide)
+    present["image"][0] = False
+    assert head(feats, present).shape == (4, 3)
+
+
+def test_bottleneck_projects_token_sequences_too():
+    spec = FusionSpec("xattn", {"image": 12, "text": 7}, 3, hidden_dim=16, bottleneck=8,
+                      token_inputs=True)
+    head = build_fusion_head(spec).eval()
+    feats, present = batch(spec.dims)
+    tokens = {m: (torch.randn(4, 5, d), torch.ones(4, 5, dtype=torch.bool)) for m, d in spec.dims.items()}
+    assert head(feats, present, tokens).shape == (4, 3)
+
+
+def test_input_dropout_acts_only_while_training():
+    torch.manual_seed(0)
+    head = build_fusion_head(FusionSpec("concat", DIMS2, 3, hidden_dim=16, dropout=0.0,
+                                        input_dropout=0.5))
+    feats, present = batch(DIMS2)
+    head.eval()
+    assert torch.equal(head(feats, present), head(feats, present))
+    head.train()
+    assert not torch.equal(head(feats, present), head(feats, present))

@@ -96,3 +96,32 @@ def test_fusion_gain_guardrail_minimum_and_switch():
                             "3", off).promote
     # A tie with the best single modality is not a loss.
     assert decide_promotion(challenger(fusion_gain_macro_f1=0.0), None, None, RegistryConfig()).promote
+
+
+def _paired(challenger_wrong: int, champion_wrong: int, n: int = 200):
+    import numpy as np
+
+    from crossfuse.registry.promotion import paired_bootstrap
+
+    y = np.arange(n) % 4
+    wrong = lambda k: np.where(np.arange(n) < k, (y + 1) % 4, y)  # noqa: E731
+    return paired_bootstrap(y, wrong(challenger_wrong), wrong(champion_wrong), 4, resamples=500)
+
+
+def test_paired_bootstrap_clear_win_promotes():
+    b = _paired(challenger_wrong=10, champion_wrong=60)
+    assert b.gain > 0.2 and b.low > 0.1 and b.rows == 200
+    d = decide_promotion(challenger(test_macro_f1=0.95), CHAMPION, "3", RegistryConfig(), b)
+    assert d.promote and "95% interval [+" in d.reason and "paired bootstrap of 200 test rows" in d.reason
+
+
+def test_paired_bootstrap_tie_or_noise_does_not_promote():
+    tie = _paired(challenger_wrong=30, champion_wrong=30)
+    assert (tie.gain, tie.low, tie.high) == (0.0, 0.0, 0.0)
+    # The point estimate beats the champion, but the interval does not clear the margin.
+    d = decide_promotion(challenger(test_macro_f1=0.89), CHAMPION, "3", RegistryConfig(), tie)
+    assert not d.promote and "does not clear the margin 0.0000" in d.reason
+    slight = _paired(challenger_wrong=28, champion_wrong=30)
+    assert slight.gain > 0 and slight.low <= 0
+    assert not decide_promotion(challenger(test_macro_f1=0.89), CHAMPION, "3", RegistryConfig(),
+                                slight).promote

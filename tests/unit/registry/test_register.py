@@ -87,3 +87,31 @@ def test_promote_by_hand_and_list(registry, capsys):
     assert out[1].split()[:4] == ["m", "2", "challenger", "promoted"]
     assert "champion" in out[3] and "rollback" in out[4]
     assert main(["promote", "--model", "m", "--version", "7", *tracking]) == 2
+
+
+def test_champion_and_challenger_are_compared_on_the_same_test_rows(registry, tmp_path):
+    """With both runs' predictions logged, the gate asks a paired bootstrap, not two numbers."""
+    import numpy as np
+    import pandas as pd
+
+    y = np.array(["a", "b"] * 50)
+
+    def add_with_predictions(wrong: int, score: float):
+        predicted = np.where(np.arange(100) < wrong, np.where(y == "a", "b", "a"), y)
+        frame = pd.DataFrame({"id": [f"r{i}" for i in range(100)], "label": y, "predicted": predicted})
+        with mlflow.start_run() as run:
+            path = tmp_path / f"predictions-{run.info.run_id}" / "predictions.parquet"
+            path.parent.mkdir()
+            frame.to_parquet(path)
+            mlflow.log_artifact(str(path), "evaluation")
+            return register(RegistryConfig(), "m", tmp_path / "model", {"test_macro_f1": score},
+                            run.info.run_id, predictions=frame)
+
+    first = add_with_predictions(wrong=40, score=0.60)
+    same = add_with_predictions(wrong=40, score=0.61)  # a hair better on paper, identical rows
+    better = add_with_predictions(wrong=5, score=0.95)
+    assert (first.promoted, same.promoted, better.promoted) == (True, False, True)
+    assert "95% interval [+0.0000, +0.0000]" in same.reason and "does not clear" in same.reason
+    assert "paired bootstrap of 100 test rows" in better.reason and "clears the margin" in better.reason
+    tags = MlflowClient().get_model_version("m", better.version).tags
+    assert tags["crossfuse.modalities"] == "text"

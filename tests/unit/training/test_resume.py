@@ -82,7 +82,7 @@ def features(sample_dataset, make_config, tmp_path):
 def test_training_killed_mid_run_resumes_from_its_checkpoint(features, sample_dataset,
                                                              make_config, tmp_path):
     # Batches of 2 make epochs slow enough to kill inside one.
-    cfg = make_config(sample_dataset, "train.epochs=60", "train.patience=60",
+    cfg = make_config(sample_dataset, "fusion.method=concat", "train.epochs=60", "train.patience=60",
                       "train.batch_size=2", f"train.checkpoint_dir={tmp_path / 'ckpt'}")
     config_file = tmp_path / "cfg.json"
     config_file.write_text(cfg.to_json())

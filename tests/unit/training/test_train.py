@@ -22,9 +22,9 @@ def test_fused_model_beats_each_modality(method):
 def test_same_seed_same_result_and_epoch_callback():
     fs = xor_features()
     seen = []
-    h1, r1 = fit(fs, FusionConfig(hidden_dim=16), TrainConfig(epochs=5), seed=1,
+    h1, r1 = fit(fs, FusionConfig(method="concat", hidden_dim=16), TrainConfig(epochs=5), seed=1,
                  on_epoch=lambda e, m: seen.append((e, sorted(m))))
-    h2, r2 = fit(fs, FusionConfig(hidden_dim=16), TrainConfig(epochs=5), seed=1)
+    h2, r2 = fit(fs, FusionConfig(method="concat", hidden_dim=16), TrainConfig(epochs=5), seed=1)
     assert r1.history == r2.history
     for va, vb in zip(h1.state_dict().values(), h2.state_dict().values(), strict=True):
         assert torch.equal(va, vb)
@@ -34,7 +34,7 @@ def test_same_seed_same_result_and_epoch_callback():
 
 def test_early_stopping_keeps_the_best_epoch():
     fs = xor_features()
-    head, result = fit(fs, FusionConfig(hidden_dim=16), TrainConfig(epochs=200, patience=3),
+    head, result = fit(fs, FusionConfig(method="concat", hidden_dim=16), TrainConfig(epochs=200, patience=3),
                        seed=0)
     assert result.epochs_run < 200
     assert result.epochs_run - result.best_epoch <= 3
@@ -51,4 +51,20 @@ def test_empty_validation_split_is_explained():
     fs = xor_features()
     fs.index["split"] = fs.index["split"].replace({"val": "train"})
     with pytest.raises(ValueError, match="need train and val samples"):
-        fit(fs, FusionConfig(), TrainConfig(epochs=1), seed=0)
+        fit(fs, FusionConfig(method="concat"), TrainConfig(epochs=1), seed=0)
+
+
+def test_label_smoothing_softens_the_loss_as_cross_entropy_defines_it():
+    from crossfuse.training.loop import training_loss
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    y = torch.tensor([0, 1])
+    out, present = {"label": logits}, {"text": torch.ones(2, dtype=torch.bool)}
+    plain = training_loss(out, {"label": y}, present, "label", FusionConfig(), TrainConfig())
+    smooth = training_loss(out, {"label": y}, present, "label", FusionConfig(),
+                           TrainConfig(label_smoothing=0.3))
+    log_p = logits.log_softmax(-1)
+    target = torch.full((2, 3), 0.1)
+    target[0, 0] = target[1, 1] = 0.8
+    assert smooth == pytest.approx(float(-(target * log_p).sum(-1).mean()), rel=1e-6)
+    assert smooth > plain  # confident right answers are penalised for their confidence

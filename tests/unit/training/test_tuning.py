@@ -27,7 +27,8 @@ def test_search_is_seeded(sample_dataset, make_config, tmp_path):
 
 
 def test_train_stage_logs_trials_as_nested_runs(sample_dataset, make_config, tmp_path):
-    cfg = make_config(sample_dataset, "fusion.search.trials=3", "fusion.search.epochs=3")
+    cfg = make_config(sample_dataset, "fusion.method=concat", "fusion.search.trials=3",
+                      "fusion.search.epochs=3")
     run_id, _ = stages.run_validate(cfg, None, tmp_path / "v")
     stages.run_preprocess(cfg, run_id, tmp_path / "v", tmp_path / "pre")
     stages.run_extract(cfg, run_id, tmp_path / "pre", tmp_path / "f")

@@ -1,0 +1,319 @@
+"""``fusion.method: auto`` — choose the model by stratified cross-validation over train+val.
+
+The candidates are the configured fusion methods (``fusion.auto.candidates``), one head
+per modality alone (``unimodal:<m>``, the ``concat`` head on that modality) and a weighted
+ensemble of them. Each candidate is
+trained once per fold, early-stopped on the held-out fold, and scored by the macro-F1 of
+its out-of-fold predictions: mean ± std over folds. Above ``fusion.auto.holdout_above``
+rows only the first fold is held out (a single stratified holdout).
+
+Before its cross-validation each candidate gets a seeded Optuna search
+(:mod:`crossfuse.training.tuning`, regularisers included) on the first fold's split, with
+``fusion.auto.trials`` trials or, by default, a budget that shrinks as the data grows. The
+search sees the first fold's held-out rows, which the CV then scores too: a small optimism
+that every candidate shares alike.
+
+The ensemble is Caruana et al.'s greedy selection with replacement (ICML 2004) over the
+candidates' out-of-fold probabilities: its first pick is the best single candidate, and
+the best prefix is kept, so on the rows it is selected on its score is never below that
+candidate's. To compete fairly it is scored nested: fold ``f``'s score uses weights
+selected on the other folds. With a single holdout there is nothing to nest in, and the
+ensemble is left out.
+
+The winner is the candidate with the highest mean; a tie goes to the simpler model
+(unimodal, then fused, then the ensemble). What ships is the bagged average of the
+winner's fold models (for the ensemble: of its members' fold models, weighted), each
+early-stopped on data it did not train on; its temperature is fitted on the out-of-fold
+predictions. The test split is never touched.
+
+Example
+-------
+>>> selection = select_model(fs, cfg)                          # doctest: +SKIP
+>>> selection.winner.name, round(selection.winner.mean, 3)     # doctest: +SKIP
+('unimodal:text', 0.662)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crossfuse.config import FusionConfig, RunConfig, TrainConfig
+from crossfuse.features.store import FeatureSet
+from crossfuse.fusion import FusionEnsemble, FusionHead
+from crossfuse.metrics import SplitScores, macro_f1, predict_split
+from crossfuse.progress import progress
+from crossfuse.training.folds import stratified_folds
+from crossfuse.training.loop import fit
+from crossfuse.training.tuning import search, search_budget
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+UNIMODAL = "unimodal:"
+ENSEMBLE = "ensemble"
+UNIMODAL_METHOD = "concat"  # on one modality: LayerNorm -> MLP, the plain single-modality head
+_SIMPLICITY = {"unimodal": 0, "fused": 1, "ensemble": 2}
+
+
+@dataclass
+class Candidate:
+    """One candidate's cross-validation: fold scores, out-of-fold probabilities, fold models.
+
+    ``oof`` is ``[N_trainval, C]`` (rows never held out stay NaN); ``heads`` is one model
+    per fold run, or for the ensemble ``members``: ``{candidate name: weight}``.
+    """
+
+    name: str
+    modalities: list[str]
+    fold_scores: list[float]
+    oof: np.ndarray
+    heads: list[FusionHead] = field(default_factory=list)
+    best_epochs: list[int] = field(default_factory=list)
+    members: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[Path] = field(default_factory=list)
+    searched: dict = field(default_factory=dict)  # the settings a search chose, if any
+
+    @property
+    def kind(self) -> str:
+        if self.name == ENSEMBLE:
+            return ENSEMBLE
+        return "unimodal" if self.name.startswith(UNIMODAL) else "fused"
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.fold_scores)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.fold_scores) if len(self.fold_scores) > 1 else 0.0
+
+    def row(self) -> dict:
+        """The candidate as a table row (what selection.json and the report show)."""
+        return {"candidate": self.name, "kind": self.kind, "modalities": "+".join(self.modalities),
+                "cv_macro_f1_mean": self.mean, "cv_macro_f1_std": self.std,
+                "folds": [round(s, 6) for s in self.fold_scores],
+                **({"members": self.members} if self.members else {}),
+                **({"searched": self.searched} if self.searched else {})}
+
+
+@dataclass
+class Selection:
+    """The ranked candidates (best first) and how they were compared."""
+
+    ranked: list[Candidate]
+    folds: int
+    holdout: bool
+    rows: int
+
+    @property
+    def winner(self) -> Candidate:
+        return self.ranked[0]
+
+    def best(self, kind: str) -> Candidate | None:
+        return next((c for c in self.ranked if c.kind == kind), None)
+
+    def verdict(self) -> str:
+        """In plain words: did fusion help on this data, and by how much."""
+        fused, single = self.best("fused"), self.best("unimodal")
+        w = self.winner
+        if single is None or fused is None:
+            return f"chose {w.name} (CV macro-F1 {w.mean:.4f} ± {w.std:.4f})"
+        if w.kind == "unimodal":
+            return (f"fusion did not help on this data: {w.name[len(UNIMODAL):]} alone scored "
+                    f"{w.mean:.4f} CV macro-F1, {w.mean - fused.mean:.4f} above the best fused "
+                    f"model ({fused.name}, {fused.mean:.4f}); the model is {w.name[len(UNIMODAL):]}-only")
+        return (f"fusion helped: {w.name} scored {w.mean:.4f} CV macro-F1, "
+                f"{w.mean - single.mean:+.4f} over the best single modality "
+                f"({single.name[len(UNIMODAL):]}, {single.mean:.4f})")
+
+    def to_json(self) -> dict:
+        return {"folds": self.folds, "holdout": self.holdout, "rows": self.rows,
+                "winner": self.winner.name, "modalities": self.winner.modalities,
+                "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked]}
+
+
+def candidate_names(cfg: RunConfig, modalities: list[str]) -> list[str]:
+    """The configured fused candidates, then ``unimodal:<m>`` for each modality (if enabled)."""
+    auto = cfg.fusion.auto
+    names = list(dict.fromkeys(auto.candidates)) if len(modalities) > 1 else []
+    if auto.unimodal or not names:
+        names += [UNIMODAL + m for m in modalities]
+    return names
+
+
+def fold_plan(fs: FeatureSet, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(train+val row numbers, their fold, the folds to hold out in turn)."""
+    rows = np.flatnonzero(fs.index["split"].isin(["train", "val"]).to_numpy())
+    auto = cfg.fusion.auto
+    folds = stratified_folds(fs.index["label_idx"].to_numpy()[rows], fs.index["id"].to_numpy()[rows],
+                             auto.folds, cfg.seed)
+    held_out = [0] if len(rows) > auto.holdout_above else list(range(auto.folds))
+    return rows, folds, held_out
+
+
+def fold_view(fs: FeatureSet, rows: np.ndarray, folds: np.ndarray, held_out: int) -> FeatureSet:
+    """The feature set with fold ``held_out`` as ``val`` and the other train+val rows as ``train``."""
+    split = fs.index["split"].to_numpy().copy()
+    split[rows] = np.where(folds == held_out, "val", "train")
+    return dataclasses.replace(fs, index=fs.index.assign(split=split))
+
+
+def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: TrainConfig, seed: int,
+                   plan: tuple[np.ndarray, np.ndarray, list[int]],
+                   checkpoint_dir: Path | None = None, trials: int = 0) -> Candidate:
+    """Train ``name`` once per held-out fold; collect fold scores and out-of-fold probabilities.
+
+    Fused candidates train with ``fusion.auto.modality_dropout`` on every modality that
+    ``train.modality_dropout`` leaves unset: without it a placeholder is never trained, and
+    a multiplicative method can answer nonsense for a row that lacks a modality. With
+    ``checkpoint_dir`` every fold fit keeps its per-epoch state there, so a killed run
+    resumes (finished folds come back from their last checkpoint at once). With ``trials``
+    a seeded Optuna search on the first fold's split picks the candidate's settings first.
+    """
+    rows, folds, held_out = plan
+    unimodal = name.startswith(UNIMODAL)
+    modalities = [name[len(UNIMODAL):]] if unimodal else fs.modalities
+    method = UNIMODAL_METHOD if unimodal else name
+    if not unimodal and fusion.auto.modality_dropout > 0:
+        rates = {m: train.modality_dropout.get(m, fusion.auto.modality_dropout) for m in modalities}
+        train = train.model_copy(update={"modality_dropout": rates})
+    fusion = fusion.model_copy(update={"method": method})
+    searched = {}
+    if trials:
+        best = search(fold_view(fs, rows, folds, held_out[0]), fusion, train, seed, trials,
+                      fusion.search.epochs, modalities=modalities)
+        fusion, train, searched = best.fusion, best.train, best.params
+    oof = np.full((len(rows), len(fs.labels)), np.nan)
+    candidate = Candidate(name, modalities, [], oof, searched=searched)
+    for f in held_out:
+        view = fold_view(fs, rows, folds, f)
+        head, result = fit(view, fusion, train, seed + f, modalities=modalities,
+                           checkpoint_dir=checkpoint_dir)
+        scores = predict_split(head, view.split_inputs("val", modalities, head.spec.token_inputs))
+        oof[folds == f] = scores.probs
+        candidate.fold_scores.append(scores.macro_f1)
+        candidate.heads.append(head)
+        candidate.best_epochs.append(result.best_epoch)
+        if result.checkpoint is not None:
+            candidate.checkpoints.append(result.checkpoint)
+    return candidate
+
+
+def _score(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """(macro-F1, -NLL): the selection objective, log-likelihood breaking macro-F1's plateaus."""
+    s = SplitScores(labels=y, probs=probs / probs.sum(-1, keepdims=True))
+    return s.macro_f1, -s.nll
+
+
+def greedy_ensemble(oof: dict[str, np.ndarray], y: np.ndarray, rounds: int) -> dict[str, int]:
+    """Caruana's ensemble selection with replacement: ``{candidate: times picked}``.
+
+    ``oof`` holds each candidate's out-of-fold probabilities ``[N, C]`` on the same rows,
+    ``y`` the true classes. Each round adds the candidate that most improves the average;
+    the best prefix is returned, so its score is never below the best single candidate's.
+
+    >>> y = np.array([0, 1, 1, 0])
+    >>> a = np.array([[.9, .1], [.6, .4], [.2, .8], [.6, .4]])   # row 1 wrong
+    >>> b = np.array([[.4, .6], [.1, .9], [.3, .7], [.8, .2]])   # row 0 wrong
+    >>> sorted(greedy_ensemble({"a": a, "b": b}, y, rounds=3).items())  # each alone: 3 of 4 right
+    [('a', 1), ('b', 2)]
+    """
+    names = list(oof)
+    total = np.zeros_like(next(iter(oof.values())))
+    picked: Counter = Counter()
+    best_score, best_pick = None, Counter()
+    for r in range(1, rounds + 1):
+        trial = {n: _score(y, (total + oof[n]) / r) for n in names}
+        name = max(names, key=lambda n: trial[n])  # ties: the earlier (better ranked) candidate
+        picked[name] += 1
+        total += oof[name]
+        if best_score is None or trial[name] > best_score:
+            best_score, best_pick = trial[name], Counter(picked)
+    return dict(best_pick)
+
+
+def ensemble_candidate(candidates: list[Candidate], y: np.ndarray, folds: np.ndarray,
+                       held_out: list[int], rounds: int) -> Candidate:
+    """The weighted ensemble of ``candidates`` as one more candidate, scored without bias.
+
+    Fold ``f``'s score comes from weights selected on the other folds' out-of-fold
+    predictions (nested), so the ensemble competes on equal terms with the single
+    candidates; the weights that ship are selected on all folds.
+    """
+    def weights_on(rows: np.ndarray) -> dict[str, float]:
+        picks = greedy_ensemble({c.name: c.oof[rows] for c in candidates}, y[rows], rounds)
+        return {name: n / sum(picks.values()) for name, n in picks.items()}
+
+    def mix(weights: dict[str, float]) -> np.ndarray:
+        return sum(w * by_name[n].oof for n, w in weights.items())
+
+    by_name = {c.name: c for c in candidates}
+    seen = np.isin(folds, held_out)
+    oof = np.full_like(candidates[0].oof, np.nan)
+    scores = []
+    for f in held_out:
+        inner = weights_on(seen & (folds != f))
+        oof[folds == f] = mix(inner)[folds == f]
+        scores.append(macro_f1(y[folds == f], oof[folds == f].argmax(-1), oof.shape[1]))
+    weights = weights_on(seen)
+    modalities = list(dict.fromkeys(m for n in weights for m in by_name[n].modalities))
+    return Candidate(ENSEMBLE, modalities, scores, oof, members=weights)
+
+
+def select_model(fs: FeatureSet, cfg: RunConfig,
+                 on_candidate: Callable[[Candidate], None] | None = None,
+                 checkpoint_dir: Path | None = None) -> Selection:
+    """Cross-validate every candidate (and their ensemble); rank them, best first."""
+    plan = fold_plan(fs, cfg)
+    rows, folds, held_out = plan
+    names = candidate_names(cfg, fs.modalities)
+    trials = cfg.fusion.auto.trials
+    if trials is None:
+        trials = search_budget(int((folds != held_out[0]).sum()))
+    candidates = []
+    for name in progress(names, desc=f"auto: {len(held_out)}-fold CV", unit="candidate"):
+        candidates.append(cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan,
+                                         checkpoint_dir, trials))
+        log.info("candidate %s: CV macro-F1 %.4f ± %.4f", name, candidates[-1].mean,
+                 candidates[-1].std)
+        if on_candidate:
+            on_candidate(candidates[-1])
+    if cfg.fusion.auto.ensemble and len(candidates) > 1 and len(held_out) > 1:
+        y = fs.index["label_idx"].to_numpy()[rows]
+        ranked = sorted(candidates, key=lambda c: -c.mean)
+        candidates.append(ensemble_candidate(ranked, y, folds, held_out,
+                                             cfg.fusion.auto.ensemble_rounds))
+        if on_candidate:
+            on_candidate(candidates[-1])
+    ranked = sorted(candidates, key=lambda c: (-round(c.mean, 12), _SIMPLICITY[c.kind]))
+    return Selection(ranked=ranked, folds=len(held_out), holdout=len(held_out) == 1, rows=len(rows))
+
+
+def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | FusionEnsemble:
+    """What ships for ``candidate``: its fold models averaged (an ensemble: its members', weighted)."""
+    if candidate.kind != ENSEMBLE:
+        heads = candidate.heads
+        return heads[0] if len(heads) == 1 else FusionEnsemble(heads, [1.0] * len(heads))
+    members, weights = [], []
+    for name, weight in candidate.members.items():
+        heads = by_name[name].heads
+        members += heads
+        weights += [weight / len(heads)] * len(heads)
+    return FusionEnsemble(members, weights)
+
+
+def out_of_fold_scores(selection: Selection, fs: FeatureSet, cfg: RunConfig) -> SplitScores:
+    """The winner's out-of-fold predictions on the rows that were held out, with their labels."""
+    rows, folds, held_out = fold_plan(fs, cfg)
+    seen = np.isin(folds, held_out)
+    y = fs.index["label_idx"].to_numpy()[rows][seen]
+    probs = selection.winner.oof[seen]
+    return SplitScores(labels=y, probs=probs / probs.sum(-1, keepdims=True))

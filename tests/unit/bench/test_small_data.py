@@ -1,0 +1,45 @@
+"""crossfuse bench small-data: shrinking train+val, the test split untouched, auto beside the rest."""
+
+import numpy as np
+import pytest
+from conftest import xor_features
+
+from crossfuse.bench.small_data import bench_small_data, markdown_table, subsample, summarise
+from crossfuse.config import load_config
+
+
+def test_subsample_keeps_test_and_each_class_share():
+    fs = xor_features(n=400)
+    fs.index["id"] = [f"r{i}" for i in range(len(fs.index))]
+    small = subsample(fs, 0.25, seed=0)
+    before, after = fs.index["split"].to_numpy(), small.index["split"].to_numpy()
+    assert ((before == "test") == (after == "test")).all()
+    for label in range(4):
+        cls = fs.index["label_idx"].to_numpy() == label
+        labeled = int((cls & np.isin(before, ["train", "val"])).sum())
+        assert int((cls & np.isin(after, ["train", "val"])).sum()) == int(np.ceil(0.25 * labeled))
+    assert (subsample(fs, 0.25, seed=0).index["split"] == small.index["split"]).all()
+    assert not (subsample(fs, 0.25, seed=1).index["split"] == small.index["split"]).all()
+    with pytest.raises(ValueError, match="fractions must be in"):
+        subsample(fs, 0.0, seed=0)
+
+
+def test_bench_rows_cover_auto_methods_and_unimodal_heads():
+    fs = xor_features(n=300)
+    fs.index["id"] = [f"r{i}" for i in range(len(fs.index))]
+    cfg = load_config(None, ["fusion.hidden_dim=16", "train.epochs=20", "train.patience=4",
+                             "fusion.auto.candidates=[concat]", "fusion.auto.trials=0",
+                             "fusion.auto.folds=3"], env={})
+    seen = []
+    rows = bench_small_data(fs, cfg, fractions=[0.5, 1.0], seeds=[0], methods=["concat"],
+                            on_row=seen.append)
+    assert seen == rows
+    assert [(r["fraction"], r["model"]) for r in rows] == [
+        (f, m) for f in (0.5, 1.0) for m in ("auto", "concat", "unimodal:image", "unimodal:text")]
+    auto = [r for r in rows if r["model"] == "auto"]
+    assert all(r["winner"] in {"concat", "ensemble"} for r in auto)  # both modalities are needed
+    assert rows[0]["train_val_rows"] < rows[-1]["train_val_rows"]
+    fixed = [s for s in summarise(rows) if s["model"] != "auto"]  # best first within a fraction
+    for fraction in (0.5, 1.0):
+        assert next(s["model"] for s in fixed if s["fraction"] == fraction) == "concat"
+    assert "| 50% |" in markdown_table(rows)

@@ -1,0 +1,148 @@
+"""fusion.method: auto — folds, ensemble selection, the chosen model, what ships."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import xor_features
+
+from crossfuse.config import load_config
+from crossfuse.features.store import FeatureSet
+from crossfuse.fusion import FusionEnsemble, FusionHead, FusionSpec, load_fusion_head, save_fusion_head
+from crossfuse.metrics import macro_f1
+from crossfuse.training.folds import stratified_folds
+from crossfuse.training.selection import greedy_ensemble, select_model
+from crossfuse.training.train import BASELINES_DIR, SELECTION_FILE, train
+
+
+def test_folds_are_stratified_deterministic_and_disjoint():
+    labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 7
+    ids = [f"id{i}" for i in range(len(labels))]
+    folds = stratified_folds(labels, ids, k=5, seed=3)
+    assert sorted(set(folds.tolist())) == [0, 1, 2, 3, 4] and len(folds) == len(ids)
+    for label in "abc":
+        per_fold = np.bincount(folds[np.array(labels) == label], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, (label, per_fold)
+    assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
+    assert np.array_equal(folds, stratified_folds(labels, ids, k=5, seed=3))
+    assert not np.array_equal(folds, stratified_folds(labels, ids, k=5, seed=4))
+    # The ids decide, not the row order: shuffled rows keep their folds.
+    order = np.random.default_rng(0).permutation(len(ids))
+    shuffled = stratified_folds([labels[i] for i in order], [ids[i] for i in order], k=5, seed=3)
+    assert np.array_equal(shuffled, folds[order])
+
+
+def test_folds_refuse_duplicate_ids_and_one_fold():
+    with pytest.raises(ValueError, match="unique sample ids"):
+        stratified_folds(["a", "b"], ["x", "x"], k=2, seed=0)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        stratified_folds(["a", "b"], ["x", "y"], k=1, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ensemble_out_of_fold_score_is_never_below_its_best_member(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 200)
+    oof = {}
+    for name, skill in [("a", 1.5), ("b", 1.0), ("c", 0.5), ("d", 0.0)]:
+        logits = rng.normal(size=(200, 3)) + skill * np.eye(3)[y]
+        oof[name] = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    picks = greedy_ensemble(oof, y, rounds=15)
+    weights = {n: c / sum(picks.values()) for n, c in picks.items()}
+    mixed = sum(w * oof[n] for n, w in weights.items())
+    best_single = max(macro_f1(y, p.argmax(-1), 3) for p in oof.values())
+    assert macro_f1(y, mixed.argmax(-1), 3) >= best_single
+
+
+def test_an_ensemble_saves_loads_and_predicts_like_its_members(tmp_path):
+    torch.manual_seed(0)
+    both = FusionHead(FusionSpec("concat", {"image": 8, "text": 4}, 3, hidden_dim=16)).eval()
+    text = FusionHead(FusionSpec("late", {"text": 4}, 3, hidden_dim=16)).eval()
+    ensemble = FusionEnsemble([both, text], [0.25, 0.75])
+    save_fusion_head(ensemble, tmp_path, extra={"labels": ["x", "y", "z"]})
+    loaded, meta = load_fusion_head(tmp_path)
+    x = {"image": torch.randn(5, 8), "text": torch.randn(5, 4)}
+    present = {"image": torch.tensor([True, False, True, True, False]),
+               "text": torch.ones(5, dtype=torch.bool)}
+    expected = 0.25 * both(x, present).softmax(-1) + 0.75 * text({"text": x["text"]},
+                                                                 {"text": present["text"]}).softmax(-1)
+    assert torch.allclose(loaded(x, present).softmax(-1), expected, atol=1e-6)
+    assert meta["method"] == "ensemble" and meta["labels"] == ["x", "y", "z"]
+    assert [m["weight"] for m in meta["members"]] == [0.25, 0.75]
+
+
+def noisy_image_features(n=300, seed=0) -> FeatureSet:
+    """Text carries the label (2 classes); the image is pure noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    text = torch.randn(n, 6, generator=g) * 0.6
+    text[:, 0] += y * 2.0
+    image = torch.randn(n, 64, generator=g)
+    splits = ["train"] * (n * 7 // 10) + ["val"] * (n * 15 // 100)
+    splits += ["test"] * (n - len(splits))
+    index = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "split": splits,
+                          "label_idx": y.numpy(), "label": [["a", "b"][i] for i in y.tolist()],
+                          "present_image": True, "present_text": True})
+    return FeatureSet(index=index, labels=["a", "b"], encoders={"image": {}, "text": {}},
+                      vectors={"image": image, "text": text})
+
+
+def auto_config(*overrides):
+    return load_config(None, ["fusion.method=auto", "fusion.hidden_dim=32", "train.epochs=40",
+                              "train.patience=5", "fusion.auto.folds=3", *overrides], env={})
+
+
+def test_auto_picks_the_modality_that_beats_every_fusion():
+    fs = noisy_image_features()
+    seen = []
+    selection = select_model(fs, auto_config("fusion.auto.candidates=[concat, late]"), seen.append)
+    names = [c.name for c in selection.ranked]
+    assert sorted(names) == ["concat", "ensemble", "late", "unimodal:image", "unimodal:text"]
+    assert [c.name for c in seen] == ["concat", "late", "unimodal:image", "unimodal:text", "ensemble"]
+    assert selection.winner.name == "unimodal:text", [(c.name, c.mean) for c in selection.ranked]
+    assert selection.verdict().startswith("fusion did not help on this data: text alone scored")
+    assert all(len(c.fold_scores) == 3 for c in selection.ranked)
+
+
+def test_auto_prefers_fusion_when_both_modalities_are_needed(tmp_path):
+    fs = xor_features(n=300)
+    fs.index["id"] = [f"r{i}" for i in range(len(fs.index))]
+    selection = select_model(fs, auto_config("fusion.auto.candidates=[concat]", "fusion.auto.ensemble=false"))
+    assert selection.winner.name == "concat"
+    assert selection.winner.mean > selection.best("unimodal").mean + 0.2
+    assert selection.verdict().startswith("fusion helped: concat scored")
+
+
+def test_auto_saves_the_bagged_winner_and_the_unimodal_baselines(tmp_path):
+    from crossfuse.features.store import write_feature_set
+
+    fs = noisy_image_features()
+    write_feature_set(tmp_path / "features", fs.index, fs.labels,
+                      {"image": {"name": "x", "cache_key": "x", "dim": 64},
+                       "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
+    cfg = auto_config("fusion.auto.candidates=[concat]", f"train.checkpoint_dir={tmp_path / 'ck'}")
+    result = train(cfg, tmp_path / "features", tmp_path / "model")
+    assert result.method == "unimodal:text" and result.modalities == ["text"]
+    head, meta = load_fusion_head(tmp_path / "model")
+    assert isinstance(head, FusionEnsemble) and len(head.members) == 3  # one per fold
+    assert list(meta["dims"]) == ["text"] and meta["chosen"] == "unimodal:text"
+    assert 0.05 < meta["temperature"] < 20
+    for m in ("image", "text"):
+        assert load_fusion_head(tmp_path / "model" / BASELINES_DIR / m)[1]["dims"] == {
+            m: fs.vectors[m].shape[1]}
+    saved = json.loads((tmp_path / "model" / SELECTION_FILE).read_text())
+    assert saved["winner"] == "unimodal:text" and saved["folds"] == 3
+    assert [r["candidate"] for r in saved["ranked"]][0] == "unimodal:text"
+
+
+def test_large_data_uses_a_single_holdout():
+    fs = noisy_image_features(n=200)
+    selection = select_model(fs, auto_config("fusion.auto.candidates=[concat]",
+                                              "fusion.auto.holdout_above=100",
+                                              "fusion.auto.unimodal=false"))
+    assert selection.holdout and selection.folds == 1
+    assert [len(c.fold_scores) for c in selection.ranked] == [1]
