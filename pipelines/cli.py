@@ -70,7 +70,8 @@ def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
         print(f"fusion did not help on the test split: the best single modality scored "
               f"{-gain:.4f} macro-F1 more than the fused model")
     print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
-    print(f"  champion -> v{outputs.get('champion_version')}, challenger -> v{version}")
+    champion = outputs.get("champion_version")
+    print(f"  champion -> {'v' + str(champion) if champion else 'none yet'}, challenger -> v{version}")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -85,8 +85,9 @@ def bench_small_data(fs: FeatureSet, cfg: RunConfig, fractions: list[float], see
     methods = methods or sorted(FUSION_METHODS)
     names = [AUTO, *methods, *(UNIMODAL + m for m in fs.modalities)]
     rows = []
-    for fraction in fractions:
-        for seed in seeds:
+    # Seed outermost: a benchmark stopped early still has every fraction for the seeds it finished.
+    for seed in seeds:
+        for fraction in fractions:
             view = subsample(fs, fraction, seed)
             kept = int(np.isin(view.index["split"], ["train", "val"]).sum())
             for name in names:

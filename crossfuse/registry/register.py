@@ -199,7 +199,7 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
         tags.update({METRIC_TAG + k: repr(float(v))
                      for k, v in decision.compared_metrics().items()})
         _write_decision(client, model_name, str(mv.version), run_id, tags)
-    champion_version = str(mv.version) if decision.promote else champion[1]
+    champion_version = str(mv.version) if decision.promote else (champion[1] if champion else "")
     log.info("registered %s v%s: %s", model_name, mv.version, decision.reason)
     return RegisterResult(model_name=model_name, version=str(mv.version),
                           promoted=decision.promote, reason=decision.reason,

@@ -115,3 +115,15 @@ def test_champion_and_challenger_are_compared_on_the_same_test_rows(registry, tm
     assert "paired bootstrap of 100 test rows" in better.reason and "clears the margin" in better.reason
     tags = MlflowClient().get_model_version("m", better.version).tags
     assert tags["crossfuse.modalities"] == "text"
+
+
+def test_a_first_fused_model_that_loses_to_one_modality_gets_no_champion_alias(registry):
+    result = registry({"test_macro_f1": 0.9, "fusion_gain_macro_f1": -0.1})
+    assert (result.version, result.promoted, result.champion_version) == ("1", False, "")
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("m", "challenger").version) == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("m", "champion")
+    tags = client.get_model_version("m", "1").tags
+    assert tags["crossfuse.decision"] == "not promoted"
+    assert tags["crossfuse.reason"].startswith("fusion lost to one modality alone")

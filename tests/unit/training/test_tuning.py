@@ -24,6 +24,10 @@ def test_search_is_seeded(sample_dataset, make_config, tmp_path):
     assert a.params == b.params and a.value == b.value
     assert "rank" in a.params and a.fusion.options["rank"] == a.params["rank"]
     assert a.train.epochs == cfg.train.epochs  # the final fit gets the full budget
+    # The small-data regularisers are part of every search, and reach the chosen configs.
+    assert (a.fusion.bottleneck, a.fusion.input_dropout, a.train.label_smoothing) == (
+        a.params["bottleneck"], a.params["input_dropout"], a.params["label_smoothing"])
+    assert 1e-6 <= a.params["weight_decay"] <= 1e-1
 
 
 def test_train_stage_logs_trials_as_nested_runs(sample_dataset, make_config, tmp_path):

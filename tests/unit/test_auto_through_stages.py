@@ -1,0 +1,91 @@
+"""fusion.method=auto end to end through the stages, on data where fusion cannot help.
+
+The generated dataset's label is the time of day, which only the caption says; every image
+is pure noise. auto must register the text-only model as champion and say that fusion did
+not help; an explicit fused method must be refused by the gate for losing to text alone.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from crossfuse import stages
+from crossfuse.config import load_config
+from crossfuse.data.sample import _caption
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def noise_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noise") / "data"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        time = ("day", "night")[i % 2]
+        pixels = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"n{i:03d}.png")
+        rows.append({"id": f"n{i:03d}", "image": f"images/n{i:03d}.png",
+                     "text": _caption(rng, time), "label": time})
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "image", "text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def run_stages(root, data, *overrides):
+    cfg = load_config(None, [f"data.path={data}", "data.name=noise", "fusion.auto.folds=3",
+                             "fusion.auto.trials=2",
+                             f"extract.cache_dir={root.parent / 'cache'}",
+                             f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
+                             f"mlflow.artifact_root={root / 'mlartifacts'}",
+                             f"train.checkpoint_dir={root / 'ckpt'}", "evaluate.efficiency=false",
+                             "evaluate.robustness.raw=false", *overrides], env={}).resolved(root)
+    run_id, _ = stages.run_validate(cfg, None, root / "v")
+    stages.run_preprocess(cfg, run_id, root / "v", root / "pre")
+    stages.run_extract(cfg, run_id, root / "pre", root / "f")
+    stages.run_train(cfg, run_id, root / "f", root / "model")
+    stages.run_evaluate(cfg, run_id, root / "f", root / "model", root / "e", root / "pre")
+    result = stages.run_register(cfg, run_id, root / "model", root / "e")
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    return cfg, run_id, result
+
+
+def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images, tmp_path, capsys):
+    cfg, run_id, result = run_stages(tmp_path, noise_images)
+    out = capsys.readouterr().out
+    assert "fusion did not help on this data: text alone scored" in out
+    assert result.promoted and result.champion_version == result.version
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(cfg.model_name(), "champion")
+    assert champion.tags["crossfuse.modalities"] == "text"
+    assert champion.tags["crossfuse.chosen"] == "unimodal:text"
+    run = client.get_run(run_id)
+    assert run.data.params["auto.winner"] == "unimodal:text"
+    assert run.data.tags["crossfuse.model_choice"].startswith("fusion did not help")
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert {r.data.params["candidate"] for r in children} >= {"late", "mfb", "gmu", "concat",
+                                                              "unimodal:image", "unimodal:text"}
+    report = (tmp_path / "e" / "report.html").read_text()
+    assert "Model choice" in report and "fusion did not help on this data" in report
+
+
+def test_an_explicit_fused_method_that_does_not_beat_text_alone_is_refused(noise_images, tmp_path):
+    # concat on noise images + captions scores what text alone scores (both separate the
+    # classes): a gain of 0. Asking for a gain of at least 0.01 makes the gate refuse it,
+    # through the real evaluate and register stages.
+    _, run_id, result = run_stages(tmp_path, noise_images, "fusion.method=concat",
+                                   "registry.guardrails.min_fusion_gain=0.01")
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    assert metrics["fusion_gain_macro_f1"] < 0.01
+    assert not result.promoted and result.champion_version == ""  # no champion at all
+    assert "fusion lost to one modality alone" in result.reason
