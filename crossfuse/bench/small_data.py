@@ -21,7 +21,6 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from crossfuse.config import RunConfig
 from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FUSION_METHODS
 from crossfuse.metrics import predict_split
+from crossfuse.training.folds import order_key
 from crossfuse.training.loop import fit
 from crossfuse.training.selection import AUTO, UNIMODAL, UNIMODAL_METHOD, bagged, select_model
 
@@ -56,7 +56,7 @@ def subsample(fs: FeatureSet, fraction: float, seed: int) -> FeatureSet:
     labeled = np.isin(split, ["train", "val"])
     for label in np.unique(fs.index["label_idx"].to_numpy()[labeled]):
         rows = np.flatnonzero(labeled & (fs.index["label_idx"].to_numpy() == label))
-        rows = sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{fs.index['id'].iat[r]}".encode()).digest())
+        rows = sorted(rows, key=lambda r: order_key(seed, str(fs.index["id"].iat[r])))
         split[rows[math.ceil(fraction * len(rows)):]] = UNUSED
     return dataclasses.replace(fs, index=fs.index.assign(split=split))
 

@@ -183,8 +183,10 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
     with sqlite_store_lock(mlflow.get_tracking_uri()):
         champion = champion_metrics(client, model_name)
         labels = json.loads((Path(model_dir) / SPEC_FILE).read_text())["labels"]
+        pairable = (champion is not None and predictions is not None and gate.bootstrap > 0
+                    and gate.metric in BOOTSTRAP_METRICS)  # else no download: nothing to pair
         paired = bootstrap_against(predictions, champion_predictions(client, model_name), gate,
-                                   labels) if champion else None
+                                   labels) if pairable else None
         decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate, paired)
         mv = mlflow.register_model(info.model_uri, model_name)
         client.set_registered_model_alias(model_name, CHALLENGER, mv.version)

@@ -18,7 +18,8 @@ import hashlib
 import numpy as np
 
 
-def _order_key(seed: int, sample_id: str) -> bytes:
+def order_key(seed: int, sample_id: str) -> bytes:
+    """The seeded hash order of a sample id (folds and subsamples both deal in it)."""
     return hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
 
 
@@ -41,7 +42,7 @@ def stratified_folds(labels, ids: list[str], k: int, seed: int) -> np.ndarray:
     offset = 0  # classes continue where the previous one stopped: folds stay equal in size
     for label in sorted(set(labels), key=str):
         rows = [i for i, lab in enumerate(labels) if lab == label]
-        rows.sort(key=lambda i: _order_key(seed, ids[i]))
+        rows.sort(key=lambda i: order_key(seed, ids[i]))
         for rank, row in enumerate(rows):
             folds[row] = (offset + rank) % k
         offset += len(rows)

@@ -112,6 +112,8 @@ class Selection:
     folds: int
     holdout: bool
     rows: int
+    labels: np.ndarray  # class of each train+val row, aligned with the candidates' ``oof``
+    seen: np.ndarray  # bool: the rows that were held out once (all of them unless holdout)
 
     @property
     def winner(self) -> Candidate:
@@ -294,7 +296,8 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
         if on_candidate:
             on_candidate(candidates[-1])
     ranked = sorted(candidates, key=lambda c: (-round(c.mean, 12), _SIMPLICITY[c.kind]))
-    return Selection(ranked=ranked, folds=len(held_out), holdout=len(held_out) == 1, rows=len(rows))
+    return Selection(ranked=ranked, folds=len(held_out), holdout=len(held_out) == 1, rows=len(rows),
+                     labels=fs.index["label_idx"].to_numpy()[rows], seen=np.isin(folds, held_out))
 
 
 def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | FusionEnsemble:
@@ -310,10 +313,8 @@ def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | 
     return FusionEnsemble(members, weights)
 
 
-def out_of_fold_scores(selection: Selection, fs: FeatureSet, cfg: RunConfig) -> SplitScores:
+def out_of_fold_scores(selection: Selection) -> SplitScores:
     """The winner's out-of-fold predictions on the rows that were held out, with their labels."""
-    rows, folds, held_out = fold_plan(fs, cfg)
-    seen = np.isin(folds, held_out)
-    y = fs.index["label_idx"].to_numpy()[rows][seen]
-    probs = selection.winner.oof[seen]
-    return SplitScores(labels=y, probs=probs / probs.sum(-1, keepdims=True))
+    probs = selection.winner.oof[selection.seen]
+    return SplitScores(labels=selection.labels[selection.seen],
+                       probs=probs / probs.sum(-1, keepdims=True))

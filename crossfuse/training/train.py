@@ -98,7 +98,7 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
     """
     selection: Selection = select_model(fs, cfg, on_candidate, Path(cfg.train.checkpoint_dir))
     winner, by_name = selection.winner, {c.name: c for c in selection.ranked}
-    oof = out_of_fold_scores(selection, fs, cfg)
+    oof = out_of_fold_scores(selection)
     temperature = fit_temperature(oof.labels, oof.probs)
     save_fusion_head(bagged(winner, by_name), model_dir,
                      extra=model_extras(fs, temperature, chosen=winner.name))
