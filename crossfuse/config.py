@@ -142,6 +142,9 @@ class AutoConfig(_Section):
         None, ge=0, description="Optuna trials per candidate (on the first fold's split) before "
         "its cross-validation; null scales with the data: many cheap trials on small data, a "
         "few on large (crossfuse.training.tuning.search_budget); 0 = the config's settings.")
+    ship: Literal["bagged", "refit"] = Field(
+        "bagged", description="What ships: bagged = the winner's fold models averaged; refit = "
+        "the winner trained again on all of train+val for its folds' median best epoch.")
     modality_dropout: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fused candidates train with this chance of losing each "
         "modality (where train.modality_dropout does not set one), so the chosen model answers "

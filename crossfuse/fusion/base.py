@@ -78,11 +78,18 @@ class FusionMethod(nn.Module):
     - ``uses_tokens``: it can read token sequences; its ``forward`` then takes
       ``tokens=`` (passed only when ``spec.token_inputs``);
     - ``decides``: decision-level fusion — ``forward`` returns ``{target: logits}`` itself,
-      and the head adds no per-target linear layers on top.
+      and the head adds no per-target linear layers on top;
+    - ``tunable``: its own knobs in ``fusion.options``, ``{name: (default, choices)}``; the
+      hyper-parameter search draws from ``choices`` and tries ``default`` first.
     """
 
     uses_tokens = False
     decides = False
+    tunable: dict[str, tuple[int, list[int]]] = {}
+
+    def option(self, name: str) -> int:
+        """The tunable knob ``name`` from ``fusion.options``, or its declared default."""
+        return self.spec.option(name, self.tunable[name][0])
 
     def __init__(self, spec: FusionSpec):
         super().__init__()

@@ -27,9 +27,11 @@ class LowRankFusion(FusionMethod):
     torch.Size([2, 16])
     """
 
+    tunable = {"rank": (4, [2, 4, 8, 16])}
+
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
-        self.rank = spec.option("rank", 4)
+        self.rank = self.option("rank")
         h = spec.hidden_dim
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in spec.dims.items()})
         # Factor of modality m: [d_m + 1, rank * H]; init keeps the product's scale near 1.

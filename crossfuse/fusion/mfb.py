@@ -27,9 +27,11 @@ class MFBFusion(FusionMethod):
     torch.Size([2, 16])
     """
 
+    tunable = {"factor": (4, [2, 4, 8])}
+
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
-        self.k = spec.option("factor", 4)
+        self.k = self.option("factor")
         h = spec.hidden_dim
         self.project = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, self.k * h))
                                       for m, d in spec.dims.items()})

@@ -25,9 +25,11 @@ class TensorFusion(FusionMethod):
     torch.Size([2, 16])
     """
 
+    tunable = {"tensor_dim": (16, [8, 16, 32])}
+
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
-        d = spec.option("tensor_dim", 16)
+        d = self.option("tensor_dim")
         self.project = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(k), nn.Linear(k, d), nn.Tanh())
                                       for m, k in spec.dims.items()})
         self.body = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear((d + 1) ** len(spec.dims),

@@ -32,6 +32,8 @@ class TransformerFusion(FusionMethod):
     torch.Size([2, 16])
     """
 
+    tunable = {"layers": (2, [1, 2, 3])}
+
     def __init__(self, spec: FusionSpec):
         super().__init__(spec)
         h = spec.hidden_dim
@@ -40,7 +42,7 @@ class TransformerFusion(FusionMethod):
         self.cls = nn.Parameter(torch.randn(1, 1, h) * 0.02)
         layer = nn.TransformerEncoderLayer(h, attention_heads(spec), dim_feedforward=2 * h,
                                            dropout=spec.dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, spec.option("layers", 2),
+        self.encoder = nn.TransformerEncoder(layer, self.option("layers"),
                                              enable_nested_tensor=False)
         self.norm = nn.LayerNorm(h)
 

@@ -186,6 +186,40 @@ def validation_metrics(head: FusionHead, data: SplitInputs) -> dict[str, float]:
     return {"val_loss": scores.nll, "val_macro_f1": scores.macro_f1, "val_accuracy": scores.accuracy}
 
 
+def _start(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
+           modalities: list[str]):
+    """A freshly seeded head, its training inputs and targets, optimiser and batch-order RNG."""
+    seed_everything(seed)
+    spec = build_spec(fs, fusion, modalities)
+    head = build_fusion_head(spec)
+    data_tr = fs.split_inputs("train", modalities, spec.token_inputs)
+    train_rows = fs.rows("train")
+    targets = {spec.target: data_tr.labels,
+               **{t: fs.labels_of(t)[train_rows] for t in spec.extra_targets}}
+    optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return head, data_tr, targets, optimiser, torch.Generator().manual_seed(seed)
+
+
+def fit_epochs(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, epochs: int,
+               modalities: list[str] | None = None) -> FusionHead:
+    """Train on the train split for exactly ``epochs`` epochs, with no validation split.
+
+    For a refit on all labelled rows, where the epoch count comes from early stopping
+    elsewhere (cross-validation). Same seeding as :func:`fit`: with the same train split,
+    ``fit_epochs(..., epochs=n)`` gives the weights ``fit`` had after epoch ``n``.
+    """
+    if fusion.method not in FUSION_METHODS:
+        raise ValueError(f"fit_epochs trains one fusion method, got {fusion.method!r}")
+    modalities = modalities or fs.modalities
+    head, data_tr, targets, optimiser, generator = _start(fs, fusion, train, seed, modalities)
+    if len(data_tr) == 0:
+        raise ValueError("need train samples to fit; add samples or change preprocess.split")
+    for _ in range(max(1, epochs)):
+        train_epoch(head, data_tr, targets, optimiser, generator, fusion, train)
+    head.eval()
+    return head
+
+
 def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
         modalities: list[str] | None = None, on_epoch: EpochCallback | None = None,
         checkpoint_dir: Path | None = None) -> tuple[FusionHead, TrainResult]:
@@ -211,19 +245,11 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
                          f"choose one of {sorted(FUSION_METHODS)} (fusion.method=auto is a choice "
                          f"among several: crossfuse.training.train.train makes it)")
     modalities = modalities or fs.modalities
-    seed_everything(seed)
-    spec = build_spec(fs, fusion, modalities)
-    head = build_fusion_head(spec)
-    data_tr = fs.split_inputs("train", modalities, spec.token_inputs)
-    data_va = fs.split_inputs("val", modalities, spec.token_inputs)
+    head, data_tr, targets, optimiser, generator = _start(fs, fusion, train, seed, modalities)
+    data_va = fs.split_inputs("val", modalities, head.spec.token_inputs)
     if len(data_tr) == 0 or len(data_va) == 0:
         raise ValueError(f"need train and val samples, got {len(data_tr)} train / {len(data_va)} "
                          f"val; add samples or change preprocess.split")
-    train_rows = fs.rows("train")
-    targets = {spec.target: data_tr.labels,
-               **{t: fs.labels_of(t)[train_rows] for t in spec.extra_targets}}
-    optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
     # The key hashes the whole index: only for checkpointed training, not every trial/baseline.
     key = checkpoint_key(fs, fusion, train, seed, modalities) if checkpoint_dir else ""
     ckpt = Path(checkpoint_dir) / f"{key}.pt" if checkpoint_dir else None

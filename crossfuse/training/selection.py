@@ -21,10 +21,12 @@ selected on the other folds. With a single holdout there is nothing to nest in, 
 ensemble is left out.
 
 The winner is the candidate with the highest mean; a tie goes to the simpler model
-(unimodal, then fused, then the ensemble). What ships is the bagged average of the
-winner's fold models (for the ensemble: of its members' fold models, weighted), each
-early-stopped on data it did not train on; its temperature is fitted on the out-of-fold
-predictions. The test split is never touched.
+(unimodal, then fused, then the ensemble). What ships (``fusion.auto.ship``) is either
+``bagged``, the average of the winner's fold models (for the ensemble: of its members'
+fold models, weighted), each early-stopped on data it did not train on, or ``refit``, the
+winner (each ensemble member) trained again on all of train+val for the median of its
+folds' best epochs. Either way its temperature is fitted on the out-of-fold predictions.
+The test split is never touched.
 
 Example
 -------
@@ -51,7 +53,7 @@ from crossfuse.fusion import FusionEnsemble, FusionHead
 from crossfuse.metrics import SplitScores, macro_f1, predict_split
 from crossfuse.progress import progress
 from crossfuse.training.folds import stratified_folds
-from crossfuse.training.loop import fit
+from crossfuse.training.loop import fit, fit_epochs
 from crossfuse.training.tuning import search, search_budget
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class Candidate:
     members: dict[str, float] = field(default_factory=dict)
     checkpoints: list[Path] = field(default_factory=list)
     searched: dict = field(default_factory=dict)  # the settings a search chose, if any
+    settings: tuple[FusionConfig, TrainConfig] | None = None  # what each fold model trained with
 
     @property
     def kind(self) -> str:
@@ -194,7 +197,7 @@ def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: Train
                       fusion.search.epochs, modalities=modalities)
         fusion, train, searched = best.fusion, best.train, best.params
     oof = np.full((len(rows), len(fs.labels)), np.nan)
-    candidate = Candidate(name, modalities, [], oof, searched=searched)
+    candidate = Candidate(name, modalities, [], oof, searched=searched, settings=(fusion, train))
     for f in held_out:
         view = fold_view(fs, rows, folds, f)
         head, result = fit(view, fusion, train, seed + f, modalities=modalities,
@@ -302,15 +305,50 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
 
 def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | FusionEnsemble:
     """What ships for ``candidate``: its fold models averaged (an ensemble: its members', weighted)."""
+    return _assemble(candidate, by_name, lambda c: c.heads)
+
+
+def refit(candidate: Candidate, by_name: dict[str, Candidate], fs: FeatureSet,
+          plan: tuple[np.ndarray, np.ndarray, list[int]], seed: int) -> FusionHead | FusionEnsemble:
+    """What ships for ``candidate`` refitted: one model per (member) candidate on all train+val.
+
+    Each is trained with its candidate's settings for the median of its folds' best epochs
+    (:func:`crossfuse.training.loop.fit_epochs`); there is no row left to early-stop on.
+    """
+    rows = plan[0]
+    split = fs.index["split"].to_numpy().copy()
+    split[rows] = "train"
+    everything = dataclasses.replace(fs, index=fs.index.assign(split=split))
+
+    def one(c: Candidate) -> list[FusionHead]:
+        fusion, train = c.settings
+        epochs = int(np.median(c.best_epochs))
+        return [fit_epochs(everything, fusion, train, seed, epochs, modalities=c.modalities)]
+    return _assemble(candidate, by_name, one)
+
+
+def _assemble(candidate: Candidate, by_name: dict[str, Candidate],
+              heads_of: Callable[[Candidate], list[FusionHead]]) -> FusionHead | FusionEnsemble:
+    """One candidate's heads averaged, or an ensemble's members' heads, weighted."""
     if candidate.kind != ENSEMBLE:
-        heads = candidate.heads
+        heads = heads_of(candidate)
         return heads[0] if len(heads) == 1 else FusionEnsemble(heads, [1.0] * len(heads))
     members, weights = [], []
     for name, weight in candidate.members.items():
-        heads = by_name[name].heads
+        heads = heads_of(by_name[name])
         members += heads
         weights += [weight / len(heads)] * len(heads)
     return FusionEnsemble(members, weights)
+
+
+def shipped(selection: Selection, fs: FeatureSet, cfg: RunConfig, candidate: Candidate | None = None
+            ) -> FusionHead | FusionEnsemble:
+    """The model that ships for ``candidate`` (default: the winner) under ``fusion.auto.ship``."""
+    candidate = candidate or selection.winner
+    by_name = {c.name: c for c in selection.ranked}
+    if cfg.fusion.auto.ship == "refit":
+        return refit(candidate, by_name, fs, fold_plan(fs, cfg), cfg.seed)
+    return bagged(candidate, by_name)
 
 
 def out_of_fold_scores(selection: Selection) -> SplitScores:

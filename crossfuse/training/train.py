@@ -7,8 +7,8 @@ the unimodal baselines read back.
 
 With ``fusion.method: auto`` (:mod:`crossfuse.training.selection`) the folder also holds
 ``selection.json`` (every candidate's cross-validated macro-F1, ranked, and the verdict)
-and ``baselines/<modality>/`` (the unimodal candidates, bagged, which the evaluate stage
-scores on the test split beside the shipped model).
+and ``baselines/<modality>/`` (the unimodal candidates, made the way the shipped model
+is, which the evaluate stage scores on the test split beside it).
 
 Example
 -------
@@ -37,9 +37,9 @@ from crossfuse.training.selection import (
     UNIMODAL,
     Candidate,
     Selection,
-    bagged,
     out_of_fold_scores,
     select_model,
+    shipped,
 )
 from crossfuse.training.tuning import TrialCallback, search
 
@@ -91,21 +91,23 @@ def model_extras(fs: FeatureSet, temperature: float, **more) -> dict:
 
 def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
                on_candidate: Callable[[Candidate], None] | None = None) -> TrainResult:
-    """Choose the model by cross-validation and save what ships (the winner, bagged).
+    """Choose the model by cross-validation and save what ships (``fusion.auto.ship``).
 
     The unimodal candidates are saved too (``baselines/<m>/``): the evaluate stage scores
     them on the test split beside the shipped model.
     """
     selection: Selection = select_model(fs, cfg, on_candidate, Path(cfg.train.checkpoint_dir))
-    winner, by_name = selection.winner, {c.name: c for c in selection.ranked}
+    winner = selection.winner
     oof = out_of_fold_scores(selection)
     temperature = fit_temperature(oof.labels, oof.probs)
-    save_fusion_head(bagged(winner, by_name), model_dir,
-                     extra=model_extras(fs, temperature, chosen=winner.name))
-    for c in selection.ranked:
+    extra = {"chosen": winner.name, "shipped": cfg.fusion.auto.ship}
+    save_fusion_head(shipped(selection, fs, cfg), model_dir,
+                     extra=model_extras(fs, temperature, **extra))
+    for c in selection.ranked:  # baselines are made the way the shipped model is: a fair pair
         if c.kind == "unimodal":
-            save_fusion_head(bagged(c, by_name), model_dir / BASELINES_DIR / c.name[len(UNIMODAL):],
-                             extra=model_extras(fs, 1.0, chosen=c.name))
+            save_fusion_head(shipped(selection, fs, cfg, c),
+                             model_dir / BASELINES_DIR / c.name[len(UNIMODAL):],
+                             extra=model_extras(fs, 1.0, chosen=c.name, shipped=cfg.fusion.auto.ship))
     write_json(model_dir / SELECTION_FILE, selection.to_json())
     method = winner.name if winner.kind == "fused" else cfg.fusion.method
     effective = cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"method": method})})

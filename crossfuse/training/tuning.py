@@ -2,9 +2,12 @@
 
 Every method shares a search over learning rate, weight decay (1e-6 to 1e-1), dropout,
 hidden width and the small-data regularisers — a per-modality bottleneck, input dropout
-and label smoothing; methods with their own knobs add them (``tensor_dim``, ``rank``, ``factor``, ``layers``).
-The objective is the best validation macro-F1 of a training run of ``search.epochs``
-epochs; the test split is never touched.
+and label smoothing; methods with their own knobs add them (their ``tunable``:
+``tensor_dim``, ``rank``, ``factor``, ``layers``). The first trial is always the starting
+config itself, so the search never picks settings that score below it on the search's
+split; with the tiny budgets large data gets, that matters. The objective is the best
+validation macro-F1 of a training run of ``search.epochs`` epochs; the test split is
+never touched.
 
 Example
 -------
@@ -21,18 +24,18 @@ from dataclasses import dataclass
 
 from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
+from crossfuse.fusion import FUSION_METHODS
 from crossfuse.training.loop import fit
 
 TrialCallback = Callable[[int, dict, float], None]
 
 log = logging.getLogger(__name__)
 
-METHOD_OPTIONS: dict[str, dict[str, list[int]]] = {
-    "tensor": {"tensor_dim": [8, 16, 32]},
-    "lowrank": {"rank": [2, 4, 8, 16]},
-    "mfb": {"factor": [2, 4, 8]},
-    "transformer": {"layers": [1, 2, 3]},
-}
+HIDDEN_DIMS = [128, 256, 512]
+BOTTLENECKS = [0, 64, 128, 256]
+LABEL_SMOOTHING = [0.0, 0.1, 0.2]
+RANGES = {"dropout": (0.0, 0.6), "input_dropout": (0.0, 0.5), "lr": (1e-4, 3e-3),
+          "weight_decay": (1e-6, 1e-1)}
 
 
 @dataclass(frozen=True)
@@ -47,20 +50,44 @@ class SearchResult:
 def suggest(trial, fusion: FusionConfig, train: TrainConfig) -> tuple[FusionConfig, TrainConfig]:
     """Draw one configuration for ``fusion.method`` from the search space."""
     options = dict(fusion.options)
-    for name, choices in METHOD_OPTIONS.get(fusion.method, {}).items():
+    for name, (_, choices) in _tunable(fusion.method).items():
         options[name] = trial.suggest_categorical(name, choices)
     fusion = fusion.model_copy(update={
-        "hidden_dim": trial.suggest_categorical("hidden_dim", [128, 256, 512]),
-        "dropout": trial.suggest_float("dropout", 0.0, 0.6),
+        "hidden_dim": trial.suggest_categorical("hidden_dim", HIDDEN_DIMS),
+        "dropout": trial.suggest_float("dropout", *RANGES["dropout"]),
         "options": options,
         # Small-data regularisers: a per-modality bottleneck and input dropout.
-        "bottleneck": trial.suggest_categorical("bottleneck", [0, 64, 128, 256]),
-        "input_dropout": trial.suggest_float("input_dropout", 0.0, 0.5)})
+        "bottleneck": trial.suggest_categorical("bottleneck", BOTTLENECKS),
+        "input_dropout": trial.suggest_float("input_dropout", *RANGES["input_dropout"])})
     train = train.model_copy(update={
-        "lr": trial.suggest_float("lr", 1e-4, 3e-3, log=True),
-        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
-        "label_smoothing": trial.suggest_categorical("label_smoothing", [0.0, 0.1, 0.2])})
+        "lr": trial.suggest_float("lr", *RANGES["lr"], log=True),
+        "weight_decay": trial.suggest_float("weight_decay", *RANGES["weight_decay"], log=True),
+        "label_smoothing": trial.suggest_categorical("label_smoothing", LABEL_SMOOTHING)})
     return fusion, train
+
+
+def _tunable(method: str) -> dict[str, tuple[int, list[int]]]:
+    cls = FUSION_METHODS.get(method)
+    return cls.tunable if cls is not None else {}
+
+
+def starting_params(fusion: FusionConfig, train: TrainConfig) -> dict:
+    """The starting config in the search space's terms (the values that lie inside it).
+
+    >>> starting_params(FusionConfig(method="mfb"), TrainConfig())["factor"]
+    4
+    """
+    values = {"hidden_dim": fusion.hidden_dim, "dropout": fusion.dropout,
+              "bottleneck": fusion.bottleneck, "input_dropout": fusion.input_dropout,
+              "lr": train.lr, "weight_decay": train.weight_decay,
+              "label_smoothing": train.label_smoothing}
+    choices = {"hidden_dim": HIDDEN_DIMS, "bottleneck": BOTTLENECKS,
+               "label_smoothing": LABEL_SMOOTHING}
+    for name, (default, options) in _tunable(fusion.method).items():
+        values[name] = fusion.options.get(name, default)
+        choices[name] = options
+    return {k: v for k, v in values.items()
+            if (v in choices[k] if k in choices else RANGES[k][0] <= v <= RANGES[k][1])}
 
 
 def search_budget(rows: int) -> int:
@@ -101,6 +128,7 @@ def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, 
 
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial(starting_params(fusion, train))  # a search never does worse than no search
     study.optimize(objective, n_trials=trials)
     best_fusion, best_train = suggest(optuna.trial.FixedTrial(study.best_params), fusion, train)
     log.info("search %s: best val macro-F1 %.4f with %s", fusion.method, study.best_value,

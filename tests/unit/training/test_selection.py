@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -137,6 +138,33 @@ def test_auto_saves_the_bagged_winner_and_the_unimodal_baselines(tmp_path):
     saved = json.loads((tmp_path / "model" / SELECTION_FILE).read_text())
     assert saved["winner"] == "unimodal:text" and saved["folds"] == 3
     assert [r["candidate"] for r in saved["ranked"]][0] == "unimodal:text"
+
+
+def test_auto_refit_ships_one_model_trained_on_all_of_train_and_val(tmp_path):
+    from crossfuse.features.store import write_feature_set
+
+    fs = noisy_image_features()
+    write_feature_set(tmp_path / "features", fs.index, fs.labels,
+                      {"image": {"name": "x", "cache_key": "x", "dim": 64},
+                       "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
+    cfg = auto_config("fusion.auto.candidates=[concat]", "fusion.auto.ensemble=false",
+                      "fusion.auto.unimodal=false", "fusion.auto.ship=refit", "fusion.auto.trials=0")
+    result = train(cfg, tmp_path / "features", tmp_path / "model")
+    head, meta = load_fusion_head(tmp_path / "model")
+    assert isinstance(head, FusionHead) and meta["shipped"] == "refit"
+    assert result.method == meta["chosen"] == "concat"
+    # The same as training concat, with the settings its folds used (modality dropout
+    # included), on every train+val row for the folds' median best epoch.
+    from crossfuse.training.loop import fit_epochs
+
+    split = fs.index["split"].replace({"val": "train"})
+    everything = dataclasses.replace(fs, index=fs.index.assign(split=split))
+    winner = select_model(fs, cfg).winner
+    fusion, train_cfg = winner.settings
+    assert fusion.method == "concat" and train_cfg.modality_dropout == {"image": 0.2, "text": 0.2}
+    expected = fit_epochs(everything, fusion, train_cfg, cfg.seed, int(np.median(winner.best_epochs)))
+    for a, b in zip(expected.state_dict().values(), head.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_large_data_uses_a_single_holdout():

@@ -5,7 +5,7 @@ import torch
 from conftest import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
-from crossfuse.training.loop import fit
+from crossfuse.training.loop import fit, fit_epochs
 
 
 @pytest.mark.parametrize("method", ["concat", "late"])
@@ -45,6 +45,20 @@ def test_early_stopping_keeps_the_best_epoch():
     from crossfuse.metrics import macro_f1
 
     assert macro_f1(y.numpy(), pred.numpy(), 4) == pytest.approx(best)
+
+
+def test_fit_epochs_trains_exactly_as_fit_does_for_that_many_epochs():
+    """A refit for n epochs is the run early stopping measured, minus the validation."""
+    fs = xor_features()
+    fusion, train = FusionConfig(method="gmu", hidden_dim=16, dropout=0.3), TrainConfig(epochs=4)
+    fitted, result = fit(fs, fusion, train.model_copy(update={"patience": 100}), seed=2)
+    assert result.best_epoch == 4  # still improving: fit keeps the last epoch's weights
+    refitted = fit_epochs(fs, fusion, train, seed=2, epochs=4)
+    for a, b in zip(fitted.state_dict().values(), refitted.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert not refitted.training
+    with pytest.raises(ValueError, match="one fusion method"):
+        fit_epochs(fs, FusionConfig(method="auto"), train, seed=2, epochs=1)
 
 
 def test_empty_validation_split_is_explained():

@@ -30,6 +30,27 @@ def test_search_is_seeded(sample_dataset, make_config, tmp_path):
     assert 1e-6 <= a.params["weight_decay"] <= 1e-1
 
 
+def test_first_trial_is_the_starting_config(sample_dataset, make_config, tmp_path):
+    """With a budget of one trial the search returns the config as given: no worse than no search."""
+    from crossfuse.data.preprocess import preprocess
+    from crossfuse.features.extract import extract
+
+    cfg = make_config(sample_dataset, "fusion.method=mfb", "fusion.options.factor=2",
+                      "fusion.dropout=0.35", "train.lr=0.002", "train.label_smoothing=0.1")
+    preprocess(cfg, sample_dataset, tmp_path / "pre")
+    extract(cfg, tmp_path / "pre", tmp_path / "f")
+    fs = read_feature_set(tmp_path / "f")
+    seen = []
+    one = search(fs, cfg.fusion, cfg.train, seed=0, trials=1, epochs=2,
+                 on_trial=lambda n, params, value: seen.append((params, value)))
+    assert seen[0][0] == {"factor": 2, "hidden_dim": cfg.fusion.hidden_dim, "dropout": 0.35,
+                          "bottleneck": 0, "input_dropout": 0.0, "lr": 0.002,
+                          "weight_decay": cfg.train.weight_decay, "label_smoothing": 0.1}
+    assert (one.fusion.options["factor"], one.fusion.dropout, one.train.lr) == (2, 0.35, 0.002)
+    more = search(fs, cfg.fusion, cfg.train, seed=0, trials=3, epochs=2)
+    assert more.value >= one.value
+
+
 def test_train_stage_logs_trials_as_nested_runs(sample_dataset, make_config, tmp_path):
     cfg = make_config(sample_dataset, "fusion.method=concat", "fusion.search.trials=3",
                       "fusion.search.epochs=3")
