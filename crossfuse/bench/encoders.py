@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from crossfuse.config import RunConfig
+from crossfuse.data.images import prepare_image
 from crossfuse.data.manifest import load_run_manifest, resolve_media
-from crossfuse.data.preprocess import normalise_text, prepare_image
+from crossfuse.data.preprocess import normalise_text
 from crossfuse.encoders import Encoder, build_encoder, resolve_device
 
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageOps
 
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig, SplitConfig
+from crossfuse.data.images import prepare_image
 from crossfuse.data.manifest import SPLITS, ManifestError, load_run_manifest, resolve_media
 from crossfuse.progress import progress
 
@@ -60,22 +60,6 @@ def normalise_text(text: str, lowercase: bool = False) -> str:
     """
     text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
     return text.lower() if lowercase else text
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB: EXIF orientation applied, transparency composited on white."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return img.convert("RGB")
-
-
-def prepare_image(path: Path, size: int) -> Image.Image:
-    """Decode ``path`` and resize it to ``size`` x ``size`` (bicubic) as RGB."""
-    return load_rgb(path).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def hash_fraction(key: str) -> float:

@@ -1,7 +1,7 @@
 """The registered model: an MLflow pyfunc from raw inputs to predictions.
 
 It runs the training code path — :func:`crossfuse.data.preprocess.normalise_text`,
-:func:`crossfuse.data.preprocess.prepare_image`, the same frozen encoders, the trained
+:func:`crossfuse.data.images.prepare_image`, the same frozen encoders, the trained
 fusion head — on a DataFrame with one column per modality:
 
 - ``text``: the text (empty or null = missing);
@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 
 from crossfuse.config import RunConfig
-from crossfuse.data.preprocess import normalise_text, prepare_image
+from crossfuse.data.images import prepare_image
+from crossfuse.data.preprocess import normalise_text
 from crossfuse.encoders import build_encoder, pad_tokens, resolve_device
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from crossfuse.config import SplitConfig
+from crossfuse.data.images import load_rgb
 from crossfuse.data.manifest import ManifestError
-from crossfuse.data.preprocess import assign_split, load_rgb, normalise_text, preprocess, read_samples
+from crossfuse.data.preprocess import assign_split, normalise_text, preprocess, read_samples
 
 
 def test_normalise_text():

@@ -155,7 +155,7 @@ def test_exif_rotation_is_applied(dataset, make_config, tmp_path):
     image_path(dataset).write_bytes(png_bytes(img, format="JPEG", exif=exif, quality=95))
     cfg = make_config(dataset, "preprocess.image_size=32")
     assert validate(cfg, dataset, tmp_path / "v").success
-    from crossfuse.data.preprocess import load_rgb
+    from crossfuse.data.images import load_rgb
 
     viewed = load_rgb(image_path(dataset))
     assert viewed.size == (20, 60)                    # upright: taller than wide
