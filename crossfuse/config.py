@@ -74,6 +74,15 @@ class ValidationConfig(_Section):
     labels: list[str] | None = Field(None, description="Declared label set; None accepts any.")
     allow_missing_modalities: bool = Field(
         False, description="Accept rows lacking some modality (at least one must be there).")
+    label_case: Literal["error", "fold", "keep"] = Field(
+        "error", description="Labels that differ only by case (Cat, cat): error stops the run "
+        "naming every variant and its lines; fold merges them into the most common spelling; "
+        "keep treats them as different classes.")
+    duplicates: Literal["error", "drop", "keep"] = Field(
+        "error", description="Rows with the same content (media bytes + text) under different "
+        "ids. error: a group that spans splits (leakage) or has conflicting labels rejects its "
+        "rows; drop: keep each group's first row, reject the rest (all of a conflicting "
+        "group); keep: only warn.")
 
 
 class SplitConfig(_Section):
@@ -81,6 +90,10 @@ class SplitConfig(_Section):
     val: float = 0.15
     test: float = 0.15
     salt: str = Field("crossfuse", description="Hash salt; change it to draw a different split.")
+    strategy: Literal["stratified", "hash"] = Field(
+        "stratified", description="Without a split column: stratified puts each class's rows "
+        "in hash order and cuts them by the fractions (every class with 3+ rows reaches train, "
+        "val and test); hash picks each row's split from its own hash alone.")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:

@@ -37,7 +37,13 @@ import pandas as pd
 from crossfuse.config import RunConfig
 from crossfuse.data.dvc import materialise_data
 from crossfuse.data.preprocess import PreprocessResult, preprocess
-from crossfuse.data.validation import ValidationReport, require_valid, validate
+from crossfuse.data.validation import (
+    ValidationReport,
+    require_valid,
+    validate,
+    validation_tags,
+    warnings_from_tags,
+)
 from crossfuse.evaluation.evaluate import EvaluationResult, evaluate
 from crossfuse.evaluation.report import REPORT_FILE, render_report
 from crossfuse.features.extract import ExtractResult, extract, merge_features
@@ -69,9 +75,11 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
         print(report.summary(), flush=True)
         mlflow.log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
                             "validation_rejected": report.n_rejected})
+        mlflow.set_tags(validation_tags(report))
         mlflow.log_artifact(str(out_dir / "report.json"), "validation")
         mlflow.log_artifact(str(out_dir / "rejects.csv"), "validation")
-        mlflow.log_artifacts(str(out_dir / "data_docs"), "validation/data_docs")
+        if (out_dir / "data_docs").is_dir():  # not when the manifest could not be read
+            mlflow.log_artifacts(str(out_dir / "data_docs"), "validation/data_docs")
         require_valid(report)
     return run.info.run_id, report
 
@@ -193,7 +201,8 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
         context = {"run_id": run.info.run_id, **{k: v for k, v in run.data.tags.items()
                                                   if k in ("git.commit", "data.dvc_md5")}}
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir,
-                          preprocessed=preprocessed, context=context)
+                          preprocessed=preprocessed, context=context,
+                          data_warnings=warnings_from_tags(run.data.tags))
         mlflow.log_metrics(result.metrics)
         per_target = sorted(out_dir.glob("*_matrix_*.png")) + sorted(out_dir.glob("*_report_*.json"))
         for path in [out_dir / name for name in EVALUATION_ARTIFACTS] + per_target:
@@ -207,10 +216,12 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
     """Register the model through the promotion gate; adds the decision to the report; finishes the run."""
     evaluation_dir = Path(evaluation_dir)
     metrics = json.loads((evaluation_dir / "metrics.json").read_text())
-    with stage_run(cfg, run_id, "register", final=True):
+    with stage_run(cfg, run_id, "register", final=True) as run:
         predictions = evaluation_dir / "predictions.parquet"
+        data_tags = {k: v for k, v in run.data.tags.items() if k.startswith("crossfuse.validation.")}
         result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id,
-                          pd.read_parquet(predictions) if predictions.is_file() else None)
+                          pd.read_parquet(predictions) if predictions.is_file() else None,
+                          data_tags=data_tags)
         mlflow.set_tag("crossfuse.model_version", result.version)
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
         mlflow.log_dict(decision, "registration.json")

@@ -24,7 +24,7 @@ import torch
 from crossfuse.config import RunConfig
 from crossfuse.data.images import prepare_image
 from crossfuse.data.manifest import load_run_manifest, resolve_media
-from crossfuse.data.preprocess import normalise_text
+from crossfuse.data.text import normalise_text
 from crossfuse.encoders import Encoder, build_encoder, resolve_device
 
 

@@ -8,15 +8,14 @@ Output folder layout::
     images/<h>.png     RGB, ``preprocess.image_size`` square, EXIF-rotated, alpha on white
 
 The split is taken from the manifest's ``split`` column when present. Otherwise
-each id is hashed (sha256 of ``salt:id``) to a number in [0, 1) that picks
-train / val / test by the configured fractions. A row's split depends on its id
-alone, so adding rows never moves existing ones, and each class is split in the
-configured proportions in expectation.
+each id is hashed to train / val / test by the configured fractions, and rows that
+hold the same content are hashed together (:mod:`crossfuse.data.splits`).
 
 Example
 -------
->>> assign_split("s00001", SplitConfig())
-'test'
+>>> result = preprocess(cfg, Path("data"), Path("/tmp/pre"))   # doctest: +SKIP
+>>> result.split_counts                                          # doctest: +SKIP
+{'train': 42, 'val': 9, 'test': 9}
 """
 
 from __future__ import annotations
@@ -25,16 +24,18 @@ import hashlib
 import json
 import logging
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from crossfuse.atomic import atomic_path, write_json
-from crossfuse.config import RunConfig, SplitConfig
+from crossfuse.config import RunConfig
+from crossfuse.data.content import content_keys
 from crossfuse.data.images import prepare_image
-from crossfuse.data.manifest import SPLITS, ManifestError, load_run_manifest, resolve_media
+from crossfuse.data.manifest import ManifestError, load_run_manifest, resolve_media
+from crossfuse.data.splits import SPLITS, row_splits, split_problem
+from crossfuse.data.text import normalise_text
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
@@ -50,41 +51,6 @@ class PreprocessResult:
     n_samples: int
     split_counts: dict[str, int]
     labels: list[str]
-
-
-def normalise_text(text: str, lowercase: bool = False) -> str:
-    """NFKC-normalise, collapse whitespace, strip; optionally lowercase.
-
-    >>> normalise_text("  Café\\u00a0au\\tlait ")
-    'Café au lait'
-    """
-    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-    return text.lower() if lowercase else text
-
-
-def hash_fraction(key: str) -> float:
-    """Map a string to a float in [0, 1) via sha256 (stable across runs and machines)."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
-def assign_split(sample_id: str, split: SplitConfig) -> str:
-    """Pick ``train``/``val``/``test`` for an id from its hash and the split fractions."""
-    u = hash_fraction(f"{split.salt}:{sample_id}")
-    if u < split.train:
-        return "train"
-    return "val" if u < split.train + split.val else "test"
-
-
-def _splits(frame: pd.DataFrame, cfg: SplitConfig, manifest_path: Path) -> list[str]:
-    if "split" in frame.columns and (frame["split"] != "").any():
-        bad = frame.index[~frame["split"].isin(SPLITS)]
-        if len(bad):
-            row = int(bad[0])
-            raise ManifestError(f"{manifest_path} line {frame.at[row, 'line']}: split "
-                                f"{frame.loc[row, 'split']!r} is not one of {list(SPLITS)}; fix "
-                                f"it or drop the split column to split by id hash")
-        return frame["split"].tolist()
-    return [assign_split(i, cfg) for i in frame["id"]]
 
 
 def image_filename(sample_id: str) -> str:
@@ -108,8 +74,18 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     manifest = load_run_manifest(cfg)
     frame = manifest.frame.reset_index(drop=True)
     frame["line"] = manifest.lines
+    # Splits from the whole manifest, as validation computed them: duplicate groups must
+    # be hashed together even when some of their rows were rejected.
+    frame["split"] = row_splits(frame, cfg.preprocess.split,
+                                content_keys(frame, manifest.root, cfg.modalities))
     frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)
-    frame["split"] = _splits(frame, cfg.preprocess.split, manifest.path)
+    bad = [(line, split_problem(v)) for line, v in zip(frame["line"], frame["split"], strict=True)
+           if split_problem(v)]
+    if bad:
+        raise ManifestError(f"{manifest.path} " + "; ".join(f"line {line}: {why}"
+                                                          for line, why in bad[:5])
+                            + (f" (and {len(bad) - 5} more rows)" if len(bad) > 5 else "")
+                            + ". Validation rejects these rows: run it first")
 
     columns = ["id", "line", "label", "split", *cfg.data.extra_targets]
     if "text" in cfg.modalities:

@@ -40,7 +40,7 @@ from crossfuse.data.preprocess import read_samples
 from crossfuse.evaluation.efficiency import efficiency_metrics, inference_ms_per_sample, measure_serving
 from crossfuse.evaluation.importance import importance_metrics, modality_importance, plot_importance
 from crossfuse.evaluation.modality_subsets import plot_subset_heatmap, subset_metrics
-from crossfuse.evaluation.report import render_report
+from crossfuse.evaluation.report import DATA_WARNINGS_FILE, render_report
 from crossfuse.evaluation.robustness import (
     feature_noise_rows,
     noise_levels,
@@ -186,7 +186,8 @@ def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
             for i, r in enumerate(selection["ranked"])]
     write_text(out_dir / "model_choice.csv", pd.DataFrame(rows).to_csv(index=False))
     write_json(out_dir / "model_choice.json", {k: selection[k] for k in
-                                               ("winner", "verdict", "folds", "holdout", "rows")})
+                                               ("winner", "verdict", "folds", "holdout", "rows",
+                                                "shipped") if k in selection})
     best = {}
     for r in selection["ranked"]:
         best.setdefault(r["kind"], r["cv_macro_f1_mean"])
@@ -262,12 +263,13 @@ def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarra
 
 
 def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
-             preprocessed: Path | None = None, context: dict[str, str] | None = None
-             ) -> EvaluationResult:
+             preprocessed: Path | None = None, context: dict[str, str] | None = None,
+             data_warnings: list[str] | None = None) -> EvaluationResult:
     """Evaluate the trained model in ``model_dir`` on the test split of ``features``.
 
     ``preprocessed`` (the preprocess stage's folder) enables the raw-input noise
-    sweeps, the raw-input latency and peak memory; ``context`` heads the HTML report.
+    sweeps, the raw-input latency and peak memory; ``context`` heads the HTML report;
+    ``data_warnings`` (validation's) get a section of their own near its top.
     """
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     preprocessed = None if preprocessed is None else Path(preprocessed)
@@ -299,6 +301,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
 
     write_predictions(fs, scores, calibrated, out_dir)
     write_json(out_dir / "classification_report.json", report)
+    write_json(out_dir / DATA_WARNINGS_FILE, list(data_warnings or []))
     write_json(out_dir / "metrics.json", metrics, sort_keys=True)  # last: the stage's result
     render_report(out_dir, {"dataset": cfg.data.dataset_name(), "fusion": cfg.fusion.method,
                             "modalities": "+".join(modalities), **(context or {})})

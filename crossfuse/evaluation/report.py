@@ -25,6 +25,7 @@ from crossfuse.atomic import write_json, write_text
 
 REPORT_FILE = "report.html"
 CONTEXT_FILE = "report_context.json"
+DATA_WARNINGS_FILE = "data_warnings.json"
 HEADLINE = ["test_accuracy", "test_macro_f1", "test_micro_f1", "test_auroc_ovr", "test_auprc_ovr",
             "test_log_loss", "test_log_loss_calibrated", "test_ece", "test_ece_calibrated",
             "fusion_gain_macro_f1", "test_samples"]
@@ -94,6 +95,10 @@ def _decision_section(decision: dict) -> str:
     return "".join(parts)
 
 
+_SHIPPED = {"bagged": "as the average of its fold models",
+            "refit": "refitted on all train+val rows"}
+
+
 def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None = None,
                   out: Path | None = None) -> Path:
     """Write the report of the files the evaluate stage wrote to ``eval_dir``.
@@ -116,6 +121,14 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
                 _table([{"": k, "value": v} for k, v in context.items()])]
     if decision:
         sections += ["<h2>Promotion</h2>", _decision_section(decision)]
+    warnings_file = eval_dir / DATA_WARNINGS_FILE
+    data_warnings = json.loads(warnings_file.read_text()) if warnings_file.is_file() else []
+    if data_warnings:
+        sections += ["<h2>Data warnings</h2>",
+                     "<p class='note'>Validation passed with these findings "
+                     "(validation/report.json); the model was trained on this data.</p>",
+                     "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in data_warnings)
+                     + "</ul>"]
 
     choice_file = eval_dir / "model_choice.json"
     if choice_file.is_file():
@@ -126,7 +139,7 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
                      f"<p><b>{html.escape(choice['verdict'])}</b></p>",
                      f"<p class='note'>Every candidate scored by {how} over the "
                      f"{choice['rows']} train+val rows (mean ± std of the folds' macro-F1); the "
-                     f"winner ships as the average of its fold models.</p>",
+                     f"winner ships {_SHIPPED[choice.get('shipped', 'bagged')]}.</p>",
                      _table(_csv_rows(eval_dir / "model_choice.csv"))]
 
     headline = [{"metric": k, "value": metrics[k]} for k in HEADLINE if k in metrics]

@@ -168,12 +168,15 @@ def bootstrap_against(ours: pd.DataFrame | None, theirs: pd.DataFrame | None, ga
 
 
 def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: dict[str, float],
-             run_id: str, predictions: pd.DataFrame | None = None) -> RegisterResult:
+             run_id: str, predictions: pd.DataFrame | None = None,
+             data_tags: dict[str, str] | None = None) -> RegisterResult:
     """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run).
 
     ``metrics`` are the evaluation's; the gate compares them with the champion's.
     ``predictions`` (the evaluation's ``predictions.parquet``) lets the gate compare both
-    models on the same test rows with a paired bootstrap.
+    models on the same test rows with a paired bootstrap. ``data_tags`` (validation's
+    rejected-row count and warnings) go onto the version with the decision, so the
+    audit shows what the data looked like.
     """
     client = MlflowClient()
     require_metric(metrics, gate.metric)  # before anything is logged
@@ -197,7 +200,7 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
                 "crossfuse.gate": json.dumps(decision.as_dict()["checks"]),
                 "crossfuse.compared_to": champion[1] if champion else "",
                 "crossfuse.decided_by": "pipeline", "crossfuse.decided_at": _now(),
-                "crossfuse.run_id": run_id, **model_tags(Path(model_dir))}
+                "crossfuse.run_id": run_id, **model_tags(Path(model_dir)), **(data_tags or {})}
         tags.update({METRIC_TAG + k: repr(float(v))
                      for k, v in decision.compared_metrics().items()})
         _write_decision(client, model_name, str(mv.version), run_id, tags)

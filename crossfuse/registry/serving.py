@@ -33,7 +33,7 @@ from PIL import Image
 
 from crossfuse.config import RunConfig
 from crossfuse.data.images import prepare_image
-from crossfuse.data.preprocess import normalise_text
+from crossfuse.data.text import normalise_text
 from crossfuse.encoders import build_encoder, pad_tokens, resolve_device
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE

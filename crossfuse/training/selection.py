@@ -21,7 +21,9 @@ selected on the other folds. With a single holdout there is nothing to nest in, 
 ensemble is left out.
 
 The winner is the candidate with the highest mean; a tie goes to the simpler model
-(unimodal, then fused, then the ensemble). What ships (``fusion.auto.ship``) is either
+(unimodal, then fused, then the ensemble), and a fused (or ensemble) leader must beat the
+best single modality by more than one standard error of their fold-wise difference, or
+the single modality wins (:func:`rank`). What ships (``fusion.auto.ship``) is either
 ``bagged``, the average of the winner's fold models (for the ensemble: of its members'
 fold models, weighted), each early-stopped on data it did not train on, or ``refit``, the
 winner (each ensemble member) trained again on all of train+val for the median of its
@@ -132,9 +134,16 @@ class Selection:
         if single is None or fused is None:
             return f"chose {w.name} (CV macro-F1 {w.mean:.4f} ± {w.std:.4f})"
         if w.kind == "unimodal":
-            return (f"fusion did not help on this data: {w.name[len(UNIMODAL):]} alone scored "
-                    f"{w.mean:.4f} CV macro-F1, {w.mean - fused.mean:.4f} above the best fused "
-                    f"model ({fused.name}, {fused.mean:.4f}); the model is {w.name[len(UNIMODAL):]}-only")
+            alone = w.name[len(UNIMODAL):]
+            best = max((c for c in self.ranked if c.kind != "unimodal"), key=lambda c: c.mean)
+            if best.mean <= w.mean:
+                return (f"fusion did not help on this data: {alone} alone scored {w.mean:.4f} CV "
+                        f"macro-F1, {w.mean - best.mean:.4f} above the best fused model "
+                        f"({best.name}, {best.mean:.4f}); the model is {alone}-only")
+            return (f"fusion did not help on this data: the best fused model ({best.name}, "
+                    f"{best.mean:.4f}) scored only {best.mean - w.mean:+.4f} CV macro-F1 over "
+                    f"{alone} alone ({w.mean:.4f}), within one standard error of the folds; "
+                    f"the model is {alone}-only")
         return (f"fusion helped: {w.name} scored {w.mean:.4f} CV macro-F1, "
                 f"{w.mean - single.mean:+.4f} over the best single modality "
                 f"({single.name[len(UNIMODAL):]}, {single.mean:.4f})")
@@ -298,9 +307,40 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
                                              cfg.fusion.auto.ensemble_rounds))
         if on_candidate:
             on_candidate(candidates[-1])
+    return Selection(ranked=rank(candidates), folds=len(held_out), holdout=len(held_out) == 1,
+                     rows=len(rows), labels=fs.index["label_idx"].to_numpy()[rows],
+                     seen=np.isin(folds, held_out))
+
+
+def rank(candidates: list[Candidate]) -> list[Candidate]:
+    """Best first by mean CV macro-F1 (ties: the simpler kind); fusion must earn its place.
+
+    The winner is the best candidate that is unimodal or beats the best unimodal
+    candidate, fold by fold, by more than one standard error (the one-standard-error rule
+    of Breiman et al., applied to the paired fold differences): a gain the folds cannot
+    tell from noise does not justify a second modality. The rest keep their order.
+
+    >>> a = Candidate("concat", ["image", "text"], [0.90, 0.80, 0.95], np.zeros((0, 2)))
+    >>> b = Candidate("unimodal:text", ["text"], [0.89, 0.81, 0.93], np.zeros((0, 2)))
+    >>> [c.name for c in rank([a, b])]          # +0.007 mean gain, SE 0.009: not earned
+    ['unimodal:text', 'concat']
+    """
     ranked = sorted(candidates, key=lambda c: (-round(c.mean, 12), _SIMPLICITY[c.kind]))
-    return Selection(ranked=ranked, folds=len(held_out), holdout=len(held_out) == 1, rows=len(rows),
-                     labels=fs.index["label_idx"].to_numpy()[rows], seen=np.isin(folds, held_out))
+    single = next((c for c in ranked if c.kind == "unimodal"), None)
+    if single is None:
+        return ranked
+    winner = next(c for c in ranked if c.kind == "unimodal" or fusion_earns_its_place(c, single))
+    return [winner, *(c for c in ranked if c is not winner)]
+
+
+def fusion_earns_its_place(fused: Candidate, single: Candidate) -> bool:
+    """The fold-wise gain of ``fused`` over ``single`` is above one standard error (or, with
+    a single holdout, above zero)."""
+    gains = [f - s for f, s in zip(fused.fold_scores, single.fold_scores, strict=True)]
+    mean = statistics.fmean(gains)
+    if len(gains) < 2:
+        return mean > 0
+    return mean > statistics.stdev(gains) / len(gains) ** 0.5
 
 
 def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | FusionEnsemble:

@@ -108,7 +108,7 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
             save_fusion_head(shipped(selection, fs, cfg, c),
                              model_dir / BASELINES_DIR / c.name[len(UNIMODAL):],
                              extra=model_extras(fs, 1.0, chosen=c.name, shipped=cfg.fusion.auto.ship))
-    write_json(model_dir / SELECTION_FILE, selection.to_json())
+    write_json(model_dir / SELECTION_FILE, {**selection.to_json(), "shipped": cfg.fusion.auto.ship})
     method = winner.name if winner.kind == "fused" else cfg.fusion.method
     effective = cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"method": method})})
     write_text(model_dir / RUN_CONFIG_FILE, effective.to_json())

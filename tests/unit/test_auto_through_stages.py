@@ -34,6 +34,10 @@ def noise_images(tmp_path_factory):
         Image.fromarray(pixels).save(root / "images" / f"n{i:03d}.png")
         rows.append({"id": f"n{i:03d}", "image": f"images/n{i:03d}.png",
                      "text": _caption(rng, time), "label": time})
+    # One sample twice under another id: the split keeps the copies together, so validation
+    # passes with a warning, which the run, the report and the version must carry.
+    (root / "images" / "copy.png").write_bytes((root / "images" / "n000.png").read_bytes())
+    rows.append({**rows[0], "id": "copy-of-n000", "image": "images/copy.png"})
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "image", "text", "label"])
         writer.writeheader()
@@ -62,7 +66,7 @@ def run_stages(root, data, *overrides):
 def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images, tmp_path, capsys):
     cfg, run_id, result = run_stages(tmp_path, noise_images)
     out = capsys.readouterr().out
-    assert "fusion did not help on this data: text alone scored" in out
+    assert "fusion did not help on this data" in out and "the model is text-only" in out
     assert result.promoted and result.champion_version == result.version
     client = MlflowClient()
     champion = client.get_model_version_by_alias(cfg.model_name(), "champion")
@@ -77,6 +81,13 @@ def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images
                                                               "unimodal:image", "unimodal:text"}
     report = (tmp_path / "e" / "report.html").read_text()
     assert "Model choice" in report and "fusion did not help on this data" in report
+    # The data's warning travels: run tags, the version's audit tags, the report.
+    warning = "duplicate rows: the same content on lines 2, 122 (ids 'n000', 'copy-of-n000')"
+    assert run.data.tags["crossfuse.validation.warnings"] == "1"
+    assert run.data.tags["crossfuse.validation.warning.01"].startswith(warning)
+    assert champion.tags["crossfuse.validation.warning.01"].startswith(warning)
+    assert champion.tags["crossfuse.validation.rejected"] == "0"
+    assert "Data warnings" in report and warning.replace("'", "&#x27;") in report
 
 
 def test_an_explicit_fused_method_that_does_not_beat_text_alone_is_refused(noise_images, tmp_path):

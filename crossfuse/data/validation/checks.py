@@ -31,10 +31,16 @@ def check_image(root: Path, relative: str, max_pixels: int) -> tuple[str, str] |
         path = resolve_media(root, relative)
     except ManifestError as exc:
         return "media path outside the dataset", str(exc)
-    if not path.is_file():
-        return "image not found", f"image file {relative} not found under {root}"
-    if path.stat().st_size == 0:
-        return "image empty", f"image file {relative} is empty (0 bytes)"
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop, too long
+        return "media path unusable", (f"image path {relative!r} cannot be resolved: "
+                                       f"{type(exc).__name__}: {exc}")
+    try:
+        if not path.is_file():
+            return "image not found", f"image file {relative} not found under {root}"
+        if path.stat().st_size == 0:
+            return "image empty", f"image file {relative} is empty (0 bytes)"
+    except OSError as exc:  # permissions, a name too long for the filesystem
+        return "image unreadable", f"image file {relative} cannot be read: {exc}"
     try:
         with Image.open(path) as img:
             if img.width * img.height > max_pixels:

@@ -45,6 +45,7 @@ class ValidationReport:
     expectations: list[dict] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
     on_error: str = "fail"
+    warnings: list[str] = field(default_factory=list)  # not failures: carried to tags and report
 
     @property
     def rejected_lines(self) -> set[int]:
@@ -81,6 +82,7 @@ class ValidationReport:
         lines = [f"validation {head} for {self.dataset}: {self.n_rows} rows in = "
                  f"{self.n_valid} valid + {self.n_rejected} rejected (on_error={self.on_error})"]
         lines += [f"  table: {msg}" for msg in self.table_failures]
+        lines += [f"  warning: {msg}" for msg in self.warnings]
         for issue in self.issues[:max_rows]:
             lines.append(f"  line {issue.line} (id={issue.id!r}) column {issue.column!r}: "
                          f"{issue.reason}")
@@ -114,7 +116,31 @@ class ValidationReport:
         return cls(dataset=d["dataset"], n_rows=d["n_rows"],
                    issues=[RowIssue(**i) for i in d["issues"]],
                    table_failures=d["table_failures"], expectations=d["expectations"],
-                   class_counts=d["class_counts"], on_error=d.get("on_error", "fail"))
+                   class_counts=d["class_counts"], on_error=d.get("on_error", "fail"),
+                   warnings=d.get("warnings", []))
+
+
+WARNING_TAG = "crossfuse.validation.warning."
+MAX_WARNING_TAGS = 20
+
+
+def validation_tags(report: ValidationReport) -> dict[str, str]:
+    """The run's data-quality tags: rejected rows, warning count, each warning (first 20).
+
+    >>> validation_tags(ValidationReport("d", 5, warnings=["duplicate rows: ..."]))
+    {'crossfuse.validation.rejected': '0', 'crossfuse.validation.warnings': '1', \
+'crossfuse.validation.warning.01': 'duplicate rows: ...'}
+    """
+    tags = {"crossfuse.validation.rejected": str(report.n_rejected),
+            "crossfuse.validation.warnings": str(len(report.warnings))}
+    for i, text in enumerate(report.warnings[:MAX_WARNING_TAGS], start=1):
+        tags[f"{WARNING_TAG}{i:02d}"] = text[:4000]
+    return tags
+
+
+def warnings_from_tags(tags: dict[str, str]) -> list[str]:
+    """The warnings :func:`validation_tags` put on a run, in order."""
+    return [tags[k] for k in sorted(tags) if k.startswith(WARNING_TAG)]
 
 
 class ValidationFailed(RuntimeError):

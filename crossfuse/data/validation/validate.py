@@ -4,7 +4,10 @@ The GX suite checks the table (ids present and unique, labels present and, if th
 config declares them, in the label set, at least two classes, text lengths); the
 text checks find cells that are blank or not valid UTF-8; the media checks open
 every image (inside the dataset folder, exists, non-empty, an image, under the
-pixel limit, decodes to the end). Every problem becomes a :class:`RowIssue` naming
+pixel limit, decodes to the end); the integrity checks (:mod:`.integrity`) find rows
+with the wrong number of fields, unknown split values, labels that differ only by
+case, the same content under different ids across splits or labels, and classes a
+split lacks. Every problem becomes a :class:`RowIssue` naming
 the manifest line, the sample id, the column and the reason, so counts add up:
 ``n_rows == n_valid + n_rejected``.
 
@@ -28,7 +31,9 @@ import logging
 from pathlib import Path
 
 from crossfuse.config import RunConfig
-from crossfuse.data.manifest import load_run_manifest
+from crossfuse.data.content import content_keys
+from crossfuse.data.manifest import ManifestError, load_run_manifest
+from crossfuse.data.splits import row_splits
 from crossfuse.data.validation.checks import (
     check_class_sizes,
     check_media,
@@ -36,6 +41,13 @@ from crossfuse.data.validation.checks import (
     check_text,
 )
 from crossfuse.data.validation.gx_suite import run_gx_suite
+from crossfuse.data.validation.integrity import (
+    check_duplicates,
+    check_label_case,
+    check_malformed,
+    check_split_coverage,
+    check_splits,
+)
 from crossfuse.data.validation.report import ValidationReport
 
 log = logging.getLogger(__name__)
@@ -45,25 +57,43 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path) -> ValidationReport
     """Validate the dataset at ``data_root``; write report, rejects and Data Docs to ``out_dir``.
 
     The report is returned whether or not validation passed; call
-    :func:`require_valid` to stop on failure.
+    :func:`require_valid` to stop on failure. Nothing raises out of here for bad data: a
+    manifest that cannot be read at all gives a report with no rows and one table failure
+    that says why.
     """
     out_dir = Path(out_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
-    manifest = load_run_manifest(cfg)
+    try:
+        manifest = load_run_manifest(cfg)
+    except ManifestError as exc:
+        report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=0,
+                                  table_failures=[str(exc)], on_error=cfg.validation.on_error)
+        report.write(out_dir)
+        return report
     frame, lines = manifest.frame, manifest.lines
-    checked = (check_text(cfg, manifest) + check_media(cfg, frame, manifest.root, lines)
-               + check_some_modality(cfg, frame, lines))
+    keys = content_keys(frame, manifest.root, cfg.modalities)
+    splits = row_splits(frame, cfg.preprocess.split, keys)
+    checked = (check_malformed(manifest) + check_text(cfg, manifest)
+               + check_media(cfg, frame, manifest.root, lines)
+               + check_some_modality(cfg, frame, lines) + check_splits(frame, lines))
+    found = check_label_case(cfg, manifest)
+    found += check_duplicates(cfg, frame, lines, keys, splits)
+    checked += found.issues
     issues, table_failures, summaries = run_gx_suite(cfg, frame, lines, out_dir / "data_docs",
                                                      row_checks=checked)
     issues += checked
+    coverage = check_split_coverage(cfg, frame, lines, splits, {i.line for i in issues})
+    issues += coverage.issues
     bad = {i.line for i in issues}
     class_counts, size_failures = check_class_sizes(
         cfg, [label for label, line in zip(frame["label"], lines, strict=True) if line not in bad])
     report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=len(frame),
                               issues=sorted(issues, key=lambda i: (i.line, i.column)),
-                              table_failures=table_failures + size_failures,
+                              table_failures=(table_failures + found.failures + coverage.failures
+                                              + size_failures),
                               expectations=summaries, class_counts=class_counts,
-                              on_error=cfg.validation.on_error)
+                              on_error=cfg.validation.on_error,
+                              warnings=found.warnings + coverage.warnings)
     report.write(out_dir)
     log.info("validated %s: %d rows, %d valid, %d rejected", report.dataset, report.n_rows,
              report.n_valid, report.n_rejected)

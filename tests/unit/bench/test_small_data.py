@@ -27,7 +27,7 @@ def test_subsample_keeps_test_and_each_class_share():
 def test_bench_rows_cover_auto_methods_and_unimodal_heads():
     fs = xor_features(n=300)
     fs.index["id"] = [f"r{i}" for i in range(len(fs.index))]
-    cfg = load_config(None, ["fusion.hidden_dim=16", "train.epochs=20", "train.patience=4",
+    cfg = load_config(None, ["fusion.hidden_dim=16", "train.epochs=20", "train.patience=4", "train.lr=0.01",
                              "fusion.auto.candidates=[concat]", "fusion.auto.trials=0",
                              "fusion.auto.folds=3"], env={})
     seen = []

@@ -2,13 +2,16 @@
 
 import shutil
 
+import pandas as pd
 import pytest
 from PIL import Image
 
 from crossfuse.config import SplitConfig
 from crossfuse.data.images import load_rgb
 from crossfuse.data.manifest import ManifestError
-from crossfuse.data.preprocess import assign_split, normalise_text, preprocess, read_samples
+from crossfuse.data.preprocess import preprocess, read_samples
+from crossfuse.data.splits import assign_split
+from crossfuse.data.text import normalise_text
 
 
 def test_normalise_text():
@@ -45,17 +48,49 @@ def test_preprocess_writes_samples_and_resized_images(sample_dataset, make_confi
         assert img.size == (32, 32) and img.mode == "RGB"
 
 
-def test_adding_rows_keeps_existing_splits(sample_dataset, make_config, tmp_path):
-    cfg = make_config(sample_dataset)
+def _splits_after_adding_a_row(sample_dataset, make_config, tmp_path, *overrides):
+    cfg = make_config(sample_dataset, *overrides)
     preprocess(cfg, sample_dataset, tmp_path / "a")
-    before = read_samples(tmp_path / "a")[0].set_index("id")["split"]
+    before = read_samples(tmp_path / "a")[0].set_index("id")
     bigger = tmp_path / "bigger"
     shutil.copytree(sample_dataset, bigger)
     with open(bigger / "manifest.csv", "a") as f:
         f.write("new1,images/s00001.png,A fox waited at noon.,circle-day\n")
-    preprocess(make_config(bigger), bigger, tmp_path / "b")
-    after = read_samples(tmp_path / "b")[0].set_index("id")["split"]
-    assert after.loc[before.index].equals(before)
+    preprocess(make_config(bigger, *overrides), bigger, tmp_path / "b")
+    after = read_samples(tmp_path / "b")[0].set_index("id")
+    return before, after
+
+
+def test_hash_split_never_moves_existing_rows(sample_dataset, make_config, tmp_path):
+    before, after = _splits_after_adding_a_row(sample_dataset, make_config, tmp_path,
+                                               "preprocess.split.strategy=hash")
+    assert after.loc[before.index, "split"].equals(before["split"])
+
+
+def test_stratified_split_covers_every_class_and_moves_only_the_grown_class(
+        sample_dataset, make_config, tmp_path):
+    before, after = _splits_after_adding_a_row(sample_dataset, make_config, tmp_path)
+    per_class = before.groupby(["label", "split"]).size().unstack(fill_value=0)
+    assert (per_class[["train", "val", "test"]] > 0).all().all()  # 10 rows a class: all splits
+    assert (per_class["train"] >= 6).all()
+    moved = before.index[after.loc[before.index, "split"] != before["split"]]
+    assert set(before.loc[moved, "label"]) <= {"circle-day"}  # only the class that grew
+
+
+def test_a_duplicated_sample_lands_in_one_split(sample_dataset, make_config, tmp_path):
+    """The same image+text under 12 new ids: every copy shares the original's split."""
+    root = tmp_path / "ds"
+    shutil.copytree(sample_dataset, root)
+    original = pd.read_csv(root / "manifest.csv", dtype=str).iloc[0]
+    with open(root / "manifest.csv", "a") as f:
+        for i in range(12):
+            f.write(f"copy{i},{original['image']},{original['text']},{original['label']}\n")
+    for strategy in ("stratified", "hash"):
+        cfg = make_config(root, f"preprocess.split.strategy={strategy}")
+        preprocess(cfg, root, tmp_path / strategy)
+        samples = read_samples(tmp_path / strategy)[0].set_index("id")
+        copies = samples.loc[[original["id"], *(f"copy{i}" for i in range(12))], "split"]
+        assert copies.nunique() == 1, copies.value_counts()
 
 
 def test_manifest_split_column_is_used_and_checked(sample_dataset, make_config, tmp_path):

@@ -7,6 +7,7 @@ One clean copy of the sample dataset (60 rows) per test; each case breaks the ro
 import html
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from crossfuse.data.manifest import ManifestError
 from crossfuse.data.preprocess import preprocess, read_samples
 from crossfuse.data.validation import ValidationFailed, ValidationReport, require_valid, validate
 
@@ -66,8 +66,40 @@ def outside_symlink(root: Path) -> None:
     os.symlink(target, image_path(root))
 
 
+def with_split_column(root: Path) -> None:
+    """Give every row a split: per class, the first 6 train, then 2 val, then 2 test."""
+    frame = manifest(root)
+    frame["split"] = [("train", "train", "train", "train", "train", "train", "val", "val",
+                       "test", "test")[n] for n in frame.groupby("label").cumcount()]
+    write_manifest(root, frame)
+
+
+def unknown_split(root: Path) -> None:
+    with_split_column(root)
+    set_cell(root, "split", "TEST")
+
+
+def extra_unquoted_field(root: Path) -> None:
+    lines = (root / "manifest.csv").read_text().splitlines()
+    lines[LINE - 1] += ",an extra field"
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+
+def symlink_loop(root: Path) -> None:
+    image_path(root).unlink()
+    os.symlink(image_path(root).name, image_path(root))   # points at itself
+
+
 # (case, how to break the row, config overrides, column, kind, words in the reason)
 ROW_CASES = [
+    ("split value not train/val/test", unknown_split, [], "split", "unknown split",
+     "split 'TEST' is not one of train, val, test (lowercase, exactly); did you mean 'test'?"),
+    ("row with an extra unquoted field", extra_unquoted_field, [], "row", "wrong number of fields",
+     "row has 5 fields but the header has 4: a field holding a comma must be quoted"),
+    ("image path in a symlink loop", symlink_loop, [], "image", "media path unusable",
+     "cannot be resolved"),
+    ("image name too long for the filesystem", lambda r: set_cell(r, "image", "x" * 300 + ".png"),
+     [], "image", "image unreadable", "cannot be read"),
     ("missing media file", lambda r: image_path(r).unlink(), [], "image", "image not found",
      "not found under"),
     ("zero-byte image", lambda r: image_path(r).write_bytes(b""), [], "image", "image empty",
@@ -175,6 +207,14 @@ def test_bom_crlf_and_quoted_newlines_keep_true_line_numbers(dataset, make_confi
 
 @pytest.mark.parametrize("case, content, words", [
     ("empty manifest", "", "is empty"),
+    ("UTF-16 manifest", "id,image,text,label\nx,images/s00000.png,hi,a\n".encode("utf-16"),
+     "looks like UTF-16 text (by its byte order mark / NUL bytes): save it as UTF-8"),
+    ("UTF-16 without a BOM", "id,image,text,label\nx,images/s00000.png,hi,a\n".encode("utf-16-le"),
+     "looks like UTF-16"),
+    ("semicolon-separated", "id;image;text;label\nx;images/s00000.png;hi;a\n",
+     "the file looks semicolon-separated. manifest.csv must be comma-separated"),
+    ("duplicated header name", "id,image,text,label,text\nx,images/s00000.png,hi,a,there\n",
+     "column 'text' appears twice in the header (columns 3 and 5)"),
     ("header only", "id,image,text,label\n", "has a header but no rows"),
     ("missing column", "id,image,label\nx,images/s00000.png,circle-day\n",
      "missing column(s) ['text']"),
@@ -183,10 +223,15 @@ def test_bom_crlf_and_quoted_newlines_keep_true_line_numbers(dataset, make_confi
 ])
 def test_unreadable_manifest_stops_with_the_fix(case, content, words, dataset, make_config,
                                                 tmp_path):
-    (dataset / "manifest.csv").write_text(content)
-    with pytest.raises(ManifestError) as err:
-        validate(make_config(dataset), dataset, tmp_path / "v")
-    assert words in str(err.value) and "manifest.csv" in str(err.value)
+    path = dataset / "manifest.csv"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    report = validate(make_config(dataset), dataset, tmp_path / "v")  # reported, not raised
+    assert report.n_rows == report.n_valid == report.n_rejected == 0
+    assert len(report.table_failures) == 1 and words in report.table_failures[0]
+    assert "manifest.csv" in report.table_failures[0]
+    assert (tmp_path / "v" / "report.json").is_file() and (tmp_path / "v" / "rejects.csv").is_file()
+    with pytest.raises(ValidationFailed, match=re.escape(words)):
+        require_valid(report)
 
 
 def test_single_class_and_class_too_small(dataset, make_config, tmp_path):
@@ -236,3 +281,131 @@ def test_text_length_limit(dataset, make_config, tmp_path):
     report = validate(cfg, dataset, tmp_path / "out")
     assert report.issues and all(i.column == "text" and "length" in i.reason
                                  for i in report.issues)
+
+
+def test_labels_and_ids_are_trimmed_and_nfc_normalised(dataset, make_config, tmp_path):
+    from crossfuse.data.manifest import load_manifest
+
+    frame = manifest(dataset)
+    frame.loc[ROW, "label"] = f"  {frame.loc[ROW, 'label']}\t"
+    frame.loc[ROW + 1, "label"] = "square-da\u0301y"                     # decomposed accent
+    frame.loc[ROW + 2, "label"] = "square-d\u00e1y"                      # the same, composed
+    frame.loc[ROW + 3, "id"] = f" {frame.loc[ROW + 4, 'id']}"             # a duplicate id
+    write_manifest(dataset, frame)
+    loaded = load_manifest(dataset).frame
+    assert loaded.loc[ROW, "label"] == frame.loc[ROW, "label"].strip()
+    assert loaded.loc[ROW + 1, "label"] == loaded.loc[ROW + 2, "label"] == "square-d\u00e1y"
+    report = validate(make_config(dataset, "validation.on_error=drop"), dataset, tmp_path / "v")
+    assert not any(i.line == LINE for i in report.issues)  # the padded label is just a label
+    assert [i.line for i in report.issues if i.kind == "duplicate id"] == [LINE + 3, LINE + 4]
+
+
+def test_labels_differing_only_by_case_stop_the_run_or_merge(dataset, make_config, tmp_path):
+    frame = manifest(dataset)
+    label = frame.loc[ROW, "label"]
+    frame.loc[ROW, "label"] = label.capitalize()
+    frame.loc[ROW + 6, "label"] = label.upper() if frame.loc[ROW + 6, "label"] == label else \
+        frame.loc[ROW + 6, "label"]
+    write_manifest(dataset, frame)
+    variant_lines = [i + 2 for i in range(len(frame)) if frame.loc[i, "label"] == label.capitalize()]
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    [failure] = [f for f in report.table_failures if "differ only by case" in f]
+    assert f"{label.capitalize()!r} on lines {', '.join(map(str, variant_lines))}" in failure
+    assert f"{label!r} on lines" in failure and "validation.label_case=fold" in failure
+    assert not report.can_continue
+
+    cfg = make_config(dataset, "validation.label_case=fold")
+    report = validate(cfg, dataset, tmp_path / "v2")
+    assert report.success, report.summary()
+    assert any(f"{label.capitalize()!r} -> {label!r}" in w for w in report.warnings)
+    preprocess(cfg, dataset, tmp_path / "pre")
+    assert len(read_samples(tmp_path / "pre")[1]) == 6
+
+
+def copy_row(root: Path, row: int, new_id: str, **cells) -> int:
+    """Append a copy of ``row`` (same image file bytes, same text) under ``new_id``; its line."""
+    frame = manifest(root)
+    copy = frame.loc[row].copy()
+    image = root / copy["image"]
+    copy_image = image.with_name(f"{new_id}.png")
+    shutil.copy(image, copy_image)
+    copy["id"], copy["image"] = new_id, str(copy_image.relative_to(root))
+    for column, value in cells.items():
+        copy[column] = value
+    write_manifest(root, pd.concat([frame, copy.to_frame().T], ignore_index=True))
+    return len(frame) + 2
+
+
+def test_the_same_sample_in_train_and_test_is_leakage(dataset, make_config, tmp_path):
+    with_split_column(dataset)
+    frame = manifest(dataset)
+    row = int(frame.index[frame["split"] == "test"][0])
+    line = copy_row(dataset, row, "copy-of-a-test-row", split="train",
+                    text=f"  {frame.loc[row, 'text']} ")            # whitespace does not hide it
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    found = [(i.line, i.id, i.kind) for i in report.issues]
+    assert found == [(row + 2, frame.loc[row, "id"], "duplicate across splits"),
+                     (line, "copy-of-a-test-row", "duplicate across splits")]
+    assert "different splits ['test', 'train'] (test rows seen in training)" in report.issues[0].reason
+    assert (report.n_rows, report.n_valid, report.n_rejected) == (61, 59, 2)
+
+    report = validate(make_config(dataset, "validation.duplicates=drop"), dataset, tmp_path / "v2")
+    assert [(i.line, i.kind) for i in report.issues] == [(line, "duplicate across splits")]
+    assert f"duplicate of line {row + 2} dropped" in report.issues[0].reason
+
+    report = validate(make_config(dataset, "validation.duplicates=keep"), dataset, tmp_path / "v3")
+    assert report.success and any("duplicate rows" in w for w in report.warnings)
+
+
+def test_the_same_sample_with_two_labels_is_a_conflict(dataset, make_config, tmp_path):
+    frame = manifest(dataset)
+    other = next(lab for lab in frame["label"] if lab != frame.loc[ROW, "label"])
+    line = copy_row(dataset, ROW, "relabelled", label=other)
+    for policy in ("error", "drop"):  # drop cannot know which label is right: both go
+        report = validate(make_config(dataset, f"validation.duplicates={policy}"), dataset,
+                          tmp_path / policy)
+        assert [(i.line, i.kind) for i in report.issues] == [
+            (LINE, "duplicate with conflicting labels"), (line, "duplicate with conflicting labels")]
+        assert "with different labels" in report.issues[0].reason
+
+
+def test_hashed_copies_in_one_split_are_only_a_warning(dataset, make_config, tmp_path):
+    copy_row(dataset, ROW, "copy-1")
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    assert report.success and report.n_valid == 61
+    assert any("duplicate rows: the same content on lines 5, 62" in w for w in report.warnings)
+
+
+def test_a_class_without_train_rows_stops_the_run_or_is_dropped(dataset, make_config, tmp_path):
+    with_split_column(dataset)
+    frame = manifest(dataset)
+    label = frame.loc[ROW, "label"]
+    frame.loc[frame["label"] == label, "split"] = "test"
+    write_manifest(dataset, frame)
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    [failure] = report.table_failures
+    assert failure.startswith(f"class {label!r} has no train and no val rows (0 train, 0 val, "
+                              f"10 test): the model could never predict it")
+    assert not report.can_continue
+
+    cfg = make_config(dataset, "validation.on_error=drop")
+    report = validate(cfg, dataset, tmp_path / "v2")
+    assert report.can_continue and report.reasons() == {"class missing from a split": 10}
+    assert (report.n_rows, report.n_valid, report.n_rejected) == (60, 50, 10)
+    assert label not in report.class_counts
+    result = preprocess(cfg, dataset, tmp_path / "pre", rejected_lines=report.rejected_lines)
+    assert result.n_samples == 50 and label not in result.labels
+
+
+def test_missing_split_cells_are_rejected_by_row_not_at_preprocess(dataset, make_config, tmp_path):
+    with_split_column(dataset)
+    set_cell(dataset, "split", "", row=ROW)
+    set_cell(dataset, "split", "training", row=ROW + 1)
+    cfg = make_config(dataset, "validation.on_error=drop")
+    report = validate(cfg, dataset, tmp_path / "v")
+    assert [(i.line, i.kind) for i in report.issues] == [(LINE, "unknown split"),
+                                                         (LINE + 1, "unknown split")]
+    assert "split is empty while other rows set one" in report.issues[0].reason
+    assert "did you mean 'train'?" in report.issues[1].reason
+    result = preprocess(cfg, dataset, tmp_path / "pre", rejected_lines=report.rejected_lines)
+    assert result.n_samples == 58  # everything else goes on

@@ -167,6 +167,23 @@ def test_auto_refit_ships_one_model_trained_on_all_of_train_and_val(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_fusion_must_beat_the_best_modality_by_more_than_the_folds_noise():
+    from crossfuse.training.selection import Candidate, rank
+
+    def cand(name, scores):
+        modalities = [name[len("unimodal:"):]] if name.startswith("unimodal:") else ["image", "text"]
+        return Candidate(name, modalities, scores, np.zeros((0, 2)))
+
+    text = cand("unimodal:text", [0.80, 0.70, 0.90, 0.75, 0.85])
+    steady = cand("gmu", [0.82, 0.72, 0.92, 0.77, 0.87])        # +0.02 in every fold
+    lucky = cand("mfb", [0.97, 0.62, 0.95, 0.72, 0.90])         # higher mean, gain is noise
+    assert steady.mean > text.mean and lucky.mean > steady.mean
+    assert [c.name for c in rank([lucky, text])] == ["unimodal:text", "mfb"]
+    assert [c.name for c in rank([steady, text])][0] == "gmu"
+    # The best candidate that earns its place wins; the others keep their order.
+    assert [c.name for c in rank([lucky, steady, text])] == ["gmu", "mfb", "unimodal:text"]
+
+
 def test_large_data_uses_a_single_holdout():
     fs = noisy_image_features(n=200)
     selection = select_model(fs, auto_config("fusion.auto.candidates=[concat]",

@@ -1,0 +1,118 @@
+"""Which split each row belongs to: the manifest's ``split`` column, or a hash.
+
+With a ``split`` column (any non-empty value), each row's value must be exactly
+``train``, ``val`` or ``test``; anything else is reported by validation as that row's
+problem (:func:`split_problem`). Without one, each row gets a key — its id, or for rows
+holding the same content as another (:mod:`crossfuse.data.content`) the content key, so
+a duplicated sample cannot land in train and test at once — hashed (sha256 of
+``salt:key``) to a number in [0, 1). ``preprocess.split.strategy`` then decides:
+
+- ``stratified`` (default): within each class, keys in hash order are cut by the
+  fractions, with at least one in each split once a class has three keys. Small data
+  needs it: with 10 rows of a class and 15% test, a per-row hash leaves the class out
+  of test one time in five. Adding rows to a class can move that class's rows next to
+  the cuts; a ``split`` column freezes splits for good.
+- ``hash``: each key's own hash picks its split; adding rows never moves existing ones,
+  and each class is split in the configured proportions only in expectation.
+
+Example
+-------
+>>> assign_split("s00001", SplitConfig())
+'test'
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+
+from crossfuse.config import SplitConfig
+from crossfuse.data.content import duplicate_groups
+
+SPLITS = ("train", "val", "test")
+
+
+def hash_fraction(key: str) -> float:
+    """Map a string to a float in [0, 1) via sha256 (stable across runs and machines)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def assign_split(key: str, split: SplitConfig) -> str:
+    """Pick ``train``/``val``/``test`` for a key (an id) from its hash and the split fractions."""
+    u = hash_fraction(f"{split.salt}:{key}")
+    if u < split.train:
+        return "train"
+    return "val" if u < split.train + split.val else "test"
+
+
+def has_split_column(frame: pd.DataFrame) -> bool:
+    """The manifest sets splits itself: a ``split`` column with at least one value."""
+    return "split" in frame.columns and bool((frame["split"] != "").any())
+
+
+def split_problem(value: str) -> str | None:
+    """Why a ``split`` cell is not usable, or None.
+
+    >>> split_problem("TEST")
+    "split 'TEST' is not one of train, val, test (lowercase, exactly); did you mean 'test'?"
+    """
+    if value in SPLITS:
+        return None
+    if not value.strip():
+        return ("split is empty while other rows set one; give every row train, val or test, "
+                "or drop the split column to split by id hash")
+    near = {"training": "train", "validation": "val", "valid": "val", "dev": "val",
+            "testing": "test", "eval": "val"}.get(value.strip().lower(), value.strip().lower())
+    hint = f"; did you mean {near!r}?" if near in SPLITS else ""
+    return f"split {value!r} is not one of {', '.join(SPLITS)} (lowercase, exactly){hint}"
+
+
+def row_splits(frame: pd.DataFrame, cfg: SplitConfig,
+               content: list[str | None] | None = None) -> list[str]:
+    """Each row's split: the ``split`` column's value as written, or computed (see the module).
+
+    ``content`` holds each row's content key; rows sharing one are hashed together.
+    Values of a ``split`` column are returned unchecked: see :func:`split_problem`.
+    """
+    if has_split_column(frame):
+        return frame["split"].tolist()
+    keys = frame["id"].tolist()
+    for group in duplicate_groups(content or []):
+        for row in group:
+            keys[row] = f"content:{content[group[0]]}"
+    if cfg.strategy == "hash":
+        return [assign_split(key, cfg) for key in keys]
+    return stratified_splits(keys, frame["label"].tolist(), cfg)
+
+
+def stratified_splits(keys: list[str], labels: list[str], cfg: SplitConfig) -> list[str]:
+    """Per class, distinct keys in hash order cut into train / val / test by the fractions.
+
+    >>> stratified_splits([f"r{i}" for i in range(10)], ["a"] * 10, SplitConfig())
+    ['train', 'train', 'test', 'train', 'train', 'test', 'val', 'train', 'val', 'train']
+    """
+    by_class: dict[str, set[str]] = {}
+    for key, label in zip(keys, labels, strict=True):
+        by_class.setdefault(label, set()).add(key)
+    split_of: dict[tuple[str, str], str] = {}
+    for label, members in by_class.items():
+        ordered = sorted(members, key=lambda k: (hash_fraction(f"{cfg.salt}:{k}"), k))
+        n_val, n_test = _cuts(len(ordered), cfg)
+        n_train = len(ordered) - n_val - n_test
+        for at, key in enumerate(ordered):
+            split_of[(label, key)] = ("train" if at < n_train else
+                                      "val" if at < n_train + n_val else "test")
+    return [split_of[(label, key)] for key, label in zip(keys, labels, strict=True)]
+
+
+def _cuts(n: int, cfg: SplitConfig) -> tuple[int, int]:
+    """(val, test) sizes for a class of ``n`` keys: the fractions rounded, one each from 3 keys.
+
+    >>> [_cuts(n, SplitConfig()) for n in (1, 2, 3, 10, 100)]
+    [(0, 0), (0, 1), (1, 1), (2, 2), (15, 15)]
+    """
+    if n < 3:
+        return 0, int(n == 2)
+    n_val, n_test = max(1, round(cfg.val * n)), max(1, round(cfg.test * n))
+    return n_val, n_test
