@@ -336,6 +336,12 @@ class PipelineConfig(_Section):
         return {**_default_resources(), **v}  # a step you configure replaces its default
 
 
+class ServingConfig(_Section):
+    media_root: str | None = Field(
+        None, description="The served model reads image paths only inside this folder; unset, "
+        "requests must send base64 bytes (env CROSSFUSE_SERVING_MEDIA_ROOT overrides).")
+
+
 class RunConfig(_Section):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -348,6 +354,7 @@ class RunConfig(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     registry: RegistryConfig = RegistryConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    serving: ServingConfig = ServingConfig()
 
     @property
     def modalities(self) -> list[str]:

@@ -90,7 +90,7 @@ def serving_profile(model_dir: Path, frame: pd.DataFrame, single_requests: int =
 def measure_serving(model_dir: Path, frame: pd.DataFrame, timeout: float = 900.0) -> dict:
     """:func:`serving_profile` in a fresh Python process, so peak memory is serving's alone.
 
-    ``frame`` holds raw inputs (``text``; ``image`` as paths readable by the child).
+    ``frame`` holds raw inputs as a client sends them (``text``; ``image`` as base64 bytes).
     """
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.parquet"

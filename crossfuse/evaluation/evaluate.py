@@ -24,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from dataclasses import dataclass
@@ -196,7 +197,7 @@ def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
 
 def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
                     modalities: list[str], limit: int) -> pd.DataFrame:
-    """The first ``limit`` test samples as the served model takes them (text, image path).
+    """The first ``limit`` test samples as a client sends them (text, base64 image bytes).
 
     ``samples``: the preprocessed ``samples.parquet``; image paths are relative to ``preprocessed``.
     """
@@ -205,9 +206,13 @@ def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
     frame = pd.DataFrame(index=range(len(ids)))
     for m in modalities:
         values = samples.loc[ids, m].tolist()
-        frame[m] = [None if not v else (str(Path(preprocessed).resolve() / v) if m == "image"
+        frame[m] = [None if not v else (_base64_file(Path(preprocessed) / v) if m == "image"
                                         else v) for v in values]
     return frame
+
+
+def _base64_file(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def robustness_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path,

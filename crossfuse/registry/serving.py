@@ -1,14 +1,21 @@
 """The registered model: an MLflow pyfunc from raw inputs to predictions.
 
-It runs the training code path — :func:`crossfuse.data.preprocess.normalise_text`,
+It runs the training code path — :func:`crossfuse.data.text.normalise_text`,
 :func:`crossfuse.data.images.prepare_image`, the same frozen encoders, the trained
-fusion head — on a DataFrame with one column per modality:
+fusion head — on a DataFrame with one column per modality of the model:
 
-- ``text``: the text (empty or null = missing);
-- ``image``: a file path, or the image bytes base64-encoded (empty or null = missing).
+- ``text``: the text, a string (empty or null = missing);
+- ``image``: the image file's bytes, base64-encoded (empty or null = missing). A path on
+  the server is read only under ``serving.media_root`` (env ``CROSSFUSE_SERVING_MEDIA_ROOT``),
+  unset by default: a request cannot make the server open, or reveal, any other file.
 
 It returns one row per input: ``label`` and ``p_<class>`` for every class, plus the
 predicted class of each extra target (multi-task models) in a column named after it.
+
+Bad requests are refused whole, before any work, with an :class:`InvalidInput` (HTTP 400
+from ``mlflow models serve``) whose message names each bad row, its column and the reason:
+an unknown column, a row with every modality missing, a value of the wrong type, bytes
+that are not base64 or not an image, a path outside ``media_root``.
 
 Example
 -------
@@ -24,11 +31,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
 from crossfuse.config import RunConfig
@@ -38,21 +48,78 @@ from crossfuse.encoders import build_encoder, pad_tokens, resolve_device
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
 
+MEDIA_ROOT_ENV = "CROSSFUSE_SERVING_MEDIA_ROOT"
+MAX_PROBLEMS_NAMED = 10
+
+
+class InvalidInput(MlflowException):
+    """A request the model refuses; the message names the rows, columns and reasons (HTTP 400)."""
+
+    def __init__(self, problems: list[str]):
+        shown = "; ".join(problems[:MAX_PROBLEMS_NAMED])
+        extra = len(problems) - MAX_PROBLEMS_NAMED
+        more = f"; and {extra} more" if extra > 0 else ""
+        super().__init__(f"invalid input: {shown}{more}", error_code=INVALID_PARAMETER_VALUE)
+
 
 def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value) == ""
+    return value is None or (isinstance(value, float) and pd.isna(value)) or \
+        (isinstance(value, str) and value == "")
 
 
-def _open_image(value: str, size: int) -> Image.Image:
-    path = Path(value)
-    if len(value) < 4096 and path.is_file():
-        return prepare_image(path, size)
+def decode_image(value: str, size: int, media_root: Path | None) -> Image.Image:
+    """A request's image: base64 bytes, or (only under ``media_root``) a path.
+
+    Raises ``ValueError`` with the reason; its wording never depends on whether a file
+    outside ``media_root`` exists.
+    """
     try:
         raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"image value is neither an existing file nor base64 image bytes: "
-                         f"{value[:80]!r}") from exc
-    return prepare_image(io.BytesIO(raw), size)
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is not None:
+        try:
+            return prepare_image(io.BytesIO(raw), size)
+        except Exception as exc:  # PIL raises many types for bad bytes
+            if media_root is None:
+                raise ValueError(f"base64 decodes but is not an image Pillow can read "
+                                 f"({type(exc).__name__})") from None
+    if media_root is None:
+        raise ValueError("expected the image file's bytes, base64-encoded; paths are refused "
+                         "unless the server sets serving.media_root")
+    outside = ValueError("neither base64 image bytes nor a path inside serving.media_root")
+    try:  # absolute or relative to media_root, but inside it after symlinks and ..
+        path = (Path(value) if Path(value).is_absolute() else media_root / value).resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise outside from None
+    if not path.is_relative_to(media_root):
+        raise outside
+    if not path.is_file():
+        raise ValueError(f"no file {value!r} under serving.media_root")
+    try:
+        return prepare_image(path, size)
+    except Exception as exc:
+        raise ValueError(f"{value!r} is not an image Pillow can read ({type(exc).__name__})") from None
+
+
+def check_request(frame: pd.DataFrame, modalities: list[str]) -> list[str]:
+    """What is wrong with a request's columns and value types, one message per problem."""
+    problems = []
+    unknown = [str(c) for c in frame.columns if c not in modalities]
+    if unknown:
+        problems.append(f"unknown column(s) {unknown}: this model reads {modalities}")
+    usable = [m for m in modalities if m in frame.columns]
+    for row in range(len(frame)):
+        values = {m: frame[m].iat[row] for m in usable}
+        for m, v in values.items():
+            if not _is_missing(v) and not isinstance(v, str):
+                problems.append(f"row {row}, column {m!r}: expected a string "
+                                f"({'text' if m == 'text' else 'base64 bytes'}), got "
+                                f"{type(v).__name__} {str(v)[:40]!r}")
+        if all(_is_missing(v) for v in values.values()):
+            problems.append(f"row {row}: every modality is missing ({', '.join(modalities)}); "
+                            f"send at least one")
+    return problems
 
 
 class FusionPredictor:
@@ -61,15 +128,19 @@ class FusionPredictor:
     Parameters
     ----------
     model_dir: the train stage's output (fusion head, spec, run config).
+    media_root: the folder image paths may point into; default ``CROSSFUSE_SERVING_MEDIA_ROOT``,
+        else the model's ``serving.media_root``, else none (base64 bytes only).
 
     The encoders run on this machine's GPU when it has one (wherever the model was
     trained); the fusion head runs on the CPU.
     """
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, media_root: Path | str | None = None):
         model_dir = Path(model_dir)
         self.head, self.meta = load_fusion_head(model_dir)
         self.cfg = RunConfig.from_json((model_dir / RUN_CONFIG_FILE).read_text())
+        root = media_root or os.environ.get(MEDIA_ROOT_ENV) or self.cfg.serving.media_root
+        self.media_root = Path(root).resolve() if root else None
         self.labels: list[str] = self.meta["labels"]
         self.modalities = list(self.meta["dims"])
         self.encoders = {m: build_encoder(self.meta["encoders"][m]["name"], m,
@@ -98,14 +169,25 @@ class FusionPredictor:
                     padded["tokens"], padded["mask"]
         return vectors, tokens
 
+    def _prepare(self, modality: str, values: list, rows: list[int]) -> list:
+        """Normalised texts or decoded RGB images for ``rows``; :class:`InvalidInput` if any fail."""
+        if modality == "text":
+            return [normalise_text(values[r], self.cfg.preprocess.lowercase_text) for r in rows]
+        items, problems = [], []
+        for r in rows:
+            try:
+                items.append(decode_image(values[r], self.cfg.preprocess.image_size, self.media_root))
+            except ValueError as exc:
+                problems.append(f"row {r}, column {modality!r}: {exc}")
+        if problems:
+            raise InvalidInput(problems)
+        return items
+
     def _encode(self, modality: str, values: list):
         """(vectors [N, D], present [N], tokens ([N, L, D], [N, L]) or None) for raw values."""
         present = torch.tensor([not _is_missing(v) for v in values], dtype=torch.bool)
         rows = present.nonzero().flatten().tolist()
-        if modality == "text":
-            items = [normalise_text(str(values[r]), self.cfg.preprocess.lowercase_text) for r in rows]
-        else:
-            items = [_open_image(str(values[r]), self.cfg.preprocess.image_size) for r in rows]
+        items = self._prepare(modality, values, rows)
         found, found_tokens = self.encode_items(modality, items)
         dim, length = self.meta["dims"][modality], self.cfg.extract.max_tokens
         vectors = torch.zeros(len(values), dim)
@@ -118,7 +200,13 @@ class FusionPredictor:
         return vectors, present, tokens
 
     def logits(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
-        """Every head's logits for raw inputs; absent columns count as missing."""
+        """Every head's logits for raw inputs; absent columns count as missing.
+
+        Raises :class:`InvalidInput` naming every bad row before anything is encoded.
+        """
+        problems = check_request(frame, self.modalities)
+        if problems:
+            raise InvalidInput(problems)
         vectors, present, tokens = {}, {}, {}
         for m in self.modalities:
             values = frame[m].tolist() if m in frame.columns else [None] * len(frame)
@@ -146,4 +234,14 @@ class CrossfusePyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = FusionPredictor(Path(context.artifacts["model"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predictor.predict(pd.DataFrame(model_input))
+        frame = pd.DataFrame(model_input)
+        # MLflow's schema enforcement drops columns the signature does not name before this
+        # runs, so a misspelt column arrives as an absent one: require every column (null
+        # where a modality is missing) to name the mistake instead of serving a guess.
+        absent = [m for m in self.predictor.modalities if m not in frame.columns]
+        if absent or frame.empty:
+            raise InvalidInput([f"the request has no column(s) {absent or self.predictor.modalities} "
+                                f"(or no rows): this model reads {self.predictor.modalities}; "
+                                f"send each, null where a modality is missing (unknown columns "
+                                f"are dropped by the server)"])
+        return self.predictor.predict(frame)

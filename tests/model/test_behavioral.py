@@ -53,7 +53,7 @@ def served(tmp_path_factory) -> tuple[FusionPredictor, pd.DataFrame]:
     test_ids = set(samples.loc[samples["split"] == "test", "id"])
     test = manifest[manifest["id"].isin(test_ids)].reset_index(drop=True)
     test["image"] = [str(data / p) for p in test["image"]]
-    return FusionPredictor(root / "model"), test
+    return FusionPredictor(root / "model", media_root=data), test
 
 
 def true_class_probability(predictions: pd.DataFrame, labels: pd.Series) -> np.ndarray:

@@ -36,6 +36,6 @@ def test_method_trains_evaluates_and_serves(method, features, tmp_path):
     preds = pd.read_parquet(tmp_path / "eval" / "predictions.parquet")
     data = cfg.data.path
     rows = pd.read_csv(f"{data}/manifest.csv").set_index("id").loc[preds["id"][:4]]
-    served = FusionPredictor(tmp_path / "model").predict(pd.DataFrame(
+    served = FusionPredictor(tmp_path / "model", media_root=data).predict(pd.DataFrame(
         {"text": rows["text"].tolist(), "image": [f"{data}/{p}" for p in rows["image"]]}))
     assert served["label"].tolist() == preds["predicted"][:4].tolist()

@@ -54,11 +54,16 @@ def test_missing_modalities_flow_to_features_and_predictions(holey, make_config,
 
     train(cfg, tmp_path / "f", tmp_path / "model")
     evaluate(cfg, tmp_path / "f", tmp_path / "model", tmp_path / "eval")
-    predictor = FusionPredictor(tmp_path / "model")
+    predictor = FusionPredictor(tmp_path / "model", media_root=holey)
     image = str(holey / "images" / "s00010.png")
-    out = predictor.predict(pd.DataFrame({"text": ["A fox rested at noon.", None, ""],
-                                          "image": [None, image, ""]}))
-    assert len(out) == 3 and out["label"].isin(fs.labels).all()
+    out = predictor.predict(pd.DataFrame({"text": ["A fox rested at noon.", None],
+                                          "image": [None, image]}))
+    assert len(out) == 2 and out["label"].isin(fs.labels).all()
+    from crossfuse.registry.serving import InvalidInput
+
+    with pytest.raises(InvalidInput, match="row 1: every modality is missing"):
+        predictor.predict(pd.DataFrame({"text": ["A fox rested at noon.", ""],
+                                        "image": [None, ""]}))
     probs = out[[f"p_{c}" for c in fs.labels]].sum(axis=1)
     assert probs.round(5).eq(1.0).all()
 
@@ -85,7 +90,7 @@ def test_extra_target_from_extra_columns_file(sample_dataset, make_config, tmp_p
     assert (tmp_path / "eval" / "confusion_matrix_shape.png").stat().st_size > 1000
     spec = json.loads((tmp_path / "model" / "fusion_spec.json").read_text())
     assert spec["extra_targets"] == {"shape": 3}
-    out = FusionPredictor(tmp_path / "model").predict(pd.DataFrame(
+    out = FusionPredictor(tmp_path / "model", media_root=root).predict(pd.DataFrame(
         {"text": ["A fox at noon."], "image": [str(root / "images" / "s00000.png")]}))
     assert out["shape"].iloc[0] in {"circle", "square", "triangle"}
 

@@ -70,6 +70,6 @@ def test_xattn_trains_on_tokens_and_serves_the_same_predictions(token_run):
     preds = pd.read_parquet(tmp / "eval" / "predictions.parquet")
     data = cfg.data.path
     rows = pd.read_csv(f"{data}/manifest.csv").set_index("id").loc[preds["id"]]
-    served = FusionPredictor(tmp / "model").predict(pd.DataFrame(
+    served = FusionPredictor(tmp / "model", media_root=data).predict(pd.DataFrame(
         {"text": rows["text"].tolist(), "image": [f"{data}/{p}" for p in rows["image"]]}))
     assert served["label"].tolist() == preds["predicted"].tolist()

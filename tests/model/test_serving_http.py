@@ -1,0 +1,157 @@
+"""The served model over HTTP: MLflow's scoring server (what ``mlflow models serve`` runs),
+in a thread on 127.0.0.1, with the pyfunc the register stage logs.
+
+A user relies on the server to refuse what it should, with a 400 that says which row,
+which column and why, and no stack trace: unknown columns, a row with no modality, a
+value of the wrong type, bytes that are not an image, and any path on the server (which
+must not even reveal whether the file exists).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from crossfuse.config import load_config
+from crossfuse.data.preprocess import preprocess
+from crossfuse.data.sample import generate_sample_dataset
+from crossfuse.features.extract import extract
+from crossfuse.registry.register import _pip_requirements, model_signature
+from crossfuse.registry.serving import CrossfusePyfunc
+from crossfuse.training.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, the dataset folder) of a scoring server over a freshly trained model."""
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    root = tmp_path_factory.mktemp("http")
+    data = root / "data"
+    generate_sample_dataset(data, per_class=6, seed=2)
+    cfg = load_config(None, [f"data.path={data}", "data.name=http", "fusion.method=concat",
+                             "train.epochs=3", "train.modality_dropout={image: 0.3, text: 0.3}",
+                             f"extract.cache_dir={root / 'cache'}",
+                             f"train.checkpoint_dir={root / 'checkpoints'}"], env={}).resolved(root)
+    preprocess(cfg, data, root / "pre")
+    extract(cfg, root / "pre", root / "features")
+    train(cfg, root / "features", root / "model")
+    mlflow.pyfunc.save_model(root / "pyfunc", python_model=CrossfusePyfunc(),
+                             artifacts={"model": str(root / "model")},
+                             signature=model_signature(root / "model"),
+                             pip_requirements=_pip_requirements())
+    app = scoring_server.init(mlflow.pyfunc.load_model(str(root / "pyfunc")))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", data
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def post(url: str, records: list[dict]) -> tuple[int, dict]:
+    body = json.dumps({"dataframe_records": records}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def refused(answer: tuple[int, dict], *words: str) -> str:
+    status, body = answer
+    assert status == 400, body
+    message = body["message"]
+    assert "Traceback" not in message and "stack_trace" not in body
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def test_base64_images_and_missing_modalities_are_served(server):
+    url, data = server
+    image = b64(data / "images" / "s00000.png")
+    status, body = post(url, [{"text": "A fox rested at noon.", "image": image},
+                              {"text": "A fox rested at noon.", "image": None},
+                              {"image": image, "text": ""}])
+    assert status == 200, body
+    assert len(body["predictions"]) == 3
+    assert all(p["label"] for p in body["predictions"])
+
+
+def test_misspelt_columns_are_refused(server):
+    # MLflow drops columns its signature does not name before the model sees them; the
+    # model then finds its own columns absent and names them.
+    url, data = server
+    refused(post(url, [{"txt": "A fox rested at noon.", "img": "x"}]),
+            "the request has no column(s) ['image', 'text']", "this model reads ['image', 'text']")
+    refused(post(url, [{"text": "A fox rested at noon.",
+                        "img": b64(data / "images" / "s00000.png")}]),
+            "the request has no column(s) ['image']")
+
+
+def test_unknown_columns_are_named_by_the_model(server):
+    from crossfuse.registry.serving import InvalidInput
+
+    model = mlflow.pyfunc.load_model(str(Path(server[1]).parent / "pyfunc"))
+    predictor = model.unwrap_python_model().predictor
+    with pytest.raises(InvalidInput, match=r"unknown column\(s\) \['txt'\]"):
+        predictor.predict(pd.DataFrame({"text": ["x"], "image": [None], "txt": ["y"]}))
+
+
+def test_a_row_with_no_modality_is_refused(server):
+    url, data = server
+    refused(post(url, [{"text": "A fox.", "image": b64(data / "images" / "s00000.png")},
+                       {"text": None, "image": None}]),
+            "row 1: every modality is missing")
+
+
+def test_a_number_for_text_is_a_wrong_type(server):
+    url, _ = server
+    refused(post(url, [{"text": 12345, "image": None}]), "row 0, column 'text'", "expected a string")
+
+
+def test_bytes_that_are_not_an_image(server):
+    url, _ = server
+    refused(post(url, [{"text": "x", "image": base64.b64encode(b"hello, not a png").decode()}]),
+            "row 0, column 'image'", "not an image")
+    refused(post(url, [{"text": "x", "image": "%%% not base64 %%%"}]),
+            "row 0, column 'image'", "base64")
+
+
+def test_server_paths_are_refused_without_revealing_whether_they_exist(server):
+    url, data = server
+    existing = refused(post(url, [{"text": "x", "image": "/etc/passwd"}]), "row 0, column 'image'")
+    missing = refused(post(url, [{"text": "x", "image": "/etc/no-such-file-here"}]),
+                      "row 0, column 'image'")
+    inside = refused(post(url, [{"text": "x", "image": str(data / "images" / "s00001.png")}]),
+                     "paths are refused unless the server sets serving.media_root")
+    def ours(message: str) -> str:  # MLflow prefixes the request; the reason is ours
+        return message.split("\nError: ", 1)[1]
+    assert ours(existing) == ours(missing) == ours(inside)
