@@ -123,6 +123,15 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None.
+
+    >>> sqlite_file("sqlite:///mlflow.db"), sqlite_file("http://127.0.0.1:5000")
+    (PosixPath('mlflow.db'), None)
+    """
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def _use_tracking(args: argparse.Namespace) -> None:
     import mlflow
 
@@ -130,10 +139,17 @@ def _use_tracking(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    uri = config_from_args(args).resolved().mlflow.tracking_uri
+    store = sqlite_file(uri)
+    if store is not None and not store.is_file():  # read-only: never create a store to list it
+        print(f"no MLflow store at {store} (mlflow.tracking_uri={uri}); run `make run` here, or "
+              f"point --set mlflow.tracking_uri / MLFLOW_TRACKING_URI at your store")
+        return 1
     from crossfuse.registry.register import list_versions
 
     _use_tracking(args)
     rows = list_versions(args.model)
+    print(f"store: {uri}")
     if not rows:
         print(f"no registered model{' ' + args.model if args.model else 's'} yet; run `make run`")
         return 0
@@ -194,7 +210,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The bare ``crossfuse`` parser and its sub-command action, for commands to be added to."""
     parser = argparse.ArgumentParser(prog="crossfuse", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"crossfuse {_version()}")
     return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crossfuse")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def add_library_commands(sub: argparse._SubParsersAction) -> None:

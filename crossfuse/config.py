@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODALITIES = ("image", "text")
 
@@ -456,7 +456,61 @@ def load_config(
         tree.setdefault("mlflow", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
     for assignment in overrides or []:
         apply_override(tree, assignment)
-    return RunConfig.model_validate(tree)
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError([_in_words(e) for e in exc.errors()]) from None
+    problems = unknown_names(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; one line per bad key, each naming the key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("bad config:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _in_words(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    got = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: no such key (crossfuse config lists them all)"
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message[0].lower() + message[1:]}{shown}"
+
+
+def unknown_names(cfg: RunConfig) -> list[str]:
+    """Enumerated keys checked against the registries: methods and encoders that exist.
+
+    >>> unknown_names(RunConfig(fusion={"method": "nope"}))[0][:57]
+    "fusion.method: 'nope' is not a fusion method; choose auto"
+    """
+    from crossfuse.encoders import ENCODERS
+    from crossfuse.fusion import FUSION_METHODS
+
+    methods = sorted(FUSION_METHODS)
+    problems = []
+    if cfg.fusion.method != "auto" and cfg.fusion.method not in FUSION_METHODS:
+        problems.append(f"fusion.method: {cfg.fusion.method!r} is not a fusion method; choose "
+                        f"auto or one of {', '.join(methods)}")
+    bad = [c for c in cfg.fusion.auto.candidates if c not in FUSION_METHODS]
+    if bad:
+        problems.append(f"fusion.auto.candidates: {bad} are not fusion methods; choose from "
+                        f"{', '.join(methods)}")
+    for modality, name in cfg.extract.encoders.items():
+        if name.startswith("hf:"):
+            continue
+        known = sorted(n for n, (m, _) in ENCODERS.items() if m == modality)
+        if name not in known:
+            problems.append(f"extract.encoders.{modality}: {name!r} is not an encoder for {modality}; "
+                            f"choose {', '.join(known) or 'none built in'} or hf:<model id or "
+                            f"folder>")
+    return problems
 
 
 def config_summary(cfg: RunConfig) -> dict[str, Any]:

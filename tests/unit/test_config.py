@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from crossfuse.config import RunConfig, config_summary, load_config
+from crossfuse.config import ConfigError, RunConfig, config_summary, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,17 +23,17 @@ def test_mlflow_tracking_uri_env_overrides_file_but_not_set():
 
 
 def test_unknown_key_is_an_error():
-    with pytest.raises(ValidationError, match="fusion"):
+    with pytest.raises(ConfigError, match=r"fusion.methd: no such key"):
         load_config(None, ["fusion.methd=late"], env={})
 
 
 def test_split_fractions_must_sum_to_one():
-    with pytest.raises(ValidationError, match="sum to 1"):
+    with pytest.raises(ConfigError, match="preprocess.split: split fractions must be positive and sum to 1"):
         load_config(None, ["preprocess.split.train=0.9"], env={})
 
 
 def test_unknown_modality_is_an_error():
-    with pytest.raises(ValidationError, match="unknown modalities"):
+    with pytest.raises(ConfigError, match=r"extract.encoders: unknown modalities \['smell'\]"):
         load_config(None, ["extract.encoders.smell=nose"], env={})
 
 
@@ -60,3 +59,12 @@ def test_default_yaml_is_valid():
     cfg = load_config(REPO / "configs/default.yaml", env={})
     assert cfg.model_name() == "crossfuse-sample"
     assert cfg.modalities == ["image", "text"]
+
+
+def test_encoder_names_are_checked_at_load_against_the_registry():
+    # Unknown names, and a known encoder on the wrong modality, stop at load (before preflight).
+    for name in ("resnet", "minilm"):
+        with pytest.raises(ConfigError, match=f"extract.encoders.image: '{name}' is not an encoder "
+                                              f"for image; choose efficientnet-lite0 or hf:"):
+            load_config(None, [f"extract.encoders.image={name}"], env={})
+    assert load_config(None, ["extract.encoders.image=hf:/any/folder"], env={})  # checked by preflight

@@ -15,8 +15,6 @@ def test_a_runnable_config_has_no_problems(sample_dataset, make_config):
     (lambda tmp: f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}",
      ["is unreachable", "mlflow server --host 127.0.0.1"]),
     (lambda tmp: "extract.encoders.text=hf:/no/such/model", ["hf:/no/such/model", "does not exist"]),
-    (lambda tmp: "extract.encoders.image=resnet", ["unknown encoder 'resnet'"]),
-    (lambda tmp: "extract.encoders.image=minilm", ["encodes text, not image"]),
     (lambda tmp: f"pipeline.pipeline_root={tmp / 'a-file' / 'out'}",
      ["cannot write pipeline output (pipeline.pipeline_root)", "Not a directory"]),
     (lambda tmp: f"extract.cache_dir={tmp / 'a-file'}", ["feature cache (extract.cache_dir)"]),
