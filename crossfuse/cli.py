@@ -302,8 +302,10 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
 
     Errors a user can fix (bad data, config, paths) print one line and exit 2.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = (parser or build_parser()).parse_args(argv)
+    quiet = getattr(args, "verbose", None) is False  # `run` without -v: results only
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except (ManifestError, FileNotFoundError, ValueError, PreflightError, DvcFetchError) as exc:

@@ -35,6 +35,7 @@ import mlflow
 import pandas as pd
 
 from crossfuse.config import RunConfig
+from crossfuse.console import say
 from crossfuse.data.dvc import materialise_data
 from crossfuse.data.preprocess import PreprocessResult, preprocess
 from crossfuse.data.validation import (
@@ -72,7 +73,7 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
         mlflow.set_tags(data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote))
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
         report = validate(cfg, Path(cfg.data.path), out_dir)
-        print(report.summary(), flush=True)
+        say(report.summary())
         mlflow.log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
                             "validation_rejected": report.n_rejected})
         mlflow.set_tags(validation_tags(report))
@@ -95,8 +96,8 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
         if result.n_samples + report.n_rejected != report.n_rows:  # nothing may be lost
             raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
                                f"{result.n_samples} used, {report.n_rejected} rejected")
-        print(f"rows in {report.n_rows} = used {result.n_samples} + rejected "
-              f"{report.n_rejected} (see validation/rejects.csv)", flush=True)
+        say(f"rows in {report.n_rows} = used {result.n_samples} + rejected "
+            f"{report.n_rejected} (see validation/rejects.csv)")
         mlflow.log_metrics({"rows_in": report.n_rows, "rows_used": result.n_samples,
                             "rows_rejected": report.n_rejected})
         mlflow.log_metrics({f"samples_{k}": v for k, v in result.split_counts.items()})
@@ -115,8 +116,8 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
         if part is None:
             log_extract_result(result)
         else:
-            print(f"extract part {part[0] + 1}/{part[1]}: {result.n_samples} samples, "
-                  f"encoded {result.encoded}", flush=True)
+            say(f"extract part {part[0] + 1}/{part[1]}: {result.n_samples} samples, "
+                f"encoded {result.encoded}")
     return result
 
 
@@ -133,16 +134,16 @@ def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
 def log_extract_result(result: ExtractResult) -> None:
     """Print and log cache hits, encodings and truncations per modality."""
     for m in result.dims:
-        print(f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
-              f"cache, {result.encoded[m]} encoded", flush=True)
+        say(f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
+            f"cache, {result.encoded[m]} encoded")
         mlflow.log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
                             f"features_{m}_encoded": result.encoded[m]})
         mlflow.log_param(f"features.{m}.dim", result.dims[m])
     for m, n in result.truncated.items():
         mlflow.log_metric(f"features_{m}_truncated", n)
         if n:
-            print(f"extract {m}: {n} of {result.n_samples} items were longer than the "
-                  f"encoder's input and were truncated", flush=True)
+            say(f"extract {m}: {n} of {result.n_samples} items were longer than the "
+                f"encoder's input and were truncated")
 
 
 def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
@@ -163,8 +164,8 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
             mlflow.log_metrics({"cv_macro_f1_mean": candidate.mean, "cv_macro_f1_std": candidate.std})
             for fold, score in enumerate(candidate.fold_scores):
                 mlflow.log_metric("cv_macro_f1", score, step=fold)
-        print(f"  candidate {candidate.name:22s} CV macro-F1 {candidate.mean:.4f} ± "
-              f"{candidate.std:.4f}", flush=True)
+        say(f"  candidate {candidate.name:22s} CV macro-F1 {candidate.mean:.4f} ± "
+            f"{candidate.std:.4f}")
 
     with stage_run(cfg, run_id, "train"):
         result = train(cfg, Path(features), model_dir,
@@ -176,8 +177,8 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
             mlflow.log_param("auto.winner", chosen["winner"])
             mlflow.set_tag("crossfuse.model_choice", chosen["verdict"])
             mlflow.log_artifact(str(selection), "train")
-            print(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows): "
-                  f"{chosen['verdict']}", flush=True)
+            say(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows): "
+                f"{chosen['verdict']}")
         if result.searched:
             mlflow.log_params({f"search.best.{k}": v for k, v in result.searched.items()})
         mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
@@ -204,11 +205,30 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
                           preprocessed=preprocessed, context=context,
                           data_warnings=warnings_from_tags(run.data.tags))
         mlflow.log_metrics(result.metrics)
+        say(headline(result.metrics))
         per_target = sorted(out_dir.glob("*_matrix_*.png")) + sorted(out_dir.glob("*_report_*.json"))
         for path in [out_dir / name for name in EVALUATION_ARTIFACTS] + per_target:
             if path.is_file():  # e.g. the subset matrix needs two or more modalities
                 mlflow.log_artifact(str(path), "evaluation")
     return result
+
+
+def headline(metrics: dict[str, float]) -> str:
+    """One line: test macro-F1 beside the best single modality's, and the gain in words.
+
+    >>> headline({"test_macro_f1": 0.8, "baseline_text_test_macro_f1": 0.85,
+    ...           "baseline_image_test_macro_f1": 0.6, "fusion_gain_macro_f1": -0.05})
+    'test macro-F1 0.8000; best single modality text 0.8500: fusion LOST 0.0500 to it'
+    """
+    line = f"test macro-F1 {metrics['test_macro_f1']:.4f}"
+    singles = {k[len("baseline_"):-len("_test_macro_f1")]: v for k, v in metrics.items()
+               if k.startswith("baseline_") and k.endswith("_test_macro_f1")}
+    gain = metrics.get("fusion_gain_macro_f1")
+    if singles and gain is not None:
+        best = max(singles, key=singles.get)
+        verdict = f"fusion gained {gain:+.4f}" if gain >= 0 else f"fusion LOST {-gain:.4f} to it"
+        line += f"; best single modality {best} {singles[best]:.4f}: {verdict}"
+    return line
 
 
 def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
@@ -231,6 +251,6 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                                                                  f"v{result.version}"},
                                        decision, out=Path(tmp) / REPORT_FILE)
                 mlflow.log_artifact(str(report), "evaluation")
-        print(f"registered {result.model_name} v{result.version}: {result.reason}", flush=True)
+        say(f"registered {result.model_name} v{result.version}: {result.reason}")
     return result
 

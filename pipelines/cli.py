@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from crossfuse import cli
@@ -24,6 +25,7 @@ from crossfuse.config import RunConfig, load_config
 from crossfuse.data.dvc import materialise_data, pin_data_version
 from crossfuse.data.manifest import load_run_manifest
 from crossfuse.preflight import preflight
+from pipelines.console import QuietConsole
 
 log = logging.getLogger("crossfuse")
 
@@ -35,20 +37,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
     cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
     load_run_manifest(cfg)  # ... and on a wrong --data or missing columns
-    log.info("running %s on %s (fusion=%s), MLflow at %s", "crossfuse-multimodal-fusion",
-             cfg.data.path, cfg.fusion.method, cfg.mlflow.tracking_uri)
+    log_path = Path(cfg.pipeline.pipeline_root) / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    print(f"crossfuse run: {cfg.data.path} (fusion={cfg.fusion.method}), MLflow at "
+          f"{cfg.mlflow.tracking_uri}; full log: {log_path}", flush=True)
     try:
-        outputs = run_local(cfg)
+        with QuietConsole(log_path, verbose=args.verbose):
+            outputs = run_local(cfg)
     except RuntimeError as exc:
-        print(f"\ncrossfuse run failed: {exc}\nThe failing stage's log is above; the MLflow run "
-              f"is marked FAILED and no registry alias moved.", file=sys.stderr)
+        print(f"\ncrossfuse run failed: {str(exc).splitlines()[0] if str(exc) else exc}\n"
+              f"The failing stage's last lines are above (all of it in {log_path}); the MLflow "
+              f"run is marked FAILED and no registry alias moved.", file=sys.stderr)
         return 1
-    print_run_summary(cfg, outputs)
+    print_run_summary(cfg, outputs, log_path)
     return 0
 
 
-def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
-    """Print the registered version, the champion, and the headline test metrics."""
+def print_run_summary(cfg: RunConfig, outputs: dict, log_path: Path | None = None) -> None:
+    """Print the registered version, the champion, the headline test metrics, where the report
+    is and the run's URL in the MLflow UI; log the run's log file to the run."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -59,6 +65,8 @@ def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
     mv = client.get_model_version(name, version)
     run = client.get_run(mv.run_id)
     metrics = run.data.metrics
+    if log_path is not None and log_path.is_file():
+        client.log_artifact(mv.run_id, str(log_path), "logs")
     print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")
     for key in sorted(metrics):
         if key.startswith(("test_accuracy", "test_macro_f1", "baseline_", "fusion_gain")):
@@ -72,6 +80,30 @@ def print_run_summary(cfg: RunConfig, outputs: dict) -> None:
     print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
     champion = outputs.get("champion_version")
     print(f"  champion -> {'v' + str(champion) if champion else 'none yet'}, challenger -> v{version}")
+    print(f"report: {report_location(run.info.artifact_uri)}")
+    print(f"review: {ui_url(cfg.mlflow.tracking_uri, run.info.experiment_id, mv.run_id)}")
+
+
+def report_location(artifact_uri: str) -> str:
+    """The report's local path when artifacts are on this disk, else its artifact URI.
+
+    >>> report_location("file:///work/mlartifacts/1/abc/artifacts")
+    '/work/mlartifacts/1/abc/artifacts/evaluation/report.html'
+    """
+    uri = f"{artifact_uri.rstrip('/')}/evaluation/report.html"
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page: on the tracking server itself, or under `make ui` for a local store.
+
+    >>> ui_url("sqlite:///mlflow.db", "1", "abc")
+    '`make ui`, then http://127.0.0.1:5000/#/experiments/1/runs/abc'
+    """
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"`make ui`, then http://127.0.0.1:5000/{page}"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -100,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = cli.new_parser()
     run = sub.add_parser("run", help="run the whole pipeline locally (KFP local runner)")
     run.add_argument("--data", help="dataset folder with manifest.csv (default: config's data.path)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show every step's whole output (default: stages and results; the rest "
+                          "goes to the run's log file)")
     cli.add_config_args(run)
     run.set_defaults(func=cmd_run)
 

@@ -6,6 +6,7 @@ against a real SQLite MLflow store; then each test checks what one of them left.
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from pathlib import Path
@@ -198,9 +199,9 @@ def test_served_model_matches_pipeline_predictions(pipeline_run):
                             / "predictions.parquet")
     manifest = pd.read_csv(Path(cfg.data.path) / "manifest.csv").set_index("id")
     raw = manifest.loc[preds["id"]]
-    out = model.predict(pd.DataFrame({"text": raw["text"].tolist(),
-                                      "image": [str(Path(cfg.data.path) / p)
-                                                for p in raw["image"]]}))
+    images = [base64.b64encode((Path(cfg.data.path) / p).read_bytes()).decode()
+              for p in raw["image"]]  # as a client sends them: bytes, not server paths
+    out = model.predict(pd.DataFrame({"text": raw["text"].tolist(), "image": images}))
     assert out["label"].tolist() == preds["predicted"].tolist()
     prob_cols = [c for c in preds.columns if c.startswith("p_")]
     assert (out[prob_cols].to_numpy() - preds[prob_cols].to_numpy()).__abs__().max() < 1e-4

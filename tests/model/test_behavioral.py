@@ -15,6 +15,7 @@ serve`` runs) what a user relies on:
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,8 @@ PROTOTYPE_CAPTIONS = {"day": "A fox was seen at noon.", "night": "A fox was seen
 
 def test_minimum_functionality_prototypical_samples(served, tmp_path):
     predictor, _ = served
-    rows = [{"image": str(prototype_image(shape, tmp_path / f"{shape}.png")),
+    rows = [{"image": base64.b64encode(prototype_image(shape, tmp_path / f"{shape}.png")
+                                       .read_bytes()).decode(),
              "text": PROTOTYPE_CAPTIONS[time], "label": f"{shape}-{time}"}
             for shape in SHAPES for time in TIMES]
     frame = pd.DataFrame(rows)
