@@ -32,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
+import mlflow.data
 import pandas as pd
 
 from crossfuse.config import RunConfig
@@ -73,6 +74,7 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
         mlflow.set_tags(data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote))
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
         report = validate(cfg, Path(cfg.data.path), out_dir)
+        log_dataset(cfg)
         say(report.summary())
         mlflow.log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
                             "validation_rejected": report.n_rejected})
@@ -83,6 +85,26 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
             mlflow.log_artifacts(str(out_dir / "data_docs"), "validation/data_docs")
         require_valid(report)
     return run.info.run_id, report
+
+
+def log_dataset(cfg: RunConfig) -> None:
+    """The manifest as the run's input dataset; its digest is the DVC md5 (or the manifest's hash)."""
+    from crossfuse.data.manifest import MANIFEST_NAME
+
+    version = data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote)
+    manifest = Path(cfg.data.path) / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    try:
+        frame = pd.read_csv(manifest, dtype=str, keep_default_na=False, on_bad_lines="skip",
+                            encoding_errors="replace")
+    except (ValueError, pd.errors.ParserError):  # validation's report says why
+        return
+    digest = version.get("data.dvc_md5") or version["data.manifest_sha256"]
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=str(Path(cfg.data.path).resolve()),
+                                             name=cfg.data.dataset_name(), digest=digest[:36],
+                                             targets="label" if "label" in frame else None),
+                     context="training")
 
 
 def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,

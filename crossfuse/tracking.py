@@ -69,11 +69,29 @@ def _ensure_experiment(cfg: RunConfig) -> str:
         if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
             location = (Path(cfg.mlflow.artifact_root) / name).resolve().as_uri()
         try:
-            client.create_experiment(name, artifact_location=location)
+            client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except mlflow.exceptions.MlflowException:
             if client.get_experiment_by_name(name) is None:  # else: created concurrently
                 raise
+    elif any(exp.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):  # made by an older crossfuse
+        for key, value in EXPERIMENT_TAGS.items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return mlflow.set_experiment(name).experiment_id
+
+
+# A model-training experiment: the UI opens it on its runs, not on GenAI traces.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def run_tags(cfg: RunConfig) -> dict[str, str]:
+    """What a new pipeline run says about itself in the UI: a description and its source."""
+    return {"mlflow.note.content": (
+                f"crossfuse pipeline on {cfg.data.dataset_name()} ({cfg.data.path}): validate, "
+                f"preprocess, extract ({', '.join(f'{m}: {e}' for m, e in cfg.extract.encoders.items())}), "
+                f"train (fusion.method={cfg.fusion.method}, seed {cfg.seed}), evaluate, register "
+                f"as {cfg.model_name()} through the promotion gate."),
+            "mlflow.source.name": "crossfuse pipeline (pipelines/multimodal_fusion.py)",
+            "mlflow.source.type": "PROJECT"}
 
 
 def git_commit(path: Path) -> str:
@@ -123,7 +141,8 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str,
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
-        run = mlflow.start_run(run_name=f"{cfg.data.dataset_name()}-{cfg.fusion.method}")
+        run = mlflow.start_run(run_name=f"{cfg.data.dataset_name()}-{cfg.fusion.method}",
+                               tags=run_tags(cfg))
         mlflow.log_params(config_summary(cfg))
     try:
         yield run

@@ -88,6 +88,15 @@ def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images
     assert champion.tags["crossfuse.validation.warning.01"].startswith(warning)
     assert champion.tags["crossfuse.validation.rejected"] == "0"
     assert "Data warnings" in report and warning.replace("'", "&#x27;") in report
+    # The UI is set up for review: a model-development experiment (it opens on runs, not
+    # traces), a run that says what ran and where from, the dataset as the run's input.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["mlflow.note.content"].startswith("crossfuse pipeline on noise")
+    assert run.data.tags["mlflow.source.name"] == "crossfuse pipeline (pipelines/multimodal_fusion.py)"
+    [used] = run.inputs.dataset_inputs
+    assert used.dataset.name == "noise"
+    assert used.dataset.digest == run.data.tags["data.manifest_sha256"][:36]
 
 
 def test_an_explicit_fused_method_that_does_not_beat_text_alone_is_refused(noise_images, tmp_path):

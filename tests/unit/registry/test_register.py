@@ -84,8 +84,9 @@ def test_promote_by_hand_and_list(registry, capsys):
     assert "m: champion -> v1 (was v2)" in capsys.readouterr().out
     assert main(["models", "--model", "m", *tracking]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1].split()[:4] == ["m", "2", "challenger", "promoted"]
-    assert "champion" in out[3] and "rollback" in out[4]
+    assert out[0] == f"store: {registry.uri}"  # the store it read, named
+    assert out[2].split()[:4] == ["m", "2", "challenger", "promoted"]
+    assert "champion" in out[4] and "rollback" in out[5]
     assert main(["promote", "--model", "m", "--version", "7", *tracking]) == 2
 
 
