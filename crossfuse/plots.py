@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -50,7 +51,8 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    # Wrapped to the figure's width: a long title was cut off at the edges.
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(size * 7))), fontsize=9)
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):

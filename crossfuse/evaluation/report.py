@@ -55,8 +55,20 @@ th { background: #f6f8fa; } img { max-width: 100%; border: 1px solid #eee; margi
 """
 
 
-def _fmt(value) -> str:
+COUNT_SUFFIXES = ("support", "samples", "parameters", "encoded", "hits", "rows", "epoch", "epochs_run")
+
+
+def _fmt(value, name: str = "") -> str:
+    """A cell: counts as whole numbers, scores with four decimals.
+
+    >>> _fmt(149.0, "test_samples"), _fmt(91.0, "support"), _fmt(0.81234, "test_macro_f1")
+    ('149', '91', '0.8123')
+    >>> _fmt(1.0, "test_macro_f1"), _fmt(12345.6, "latency")
+    ('1.0000', '12,346')
+    """
     if isinstance(value, float):
+        if value.is_integer() and str(name).endswith(COUNT_SUFFIXES):
+            return f"{value:,.0f}"
         return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
     return html.escape(str(value))
 
@@ -66,8 +78,8 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> str:
         return ""
     columns = columns or list(rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in columns) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''), r.get('metric', c))}</td>"
+                                    for c in columns) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
