@@ -104,16 +104,33 @@ def git_commit(path: Path) -> str:
         return "unknown"
 
 
+def code_version() -> str:
+    """The code that ran: the git commit of crossfuse's own checkout, else its installed version.
+
+    It was the commit of the *data's* folder, so a run on data outside the repository
+    said "unknown" for the code.
+    """
+    commit = git_commit(Path(__file__).resolve().parent)
+    if commit != "unknown":
+        return commit
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"crossfuse {version('crossfuse')} (installed package, not a git checkout)"
+    except PackageNotFoundError:
+        return "unknown (not a git checkout, not an installed package)"
+
+
 def data_version(data_path: Path, pinned: dict | None = None,
                  remote: str | None = None) -> dict[str, str]:
     """How to find this exact data again.
 
     ``data.dvc_md5``: the md5 the run pinned (``pinned``, pulled from ``remote``) or the
     one in ``<folder>.dvc`` next to the dataset; ``data.manifest_sha256``: the manifest's
-    hash (any dataset); ``git.commit``: the code.
+    hash (any dataset); ``git.commit``: the code (:func:`code_version`).
     """
     data_path = Path(data_path).resolve()
-    version = {"data.path": str(data_path), "git.commit": git_commit(data_path.parent),
+    version = {"data.path": str(data_path), "git.commit": code_version(),
                "data.manifest_sha256": _file_hash(data_path / MANIFEST_NAME)}
     dvc_file = data_path.with_name(data_path.name + ".dvc")
     if pinned:
