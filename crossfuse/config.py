@@ -490,7 +490,7 @@ def unknown_names(cfg: RunConfig) -> list[str]:
     >>> unknown_names(RunConfig(fusion={"method": "nope"}))[0][:57]
     "fusion.method: 'nope' is not a fusion method; choose auto"
     """
-    from crossfuse.encoders import ENCODERS
+    from crossfuse.encoders import known_encoders
     from crossfuse.fusion import FUSION_METHODS
 
     methods = sorted(FUSION_METHODS)
@@ -505,7 +505,7 @@ def unknown_names(cfg: RunConfig) -> list[str]:
     for modality, name in cfg.extract.encoders.items():
         if name.startswith("hf:"):
             continue
-        known = sorted(n for n, (m, _) in ENCODERS.items() if m == modality)
+        known = known_encoders(modality)
         if name not in known:
             problems.append(f"extract.encoders.{modality}: {name!r} is not an encoder for {modality}; "
                             f"choose {', '.join(known) or 'none built in'} or hf:<model id or "

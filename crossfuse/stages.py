@@ -71,10 +71,11 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     preflight(cfg, folders=False)  # before MLflow's client retries an unreachable server for minutes
     with stage_run(cfg, run_id, "validate") as run:
         cfg = materialise_data(cfg)
-        mlflow.set_tags(data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote))
+        version = data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote)
+        mlflow.set_tags(version)
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
         report = validate(cfg, Path(cfg.data.path), out_dir)
-        log_dataset(cfg)
+        log_dataset(cfg, version)
         say(report.summary())
         mlflow.log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
                             "validation_rejected": report.n_rejected})
@@ -87,11 +88,11 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     return run.info.run_id, report
 
 
-def log_dataset(cfg: RunConfig) -> None:
-    """The manifest as the run's input dataset; its digest is the DVC md5 (or the manifest's hash)."""
+def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
+    """The manifest as the run's input dataset; its digest is the DVC md5, else the manifest's
+    hash (both from ``version``, :func:`crossfuse.tracking.data_version`)."""
     from crossfuse.data.manifest import MANIFEST_NAME
 
-    version = data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote)
     manifest = Path(cfg.data.path) / MANIFEST_NAME
     if not manifest.is_file():
         return

@@ -43,7 +43,6 @@ from crossfuse.training.selection import (
     UNIMODAL,
     UNIMODAL_METHOD,
     bagged,
-    fold_plan,
     refit,
     select_model,
 )
@@ -84,7 +83,7 @@ def _auto(fs: FeatureSet, cfg: RunConfig, seed: int) -> list[tuple[str, float, f
     by_name = {c.name: c for c in selection.ranked}
     bagged_f1 = _test_f1(bagged(selection.winner, by_name), fs)
     chosen = time.perf_counter() - start
-    refit_f1 = _test_f1(refit(selection.winner, by_name, fs, fold_plan(fs, cfg), seed), fs)
+    refit_f1 = _test_f1(refit(selection.winner, by_name, fs, seed), fs)
     extra = {"winner": selection.winner.name, "cv_macro_f1": round(selection.winner.mean, 4)}
     return [(AUTO, bagged_f1, chosen, extra),
             (REFIT, refit_f1, time.perf_counter() - start, extra)]

@@ -32,25 +32,24 @@ def content_keys(frame: pd.DataFrame, root: Path, modalities: list[str]) -> list
     Media that cannot be read (missing, outside the folder, unreadable) give no key:
     validation rejects those rows for their own reason.
     """
-    keys: list[str | None] = []
-    for _, row in frame.iterrows():
-        digest, has_content = hashlib.sha256(), False
-        for m in modalities:
-            value = str(row.get(m, "") or "")
+    return [_row_key(row, root, modalities) for _, row in frame.iterrows()]
+
+
+def _row_key(row: pd.Series, root: Path, modalities: list[str]) -> str | None:
+    digest, has_content = hashlib.sha256(), False
+    for m in modalities:
+        value = str(row.get(m, "") or "")
+        if not value:
             part = MISSING
-            if value and m in PATH_MODALITIES:
-                part = _file_bytes(root, value)
-                if part is None:
-                    break
-            elif value:
-                part = normalise_text(value).encode("utf-8")
-            has_content |= part != MISSING
-            digest.update(m.encode() + b"\x00" + hashlib.sha256(part).digest())
+        elif m in PATH_MODALITIES:
+            part = _file_bytes(root, value)
+            if part is None:
+                return None
         else:
-            keys.append(digest.hexdigest() if has_content else None)
-            continue
-        keys.append(None)
-    return keys
+            part = normalise_text(value).encode("utf-8")
+        has_content |= part is not MISSING
+        digest.update(m.encode() + b"\x00" + hashlib.sha256(part).digest())
+    return digest.hexdigest() if has_content else None
 
 
 def _file_bytes(root: Path, relative: str) -> bytes | None:

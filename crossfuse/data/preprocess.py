@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 SAMPLES_FILE = "samples.parquet"
 LABELS_FILE = "labels.json"
 TARGETS_FILE = "targets.json"
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,8 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     frame["split"] = row_splits(frame, cfg.preprocess.split,
                                 content_keys(frame, manifest.root, cfg.modalities))
     frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)
-    bad = [(line, split_problem(v)) for line, v in zip(frame["line"], frame["split"], strict=True)
-           if split_problem(v)]
+    bad = [(line, why) for line, v in zip(frame["line"], frame["split"], strict=True)
+           if (why := split_problem(v))]
     if bad:
         raise ManifestError(f"{manifest.path} " + "; ".join(f"line {line}: {why}"
                                                           for line, why in bad[:5])

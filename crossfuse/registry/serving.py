@@ -169,33 +169,32 @@ class FusionPredictor:
                     padded["tokens"], padded["mask"]
         return vectors, tokens
 
-    def _prepare(self, modality: str, values: list, rows: list[int]) -> list:
-        """Normalised texts or decoded RGB images for ``rows``; :class:`InvalidInput` if any fail."""
+    def _prepare(self, modality: str, values: list) -> tuple[list[int], list, list[str]]:
+        """(present rows, their normalised texts or decoded RGB images, problems) for raw values."""
+        rows = [r for r, v in enumerate(values) if not _is_missing(v)]
         if modality == "text":
-            return [normalise_text(values[r], self.cfg.preprocess.lowercase_text) for r in rows]
+            return rows, [normalise_text(values[r], self.cfg.preprocess.lowercase_text)
+                          for r in rows], []
         items, problems = [], []
         for r in rows:
             try:
                 items.append(decode_image(values[r], self.cfg.preprocess.image_size, self.media_root))
             except ValueError as exc:
                 problems.append(f"row {r}, column {modality!r}: {exc}")
-        if problems:
-            raise InvalidInput(problems)
-        return items
+        return rows, items, problems
 
-    def _encode(self, modality: str, values: list):
-        """(vectors [N, D], present [N], tokens ([N, L, D], [N, L]) or None) for raw values."""
-        present = torch.tensor([not _is_missing(v) for v in values], dtype=torch.bool)
-        rows = present.nonzero().flatten().tolist()
-        items = self._prepare(modality, values, rows)
+    def _encode(self, modality: str, n: int, rows: list[int], items: list):
+        """(vectors [N, D], present [N], tokens ([N, L, D], [N, L]) or None) of ``n`` rows,
+        ``items`` being the prepared values of ``rows`` (the rest are missing)."""
+        present = torch.zeros(n, dtype=torch.bool)
+        present[rows] = True
         found, found_tokens = self.encode_items(modality, items)
         dim, length = self.meta["dims"][modality], self.cfg.extract.max_tokens
-        vectors = torch.zeros(len(values), dim)
+        vectors = torch.zeros(n, dim)
         vectors[rows] = found
         tokens = None
         if found_tokens is not None:
-            tokens = (torch.zeros(len(values), length, dim),
-                      torch.zeros(len(values), length, dtype=torch.bool))
+            tokens = (torch.zeros(n, length, dim), torch.zeros(n, length, dtype=torch.bool))
             tokens[0][rows], tokens[1][rows] = found_tokens
         return vectors, present, tokens
 
@@ -207,10 +206,17 @@ class FusionPredictor:
         problems = check_request(frame, self.modalities)
         if problems:
             raise InvalidInput(problems)
-        vectors, present, tokens = {}, {}, {}
+        prepared = {}
         for m in self.modalities:
             values = frame[m].tolist() if m in frame.columns else [None] * len(frame)
-            vectors[m], present[m], tokens[m] = self._encode(m, values)
+            rows, items, found = self._prepare(m, values)
+            prepared[m] = rows, items
+            problems += found
+        if problems:
+            raise InvalidInput(problems)
+        vectors, present, tokens = {}, {}, {}
+        for m, (rows, items) in prepared.items():
+            vectors[m], present[m], tokens[m] = self._encode(m, len(frame), rows, items)
         with torch.inference_mode():
             return self.head.eval().forward_all(vectors, present,
                                                 tokens if self.head.spec.token_inputs else None)

@@ -129,13 +129,13 @@ class Selection:
 
     def verdict(self) -> str:
         """In plain words: did fusion help on this data, and by how much."""
-        fused, single = self.best("fused"), self.best("unimodal")
-        w = self.winner
-        if single is None or fused is None:
+        w, single = self.winner, self.best("unimodal")
+        best = max((c for c in self.ranked if c.kind != "unimodal"), key=lambda c: c.mean,
+                   default=None)  # the best fused model or ensemble
+        if single is None or best is None:
             return f"chose {w.name} (CV macro-F1 {w.mean:.4f} ± {w.std:.4f})"
         if w.kind == "unimodal":
             alone = w.name[len(UNIMODAL):]
-            best = max((c for c in self.ranked if c.kind != "unimodal"), key=lambda c: c.mean)
             if best.mean <= w.mean:
                 return (f"fusion did not help on this data: {alone} alone scored {w.mean:.4f} CV "
                         f"macro-F1, {w.mean - best.mean:.4f} above the best fused model "
@@ -349,15 +349,14 @@ def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | 
 
 
 def refit(candidate: Candidate, by_name: dict[str, Candidate], fs: FeatureSet,
-          plan: tuple[np.ndarray, np.ndarray, list[int]], seed: int) -> FusionHead | FusionEnsemble:
+          seed: int) -> FusionHead | FusionEnsemble:
     """What ships for ``candidate`` refitted: one model per (member) candidate on all train+val.
 
     Each is trained with its candidate's settings for the median of its folds' best epochs
     (:func:`crossfuse.training.loop.fit_epochs`); there is no row left to early-stop on.
     """
-    rows = plan[0]
     split = fs.index["split"].to_numpy().copy()
-    split[rows] = "train"
+    split[np.isin(split, ["train", "val"])] = "train"
     everything = dataclasses.replace(fs, index=fs.index.assign(split=split))
 
     def one(c: Candidate) -> list[FusionHead]:
@@ -387,7 +386,7 @@ def shipped(selection: Selection, fs: FeatureSet, cfg: RunConfig, candidate: Can
     candidate = candidate or selection.winner
     by_name = {c.name: c for c in selection.ranked}
     if cfg.fusion.auto.ship == "refit":
-        return refit(candidate, by_name, fs, fold_plan(fs, cfg), cfg.seed)
+        return refit(candidate, by_name, fs, cfg.seed)
     return bagged(candidate, by_name)
 
 
