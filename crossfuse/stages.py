@@ -47,11 +47,12 @@ from crossfuse.data.validation import (
     warnings_from_tags,
 )
 from crossfuse.evaluation.evaluate import EvaluationResult, evaluate
-from crossfuse.evaluation.report import REPORT_FILE, render_report
+from crossfuse.evaluation.examples import REQUEST_EXAMPLE_FILE
+from crossfuse.evaluation.report import REPORT_FILE, headline, render_report
 from crossfuse.features.extract import ExtractResult, extract, merge_features
 from crossfuse.preflight import preflight
 from crossfuse.registry.register import RegisterResult, register
-from crossfuse.tracking import data_version, stage_run
+from crossfuse.tracking import data_version, log_metrics, stage_run
 from crossfuse.training.loop import TrainResult
 from crossfuse.training.selection import Candidate
 from crossfuse.training.train import SELECTION_FILE, train
@@ -77,7 +78,7 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
         report = validate(cfg, Path(cfg.data.path), out_dir)
         log_dataset(cfg, version)
         say(report.summary())
-        mlflow.log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
+        log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
                             "validation_rejected": report.n_rejected})
         mlflow.set_tags(validation_tags(report))
         mlflow.log_artifact(str(out_dir / "report.json"), "validation")
@@ -121,9 +122,9 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
                                f"{result.n_samples} used, {report.n_rejected} rejected")
         say(f"rows in {report.n_rows} = used {result.n_samples} + rejected "
             f"{report.n_rejected} (see validation/rejects.csv)")
-        mlflow.log_metrics({"rows_in": report.n_rows, "rows_used": result.n_samples,
+        log_metrics({"rows_in": report.n_rows, "rows_used": result.n_samples,
                             "rows_rejected": report.n_rejected})
-        mlflow.log_metrics({f"samples_{k}": v for k, v in result.split_counts.items()})
+        log_metrics({f"samples_{k}": v for k, v in result.split_counts.items()})
         mlflow.log_param("num_classes", len(result.labels))
     return result
 
@@ -159,11 +160,11 @@ def log_extract_result(result: ExtractResult) -> None:
     for m in result.dims:
         say(f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
             f"cache, {result.encoded[m]} encoded")
-        mlflow.log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
+        log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
                             f"features_{m}_encoded": result.encoded[m]})
         mlflow.log_param(f"features.{m}.dim", result.dims[m])
     for m, n in result.truncated.items():
-        mlflow.log_metric(f"features_{m}_truncated", n)
+        log_metrics({f"features_{m}_truncated": n})
         if n:
             say(f"extract {m}: {n} of {result.n_samples} items were longer than the "
                 f"encoder's input and were truncated")
@@ -176,7 +177,7 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
     def log_trial(number: int, params: dict, value: float) -> None:
         with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True):
             mlflow.log_params({"fusion.method": cfg.fusion.method, **params})
-            mlflow.log_metric("val_macro_f1", value)
+            log_metrics({"val_macro_f1": value})
 
     def log_candidate(candidate: Candidate) -> None:
         with mlflow.start_run(run_name=f"candidate-{candidate.name.replace(':', '-')}", nested=True):
@@ -184,15 +185,15 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
                                "modalities": "+".join(candidate.modalities),
                                **({"members": json.dumps(candidate.members)}
                                   if candidate.members else {})})
-            mlflow.log_metrics({"cv_macro_f1_mean": candidate.mean, "cv_macro_f1_std": candidate.std})
+            log_metrics({"cv_macro_f1_mean": candidate.mean, "cv_macro_f1_std": candidate.std})
             for fold, score in enumerate(candidate.fold_scores):
-                mlflow.log_metric("cv_macro_f1", score, step=fold)
+                log_metrics({"cv_macro_f1": score}, step=fold)
         say(f"  candidate {candidate.name:22s} CV macro-F1 {candidate.mean:.4f} ± "
             f"{candidate.std:.4f}")
 
     with stage_run(cfg, run_id, "train"):
         result = train(cfg, Path(features), model_dir,
-                       on_epoch=lambda epoch, m: mlflow.log_metrics(m, step=epoch),
+                       on_epoch=lambda epoch, m: log_metrics(m, step=epoch),
                        on_trial=log_trial, on_candidate=log_candidate)
         selection = model_dir / SELECTION_FILE
         if selection.is_file():
@@ -204,7 +205,7 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
                 f"{chosen['verdict']}")
         if result.searched:
             mlflow.log_params({f"search.best.{k}": v for k, v in result.searched.items()})
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                             "best_val_macro_f1": result.best_val_macro_f1,
                             "temperature": result.temperature})
     return result
@@ -214,7 +215,8 @@ EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diag
                         "modality_subsets.png", "modality_subsets.csv", "robustness.png",
                         "robustness.csv", "importance.png", "importance.csv", "efficiency.json",
                         "classification_report.json", "metrics.json", "predictions.parquet",
-                        "model_choice.csv", "model_choice.json")
+                        "model_choice.csv", "model_choice.json", "fused_vs_single.png",
+                        "training_curves.png", "misclassified.json", "request_example.json")
 
 
 def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
@@ -227,7 +229,7 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir,
                           preprocessed=preprocessed, context=context,
                           data_warnings=warnings_from_tags(run.data.tags))
-        mlflow.log_metrics(result.metrics)
+        log_metrics(result.metrics)
         say(headline(result.metrics))
         per_target = sorted(out_dir.glob("*_matrix_*.png")) + sorted(out_dir.glob("*_report_*.json"))
         for path in [out_dir / name for name in EVALUATION_ARTIFACTS] + per_target:
@@ -236,22 +238,10 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
     return result
 
 
-def headline(metrics: dict[str, float]) -> str:
-    """One line: test macro-F1 beside the best single modality's, and the gain in words.
-
-    >>> headline({"test_macro_f1": 0.8, "baseline_text_test_macro_f1": 0.85,
-    ...           "baseline_image_test_macro_f1": 0.6, "fusion_gain_macro_f1": -0.05})
-    'test macro-F1 0.8000; best single modality text 0.8500: fusion LOST 0.0500 to it'
-    """
-    line = f"test macro-F1 {metrics['test_macro_f1']:.4f}"
-    singles = {k[len("baseline_"):-len("_test_macro_f1")]: v for k, v in metrics.items()
-               if k.startswith("baseline_") and k.endswith("_test_macro_f1")}
-    gain = metrics.get("fusion_gain_macro_f1")
-    if singles and gain is not None:
-        best = max(singles, key=singles.get)
-        verdict = f"fusion gained {gain:+.4f}" if gain >= 0 else f"fusion LOST {-gain:.4f} to it"
-        line += f"; best single modality {best} {singles[best]:.4f}: {verdict}"
-    return line
+def request_example(evaluation_dir: Path) -> dict | None:
+    """The evaluate stage's one-row client request (``request_example.json``), if it wrote one."""
+    path = Path(evaluation_dir) / REQUEST_EXAMPLE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
@@ -264,7 +254,7 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
         data_tags = {k: v for k, v in run.data.tags.items() if k.startswith("crossfuse.validation.")}
         result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id,
                           pd.read_parquet(predictions) if predictions.is_file() else None,
-                          data_tags=data_tags)
+                          data_tags=data_tags, input_example=request_example(evaluation_dir))
         mlflow.set_tag("crossfuse.model_version", result.version)
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
         mlflow.log_dict(decision, "registration.json")

@@ -94,6 +94,64 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
             "mlflow.source.type": "PROJECT"}
 
 
+# Metric names in MLflow are "<section>/<name>": the UI draws one collapsible section per
+# prefix instead of 77 unsorted charts. Inside crossfuse (metrics.json, the gate, the report)
+# names stay flat; :func:`ui_metric_name` and :func:`flat_metric_name` translate.
+# (flat prefix, section, the part of the flat name the section replaces); first match wins.
+METRIC_SECTIONS = (
+    ("test_precision_", "per_class", "test_"), ("test_recall_", "per_class", "test_"),
+    ("test_f1_", "per_class", "test_"),
+    ("test_ece", "calibration", "test_"), ("test_log_loss_calibrated", "calibration", "test_"),
+    ("temperature", "calibration", ""),
+    ("test_", "test", "test_"), ("fusion_", "fusion", "fusion_"),
+    ("baseline_", "baseline", "baseline_"), ("present_", "missing_modality", "present_"),
+    ("robustness_", "robustness", "robustness_"), ("importance_", "importance", "importance_"),
+    ("efficiency_", "efficiency", "efficiency_"), ("validation_", "validation", "validation_"),
+    ("rows_", "preprocess", ""), ("samples_", "preprocess", ""),
+    ("features_", "extract", "features_"),
+    ("train_", "train", ""), ("val_", "train", ""), ("best_", "train", ""),
+    ("epochs_", "train", ""), ("cv_", "train", ""),
+)
+
+
+def ui_metric_name(name: str) -> str:
+    """The MLflow name of a crossfuse metric: its section, a slash, the rest.
+
+    >>> ui_metric_name("test_macro_f1"), ui_metric_name("baseline_text_test_macro_f1")
+    ('test/macro_f1', 'baseline/text_test_macro_f1')
+    >>> ui_metric_name("test_ece_calibrated"), ui_metric_name("val_loss"), ui_metric_name("x")
+    ('calibration/ece_calibrated', 'train/val_loss', 'x')
+    """
+    for prefix, section, replaced in METRIC_SECTIONS:
+        if name.startswith(prefix):
+            return f"{section}/{name[len(replaced):]}"
+    return name
+
+
+def flat_metric_name(name: str) -> str:
+    """Inverse of :func:`ui_metric_name`; a name without a known section is returned as is
+    (runs logged before sections existed read the same).
+
+    >>> flat_metric_name("per_class/f1_circle"), flat_metric_name("train/val_loss")
+    ('test_f1_circle', 'val_loss')
+    """
+    section, _, rest = name.partition("/")
+    for prefix, candidate, replaced in METRIC_SECTIONS:
+        if candidate == section and (replaced + rest).startswith(prefix):
+            return replaced + rest
+    return name
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """``mlflow.log_metrics`` under the sectioned names (:func:`ui_metric_name`)."""
+    mlflow.log_metrics({ui_metric_name(k): v for k, v in metrics.items()}, step=step)
+
+
+def run_metrics(run) -> dict[str, float]:
+    """A run's latest metrics under crossfuse's flat names (``test_macro_f1``...)."""
+    return {flat_metric_name(k): v for k, v in run.data.metrics.items()}
+
+
 def git_commit(path: Path) -> str:
     """The git commit of the repository holding ``path``, or ``unknown`` outside git."""
     try:

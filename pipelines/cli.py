@@ -58,13 +58,15 @@ def print_run_summary(cfg: RunConfig, outputs: dict, log_path: Path | None = Non
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from crossfuse.tracking import run_metrics
+
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     client = MlflowClient()
     name = cfg.model_name()
     version = str(outputs.get("version", ""))
     mv = client.get_model_version(name, version)
     run = client.get_run(mv.run_id)
-    metrics = run.data.metrics
+    metrics = run_metrics(run)
     if log_path is not None and log_path.is_file():
         client.log_artifact(mv.run_id, str(log_path), "logs")
     print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")

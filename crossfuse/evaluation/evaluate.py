@@ -39,9 +39,19 @@ from crossfuse.atomic import atomic_path, write_json, write_text
 from crossfuse.config import RunConfig
 from crossfuse.data.preprocess import read_samples
 from crossfuse.evaluation.efficiency import efficiency_metrics, inference_ms_per_sample, measure_serving
+from crossfuse.evaluation.examples import (
+    write_misclassified,
+    write_request_example,
+    write_training_curves,
+)
 from crossfuse.evaluation.importance import importance_metrics, modality_importance, plot_importance
 from crossfuse.evaluation.modality_subsets import plot_subset_heatmap, subset_metrics
-from crossfuse.evaluation.report import DATA_WARNINGS_FILE, render_report
+from crossfuse.evaluation.report import (
+    DATA_WARNINGS_FILE,
+    FUSED_VS_SINGLE_FILE,
+    render_report,
+    single_modality_scores,
+)
 from crossfuse.evaluation.robustness import (
     feature_noise_rows,
     noise_levels,
@@ -53,7 +63,7 @@ from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import FUSION_METHODS, FusionHead, load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
 from crossfuse.metrics import SplitScores, classification_metrics, metric_name, predict_split
-from crossfuse.plots import plot_confusion
+from crossfuse.plots import plot_confusion, plot_fused_vs_single
 from crossfuse.registry.serving import FusionPredictor
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
 from crossfuse.training.loop import fit
@@ -256,7 +266,8 @@ def efficiency_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_d
     return efficiency_metrics(head, features_ms, serving)
 
 
-def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarray, out_dir: Path) -> None:
+def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarray,
+                      out_dir: Path) -> pd.DataFrame:
     """``predictions.parquet``: id, label, predicted and the calibrated ``p_<class>`` per test row."""
     test_index = fs.index[fs.index["split"] == "test"].reset_index(drop=True)
     predictions = pd.DataFrame({"id": test_index["id"], "label": test_index["label"],
@@ -265,6 +276,7 @@ def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarra
         predictions[f"p_{name}"] = calibrated[:, i]
     with atomic_path(out_dir / "predictions.parquet") as tmp:
         predictions.to_parquet(tmp, index=False)
+    return predictions
 
 
 def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
@@ -298,13 +310,19 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     metrics.update(model_choice_section(model_dir, out_dir))
     if multimodal and cfg.evaluate.unimodal_baselines:
         metrics.update(baseline_section(cfg, fs, model_dir, modalities, metrics["test_macro_f1"]))
+        plot_fused_vs_single((meta.get("chosen") or cfg.fusion.method, metrics["test_macro_f1"]),
+                             single_modality_scores(metrics), out_dir / FUSED_VS_SINGLE_FILE)
     metrics.update(robustness_section(cfg, head, fs, model_dir, out_dir, samples, preprocessed))
     if multimodal:
         metrics.update(importance_section(cfg, head, fs, out_dir))
     if cfg.evaluate.efficiency:
         metrics.update(efficiency_section(cfg, head, fs, model_dir, out_dir, samples, preprocessed))
 
-    write_predictions(fs, scores, calibrated, out_dir)
+    predictions = write_predictions(fs, scores, calibrated, out_dir)
+    write_misclassified(predictions, samples, preprocessed, out_dir)
+    write_training_curves(model_dir, out_dir)
+    if samples is not None:
+        write_request_example(raw_test_inputs(fs, samples, preprocessed, modalities, 1), out_dir)
     write_json(out_dir / "classification_report.json", report)
     write_json(out_dir / DATA_WARNINGS_FILE, list(data_warnings or []))
     write_json(out_dir / "metrics.json", metrics, sort_keys=True)  # last: the stage's result

@@ -1,10 +1,13 @@
 """One self-contained HTML report of an evaluation folder (plots embedded as base64 PNG).
 
 It opens in the MLflow UI's artifact viewer (``evaluation/report.html``) and is the
-KFP evaluate component's ``Output[HTML]``. Sections appear when their files exist:
-headline metrics, per-class report, confusion matrix, calibration, missing-modality
-matrix, noise robustness, modality importance, efficiency, extra targets, and — once
-the register stage has run — the promotion decision with the numbers it compared.
+KFP evaluate component's ``Output[HTML]``. It leads with the answer: the promotion
+decision (once the register stage has run), the model beside each single modality with
+the fusion gain in words (red when fusion lost), the headline metrics. Then the sections
+whose files exist: promotion checks, data warnings, model choice, per class and confusion
+matrix, misclassified examples, training curves, calibration, missing modalities, noise
+robustness, modality importance, efficiency, extra targets; the run's facts last.
+The page is the jinja2 template ``templates/report.html.j2``; every value is escaped.
 
 Example
 -------
@@ -15,17 +18,21 @@ PosixPath('eval/report.html')
 from __future__ import annotations
 
 import base64
-import html
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from crossfuse.atomic import write_json, write_text
+from crossfuse.evaluation.examples import CURVES_FILE, MISCLASSIFIED_FILE
 
 REPORT_FILE = "report.html"
 CONTEXT_FILE = "report_context.json"
 DATA_WARNINGS_FILE = "data_warnings.json"
+FUSED_VS_SINGLE_FILE = "fused_vs_single.png"
 HEADLINE = ["test_accuracy", "test_macro_f1", "test_micro_f1", "test_auroc_ovr", "test_auprc_ovr",
             "test_log_loss", "test_log_loss_calibrated", "test_ece", "test_ece_calibrated",
             "fusion_gain_macro_f1", "test_samples"]
@@ -42,19 +49,6 @@ def is_headline(metric: str) -> bool:
     return metric in HEADLINE or metric.startswith(HEADLINE_PREFIXES)
 
 
-_STYLE = """
-body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px;
-       color: #1f2328; max-width: 1100px; }
-h1 { font-size: 22px; } h2 { font-size: 17px; border-bottom: 1px solid #d0d7de; padding-top: 8px; }
-table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f6f8fa; } img { max-width: 100%; border: 1px solid #eee; margin: 4px 0; }
-.promoted { color: #1a7f37; font-weight: 600; } .rejected { color: #cf222e; font-weight: 600; }
-.note { color: #57606a; font-size: 13px; }
-"""
-
-
 COUNT_SUFFIXES = ("support", "samples", "parameters", "encoded", "hits", "rows", "epoch", "epochs_run")
 
 
@@ -63,155 +57,228 @@ def _fmt(value, name: str = "") -> str:
 
     >>> _fmt(149.0, "test_samples"), _fmt(91.0, "support"), _fmt(0.81234, "test_macro_f1")
     ('149', '91', '0.8123')
-    >>> _fmt(1.0, "test_macro_f1"), _fmt(12345.6, "latency")
-    ('1.0000', '12,346')
+    >>> _fmt(1.0, "test_macro_f1"), _fmt(12345.6, "latency"), _fmt(None, "champion")
+    ('1.0000', '12,346', '—')
     """
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
     if isinstance(value, float):
         if value.is_integer() and str(name).endswith(COUNT_SUFFIXES):
             return f"{value:,.0f}"
         return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return html.escape(str(value))
+    return str(value)  # the template escapes it
 
 
-def _table(rows: list[dict], columns: list[str] | None = None) -> str:
-    if not rows:
-        return ""
-    columns = columns or list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''), r.get('metric', c))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _image_tag(path: Path | None, alt: str = "") -> Markup:
+    """An ``<img>`` with the PNG inlined, or nothing when the file does not exist."""
+    if path is None or not Path(path).is_file():
+        return Markup("")
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return Markup('<img alt="{}" src="data:image/png;base64,{}">').format(alt, data)
 
 
-def _image(path: Path, alt: str) -> str:
-    if not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+@lru_cache(maxsize=1)
+def _template():
+    environment = Environment(loader=PackageLoader("crossfuse.evaluation", "templates"),
+                              autoescape=select_autoescape(default=True), undefined=StrictUndefined)
+    environment.filters["cell"] = _fmt
+    environment.filters["img"] = _image_tag
+    return environment.get_template("report.html.j2")
+
+
+def _table(rows: list[dict], columns: list[str] | None = None) -> dict:
+    return {"columns": columns or (list(rows[0]) if rows else []), "rows": rows}
 
 
 def _csv_rows(path: Path) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if path.is_file() else []
 
 
-def _decision_section(decision: dict) -> str:
-    verdict = decision.get("decision", "")
-    css = "promoted" if verdict == "promoted" else "rejected"
-    parts = [f"<p><span class='{css}'>{html.escape(verdict)}</span> — "
-             f"{html.escape(decision.get('reason', ''))}</p>",
-             f"<p class='note'>model {html.escape(str(decision.get('model_name', '')))} "
-             f"v{html.escape(str(decision.get('version', '')))}; champion is now "
-             f"v{html.escape(str(decision.get('champion_version', '')))}</p>"]
-    parts.append(_table(decision.get("checks", []),
-                        ["check", "challenger", "champion", "limit", "passed", "detail"]))
-    return "".join(parts)
+def _read_json(path: Path, default):
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def headline(metrics: dict[str, float]) -> str:
+    """One line: test macro-F1 beside the best single modality's, and the gain in words.
+
+    >>> headline({"test_macro_f1": 0.8, "baseline_text_test_macro_f1": 0.85,
+    ...           "baseline_image_test_macro_f1": 0.6, "fusion_gain_macro_f1": -0.05})
+    'test macro-F1 0.8000; best single modality text 0.8500: fusion LOST 0.0500 to it'
+    """
+    line = f"test macro-F1 {metrics['test_macro_f1']:.4f}"
+    singles = single_modality_scores(metrics)
+    gain = metrics.get("fusion_gain_macro_f1")
+    if singles and gain is not None:
+        best = max(singles, key=singles.get)
+        verdict = f"fusion gained {gain:+.4f}" if gain >= 0 else f"fusion LOST {-gain:.4f} to it"
+        line += f"; best single modality {best} {singles[best]:.4f}: {verdict}"
+    return line
+
+
+def single_modality_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """``{modality: test macro-F1}`` of the single-modality baselines in ``metrics``."""
+    return {k[len("baseline_"):-len("_test_macro_f1")]: v for k, v in metrics.items()
+            if k.startswith("baseline_") and k.endswith("_test_macro_f1")}
+
+
+def _decision(decision: dict | None) -> dict:
+    if not decision:
+        return {"css": "neutral", "reason": "",
+                "headline": "Evaluated; not registered yet (the register stage adds its "
+                            "promotion decision here)."}
+    model = f"{decision.get('model_name', '')} v{decision.get('version', '')}"
+    champion = decision.get("champion_version") or "none"
+    if decision.get("decision") == "promoted":
+        return {"css": "good", "reason": decision.get("reason", ""),
+                "headline": f"Promoted: {model} is the champion."}
+    return {"css": "bad", "reason": decision.get("reason", ""),
+            "headline": f"Not promoted: {model} is the challenger; the champion stays "
+                        f"{'v' + champion if champion != 'none' else 'unset'}."}
+
+
+def _gain(metrics: dict[str, float]) -> dict | None:
+    gain = metrics.get("fusion_gain_macro_f1")
+    singles = single_modality_scores(metrics)
+    if gain is None or not singles:
+        return None
+    best = max(singles, key=singles.get)
+    if gain > 0:
+        words = f"fusion gained {gain:+.4f} over {best} alone"
+    elif gain == 0:
+        words = f"fusion scored exactly what {best} alone scored"
+    else:
+        words = f"fusion LOST {-gain:.4f} to {best} alone"
+    return {"css": "good" if gain > 0 else "bad",
+            "sentence": f"Test macro-F1 {metrics['test_macro_f1']:.4f}; {best} alone "
+                        f"{singles[best]:.4f}: {words}."}
 
 
 _SHIPPED = {"bagged": "as the average of its fold models",
             "refit": "refitted on all train+val rows"}
+
+_CURVE_SECTIONS = (
+    ("Missing modalities", "modality_subsets",
+     "The model trained once, scored with only these modalities present."),
+    ("Noise robustness", "robustness",
+     "Macro-F1 as one modality gets noisier (0 = clean, 1 = maximum); AUC = area under the curve."),
+    ("Modality importance", "importance",
+     "Macro-F1 lost when the modality is dropped (marked missing) or shuffled across test rows."),
+)
+
+_CONTEXT_LABELS = {"git.commit": "code version (crossfuse's git commit, else its package version)",
+                   "data.dvc_md5": "data version (DVC md5)", "run_id": "MLflow run"}
+
+
+def _section(title: str, note: str = "", tables: list[dict] | None = None,
+             images: list[Path] | None = None, **more) -> dict:
+    return {"title": title, "note": note, "tables": tables or [], "verdict": "", "bullets": [],
+            "examples": [], **more, "images": [{"data": p} for p in images or [] if p.is_file()]}
+
+
+def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | None) -> list[dict]:
+    """The report's sections below the answer, in reading order; a section whose files are
+    absent is left out."""
+    sections = []
+    if decision:
+        sections.append(_section(
+            "Promotion", f"model {decision.get('model_name', '')} v{decision.get('version', '')};"
+            f" champion is now v{decision.get('champion_version', '')}",
+            [_table(decision.get("checks", []),
+                    ["check", "challenger", "champion", "limit", "passed", "detail"])],
+            verdict=decision.get("reason", "")))
+    data_warnings = _read_json(eval_dir / DATA_WARNINGS_FILE, [])
+    if data_warnings:
+        sections.append(_section("Data warnings", "Validation passed with these findings "
+                                 "(validation/report.json); the model was trained on this data.",
+                                 bullets=data_warnings))
+    choice = _read_json(eval_dir / "model_choice.json", None)
+    if choice:
+        how = "a single stratified holdout" if choice["holdout"] else \
+            f"{choice['folds']}-fold stratified cross-validation"
+        sections.append(_section(
+            "Model choice (fusion.method: auto)",
+            f"Every candidate scored by {how} over the {choice['rows']} train+val rows (mean ± "
+            f"std of the folds' macro-F1); the winner ships "
+            f"{_SHIPPED[choice.get('shipped', 'bagged')]}.",
+            [_table(_csv_rows(eval_dir / "model_choice.csv"))], verdict=choice["verdict"]))
+    report = _read_json(eval_dir / "classification_report.json", {})
+    per_class = [{"class": name, **stats} for name, stats in report.items() if isinstance(stats, dict)]
+    if per_class:
+        sections.append(_section("Per class", "", [_table(
+            per_class, ["class", "precision", "recall", "f1-score", "support"])],
+            [eval_dir / "confusion_matrix.png"]))
+    wrong = _read_json(eval_dir / MISCLASSIFIED_FILE, None)
+    if wrong is not None:
+        total = int(metrics.get("test_samples", 0))
+        sections.append(_section(
+            "Misclassified examples", f"The most confident of the wrong test predictions "
+            f"(calibrated confidence){f', out of {total} test rows' if total else ''}."
+            if wrong else "No test row was misclassified.", examples=wrong))
+    if (eval_dir / CURVES_FILE).is_file():
+        sections.append(_section("Training curves", "Per epoch on the train and validation "
+                                 "splits; the dotted line is the epoch whose weights were kept.",
+                                 images=[eval_dir / CURVES_FILE]))
+    sections.append(_section(
+        "Calibration", "Temperature scaling fitted on the validation split; the served model "
+        "returns the calibrated probabilities.",
+        [_table([{"": "before", "ECE": metrics.get("test_ece", ""),
+                  "log loss": metrics.get("test_log_loss", "")},
+                 {"": "after", "ECE": metrics.get("test_ece_calibrated", ""),
+                  "log loss": metrics.get("test_log_loss_calibrated", "")}])],
+        [eval_dir / "reliability_diagram.png"]))
+    for title, stem, note in _CURVE_SECTIONS:
+        rows = _csv_rows(eval_dir / f"{stem}.csv")
+        if stem == "robustness" and rows:
+            rows = [{"curve": k, "AUC": v} for k, v in sorted(metrics.items())
+                    if k.startswith("robustness_")]
+        if rows:
+            sections.append(_section(title, note, [_table(rows)], [eval_dir / f"{stem}.png"]))
+    efficiency = [{"measure": k[len("efficiency_"):], "value": v}
+                  for k, v in sorted(metrics.items()) if k.startswith("efficiency_")]
+    if efficiency:
+        sections.append(_section("Efficiency", "", [_table(efficiency)]))
+    for path in sorted(eval_dir.glob("confusion_matrix_*.png")):
+        sections.append(_section(f"Target {path.stem[len('confusion_matrix_'):]}", images=[path]))
+    extra = sorted({k for k in metrics if k.startswith("test_") and k not in HEADLINE
+                    and not k.startswith(("test_precision_", "test_recall_", "test_f1_"))})
+    if extra:
+        sections.append(_section("Other test metrics", "", [_table(
+            [{"metric": k, "value": metrics[k]} for k in extra])]))
+    return sections
 
 
 def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None = None,
                   out: Path | None = None) -> Path:
     """Write the report of the files the evaluate stage wrote to ``eval_dir``.
 
+    It opens with the answer — the promotion decision, the model beside the best single
+    modality (the gain in words, red when fusion lost) and the headline metrics — then
+    the sections of :func:`report_sections`, then the run's facts.
+
     Parameters
     ----------
     eval_dir: the evaluation folder (``metrics.json`` at least).
-    context: title facts shown at the top (dataset, fusion method, run id, data version...),
-        added to those of an earlier rendering (kept in ``eval_dir/report_context.json``).
+    context: facts about the run (dataset, fusion method, run id, data version...), added
+        to those of an earlier rendering (kept in ``eval_dir/report_context.json``).
     decision: the register stage's gate result (``registration.json``), if it ran.
     out: where to write; default ``eval_dir/report.html`` (which also saves the context).
     """
     eval_dir = Path(eval_dir)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     saved = eval_dir / CONTEXT_FILE
-    context = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **context}
+    context = {**_read_json(saved, {}), **context}
     if out is None:
         write_json(saved, context)
-    sections = [f"<h1>crossfuse evaluation — {html.escape(context.get('dataset', ''))}</h1>",
-                _table([{"": k, "value": v} for k, v in context.items()])]
-    if decision:
-        sections += ["<h2>Promotion</h2>", _decision_section(decision)]
-    warnings_file = eval_dir / DATA_WARNINGS_FILE
-    data_warnings = json.loads(warnings_file.read_text()) if warnings_file.is_file() else []
-    if data_warnings:
-        sections += ["<h2>Data warnings</h2>",
-                     "<p class='note'>Validation passed with these findings "
-                     "(validation/report.json); the model was trained on this data.</p>",
-                     "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in data_warnings)
-                     + "</ul>"]
-
-    choice_file = eval_dir / "model_choice.json"
-    if choice_file.is_file():
-        choice = json.loads(choice_file.read_text())
-        how = "a single stratified holdout" if choice["holdout"] else f"{choice['folds']}-fold " \
-            "stratified cross-validation"
-        sections += ["<h2>Model choice (fusion.method: auto)</h2>",
-                     f"<p><b>{html.escape(choice['verdict'])}</b></p>",
-                     f"<p class='note'>Every candidate scored by {how} over the "
-                     f"{choice['rows']} train+val rows (mean ± std of the folds' macro-F1); the "
-                     f"winner ships {_SHIPPED[choice.get('shipped', 'bagged')]}.</p>",
-                     _table(_csv_rows(eval_dir / "model_choice.csv"))]
-
-    headline = [{"metric": k, "value": metrics[k]} for k in HEADLINE if k in metrics]
-    headline += [{"metric": k, "value": v} for k, v in sorted(metrics.items())
-                 if k.startswith("baseline_")]
-    sections += ["<h2>Test metrics</h2>", _table(headline),
-                 _image(eval_dir / "confusion_matrix.png", "confusion matrix")]
-
-    report_file = eval_dir / "classification_report.json"
-    if report_file.is_file():
-        report = json.loads(report_file.read_text())
-        per_class = [{"class": name, **{k: v for k, v in stats.items()}}
-                     for name, stats in report.items() if isinstance(stats, dict)]
-        sections += ["<h2>Per class</h2>",
-                     _table(per_class, ["class", "precision", "recall", "f1-score", "support"])]
-
-    sections += ["<h2>Calibration</h2>",
-                 "<p class='note'>Temperature scaling fitted on the validation split; the served "
-                 "model returns the calibrated probabilities.</p>",
-                 _table([{"": "before", "ECE": metrics.get("test_ece", ""),
-                          "log loss": metrics.get("test_log_loss", "")},
-                         {"": "after", "ECE": metrics.get("test_ece_calibrated", ""),
-                          "log loss": metrics.get("test_log_loss_calibrated", "")}]),
-                 _image(eval_dir / "reliability_diagram.png", "reliability diagram")]
-
-    for title, stem, note in (
-            ("Missing modalities", "modality_subsets",
-             "The model trained once, scored with only these modalities present."),
-            ("Noise robustness", "robustness",
-             "Macro-F1 as one modality gets noisier (0 = clean, 1 = maximum); AUC = area under "
-             "the curve."),
-            ("Modality importance", "importance",
-             "Macro-F1 lost when the modality is dropped (marked missing) or shuffled across "
-             "test rows.")):
-        rows = _csv_rows(eval_dir / f"{stem}.csv")
-        if stem == "robustness" and rows:
-            rows = [{"curve": k, "AUC": v} for k, v in sorted(metrics.items())
-                    if k.startswith("robustness_")]
-        if rows:
-            sections += [f"<h2>{title}</h2>", f"<p class='note'>{note}</p>", _table(rows),
-                         _image(eval_dir / f"{stem}.png", title)]
-
-    efficiency = {k: v for k, v in metrics.items() if k.startswith("efficiency_")}
-    if efficiency:
-        sections += ["<h2>Efficiency</h2>",
-                     _table([{"measure": k[len("efficiency_"):], "value": v}
-                             for k, v in sorted(efficiency.items())])]
-
-    for path in sorted(eval_dir.glob("confusion_matrix_*.png")):
-        sections += [f"<h2>Target {html.escape(path.stem[len('confusion_matrix_'):])}</h2>",
-                     _image(path, path.stem)]
-
-    extra = sorted({k for k in metrics if k.startswith("test_") and k not in HEADLINE
-                    and not k.startswith(("test_precision_", "test_recall_", "test_f1_"))})
-    if extra:
-        sections += ["<h2>Other test metrics</h2>",
-                     _table([{"metric": k, "value": metrics[k]} for k in extra])]
-
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>crossfuse report</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
+    headline_rows = [{"metric": k, "value": metrics[k]} for k in HEADLINE if k in metrics]
+    headline_rows += [{"metric": k, "value": v} for k, v in sorted(metrics.items())
+                      if k.startswith("baseline_")]
+    subtitle = " · ".join(f"{k} {context[k]}" for k in ("fusion", "modalities", "model")
+                          if context.get(k))
+    page = _template().render(
+        dataset=context.get("dataset", ""), subtitle=subtitle, decision=_decision(decision),
+        gain=_gain(metrics), images={"fused_vs_single": eval_dir / FUSED_VS_SINGLE_FILE},
+        headline=_table(headline_rows), sections=report_sections(eval_dir, metrics, decision),
+        run=_table([{"": _CONTEXT_LABELS.get(k, k), "value": v} for k, v in context.items()]))
     out = Path(out) if out is not None else eval_dir / REPORT_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, page)

@@ -25,6 +25,7 @@ from crossfuse.fusion.head import FusionHead, upgrade_state_dict
 WEIGHTS_FILE = "fusion_head.safetensors"
 SPEC_FILE = "fusion_spec.json"
 RUN_CONFIG_FILE = "run_config.json"  # the effective run config (after any search) of the model
+HISTORY_FILE = "training_history.json"  # per-epoch losses and scores of a single-method fit
 MEMBERS_DIR = "members"
 
 

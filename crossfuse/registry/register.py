@@ -48,8 +48,7 @@ from crossfuse.registry.promotion import (
     paired_bootstrap,
     require_metric,
 )
-from crossfuse.registry.serving import CrossfusePyfunc
-from crossfuse.tracking import sqlite_store_lock
+from crossfuse.tracking import run_metrics, sqlite_store_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def champion_metrics(client: MlflowClient, name: str) -> tuple[dict[str, float],
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    metrics = run_metrics(client.get_run(mv.run_id)) if mv.run_id else {}
     metrics.update({k[len(METRIC_TAG):]: float(v) for k, v in mv.tags.items()
                     if k.startswith(METRIC_TAG)})
     return metrics, str(mv.version)
@@ -112,11 +111,21 @@ def model_signature(model_dir: Path) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def log_pyfunc(model_dir: Path):
-    """Log the model folder as an MLflow pyfunc named ``model`` in the active run."""
-    return mlflow.pyfunc.log_model(name="model", python_model=CrossfusePyfunc(),
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def log_pyfunc(model_dir: Path, input_example: dict | None = None):
+    """Log the model folder as an MLflow pyfunc named ``model`` in the active run.
+
+    Logged as models-from-code (:mod:`crossfuse.registry.pyfunc_model`): the model holds
+    that source file, not a pickled object. ``input_example`` (one request row,
+    ``{column: value}``) is saved beside it and shown in the UI.
+    """
+    example = None if input_example is None else pd.DataFrame([input_example])
+    return mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
                                    artifacts={"model": str(model_dir)},
                                    signature=model_signature(model_dir),
+                                   input_example=example,
                                    pip_requirements=_pip_requirements())
 
 
@@ -169,18 +178,20 @@ def bootstrap_against(ours: pd.DataFrame | None, theirs: pd.DataFrame | None, ga
 
 def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: dict[str, float],
              run_id: str, predictions: pd.DataFrame | None = None,
-             data_tags: dict[str, str] | None = None) -> RegisterResult:
+             data_tags: dict[str, str] | None = None,
+             input_example: dict | None = None) -> RegisterResult:
     """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run).
 
     ``metrics`` are the evaluation's; the gate compares them with the champion's.
     ``predictions`` (the evaluation's ``predictions.parquet``) lets the gate compare both
     models on the same test rows with a paired bootstrap. ``data_tags`` (validation's
     rejected-row count and warnings) go onto the version with the decision, so the
-    audit shows what the data looked like.
+    audit shows what the data looked like. ``input_example``: one request row, logged with
+    the model.
     """
     client = MlflowClient()
     require_metric(metrics, gate.metric)  # before anything is logged
-    info = log_pyfunc(Path(model_dir))
+    info = log_pyfunc(Path(model_dir), input_example)
     # Decide and move the aliases as one step: a concurrent run must not compare against a
     # champion that is being replaced (SQLite stores; a server serialises its own writes).
     with sqlite_store_lock(mlflow.get_tracking_uri()):

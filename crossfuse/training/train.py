@@ -28,7 +28,7 @@ from crossfuse.atomic import write_json, write_text
 from crossfuse.config import RunConfig
 from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import FusionHead, save_fusion_head
-from crossfuse.fusion.model import RUN_CONFIG_FILE
+from crossfuse.fusion.model import HISTORY_FILE, RUN_CONFIG_FILE
 from crossfuse.metrics import predict_split
 from crossfuse.training.calibration import fit_temperature
 from crossfuse.training.loop import EpochCallback, TrainResult, fit
@@ -79,6 +79,8 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
     save_fusion_head(head, Path(model_dir),
                      extra=model_extras(fs, result.temperature, best_epoch=result.best_epoch))
     write_text(Path(model_dir) / RUN_CONFIG_FILE, effective.to_json())
+    write_json(Path(model_dir) / HISTORY_FILE, {"best_epoch": result.best_epoch,
+                                                "history": result.history})
     result.checkpoint.unlink(missing_ok=True)  # the model is saved: the checkpoint is done
     return result
 

@@ -27,6 +27,7 @@ from components import (
     train,
     validate,
 )
+from crossfuse.tracking import run_metrics
 
 
 def artifact(cls, root: Path, name: str):
@@ -120,9 +121,11 @@ def test_one_mlflow_run_holds_every_stage(pipeline_run):
         assert run.data.tags[f"crossfuse.stage.{stage}"] == "done"
     assert run.data.tags["data.manifest_sha256"]
     assert run.data.params["fusion.method"] == "concat"
-    assert {"test_macro_f1", "validation_rows", "samples_train"} <= set(run.data.metrics)
-    curve = client.get_metric_history(run.info.run_id, "val_macro_f1")
-    assert len(curve) == int(run.data.metrics["epochs_run"]) and curve[0].step == 1
+    # Sectioned names, so the MLflow UI groups the charts (test/, validation/, train/...).
+    assert {"test/macro_f1", "validation/rows", "preprocess/samples_train",
+            "baseline/text_test_macro_f1", "calibration/ece"} <= set(run.data.metrics)
+    curve = client.get_metric_history(run.info.run_id, "train/val_macro_f1")
+    assert len(curve) == int(run.data.metrics["train/epochs_run"]) and curve[0].step == 1
     paths = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in paths
 
@@ -140,6 +143,25 @@ def test_register_sets_aliases_and_tags(pipeline_run):
     assert json.loads(mv.tags["crossfuse.gate"])[0]["detail"] == "no champion yet"
     run_tags = client.get_run(pipeline_run["run_id"]).data.tags
     assert run_tags["crossfuse.decision"] == "promoted"  # the run carries the decision too
+
+
+def test_the_registered_model_is_code_and_weights_with_an_example_request(pipeline_run, tmp_path):
+    from mlflow.models import Model
+
+    name = pipeline_run["cfg"].model_name()
+    uri = f"models:/{name}@champion"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    files = {p.name for p in local.rglob("*")}
+    assert "python_model.pkl" not in files and "pyfunc_model.py" in files  # models-from-code
+    assert "fusion_head.safetensors" in files
+    model = Model.load(str(local))
+    example = model.load_input_example(str(local))
+    assert list(example.columns) == ["image", "text"] and len(example) == 1
+    # The example is a real request: the served model answers it.
+    served = mlflow.pyfunc.load_model(uri).predict(example)
+    labels = pd.read_parquet(Path(pipeline_run["artifacts"]["evaluation"].path)
+                             / "predictions.parquet")["label"]
+    assert served["label"].iloc[0] in set(labels)
 
 
 def test_robustness_sweeps(pipeline_run):
@@ -172,17 +194,22 @@ def test_importance_and_efficiency(pipeline_run):
     assert efficiency["samples"] == m["test_samples"]  # 64 asked, the test split is smaller
     assert efficiency["peak_rss_mb"] > 50 and efficiency["raw_ms_per_sample_batched"] > 0
     assert efficiency["encoder_parameters"]["text"] > 0
-    run = MlflowClient().get_run(pipeline_run["run_id"]).data.metrics
+    run = run_metrics(MlflowClient().get_run(pipeline_run["run_id"]))
     assert run["efficiency_head_parameters"] > 0 and run["efficiency_features_ms_per_sample"] > 0
 
 
 def test_report_is_one_html_page_in_kfp_and_mlflow(pipeline_run, tmp_path):
     a = pipeline_run["artifacts"]
     page = Path(a["report"].path).read_text()
-    for section in ("Test metrics", "Per class", "Calibration", "Missing modalities",
-                    "Noise robustness", "Modality importance", "Efficiency"):
+    for section in ("Test metrics", "Per class", "Misclassified examples", "Training curves",
+                    "Calibration", "Missing modalities", "Noise robustness",
+                    "Modality importance", "Efficiency", "Run"):
         assert f"<h2>{section}</h2>" in page
-    assert page.count("data:image/png;base64,") == 5  # every plot embedded: no loose files
+    # Every plot embedded (the fused-vs-single bars, confusion, curves, reliability, subsets,
+    # robustness, importance): no loose files.
+    assert page.count('src="data:image/png;base64,') >= 7 and page.count("src=") == page.count(
+        'src="data:image/png;base64,')
+    assert page.index("fusion gained") < page.index("<h2>Test metrics</h2>")
     # In MLflow the register stage re-renders it with the promotion decision.
     local = mlflow.artifacts.download_artifacts(run_id=pipeline_run["run_id"],
                                                 artifact_path="evaluation/report.html",

@@ -10,6 +10,8 @@ import yaml
 from conftest import build_config, top_level
 from mlflow.tracking import MlflowClient
 
+from crossfuse.tracking import run_metrics
+
 pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
 
 
@@ -40,7 +42,7 @@ def test_both_finish_and_register(two_runs):
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
     for run in runs:  # each run holds its own complete record
         assert run.data.tags["crossfuse.stage.register"] == "done"
-        assert run.data.metrics["rows_in"] == run.data.metrics["rows_used"] == 60
+        assert run_metrics(run)["rows_in"] == run_metrics(run)["rows_used"] == 60
     versions = client.search_model_versions(f"name='{cfg.model_name()}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
@@ -56,7 +58,7 @@ def test_shared_cache_gives_both_the_same_features(two_runs):
     client, cfg = MlflowClient(), two_runs["cfg"]
     exp = client.get_experiment_by_name(cfg.experiment_name())
     runs = top_level(client.search_runs([exp.experiment_id]))
-    a, b = (r.data.metrics for r in runs)
+    a, b = (run_metrics(r) for r in runs)
     # Whoever encoded an item, both read the same vectors: same data, config, seed, result.
     for name in ("test_macro_f1", "test_log_loss", "best_val_macro_f1"):
         assert a[name] == b[name]

@@ -14,6 +14,7 @@ import pytest
 from conftest import build_config, top_level
 from mlflow.tracking import MlflowClient
 
+from crossfuse.tracking import run_metrics
 from pipelines.runner import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
@@ -52,18 +53,18 @@ def test_one_finished_mlflow_run_per_pipeline_run(env):
     for run in (first, second):
         assert run.info.status == "FINISHED"
         assert {"test_accuracy", "test_macro_f1", "baseline_text_test_macro_f1"} <= set(
-            run.data.metrics)
+            run_metrics(run))
         arts = {a.path for a in env["client"].list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/confusion_matrix.png" in arts
     # Same data + config + seed: same metrics.
-    assert first.data.metrics["test_macro_f1"] == second.data.metrics["test_macro_f1"]
+    assert run_metrics(first)["test_macro_f1"] == run_metrics(second)["test_macro_f1"]
 
 
 def test_second_run_reuses_cached_features(env):
     first, second = runs(env)
-    assert first.data.metrics["features_image_encoded"] == 60
-    assert second.data.metrics["features_image_encoded"] == 0
-    assert second.data.metrics["features_text_cache_hits"] == 60
+    assert run_metrics(first)["features_image_encoded"] == 60
+    assert run_metrics(second)["features_image_encoded"] == 0
+    assert run_metrics(second)["features_text_cache_hits"] == 60
 
 
 def test_bad_data_stops_at_validation_and_moves_no_alias(env, tmp_path):
@@ -88,7 +89,7 @@ def test_extraction_parts_are_merged_into_one_feature_set(env):
 
     first = runs(env)[0]
     assert first.data.params["extract.parts"] == "2"
-    assert first.data.metrics["features_image_encoded"] == 60  # the parts' counts, summed
+    assert run_metrics(first)["features_image_encoded"] == 60  # the parts' counts, summed
     kfp_root = env["root"] / "kfp"
     merged = sorted(kfp_root.rglob("merge-features/features/index.parquet"))
     parts = sorted(kfp_root.rglob("extract/features/index.parquet"))

@@ -12,12 +12,14 @@ import csv
 import mlflow
 import numpy as np
 import pytest
+from markupsafe import escape
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from crossfuse import stages
 from crossfuse.config import load_config
 from crossfuse.data.sample import _caption
+from crossfuse.tracking import run_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +89,7 @@ def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images
     assert run.data.tags["crossfuse.validation.warning.01"].startswith(warning)
     assert champion.tags["crossfuse.validation.warning.01"].startswith(warning)
     assert champion.tags["crossfuse.validation.rejected"] == "0"
-    assert "Data warnings" in report and warning.replace("'", "&#x27;") in report
+    assert "Data warnings" in report and str(escape(warning)) in report
     # The UI is set up for review: a model-development experiment (it opens on runs, not
     # traces), a run that says what ran and where from, the dataset as the run's input.
     experiment = client.get_experiment(run.info.experiment_id)
@@ -105,7 +107,7 @@ def test_an_explicit_fused_method_that_does_not_beat_text_alone_is_refused(noise
     # through the real evaluate and register stages.
     _, run_id, result = run_stages(tmp_path, noise_images, "fusion.method=concat",
                                    "registry.guardrails.min_fusion_gain=0.01")
-    metrics = MlflowClient().get_run(run_id).data.metrics
+    metrics = run_metrics(MlflowClient().get_run(run_id))
     assert metrics["fusion_gain_macro_f1"] < 0.01
     assert not result.promoted and result.champion_version == ""  # no champion at all
     assert "fusion lost to one modality alone" in result.reason

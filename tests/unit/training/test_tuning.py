@@ -64,7 +64,7 @@ def test_train_stage_logs_trials_as_nested_runs(sample_dataset, make_config, tmp
     children = client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     assert sorted(r.info.run_name for r in children) == ["trial-000", "trial-001", "trial-002"]
-    assert all("val_macro_f1" in r.data.metrics for r in children)
+    assert all("train/val_macro_f1" in r.data.metrics for r in children)
     parent = client.get_run(run_id).data.params
     assert float(parent["search.best.lr"]) == result.searched["lr"]
     saved = RunConfig.model_validate(json.loads((tmp_path / "model" / "run_config.json").read_text()))
