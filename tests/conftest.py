@@ -113,6 +113,21 @@ def make_config(tmp_path, tiny_text_model, tiny_image_model):
     return build
 
 
+def run_stages(cfg: RunConfig, root: Path):
+    """Every stage in this process, as the pipeline chains them; outputs under ``root``.
+
+    Returns (run id, the register stage's result).
+    """
+    from crossfuse import stages
+
+    run_id, _ = stages.run_validate(cfg, None, root / "v")
+    stages.run_preprocess(cfg, run_id, root / "v", root / "pre")
+    stages.run_extract(cfg, run_id, root / "pre", root / "f")
+    stages.run_train(cfg, run_id, root / "f", root / "model")
+    stages.run_evaluate(cfg, run_id, root / "f", root / "model", root / "e", root / "pre")
+    return run_id, stages.run_register(cfg, run_id, root / "model", root / "e")
+
+
 def top_level(runs: list) -> list:
     """The pipeline runs among MLflow runs: not the nested ones (auto's candidates, search trials)."""
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_config, free_port, http_server
+from conftest import build_config, free_port, http_server, run_stages
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -41,18 +41,11 @@ def ui(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
     problem = _browser_problem()
     if problem:
         pytest.skip(f"browser test skipped: {problem}")
-    from crossfuse import stages
-
     root = tmp_path_factory.mktemp("ui")
     cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
                        "fusion.method=concat", "evaluate.efficiency=false",
                        "evaluate.robustness.raw=false")
-    run_id, _ = stages.run_validate(cfg, None, root / "v")
-    stages.run_preprocess(cfg, run_id, root / "v", root / "pre")
-    stages.run_extract(cfg, run_id, root / "pre", root / "f")
-    stages.run_train(cfg, run_id, root / "f", root / "model")
-    stages.run_evaluate(cfg, run_id, root / "f", root / "model", root / "e", root / "pre")
-    result = stages.run_register(cfg, run_id, root / "model", root / "e")
+    run_id, result = run_stages(cfg, root)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))

@@ -12,11 +12,11 @@ import csv
 import mlflow
 import numpy as np
 import pytest
+from conftest import run_stages
 from markupsafe import escape
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from crossfuse import stages
 from crossfuse.config import load_config
 from crossfuse.data.sample import _caption
 from crossfuse.tracking import run_metrics
@@ -47,7 +47,7 @@ def noise_images(tmp_path_factory):
     return root
 
 
-def run_stages(root, data, *overrides):
+def run_auto(root, data, *overrides):
     cfg = load_config(None, [f"data.path={data}", "data.name=noise", "fusion.auto.folds=3",
                              "fusion.auto.trials=2",
                              f"extract.cache_dir={root.parent / 'cache'}",
@@ -55,18 +55,13 @@ def run_stages(root, data, *overrides):
                              f"mlflow.artifact_root={root / 'mlartifacts'}",
                              f"train.checkpoint_dir={root / 'ckpt'}", "evaluate.efficiency=false",
                              "evaluate.robustness.raw=false", *overrides], env={}).resolved(root)
-    run_id, _ = stages.run_validate(cfg, None, root / "v")
-    stages.run_preprocess(cfg, run_id, root / "v", root / "pre")
-    stages.run_extract(cfg, run_id, root / "pre", root / "f")
-    stages.run_train(cfg, run_id, root / "f", root / "model")
-    stages.run_evaluate(cfg, run_id, root / "f", root / "model", root / "e", root / "pre")
-    result = stages.run_register(cfg, run_id, root / "model", root / "e")
+    run_id, result = run_stages(cfg, root)
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     return cfg, run_id, result
 
 
 def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images, tmp_path, capsys):
-    cfg, run_id, result = run_stages(tmp_path, noise_images)
+    cfg, run_id, result = run_auto(tmp_path, noise_images)
     out = capsys.readouterr().out
     assert "fusion did not help on this data" in out and "the model is text-only" in out
     assert result.promoted and result.champion_version == result.version
@@ -105,7 +100,7 @@ def test_an_explicit_fused_method_that_does_not_beat_text_alone_is_refused(noise
     # concat on noise images + captions scores what text alone scores (both separate the
     # classes): a gain of 0. Asking for a gain of at least 0.01 makes the gate refuse it,
     # through the real evaluate and register stages.
-    _, run_id, result = run_stages(tmp_path, noise_images, "fusion.method=concat",
+    _, run_id, result = run_auto(tmp_path, noise_images, "fusion.method=concat",
                                    "registry.guardrails.min_fusion_gain=0.01")
     metrics = run_metrics(MlflowClient().get_run(run_id))
     assert metrics["fusion_gain_macro_f1"] < 0.01
