@@ -52,7 +52,7 @@ def test_run_metrics_and_tags_over_http(server_run):
                 if "mlflow.parentRunId" not in {t["key"] for t in r["data"]["tags"]}]
     assert len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
     metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
-    assert {"test_macro_f1", "rows_in", "robustness_text_word_dropout_auc"} <= metrics
+    assert {"test/macro_f1", "preprocess/rows_in", "robustness/text_word_dropout_auc"} <= metrics
     tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
     assert tags["crossfuse.decision"] == "promoted"
 
