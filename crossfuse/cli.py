@@ -196,7 +196,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from crossfuse.data.sample import generate_sample_dataset
 
-    ds = generate_sample_dataset(Path(args.out), per_class=args.per_class, seed=args.seed)
+    ds = generate_sample_dataset(Path(args.out), per_class=args.per_class, seed=args.seed,
+                                 audio=args.audio)
     print(f"wrote {ds.n_samples} samples ({len(ds.labels)} classes) to {ds.root}")
     return 0
 
@@ -237,6 +238,8 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", default="data")
     gen.add_argument("--per-class", type=int, default=120)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--audio", action="store_true",
+                     help="also write an audio column: a tone whose pitch says the time of day")
     gen.set_defaults(func=cmd_generate)
     fetch = data_sub.add_parser("fetch", help="pull the data version a .dvc file pins from a "
                                               "DVC remote (no git checkout needed)")

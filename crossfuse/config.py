@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODALITIES = ("image", "text")
+MODALITIES = ("image", "text", "audio")
 
 
 def _refuse_unknown(keys, known: tuple[str, ...], what: str) -> None:
@@ -74,6 +74,10 @@ class ValidationConfig(_Section):
                                        "run (it cannot reach train, val and test).")
     max_image_pixels: int = Field(50_000_000, description="Larger images (width x height) are "
                                   "bad rows: a guard against decompression bombs.")
+    min_audio_seconds: float = Field(0.05, ge=0, description="Shorter audio is a bad row.")
+    max_audio_seconds: float = Field(600.0, gt=0, description="Longer audio is a bad row.")
+    max_audio_channels: int = Field(8, ge=1, description="Audio with more channels is a bad row "
+                                    "(1..this many are mixed down to mono).")
     labels: list[str] | None = Field(None, description="Declared label set; None accepts any.")
     allow_missing_modalities: bool = Field(
         False, description="Accept rows lacking some modality (at least one must be there).")
@@ -109,6 +113,9 @@ class SplitConfig(_Section):
 class PreprocessConfig(_Section):
     image_size: int = Field(224, description="Images are resized to this square size (pixels).")
     lowercase_text: bool = Field(False, description="Lowercase text before encoding.")
+    audio_seconds: float = Field(2.0, gt=0, description="Audio is mixed to mono, resampled to "
+                                 "its encoder's rate, peak-normalised, then cut or zero-padded "
+                                 "to this many seconds.")
     split: SplitConfig = Field(SplitConfig(), description="How rows are split when the "
                                "manifest has no split column.")
 

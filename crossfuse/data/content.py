@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from crossfuse.data.manifest import PATH_MODALITIES, resolve_media
+from crossfuse.data.manifest import resolve_media
+from crossfuse.data.modalities import get_modality
 from crossfuse.data.text import normalise_text
 
 MISSING = b"\x00missing"
@@ -41,7 +42,7 @@ def _row_key(row: pd.Series, root: Path, modalities: list[str]) -> str | None:
         value = str(row.get(m, "") or "")
         if not value:
             part = MISSING
-        elif m in PATH_MODALITIES:
+        elif get_modality(m).media:
             part = _file_bytes(root, value)
             if part is None:
                 return None

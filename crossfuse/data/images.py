@@ -90,3 +90,10 @@ def load_rgb(path: Path) -> Image.Image:
 def prepare_image(path: Path, size: int) -> Image.Image:
     """Decode ``path`` and resize it to ``size`` x ``size`` (bicubic) as RGB."""
     return load_rgb(path).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def pixel_noise(image: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
+    """Gaussian pixel noise: pixels scaled to [0, 1], std ``level``, clipped, back to 8 bits."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    noisy = np.clip(pixels + rng.normal(0.0, level, pixels.shape), 0.0, 1.0)
+    return Image.fromarray((noisy * 255.0).round().astype(np.uint8))

@@ -41,7 +41,6 @@ from crossfuse.config import RunConfig
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "label")
-PATH_MODALITIES = frozenset({"image"})
 
 
 class ManifestError(ValueError):

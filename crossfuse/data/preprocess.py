@@ -1,12 +1,16 @@
-"""Stage 2, preprocess: normalise text, decode and resize images, split deterministically.
+"""Stage 2, preprocess: prepare every modality's input, split deterministically.
 
 Output folder layout::
 
-    samples.parquet    one row per usable sample: id, line, label, split, text, image, extra targets
+    samples.parquet    one row per usable sample: id, line, label, split, one column per
+                       modality (text itself, media as paths in this folder), extra targets
     labels.json        the sorted class names; index = class id
     targets.json       {extra target: sorted class names} (multi-task runs)
     images/<h>.png     RGB, ``preprocess.image_size`` square, EXIF-rotated, alpha on white
+    audio/<h>.wav      mono float32 at the audio encoder's rate, peak-normalised,
+                       ``preprocess.audio_seconds`` long
 
+Each modality's preparation is its declaration's (:mod:`crossfuse.data.modalities`).
 The split is taken from the manifest's ``split`` column when present. Otherwise
 each id is hashed to train / val / test by the configured fractions, and rows that
 hold the same content are hashed together (:mod:`crossfuse.data.splits`).
@@ -31,10 +35,9 @@ import pandas as pd
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig
 from crossfuse.data.content import content_keys
-from crossfuse.data.images import prepare_image
 from crossfuse.data.manifest import ManifestError, load_run_manifest, resolve_media
+from crossfuse.data.modalities import Modality, get_modality
 from crossfuse.data.splits import SPLITS, row_splits, split_problem
-from crossfuse.data.text import normalise_text
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
@@ -51,9 +54,30 @@ class PreprocessResult:
     labels: list[str]
 
 
-def image_filename(sample_id: str) -> str:
-    """File name for a sample's preprocessed image (ids may hold any characters)."""
-    return hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:20] + ".png"
+def media_filename(sample_id: str, suffix: str) -> str:
+    """File name for a sample's preprocessed media file (ids may hold any characters)."""
+    return hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:20] + suffix
+
+
+def prepare_media(modality: Modality, frame: pd.DataFrame, root: Path, out_dir: Path,
+                  cfg: RunConfig) -> list[str]:
+    """Prepare every file of a media column into ``out_dir/<folder>/``; the new relative paths.
+
+    A missing cell stays missing (validation allowed it). Each file is written atomically.
+    """
+    (out_dir / modality.folder).mkdir(parents=True, exist_ok=True)
+    names = []
+    for sample_id, rel in progress(list(zip(frame["id"], frame[modality.name], strict=True)),
+                                   desc=f"preprocess {modality.name}", unit="file"):
+        if not rel:
+            names.append("")
+            continue
+        name = f"{modality.folder}/{media_filename(sample_id, modality.suffix)}"
+        item = modality.prepare(resolve_media(root, rel), cfg)
+        with atomic_path(out_dir / name) as tmp:
+            modality.save(item, tmp, cfg)
+        names.append(name)
+    return names
 
 
 def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
@@ -86,24 +110,11 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
                             + ". Validation rejects these rows: run it first")
 
     columns = ["id", "line", "label", "split", *cfg.data.extra_targets]
-    if "text" in cfg.modalities:
-        frame["text"] = [normalise_text(t, cfg.preprocess.lowercase_text) for t in frame["text"]]
-        columns.append("text")
-    if "image" in cfg.modalities:
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        size = cfg.preprocess.image_size
-        names = []
-        for sample_id, rel in progress(list(zip(frame["id"], frame["image"], strict=True)),
-                                   desc="preprocess images", unit="img"):
-            if not rel:  # a missing image stays missing (validation allowed it)
-                names.append("")
-                continue
-            name = f"images/{image_filename(sample_id)}"
-            with atomic_path(out_dir / name) as tmp:
-                prepare_image(resolve_media(manifest.root, rel), size).save(tmp, format="PNG")
-            names.append(name)
-        frame["image"] = names
-        columns.append("image")
+    for m in cfg.modalities:
+        modality = get_modality(m)
+        frame[m] = (prepare_media(modality, frame, manifest.root, out_dir, cfg) if modality.media
+                    else [modality.prepare(v, cfg) for v in frame[m]])
+        columns.append(m)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = sorted(frame["label"].unique().tolist())
     write_json(out_dir / LABELS_FILE, labels, indent=None)

@@ -88,7 +88,23 @@ def _png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def generate_sample_dataset(root: Path, per_class: int = 120, seed: int = 0) -> SampleDataset:
+AUDIO_RATE = 8000
+TONE_HZ = {"day": 880.0, "night": 330.0}  # the time of day, heard: a high or a low tone
+
+
+def _tone(rng: np.random.Generator, time: str) -> np.ndarray:
+    """A short tone (pitch = the time of day, +-5%), random length, level and phase, with
+    faint white noise: int16 samples at :data:`AUDIO_RATE`."""
+    seconds = rng.uniform(0.5, 1.0)
+    t = np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE
+    hz = TONE_HZ[time] * rng.uniform(0.95, 1.05)
+    wave = rng.uniform(0.2, 0.8) * np.sin(2 * np.pi * hz * t + rng.uniform(0, 2 * np.pi))
+    wave += rng.normal(0.0, 0.01, t.shape)
+    return (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+
+
+def generate_sample_dataset(root: Path, per_class: int = 120, seed: int = 0,
+                            audio: bool = False) -> SampleDataset:
     """Write the sample dataset to ``root`` (``manifest.csv`` + ``images/*.png``).
 
     Parameters
@@ -96,10 +112,18 @@ def generate_sample_dataset(root: Path, per_class: int = 120, seed: int = 0) -> 
     root: output folder; created if missing. Existing files with the same names are overwritten.
     per_class: samples per label (6 labels), so ``6 * per_class`` rows.
     seed: generator seed; the same seed gives byte-identical files.
+    audio: also write ``audio/*.wav`` (an ``audio`` column): a tone whose pitch says the
+        time of day, like the caption does, so image + audio also needs fusion. The images
+        and captions are the same as without it.
     """
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    audio_rng = np.random.default_rng([seed, 1])  # its own stream: images and texts unchanged
+    if audio:
+        import soundfile as sf
+
+        (root / "audio").mkdir(exist_ok=True)
     rows = []
     for _ in range(per_class):
         for shape in SHAPES:
@@ -107,10 +131,16 @@ def generate_sample_dataset(root: Path, per_class: int = 120, seed: int = 0) -> 
                 sample_id = f"s{len(rows):05d}"
                 rel = f"images/{sample_id}.png"
                 (root / rel).write_bytes(_png_bytes(_draw_shape(rng, shape)))
-                rows.append({"id": sample_id, "image": rel, "text": _caption(rng, time),
-                             "label": f"{shape}-{time}"})
+                row = {"id": sample_id, "image": rel, "text": _caption(rng, time),
+                       "label": f"{shape}-{time}"}
+                if audio:
+                    row["audio"] = f"audio/{sample_id}.wav"
+                    sf.write(root / row["audio"], _tone(audio_rng, time), AUDIO_RATE,
+                             subtype="PCM_16", format="WAV")
+                rows.append(row)
+    columns = ["id", "image", "text", *(["audio"] if audio else []), "label"]
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "image", "text", "label"], lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return SampleDataset(root=root, n_samples=len(rows), labels=class_labels())

@@ -14,10 +14,11 @@ from crossfuse.encoders.registry import (
     ENCODERS,
     build_encoder,
     encoder_problem,
+    encoder_sample_rate,
     known_encoders,
     register_encoder,
 )
 
 __all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "encoder_problem",
-           "known_encoders",
+           "encoder_sample_rate", "known_encoders",
            "pad_tokens", "register_encoder", "resolve_device"]

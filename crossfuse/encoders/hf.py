@@ -3,6 +3,9 @@
 Text models: ``AutoTokenizer`` + ``AutoModel``, mean of the last hidden state over
 non-padding tokens. Image models: ``AutoImageProcessor`` + ``AutoModel``, the
 model's ``pooler_output`` when it has one, else the mean over tokens/positions.
+Audio models (wav2vec2, HuBERT, AST, Whisper's encoder, ...): ``AutoFeatureExtractor`` +
+``AutoModel`` (the encoder of an encoder-decoder), fed waveforms at the extractor's
+``sampling_rate``; ``pooler_output`` when there is one, else the mean over time.
 Offline by default (``local_files_only``); remote code is never trusted.
 
 Example
@@ -18,6 +21,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,12 +56,12 @@ def _unavailable(ref: str, exc: Exception) -> EncoderUnavailable:
 
 
 class HFEncoder(Encoder):
-    """Frozen ``transformers`` model for ``modality`` ("text" or "image").
+    """Frozen ``transformers`` model for ``modality`` ("text", "image" or "audio").
 
     Parameters
     ----------
     ref: hub id or local folder.
-    modality: "text" or "image".
+    modality: "text", "image" or "audio".
     offline: only use files already on disk (``HF_HUB_OFFLINE`` behaviour).
     max_length: token limit for text; longer texts are truncated.
     normalize: L2-normalise the pooled vectors.
@@ -67,10 +71,10 @@ class HFEncoder(Encoder):
 
     def __init__(self, ref: str, modality: str, offline: bool = True, max_length: int = 256,
                  normalize: bool = False, name: str | None = None, trust_remote_code: bool = False):
-        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer
 
-        if modality not in ("text", "image"):
-            raise ValueError(f"hf encoders support text and image, not {modality!r}")
+        if modality not in ("text", "image", "audio"):
+            raise ValueError(f"hf encoders support text, image and audio, not {modality!r}")
         self.name = name or f"hf:{ref}"
         self.modality = modality
         self.max_length = max_length
@@ -81,8 +85,13 @@ class HFEncoder(Encoder):
             self.model = AutoModel.from_pretrained(ref, **kwargs).eval()
             if modality == "text":
                 self.processor = AutoTokenizer.from_pretrained(ref, **kwargs)
-            else:
+            elif modality == "image":
                 self.processor = AutoImageProcessor.from_pretrained(ref, **kwargs)
+            else:
+                self.processor = AutoFeatureExtractor.from_pretrained(ref, **kwargs)
+                self.sample_rate = int(self.processor.sampling_rate)
+                if self.model.config.is_encoder_decoder:  # Whisper & co: the audio encoder
+                    self.model = self.model.get_encoder()
         except (OSError, ValueError) as exc:
             raise _unavailable(ref, exc) from exc
         for p in self.model.parameters():
@@ -104,7 +113,8 @@ class HFEncoder(Encoder):
                 return getattr(cfg, attr)
         if hasattr(cfg, "hidden_sizes"):
             return cfg.hidden_sizes[-1]
-        probe = ["probe"] if self.modality == "text" else [_blank_image()]
+        probe = {"text": ["probe"], "image": [_blank_image()]}.get(self.modality) or [
+            np.zeros(self.sample_rate, dtype=np.float32)]
         return int(self.encode(probe).shape[1])
 
     def _forward(self, items: list[Any], max_length: int):
@@ -112,6 +122,12 @@ class HFEncoder(Encoder):
             batch = self.processor(list(items), padding=True, truncation=True,
                                    max_length=max_length, return_tensors="pt").to(self.device)
             return self.model(**batch), batch["attention_mask"].to(torch.bool)
+        if self.modality == "audio":
+            batch = self.processor([np.asarray(w, dtype=np.float32) for w in items],
+                                   sampling_rate=self.sample_rate, return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in batch.items()
+                      if k in ("input_values", "input_features")}
+            return self.model(**inputs), None
         batch = self.processor(images=list(items), return_tensors="pt")
         return self.model(pixel_values=batch["pixel_values"].to(self.device)), None
 

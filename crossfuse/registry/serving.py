@@ -1,13 +1,14 @@
 """The registered model: an MLflow pyfunc from raw inputs to predictions.
 
-It runs the training code path — :func:`crossfuse.data.text.normalise_text`,
-:func:`crossfuse.data.images.prepare_image`, the same frozen encoders, the trained
-fusion head — on a DataFrame with one column per modality of the model:
+It runs the training code path — each modality's checks and preparation
+(:mod:`crossfuse.data.modalities`), the same frozen encoders, the trained fusion head —
+on a DataFrame with one column per modality of the model:
 
 - ``text``: the text, a string (empty or null = missing);
-- ``image``: the image file's bytes, base64-encoded (empty or null = missing). A path on
-  the server is read only under ``serving.media_root`` (env ``CROSSFUSE_SERVING_MEDIA_ROOT``),
-  unset by default: a request cannot make the server open, or reveal, any other file.
+- ``image``, ``audio``: the file's bytes (PNG/JPEG/..., WAV/FLAC/...), base64-encoded (empty
+  or null = missing). A path on the server is read only under ``serving.media_root`` (env
+  ``CROSSFUSE_SERVING_MEDIA_ROOT``), unset by default: a request cannot make the server
+  open, or reveal, any other file.
 
 It returns one row per input: ``label`` and ``p_<class>`` for every class, plus the
 predicted class of each extra target (multi-task models) in a column named after it.
@@ -15,7 +16,7 @@ predicted class of each extra target (multi-task models) in a column named after
 Bad requests are refused whole, before any work, with an :class:`InvalidInput` (HTTP 400
 from ``mlflow models serve``) whose message names each bad row, its column and the reason:
 an unknown column, a row with every modality missing, a value of the wrong type, bytes
-that are not base64 or not an image, a path outside ``media_root``.
+that are not base64 or not a usable image or sound, a path outside ``media_root``.
 
 Example
 -------
@@ -39,11 +40,9 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from PIL import Image
 
 from crossfuse.config import RunConfig
-from crossfuse.data.images import prepare_image
-from crossfuse.data.text import normalise_text
+from crossfuse.data.modalities import Modality, get_modality
 from crossfuse.encoders import build_encoder, pad_tokens, resolve_device
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
@@ -67,27 +66,28 @@ def _is_missing(value) -> bool:
         (isinstance(value, str) and value == "")
 
 
-def decode_image(value: str, size: int, media_root: Path | None) -> Image.Image:
-    """A request's image: base64 bytes, or (only under ``media_root``) a path.
+def decode_media(value: str, modality: Modality, cfg: RunConfig, media_root: Path | None):
+    """A request's media (image, audio): base64 file bytes, or (only under ``media_root``) a path.
 
-    Raises ``ValueError`` with the reason; its wording never depends on whether a file
-    outside ``media_root`` exists.
+    The bytes pass the same checks as validation's (:meth:`Modality.check`) and the same
+    preparation as preprocessing's. Raises ``ValueError`` with the reason; its wording
+    never depends on whether a file outside ``media_root`` exists.
     """
+    what = modality.name
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raw = None
     if raw is not None:
-        try:
-            return prepare_image(io.BytesIO(raw), size)
-        except Exception as exc:  # PIL raises many types for bad bytes
-            if media_root is None:
-                raise ValueError(f"base64 decodes but is not an image Pillow can read "
-                                 f"({type(exc).__name__})") from None
+        problem = modality.check(io.BytesIO(raw), f"(the request's {what})", cfg)
+        if problem is None:
+            return modality.prepare(io.BytesIO(raw), cfg)
+        if media_root is None:
+            raise ValueError(f"base64 decodes but is not usable: {problem[0]}: {problem[1]}")
     if media_root is None:
-        raise ValueError("expected the image file's bytes, base64-encoded; paths are refused "
-                         "unless the server sets serving.media_root")
-    outside = ValueError("neither base64 image bytes nor a path inside serving.media_root")
+        raise ValueError(f"expected the {what} file's bytes, base64-encoded; paths are refused "
+                         f"unless the server sets serving.media_root")
+    outside = ValueError(f"neither base64 {what} bytes nor a path inside serving.media_root")
     try:  # absolute or relative to media_root, but inside it after symlinks and ..
         path = (Path(value) if Path(value).is_absolute() else media_root / value).resolve()
     except (OSError, ValueError, RuntimeError):
@@ -96,10 +96,10 @@ def decode_image(value: str, size: int, media_root: Path | None) -> Image.Image:
         raise outside
     if not path.is_file():
         raise ValueError(f"no file {value!r} under serving.media_root")
-    try:
-        return prepare_image(path, size)
-    except Exception as exc:
-        raise ValueError(f"{value!r} is not an image Pillow can read ({type(exc).__name__})") from None
+    problem = modality.check(path, value, cfg)
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
+    return modality.prepare(path, cfg)
 
 
 def check_request(frame: pd.DataFrame, modalities: list[str]) -> list[str]:
@@ -114,7 +114,7 @@ def check_request(frame: pd.DataFrame, modalities: list[str]) -> list[str]:
         for m, v in values.items():
             if not _is_missing(v) and not isinstance(v, str):
                 problems.append(f"row {row}, column {m!r}: expected a string "
-                                f"({'text' if m == 'text' else 'base64 bytes'}), got "
+                                f"({'base64 bytes' if get_modality(m).media else m}), got "
                                 f"{type(v).__name__} {str(v)[:40]!r}")
         if all(_is_missing(v) for v in values.values()):
             problems.append(f"row {row}: every modality is missing ({', '.join(modalities)}); "
@@ -172,13 +172,13 @@ class FusionPredictor:
     def _prepare(self, modality: str, values: list) -> tuple[list[int], list, list[str]]:
         """(present rows, their normalised texts or decoded RGB images, problems) for raw values."""
         rows = [r for r, v in enumerate(values) if not _is_missing(v)]
-        if modality == "text":
-            return rows, [normalise_text(values[r], self.cfg.preprocess.lowercase_text)
-                          for r in rows], []
+        declared = get_modality(modality)
+        if not declared.media:
+            return rows, [declared.prepare(values[r], self.cfg) for r in rows], []
         items, problems = [], []
         for r in rows:
             try:
-                items.append(decode_image(values[r], self.cfg.preprocess.image_size, self.media_root))
+                items.append(decode_media(values[r], declared, self.cfg, self.media_root))
             except ValueError as exc:
                 problems.append(f"row {r}, column {modality!r}: {exc}")
         return rows, items, problems

@@ -10,6 +10,7 @@ must not even reveal whether the file exists).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import socket
 import threading
@@ -19,39 +20,42 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
 from crossfuse.config import load_config
 from crossfuse.data.preprocess import preprocess
 from crossfuse.data.sample import generate_sample_dataset
 from crossfuse.features.extract import extract
-from crossfuse.registry.register import _pip_requirements, model_signature
-from crossfuse.registry.serving import CrossfusePyfunc
+from crossfuse.registry.register import MODEL_CODE, _pip_requirements, model_signature
 from crossfuse.training.train import train
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base URL, the dataset folder) of a scoring server over a freshly trained model."""
-    import uvicorn
-    from mlflow.pyfunc import scoring_server
-
-    root = tmp_path_factory.mktemp("http")
-    data = root / "data"
-    generate_sample_dataset(data, per_class=6, seed=2)
+def train_model(root: Path, data: Path, *overrides: str) -> Path:
+    """Preprocess, extract and train a small model on ``data``; its folder."""
     cfg = load_config(None, [f"data.path={data}", "data.name=http", "fusion.method=concat",
-                             "train.epochs=3", "train.modality_dropout={image: 0.3, text: 0.3}",
-                             f"extract.cache_dir={root / 'cache'}",
-                             f"train.checkpoint_dir={root / 'checkpoints'}"], env={}).resolved(root)
+                             "train.epochs=3", f"extract.cache_dir={root / 'cache'}",
+                             f"train.checkpoint_dir={root / 'checkpoints'}", *overrides],
+                      env={}).resolved(root)
     preprocess(cfg, data, root / "pre")
     extract(cfg, root / "pre", root / "features")
     train(cfg, root / "features", root / "model")
-    mlflow.pyfunc.save_model(root / "pyfunc", python_model=CrossfusePyfunc(),
-                             artifacts={"model": str(root / "model")},
-                             signature=model_signature(root / "model"),
+    return root / "model"
+
+
+def serve(model_dir: Path, root: Path):
+    """Yield the base URL of MLflow's scoring server over the pyfunc of ``model_dir``,
+    logged the way the register stage logs it (models-from-code)."""
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    mlflow.pyfunc.save_model(root / "pyfunc", python_model=str(MODEL_CODE),
+                             artifacts={"model": str(model_dir)},
+                             signature=model_signature(model_dir),
                              pip_requirements=_pip_requirements())
     app = scoring_server.init(mlflow.pyfunc.load_model(str(root / "pyfunc")))
     with socket.socket() as s:
@@ -64,9 +68,33 @@ def server(tmp_path_factory):
         if srv.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", data
+    yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base URL, the dataset folder) of a scoring server over a freshly trained model."""
+    root = tmp_path_factory.mktemp("http")
+    data = root / "data"
+    generate_sample_dataset(data, per_class=6, seed=2)
+    model = train_model(root, data, "train.modality_dropout={image: 0.3, text: 0.3}")
+    for url in serve(model, root):
+        yield url, data
+
+
+@pytest.fixture(scope="module")
+def audio_server(tmp_path_factory):
+    """The same for a model of image, text and audio."""
+    root = tmp_path_factory.mktemp("http-audio")
+    data = root / "data"
+    generate_sample_dataset(data, per_class=6, seed=2, audio=True)
+    model = train_model(root, data, "train.modality_dropout={image: 0.3, text: 0.3, audio: 0.3}",
+                        "extract.encoders={image: efficientnet-lite0, text: minilm, "
+                        "audio: logmel}")
+    for url in serve(model, root):
+        yield url, data
 
 
 def post(url: str, records: list[dict]) -> tuple[int, dict]:
@@ -155,3 +183,30 @@ def test_server_paths_are_refused_without_revealing_whether_they_exist(server):
     def ours(message: str) -> str:  # MLflow prefixes the request; the reason is ours
         return message.split("\nError: ", 1)[1]
     assert ours(existing) == ours(missing) == ours(inside)
+
+
+def test_audio_arrives_as_base64_wav_or_flac_and_may_be_the_only_modality(audio_server):
+    url, data = audio_server
+    wav = b64(data / "audio" / "s00001.wav")
+    flac = io.BytesIO()
+    sf.write(flac, *sf.read(data / "audio" / "s00002.wav"), format="FLAC")
+    rows = [{"image": b64(data / "images" / "s00001.png"), "text": "A fox at noon.", "audio": wav},
+            {"image": None, "text": None, "audio": base64.b64encode(flac.getvalue()).decode()},
+            {"image": None, "text": "A fox at noon.", "audio": None}]
+    status, body = post(url, rows)
+    assert status == 200, body
+    assert len(body["predictions"]) == 3 and all(p["label"] for p in body["predictions"])
+
+
+def test_bytes_that_are_not_usable_audio_are_refused_with_the_reason(audio_server):
+    url, data = audio_server
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(8000), 8000, format="WAV")
+    refused(post(url, [{"image": None, "text": "x",
+                        "audio": base64.b64encode(b"RIFF, but not a wave").decode()}]),
+            "row 0, column 'audio'", "not audio")
+    refused(post(url, [{"image": None, "text": "x",
+                        "audio": base64.b64encode(silent.getvalue()).decode()}]),
+            "row 0, column 'audio'", "silent")
+    refused(post(url, [{"image": None, "text": "x", "audio": str(data / "audio" / "s00001.wav")}]),
+            "row 0, column 'audio'", "paths are refused")

@@ -3,8 +3,8 @@
 Each returns :class:`RowIssue` rows naming the manifest line, the id, the column and
 the reason (and a short ``kind`` for counting).
 
->>> check_image(Path("/nonexistent"), "a.png", 10)[0]
-'image not found'
+>>> check_media_file(Path("/nonexistent"), "a.wav", "audio", RunConfig())[0]
+'audio not found'
 """
 
 from __future__ import annotations
@@ -13,52 +13,38 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from crossfuse.config import RunConfig
 from crossfuse.data.manifest import Manifest, ManifestError, resolve_media
+from crossfuse.data.modalities import get_modality, media_modalities
 from crossfuse.data.validation.report import RowIssue
 
 
-def check_image(root: Path, relative: str, max_pixels: int) -> tuple[str, str] | None:
-    """Return (kind, reason) when the image at ``relative`` is unusable, None when it decodes.
+def check_media_file(root: Path, relative: str, modality: str, cfg: RunConfig
+                     ) -> tuple[str, str] | None:
+    """Return (kind, reason) when the ``modality`` file at ``relative`` is unusable, None when
+    it decodes.
 
-    Checks: confined to ``root``, exists, non-empty, an image, under ``max_pixels``,
-    decodes to the end. CMYK, 16-bit, palette, alpha and EXIF-rotated images decode
-    (preprocessing converts them to RGB).
+    Checks: confined to ``root``, exists, non-empty, then the modality's own checks
+    (:meth:`crossfuse.data.modalities.Modality.check`: an image under
+    ``max_image_pixels`` that decodes to the end; audio of a supported format, channel
+    count, sample rate and duration, finite and not silent).
     """
     try:
         path = resolve_media(root, relative)
     except ManifestError as exc:
         return "media path outside the dataset", str(exc)
     except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop, too long
-        return "media path unusable", (f"image path {relative!r} cannot be resolved: "
+        return "media path unusable", (f"{modality} path {relative!r} cannot be resolved: "
                                        f"{type(exc).__name__}: {exc}")
     try:
         if not path.is_file():
-            return "image not found", f"image file {relative} not found under {root}"
+            return f"{modality} not found", f"{modality} file {relative} not found under {root}"
         if path.stat().st_size == 0:
-            return "image empty", f"image file {relative} is empty (0 bytes)"
+            return f"{modality} empty", f"{modality} file {relative} is empty (0 bytes)"
     except OSError as exc:  # permissions, a name too long for the filesystem
-        return "image unreadable", f"image file {relative} cannot be read: {exc}"
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                return "image too large", (
-                    f"image {relative} is {img.width}x{img.height}, above validation."
-                    f"max_image_pixels={max_pixels} (a decompression-bomb guard)")
-            img.load()
-    except UnidentifiedImageError:
-        return "not an image", (f"image file {relative} is not an image PIL can read "
-                                f"(wrong suffix or corrupt header)")
-    except Image.DecompressionBombError as exc:
-        return "image too large", f"image {relative} is above the pixel limit: {exc}"
-    except Exception as exc:  # PIL raises many types for bad files
-        if "truncated" in str(exc):
-            return "image truncated", f"image file {relative} is truncated: {exc}"
-        return "image does not decode", (f"image {relative} does not decode: "
-                                         f"{type(exc).__name__}: {exc}")
-    return None
+        return f"{modality} unreadable", f"{modality} file {relative} cannot be read: {exc}"
+    return get_modality(modality).check(path, relative, cfg)
 
 
 def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
@@ -80,16 +66,17 @@ def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
 
 def check_media(cfg: RunConfig, frame: pd.DataFrame, root: Path,
                 lines: list[int]) -> list[RowIssue]:
-    """Open every image the manifest names; one RowIssue per unusable one."""
+    """Open every media file (image, audio) the manifest names; one RowIssue per unusable one."""
     issues = []
-    if "image" in cfg.modalities and "image" in frame.columns:
-        for idx, (sample_id, rel) in enumerate(zip(frame["id"], frame["image"], strict=True)):
+    for m in media_modalities(cfg.modalities):
+        if m not in frame.columns:
+            continue
+        for idx, (sample_id, rel) in enumerate(zip(frame["id"], frame[m], strict=True)):
             if not rel:
                 continue  # reported by the GX not-null expectation
-            found = check_image(root, rel, cfg.validation.max_image_pixels)
+            found = check_media_file(root, rel, m, cfg)
             if found:
-                issues.append(RowIssue(lines[idx], sample_id, "image",
-                                       found[1], kind=found[0]))
+                issues.append(RowIssue(lines[idx], sample_id, m, found[1], kind=found[0]))
     return issues
 
 

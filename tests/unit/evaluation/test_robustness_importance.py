@@ -8,14 +8,10 @@ from conftest import xor_features
 from PIL import Image
 
 from crossfuse.config import FusionConfig, TrainConfig
+from crossfuse.data.images import pixel_noise
+from crossfuse.data.text import word_dropout
 from crossfuse.evaluation.importance import modality_importance
-from crossfuse.evaluation.robustness import (
-    feature_noise_rows,
-    noise_levels,
-    pixel_noise,
-    robustness_metrics,
-    word_dropout,
-)
+from crossfuse.evaluation.robustness import feature_noise_rows, noise_levels, robustness_metrics
 from crossfuse.features.store import FeatureSet
 from crossfuse.training.loop import fit
 

@@ -1,0 +1,157 @@
+"""One declaration per modality: everything the pipeline does that depends on what the data is.
+
+A :class:`Modality` says whether its manifest cell names a media file (confined to the
+dataset folder) or holds the value itself, and how to
+
+- ``check`` a file (validation: the kind and the reason of each bad file),
+- ``prepare`` a raw input (a file path, request bytes or a cell) for its encoder,
+- ``save``/``load`` the prepared input in the preprocessed folder (deterministic bytes),
+- add ``noise`` at a level in [0, 1] for the robustness sweeps.
+
+Validation, preprocessing, extraction, serving and the robustness sweeps look a modality up
+here and do not name one. Adding a modality is one encoder (``crossfuse/encoders/``), one
+class here and its entry in :data:`MODALITY_REGISTRY` (and its name in
+``crossfuse.config.MODALITIES``, the fixed column order).
+
+Example
+-------
+>>> get_modality("audio").media, get_modality("text").media
+(True, False)
+>>> get_modality("audio").noise_kind
+'snr_noise'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from crossfuse.config import RunConfig
+from crossfuse.data.audio import audio_problem, prepare_audio, read_waveform, snr_noise, write_waveform
+from crossfuse.data.images import pixel_noise, prepare_image
+from crossfuse.data.text import normalise_text, word_dropout
+
+
+class Modality:
+    """What the pipeline needs to know about one kind of input."""
+
+    name: str
+    media: bool  # the manifest cell is a file path relative to the dataset folder
+    noise_kind: str  # the raw-input robustness curve's name
+    suffix: str = ""  # preprocessed file suffix (media modalities)
+    folder: str = ""  # the preprocessed folder's subfolder for its files
+
+    def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
+        """(kind, reason) when the file (path or binary file object) is unusable, else None."""
+        return None
+
+    def prepare(self, source, cfg: RunConfig) -> Any:
+        """A raw input (file path, bytes, or the cell's value) as its encoder's input."""
+        raise NotImplementedError
+
+    def save(self, item: Any, path: Path, cfg: RunConfig) -> None:
+        """Write a prepared item to ``path`` (media modalities)."""
+        raise NotImplementedError
+
+    def load(self, path: Path) -> Any:
+        """Read back what :meth:`save` wrote."""
+        raise NotImplementedError
+
+    def noise(self, item: Any, level: float, rng: np.random.Generator) -> Any:
+        raise NotImplementedError
+
+
+class TextModality(Modality):
+    name, media, noise_kind = "text", False, "word_dropout"
+
+    def prepare(self, source, cfg: RunConfig) -> str:
+        return normalise_text(source, cfg.preprocess.lowercase_text)
+
+    def noise(self, item: str, level: float, rng: np.random.Generator) -> str:
+        return word_dropout(item, level, rng)
+
+
+class ImageModality(Modality):
+    name, media, noise_kind, suffix, folder = "image", True, "pixel_noise", ".png", "images"
+
+    def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
+        max_pixels = cfg.validation.max_image_pixels
+        try:
+            with Image.open(source) as img:
+                if img.width * img.height > max_pixels:
+                    return "image too large", (
+                        f"image {relative} is {img.width}x{img.height}, above validation."
+                        f"max_image_pixels={max_pixels} (a decompression-bomb guard)")
+                img.load()
+        except UnidentifiedImageError:
+            return "not an image", (f"image file {relative} is not an image PIL can read "
+                                    f"(wrong suffix or corrupt header)")
+        except Image.DecompressionBombError as exc:
+            return "image too large", f"image {relative} is above the pixel limit: {exc}"
+        except Exception as exc:  # PIL raises many types for bad files
+            if "truncated" in str(exc):
+                return "image truncated", f"image file {relative} is truncated: {exc}"
+            return "image does not decode", (f"image {relative} does not decode: "
+                                             f"{type(exc).__name__}: {exc}")
+        return None
+
+    def prepare(self, source, cfg: RunConfig) -> Image.Image:
+        return prepare_image(source, cfg.preprocess.image_size)
+
+    def save(self, item: Image.Image, path: Path, cfg: RunConfig) -> None:
+        item.save(path, format="PNG")
+
+    def load(self, path: Path) -> Image.Image:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+
+    def noise(self, item: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
+        return pixel_noise(item, level, rng)
+
+
+class AudioModality(Modality):
+    name, media, noise_kind, suffix, folder = "audio", True, "snr_noise", ".wav", "audio"
+
+    def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
+        v = cfg.validation
+        return audio_problem(source, relative, v.min_audio_seconds, v.max_audio_seconds,
+                             v.max_audio_channels)
+
+    def prepare(self, source, cfg: RunConfig) -> np.ndarray:
+        return prepare_audio(source, audio_sample_rate(cfg), cfg.preprocess.audio_seconds)
+
+    def save(self, item: np.ndarray, path: Path, cfg: RunConfig) -> None:
+        write_waveform(path, item, audio_sample_rate(cfg))
+
+    def load(self, path: Path) -> np.ndarray:
+        return read_waveform(path)
+
+    def noise(self, item: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+        return snr_noise(item, level, rng)
+
+
+def audio_sample_rate(cfg: RunConfig) -> int:
+    """The sample rate the run's audio encoder reads (preprocessing resamples to it)."""
+    from crossfuse.encoders import encoder_sample_rate
+
+    return encoder_sample_rate(cfg.extract.encoders.get("audio", "logmel"))
+
+
+MODALITY_REGISTRY: dict[str, Modality] = {m.name: m for m in
+                                          (ImageModality(), TextModality(), AudioModality())}
+
+
+def get_modality(name: str) -> Modality:
+    """The declaration of modality ``name`` (one of ``crossfuse.config.MODALITIES``)."""
+    try:
+        return MODALITY_REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown modality {name!r}; known: {list(MODALITY_REGISTRY)}") from None
+
+
+def media_modalities(names: list[str]) -> list[str]:
+    """Those of ``names`` whose manifest cell is a file path."""
+    return [m for m in names if get_modality(m).media]
