@@ -113,6 +113,10 @@ class SplitConfig(_Section):
 class PreprocessConfig(_Section):
     image_size: int = Field(224, description="Images are resized to this square size (pixels).")
     lowercase_text: bool = Field(False, description="Lowercase text before encoding.")
+    image_noise: float = Field(0.0, ge=0, description="A benchmark setting: Gaussian noise of "
+                               "this std (pixels in [0, 1]) added to every image at "
+                               "preprocessing, seeded by run seed and sample id, to degrade the "
+                               "image modality as AV-MNIST does; the served model never adds it.")
     audio_seconds: float = Field(2.0, gt=0, description="Audio is mixed to mono, resampled to "
                                  "its encoder's rate, peak-normalised, then cut or zero-padded "
                                  "to this many seconds.")

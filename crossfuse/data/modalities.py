@@ -5,6 +5,7 @@ dataset folder) or holds the value itself, and how to
 
 - ``check`` a file (validation: the kind and the reason of each bad file),
 - ``prepare`` a raw input (a file path, request bytes or a cell) for its encoder,
+- ``degrade`` it on purpose for a benchmark (``preprocess.image_noise``; never when served),
 - ``save``/``load`` the prepared input in the preprocessed folder (deterministic bytes),
 - add ``noise`` at a level in [0, 1] for the robustness sweeps.
 
@@ -51,6 +52,11 @@ class Modality:
     def prepare(self, source, cfg: RunConfig) -> Any:
         """A raw input (file path, bytes, or the cell's value) as its encoder's input."""
         raise NotImplementedError
+
+    def degrade(self, item: Any, cfg: RunConfig, rng: np.random.Generator) -> Any:
+        """A benchmark's deliberate damage to the training data (``preprocess.*_noise``);
+        none by default. Preprocessing only: the served model never adds it."""
+        return item
 
     def save(self, item: Any, path: Path, cfg: RunConfig) -> None:
         """Write a prepared item to ``path`` (media modalities)."""
@@ -100,6 +106,10 @@ class ImageModality(Modality):
 
     def prepare(self, source, cfg: RunConfig) -> Image.Image:
         return prepare_image(source, cfg.preprocess.image_size)
+
+    def degrade(self, item: Image.Image, cfg: RunConfig, rng: np.random.Generator) -> Image.Image:
+        level = cfg.preprocess.image_noise
+        return pixel_noise(item, level, rng) if level > 0 else item
 
     def save(self, item: Image.Image, path: Path, cfg: RunConfig) -> None:
         item.save(path, format="PNG")

@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from crossfuse.atomic import atomic_path, write_json
@@ -73,7 +74,8 @@ def prepare_media(modality: Modality, frame: pd.DataFrame, root: Path, out_dir: 
             names.append("")
             continue
         name = f"{modality.folder}/{media_filename(sample_id, modality.suffix)}"
-        item = modality.prepare(resolve_media(root, rel), cfg)
+        rng = np.random.default_rng([cfg.seed, int(media_filename(sample_id, "")[:15], 16)])
+        item = modality.degrade(modality.prepare(resolve_media(root, rel), cfg), cfg, rng)
         with atomic_path(out_dir / name) as tmp:
             modality.save(item, tmp, cfg)
         names.append(name)

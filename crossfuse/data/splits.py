@@ -2,7 +2,9 @@
 
 With a ``split`` column (any non-empty value), each row's value must be exactly
 ``train``, ``val`` or ``test``; anything else is reported by validation as that row's
-problem (:func:`split_problem`). Without one, each row gets a key — its id, or for rows
+problem (:func:`split_problem`). A column with train and test but no val (an official
+train/test split) keeps its test rows and lends ``val / (train + val)`` of each class's
+train rows to val (:func:`carve_validation`). Without one, each row gets a key — its id, or for rows
 holding the same content as another (:mod:`crossfuse.data.content`) the content key, so
 a duplicated sample cannot land in train and test at once — hashed (sha256 of
 ``salt:key``) to a number in [0, 1). ``preprocess.split.strategy`` then decides:
@@ -76,7 +78,10 @@ def row_splits(frame: pd.DataFrame, cfg: SplitConfig,
     Values of a ``split`` column are returned unchecked: see :func:`split_problem`.
     """
     if has_split_column(frame):
-        return frame["split"].tolist()
+        given = frame["split"].tolist()
+        if "val" in given or "train" not in given:
+            return given
+        return carve_validation(given, frame["id"].tolist(), frame["label"].tolist(), cfg)
     keys = frame["id"].tolist()
     for group in duplicate_groups(content or []):
         for row in group:
@@ -84,6 +89,32 @@ def row_splits(frame: pd.DataFrame, cfg: SplitConfig,
     if cfg.strategy == "hash":
         return [assign_split(key, cfg) for key in keys]
     return stratified_splits(keys, frame["label"].tolist(), cfg)
+
+
+def carve_validation(splits: list[str], keys: list[str], labels: list[str],
+                     cfg: SplitConfig) -> list[str]:
+    """A ``split`` column with train and test but no val (an official train/test split):
+    per class, the first ``val / (train + val)`` of its train rows in hash order become val.
+
+    Test rows stay where the dataset put them, so scores compare with published ones.
+
+    >>> carve_validation(["train"] * 6 + ["test"], [f"r{i}" for i in range(7)], ["a"] * 7,
+    ...                  SplitConfig())
+    ['train', 'train', 'train', 'train', 'val', 'train', 'test']
+    """
+    fraction = cfg.val / (cfg.train + cfg.val)
+    train_rows: dict[str, list[int]] = {}
+    for row, (split, label) in enumerate(zip(splits, labels, strict=True)):
+        if split == "train":
+            train_rows.setdefault(label, []).append(row)
+    out = list(splits)
+    for rows in train_rows.values():
+        if len(rows) < 2:
+            continue
+        ordered = sorted(rows, key=lambda r: (hash_fraction(f"{cfg.salt}:{keys[r]}"), keys[r]))
+        for row in ordered[:max(1, round(fraction * len(rows)))]:
+            out[row] = "val"
+    return out
 
 
 def stratified_splits(keys: list[str], labels: list[str], cfg: SplitConfig) -> list[str]:

@@ -101,7 +101,14 @@ def test_manifest_split_column_is_used_and_checked(sample_dataset, make_config, 
                                    for i, line in enumerate(lines[1:])]
     (root / "manifest.csv").write_text("\n".join(out) + "\n")
     result = preprocess(make_config(root), root, tmp_path / "pre")
-    assert result.split_counts == {"train": 30, "val": 0, "test": 30}
+    # An official train/test split: test stays as given; each class lends 15 / (70 + 15) of
+    # its train rows (here the three -day classes, 10 rows each: 2) to validation.
+    assert result.split_counts == {"train": 24, "val": 6, "test": 30}
+    samples = read_samples(tmp_path / "pre")[0].set_index("id")
+    given = dict(zip([line.split(",")[0] for line in out[1:]],
+                     [line.rsplit(",", 1)[1] for line in out[1:]], strict=True))
+    assert all(samples.at[i, "split"] == "test" for i, s in given.items() if s == "test")
+    assert samples[samples["split"] == "val"].groupby("label").size().tolist() == [2] * 3
     out[3] = out[3].rsplit(",", 1)[0] + ",holdout"
     (root / "manifest.csv").write_text("\n".join(out) + "\n")
     with pytest.raises(ManifestError, match="line 4: split 'holdout'"):
