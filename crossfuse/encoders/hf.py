@@ -3,9 +3,10 @@
 Text models: ``AutoTokenizer`` + ``AutoModel``, mean of the last hidden state over
 non-padding tokens. Image models: ``AutoImageProcessor`` + ``AutoModel``, the
 model's ``pooler_output`` when it has one, else the mean over tokens/positions.
-Audio models (wav2vec2, HuBERT, AST, Whisper's encoder, ...): ``AutoFeatureExtractor`` +
-``AutoModel`` (the encoder of an encoder-decoder), fed waveforms at the extractor's
-``sampling_rate``; ``pooler_output`` when there is one, else the mean over time.
+Audio models (wav2vec2, HuBERT, AST, Whisper's encoder, CLAP's audio tower, ...):
+``AutoFeatureExtractor`` + ``AutoModel`` (the encoder of an encoder-decoder; CLAP's audio
+tower), fed waveforms at the extractor's ``sampling_rate``;
+``pooler_output`` when there is one, else the mean over time.
 Offline by default (``local_files_only``); remote code is never trusted.
 
 Example
@@ -106,6 +107,8 @@ class HFEncoder(Encoder):
 
     def _infer_dim(self) -> int:
         cfg = self.model.config
+        if self.modality == "audio":  # CLAP projects, Whisper's encoder has d_model: ask it
+            return int(self.encode([np.zeros(self.sample_rate, dtype=np.float32)]).shape[1])
         for attr in ("hidden_size", "projection_dim", "d_model"):
             if isinstance(getattr(cfg, attr, None), int):
                 if self.modality == "image" and hasattr(cfg, "hidden_sizes"):
@@ -113,8 +116,7 @@ class HFEncoder(Encoder):
                 return getattr(cfg, attr)
         if hasattr(cfg, "hidden_sizes"):
             return cfg.hidden_sizes[-1]
-        probe = {"text": ["probe"], "image": [_blank_image()]}.get(self.modality) or [
-            np.zeros(self.sample_rate, dtype=np.float32)]
+        probe = ["probe"] if self.modality == "text" else [_blank_image()]
         return int(self.encode(probe).shape[1])
 
     def _forward(self, items: list[Any], max_length: int):
@@ -126,7 +128,10 @@ class HFEncoder(Encoder):
             batch = self.processor([np.asarray(w, dtype=np.float32) for w in items],
                                    sampling_rate=self.sample_rate, return_tensors="pt")
             inputs = {k: v.to(self.device) for k, v in batch.items()
-                      if k in ("input_values", "input_features")}
+                      if k in ("input_values", "input_features", "is_longer")}
+            if hasattr(self.model, "get_audio_features"):  # CLAP: its audio tower (the pooled
+                # vector before the joint projection, so tokens and vectors share one width)
+                return self.model.audio_model(**inputs), None
             return self.model(**inputs), None
         batch = self.processor(images=list(items), return_tensors="pt")
         return self.model(pixel_values=batch["pixel_values"].to(self.device)), None

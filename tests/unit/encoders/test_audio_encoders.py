@@ -34,6 +34,9 @@ def _tiny_audio_models():
         ASTConfig,
         ASTFeatureExtractor,
         ASTModel,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
         HubertConfig,
         HubertModel,
         Wav2Vec2Config,
@@ -62,10 +65,19 @@ def _tiny_audio_models():
             max_source_positions=50, vocab_size=100, pad_token_id=0, bos_token_id=1,
             eos_token_id=2, decoder_start_token_id=1)),
             WhisperFeatureExtractor(feature_size=16, chunk_length=1, n_samples=RATE)),
+        "clap": lambda: (ClapModel(ClapConfig(
+            text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=37, vocab_size=100, max_position_embeddings=64),
+            audio_config=dict(hidden_size=32, num_mel_bins=16, spec_size=64, patch_size=4,
+                              patch_stride=(4, 4), depths=[1, 1], num_attention_heads=[2, 2],
+                              window_size=4, patch_embeds_hidden_size=16),
+            projection_dim=16)),
+            ClapFeatureExtractor(feature_size=16, sampling_rate=RATE, hop_length=160,
+                                 max_length_s=1, fft_window_size=400, truncation="rand_trunc")),
     }
 
 
-@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "ast", "whisper"])
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "ast", "whisper", "clap"])
 def test_any_transformers_audio_model_encodes_waveforms(family, tmp_path):
     torch.manual_seed(0)
     model, extractor = _tiny_audio_models()[family]()
