@@ -113,15 +113,19 @@ def prepare_audio(source, sample_rate: int, seconds: float) -> np.ndarray:
     return waveform(samples, rate, sample_rate, seconds)
 
 
-def write_waveform(path: Path, wave: np.ndarray, sample_rate: int) -> None:
-    """Write a prepared waveform losslessly (32-bit float WAV): same samples, same bytes."""
-    sf.write(path, wave, sample_rate, subtype="FLOAT", format="WAV")
+def write_waveform(path: Path, wave: np.ndarray) -> None:
+    """Write a prepared waveform losslessly as float32 ``.npy``: same samples, same bytes.
+
+    Not WAV: libsndfile stamps float WAVs with a PEAK chunk holding the time of writing,
+    so the same samples would give different bytes (and miss the feature cache).
+    """
+    with open(path, "wb") as handle:
+        np.save(handle, np.asarray(wave, dtype=np.float32), allow_pickle=False)
 
 
 def read_waveform(path: Path) -> np.ndarray:
     """A waveform :func:`write_waveform` wrote, as float32 ``[n]``."""
-    samples, _ = sf.read(path, dtype="float32")
-    return samples
+    return np.load(path, allow_pickle=False)
 
 
 MAX_SNR_DB = 40.0  # noise level 0.0 is clean; 0.1 is 36 dB SNR ... 1.0 is 0 dB

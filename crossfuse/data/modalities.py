@@ -123,7 +123,7 @@ class ImageModality(Modality):
 
 
 class AudioModality(Modality):
-    name, media, noise_kind, suffix, folder = "audio", True, "snr_noise", ".wav", "audio"
+    name, media, noise_kind, suffix, folder = "audio", True, "snr_noise", ".npy", "audio"
 
     def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
         v = cfg.validation
@@ -134,7 +134,7 @@ class AudioModality(Modality):
         return prepare_audio(source, audio_sample_rate(cfg), cfg.preprocess.audio_seconds)
 
     def save(self, item: np.ndarray, path: Path, cfg: RunConfig) -> None:
-        write_waveform(path, item, audio_sample_rate(cfg))
+        write_waveform(path, item)
 
     def load(self, path: Path) -> np.ndarray:
         return read_waveform(path)

@@ -7,7 +7,7 @@ Output folder layout::
     labels.json        the sorted class names; index = class id
     targets.json       {extra target: sorted class names} (multi-task runs)
     images/<h>.png     RGB, ``preprocess.image_size`` square, EXIF-rotated, alpha on white
-    audio/<h>.wav      mono float32 at the audio encoder's rate, peak-normalised,
+    audio/<h>.npy      mono float32 at the audio encoder's rate, peak-normalised,
                        ``preprocess.audio_seconds`` long
 
 Each modality's preparation is its declaration's (:mod:`crossfuse.data.modalities`).

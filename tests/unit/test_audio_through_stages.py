@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 from conftest import build_config, run_stages
 
+from crossfuse.data.preprocess import preprocess
 from crossfuse.data.sample import generate_sample_dataset
 from crossfuse.data.validation import validate
 from crossfuse.features.store import read_feature_set
@@ -61,9 +62,14 @@ def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model,
     snr = curves[curves["kind"] == "snr_noise"]
     # Level 0 is the clean audio, re-read from the preprocessed files: the test score itself.
     assert len(snr) == 11 and snr["macro_f1"].iloc[0] == pytest.approx(metrics["test_macro_f1"])
-    # Preprocessing wrote mono float WAVs at the encoder's rate, preprocess.audio_seconds long.
-    wave, rate = sf.read(next((tmp_path / "pre" / "audio").glob("*.wav")))
-    assert rate == 16000 and wave.ndim == 1 and len(wave) == 2 * 16000
+    # Preprocessing wrote mono float32 waveforms at the encoder's 16 kHz, preprocess.audio_seconds
+    # (2 s) long, as bytes that do not change between runs: the feature cache finds them again.
+    files = sorted((tmp_path / "pre" / "audio").glob("*.npy"))
+    wave = np.load(files[0])
+    assert wave.dtype == np.float32 and wave.shape == (2 * 16000,)
+    first = [f.read_bytes() for f in files]
+    preprocess(cfg, av_data, tmp_path / "pre-again")
+    assert [f.read_bytes() for f in sorted((tmp_path / "pre-again" / "audio").glob("*.npy"))] == first
     assert result.version == "1"
     example = json.loads((tmp_path / "e" / "request_example.json").read_text())
     assert set(example) == {"image", "audio"}  # base64 bytes, as a client sends them
