@@ -24,10 +24,12 @@ Example
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 from PIL import Image, UnidentifiedImageError
 
 from crossfuse.config import RunConfig
@@ -68,6 +70,10 @@ class Modality:
 
     def noise(self, item: Any, level: float, rng: np.random.Generator) -> Any:
         raise NotImplementedError
+
+    def request_bytes(self, path: Path, cfg: RunConfig) -> bytes:
+        """A preprocessed file as a client would send it (a format :meth:`check` accepts)."""
+        return Path(path).read_bytes()
 
 
 class TextModality(Modality):
@@ -138,6 +144,12 @@ class AudioModality(Modality):
 
     def load(self, path: Path) -> np.ndarray:
         return read_waveform(path)
+
+    def request_bytes(self, path: Path, cfg: RunConfig) -> bytes:
+        """The prepared waveform as a 32-bit float WAV at the encoder's rate."""
+        buffer = io.BytesIO()
+        sf.write(buffer, read_waveform(path), audio_sample_rate(cfg), subtype="FLOAT", format="WAV")
+        return buffer.getvalue()
 
     def noise(self, item: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
         return snr_noise(item, level, rng)

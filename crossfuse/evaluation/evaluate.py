@@ -207,7 +207,7 @@ def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
 
 
 def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
-                    modalities: list[str], limit: int) -> pd.DataFrame:
+                    modalities: list[str], limit: int, cfg: RunConfig) -> pd.DataFrame:
     """The first ``limit`` test samples as a client sends them (text, base64 media bytes).
 
     ``samples``: the preprocessed ``samples.parquet``; image paths are relative to ``preprocessed``.
@@ -217,14 +217,11 @@ def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
     frame = pd.DataFrame(index=range(len(ids)))
     for m in modalities:
         values = samples.loc[ids, m].tolist()
-        media = get_modality(m).media
-        frame[m] = [None if not v else (_base64_file(Path(preprocessed) / v) if media else v)
+        modality = get_modality(m)
+        frame[m] = [None if not v else (base64.b64encode(modality.request_bytes(
+            Path(preprocessed) / v, cfg)).decode("ascii") if modality.media else v)
                     for v in values]
     return frame
-
-
-def _base64_file(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def robustness_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path,
@@ -263,7 +260,7 @@ def efficiency_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_d
     serving = {}
     if samples is not None and cfg.evaluate.efficiency_samples > 0:
         serving = measure_serving(model_dir, raw_test_inputs(
-            fs, samples, preprocessed, modalities, cfg.evaluate.efficiency_samples))
+            fs, samples, preprocessed, modalities, cfg.evaluate.efficiency_samples, cfg))
     write_json(out_dir / "efficiency.json", {"features_ms_per_sample": features_ms, **serving})
     return efficiency_metrics(head, features_ms, serving)
 
@@ -324,7 +321,8 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     write_misclassified(predictions, samples, preprocessed, out_dir)
     write_training_curves(model_dir, out_dir)
     if samples is not None:
-        write_request_example(raw_test_inputs(fs, samples, preprocessed, modalities, 1), out_dir)
+        write_request_example(raw_test_inputs(fs, samples, preprocessed, modalities, 1, cfg),
+                              out_dir)
     write_json(out_dir / "classification_report.json", report)
     write_json(out_dir / DATA_WARNINGS_FILE, list(data_warnings or []))
     write_json(out_dir / "metrics.json", metrics, sort_keys=True)  # last: the stage's result

@@ -19,6 +19,7 @@ from crossfuse.data.preprocess import preprocess
 from crossfuse.data.sample import generate_sample_dataset
 from crossfuse.data.validation import validate
 from crossfuse.features.store import read_feature_set
+from crossfuse.registry.serving import FusionPredictor
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +51,7 @@ def test_bad_audio_rows_are_rejected_by_line_and_counted(av_data, tmp_path, tiny
 def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model, tiny_image_model):
     cfg = build_config(tmp_path, av_data, tiny_text_model, tiny_image_model,
                        f"extract.encoders={{image: hf:{tiny_image_model}, audio: logmel}}",
-                       "fusion.method=concat", "evaluate.efficiency=false")
+                       "fusion.method=concat", "evaluate.efficiency_samples=8")
     _, result = run_stages(cfg, tmp_path)
     fs = read_feature_set(tmp_path / "f")
     assert {m: v.shape[1] for m, v in fs.vectors.items()} == {"image": 32, "audio": 256}
@@ -71,8 +72,13 @@ def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model,
     preprocess(cfg, av_data, tmp_path / "pre-again")
     assert [f.read_bytes() for f in sorted((tmp_path / "pre-again" / "audio").glob("*.npy"))] == first
     assert result.version == "1"
+    # The served model was timed on raw requests (base64 PNG and WAV, as a client sends them),
+    # and the logged input example is one of them, which the model answers.
+    assert metrics["efficiency_raw_ms_per_sample_batched"] > 0
     example = json.loads((tmp_path / "e" / "request_example.json").read_text())
-    assert set(example) == {"image", "audio"}  # base64 bytes, as a client sends them
+    assert set(example) == {"image", "audio"}
+    answer = FusionPredictor(tmp_path / "model").predict(pd.DataFrame([example]))
+    assert answer["label"].iloc[0] in set(pd.read_csv(av_data / "manifest.csv")["label"])
 
 
 def three_modalities(tmp_path, data, text_model, image_model, *overrides):
