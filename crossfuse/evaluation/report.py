@@ -106,12 +106,11 @@ def headline(metrics: dict[str, float]) -> str:
     'test macro-F1 0.8000; best single modality text 0.8500: fusion LOST 0.0500 to it'
     """
     line = f"test macro-F1 {metrics['test_macro_f1']:.4f}"
-    singles = single_modality_scores(metrics)
-    gain = metrics.get("fusion_gain_macro_f1")
-    if singles and gain is not None:
-        best = max(singles, key=singles.get)
+    found = best_single_modality(metrics)
+    if found:
+        best, score, gain = found
         verdict = f"fusion gained {gain:+.4f}" if gain >= 0 else f"fusion LOST {-gain:.4f} to it"
-        line += f"; best single modality {best} {singles[best]:.4f}: {verdict}"
+        line += f"; best single modality {best} {score:.4f}: {verdict}"
     return line
 
 
@@ -119,6 +118,21 @@ def single_modality_scores(metrics: dict[str, float]) -> dict[str, float]:
     """``{modality: test macro-F1}`` of the single-modality baselines in ``metrics``."""
     return {k[len("baseline_"):-len("_test_macro_f1")]: v for k, v in metrics.items()
             if k.startswith("baseline_") and k.endswith("_test_macro_f1")}
+
+
+def best_single_modality(metrics: dict[str, float]) -> tuple[str, float, float] | None:
+    """(modality, its test macro-F1, the fusion gain over it), or None without baselines.
+
+    >>> best_single_modality({"baseline_text_test_macro_f1": 0.7,
+    ...                       "baseline_image_test_macro_f1": 0.5, "fusion_gain_macro_f1": 0.1})
+    ('text', 0.7, 0.1)
+    """
+    singles = single_modality_scores(metrics)
+    gain = metrics.get("fusion_gain_macro_f1")
+    if gain is None or not singles:
+        return None
+    best = max(singles, key=singles.get)
+    return best, singles[best], gain
 
 
 def _decision(decision: dict | None) -> dict:
@@ -137,11 +151,10 @@ def _decision(decision: dict | None) -> dict:
 
 
 def _gain(metrics: dict[str, float]) -> dict | None:
-    gain = metrics.get("fusion_gain_macro_f1")
-    singles = single_modality_scores(metrics)
-    if gain is None or not singles:
+    found = best_single_modality(metrics)
+    if found is None:
         return None
-    best = max(singles, key=singles.get)
+    best, score, gain = found
     if gain > 0:
         words = f"fusion gained {gain:+.4f} over {best} alone"
     elif gain == 0:
@@ -150,7 +163,7 @@ def _gain(metrics: dict[str, float]) -> dict | None:
         words = f"fusion LOST {-gain:.4f} to {best} alone"
     return {"css": "good" if gain > 0 else "bad",
             "sentence": f"Test macro-F1 {metrics['test_macro_f1']:.4f}; {best} alone "
-                        f"{singles[best]:.4f}: {words}."}
+                        f"{score:.4f}: {words}."}
 
 
 _SHIPPED = {"bagged": "as the average of its fold models",

@@ -21,8 +21,9 @@ that are not base64 or not a usable image or sound, a path outside ``media_root`
 Example
 -------
 >>> model = mlflow.pyfunc.load_model("models:/crossfuse-sample@champion")     # doctest: +SKIP
+>>> png = base64.b64encode(Path("data/images/s00001.png").read_bytes()).decode()  # doctest: +SKIP
 >>> model.predict(pd.DataFrame({"text": ["A fox rested at midnight."],
-...                             "image": ["data/images/s00001.png"]}))       # doctest: +SKIP
+...                             "image": [png]}))                             # doctest: +SKIP
          label  p_circle-day  ...
 0  circle-night          0.01  ...
 """
