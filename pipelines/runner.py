@@ -12,6 +12,9 @@ Example
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from kfp import compiler, local
@@ -31,8 +34,31 @@ def run_local(cfg: RunConfig) -> dict:
     cfg = cfg.resolved()
     local.init(runner=local.SubprocessRunner(use_venv=False),
                pipeline_root=cfg.pipeline.pipeline_root, raise_on_error=True)
-    task = build_pipeline(cfg)(config_json=cfg.to_json())
+    with print_restored():
+        task = build_pipeline(cfg)(config_json=cfg.to_json())
     return dict(task.outputs) if hasattr(task, "outputs") else {}
+
+
+@contextlib.contextmanager
+def print_restored() -> Iterator[None]:
+    """Put ``builtins.print`` back as it was, whatever KFP's local runner did to it.
+
+    KFP indents a task's output by swapping ``builtins.print`` for the task's duration
+    (``kfp.local.logging_utils.indented_print``). The tasks of a ``dsl.ParallelFor`` run in
+    threads, and when two of those swaps interleave, the last restore puts back the other
+    task's indenting print: every later ``print`` in the process, the run's summary
+    included, then starts with four spaces.
+
+    >>> with print_restored():
+    ...     builtins.print = lambda *a, **k: None
+    >>> print("back")
+    back
+    """
+    saved = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = saved
 
 
 def compile_pipeline(path: Path = COMPILED, cfg: RunConfig | None = None) -> Path:
