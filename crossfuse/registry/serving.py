@@ -44,7 +44,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from crossfuse.config import RunConfig
 from crossfuse.data.modalities import Modality, get_modality
-from crossfuse.encoders import build_encoder, pad_tokens, resolve_device
+from crossfuse.encoders import build_encoder, pad_tokens, place_encoder
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
 
@@ -147,7 +147,9 @@ class FusionPredictor:
         self.encoders = {m: build_encoder(self.meta["encoders"][m]["name"], m,
                                           offline=self.cfg.extract.hf_offline,
                                           trust_remote_code=self.cfg.extract.trust_remote_code)
-                         .to(resolve_device("auto")) for m in self.modalities}
+                         for m in self.modalities}
+        for encoder in self.encoders.values():
+            place_encoder(encoder, "auto", self.cfg.extract.backend)
 
     def encode_items(self, modality: str, items: list):
         """Encode prepared items (normalised texts or RGB images at the training size).

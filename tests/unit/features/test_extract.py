@@ -2,6 +2,9 @@
 
 import shutil
 
+import pytest
+import torch
+
 from crossfuse.data.preprocess import preprocess
 from crossfuse.features.extract import extract
 from crossfuse.features.store import read_feature_set
@@ -81,3 +84,44 @@ def test_parts_merged_equal_one_extraction(sample_dataset, make_config, tmp_path
     assert a.index.equals(b.index)
     for m in ("image", "text"):
         assert (a.vectors[m] == b.vectors[m]).all()
+
+
+@pytest.mark.slow
+def test_features_of_different_backends_are_never_mixed(sample_dataset, make_config, tmp_path):
+    """ONNX Runtime's vectors are close to PyTorch's, not equal: each backend has its cache."""
+    cfg = {backend: make_config(sample_dataset, "extract.encoders={image: efficientnet-lite0}",
+                                f"extract.backend={backend}")
+           for backend in ("torch", "onnxruntime")}
+    preprocess(cfg["torch"], sample_dataset, tmp_path / "pre")
+    first = extract(cfg["torch"], tmp_path / "pre", tmp_path / "f-torch")
+    other = extract(cfg["onnxruntime"], tmp_path / "pre", tmp_path / "f-onnx")
+    assert (first.cache_hits, other.cache_hits) == ({"image": 0}, {"image": 0})
+    assert other.encoded == {"image": 60} and other.runtime == {"image": "onnxruntime on cpu"}
+    again = extract(cfg["torch"], tmp_path / "pre", tmp_path / "f-torch-again")
+    assert again.cache_hits == {"image": 60} and again.runtime == {"image": "torch on cpu"}
+
+    torch_fs, onnx_fs = (read_feature_set(tmp_path / f) for f in ("f-torch", "f-onnx"))
+    assert onnx_fs.encoders["image"]["cache_key"] == torch_fs.encoders["image"]["cache_key"] + "@onnxruntime"
+    assert onnx_fs.encoders["image"]["backend"] == "onnxruntime"
+    assert not torch.equal(torch_fs.vectors["image"], onnx_fs.vectors["image"])
+    cosine = torch.nn.functional.cosine_similarity(torch_fs.vectors["image"],
+                                                   onnx_fs.vectors["image"])
+    assert cosine.min() >= 0.999
+
+
+@pytest.mark.slow
+def test_decode_workers_give_the_same_features_in_the_same_order(sample_dataset, make_config,
+                                                                 tmp_path):
+    """Worker processes only move the decoding: the feature set is the same, row for row."""
+    same = ("extract.encoders={image: efficientnet-lite0}", "extract.backend=torch",
+            "extract.batch_size=8", "extract.shard_size=20")
+    serial_cfg = make_config(sample_dataset, *same, "extract.decode_workers=0")
+    workers_cfg = make_config(sample_dataset, *same, "extract.decode_workers=2",
+                              f"extract.cache_dir={tmp_path / 'another-cache'}")
+    preprocess(serial_cfg, sample_dataset, tmp_path / "pre")
+    serial = extract(serial_cfg, tmp_path / "pre", tmp_path / "serial")
+    workers = extract(workers_cfg, tmp_path / "pre", tmp_path / "workers")
+    assert serial.encoded == workers.encoded == {"image": 60}
+    a, b = read_feature_set(tmp_path / "serial"), read_feature_set(tmp_path / "workers")
+    assert a.index["hash_image"].tolist() == b.index["hash_image"].tolist()
+    assert torch.equal(a.vectors["image"], b.vectors["image"])
