@@ -124,6 +124,42 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_extraction(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from crossfuse.bench.encoders import markdown_table
+    from crossfuse.bench.perf import default_setups, extraction_rates, machine, preprocessed_copy
+
+    cfg = config_from_args(args).resolved()
+    setups = ([tuple(s.split(":")) for s in args.setups.split(",")] if args.setups
+              else default_setups())
+    modalities = args.modalities.split(",") if args.modalities else None
+    extra = {"no decode workers": ["extract.decode_workers=0"]}
+    if setups[-1][0].startswith("cuda"):  # the way extraction fed a GPU before decode workers
+        extra["no decode workers, batch 32"] = ["extract.decode_workers=0",
+                                                "extract.gpu_batch_size=32"]
+    with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
+        pre = preprocessed_copy(cfg, Path(work) / "pre")
+        rows = extraction_rates(cfg, pre, setups, modalities, extra)
+    print(f"machine: {machine()}\n")
+    print(markdown_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_bench_stages(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from crossfuse.bench.perf import run_stages_in_process
+
+    with tempfile.TemporaryDirectory(prefix="crossfuse-stages-") as work:
+        run_stages_in_process(config_from_args(args).resolved(), Path(work))
+    return 0
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` tracking URI, else None.
 
@@ -280,6 +316,20 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("--out", help="also write the rows as JSON here")
     add_config_args(enc)
     enc.set_defaults(func=cmd_bench_encoders)
+    ext = bench_sub.add_parser("extraction", help="items per second of the extract stage end to "
+                                                  "end, per device and backend")
+    ext.add_argument("--data", help="dataset folder (default: config's data.path)")
+    ext.add_argument("--setups", help="device:backend,... (default: cpu:torch,cpu:onnxruntime "
+                                      "and cuda:torch when there is a GPU)")
+    ext.add_argument("--modalities", help="comma-separated (default: the config's)")
+    ext.add_argument("--out", help="also write the rows as JSON here")
+    add_config_args(ext)
+    ext.set_defaults(func=cmd_bench_extraction)
+    stages = bench_sub.add_parser("stages", help="every stage in one process (no KFP): the "
+                                                 "reference for the local runner's overhead")
+    stages.add_argument("--data", help="dataset folder (default: config's data.path)")
+    add_config_args(stages)
+    stages.set_defaults(func=cmd_bench_stages)
 
     models = sub.add_parser("models", help="list registered versions, aliases and decisions")
     models.add_argument("--model", help="one registered model (default: all)")

@@ -158,11 +158,18 @@ def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
 def log_extract_result(result: ExtractResult) -> None:
     """Print and log cache hits, encodings and truncations per modality."""
     for m in result.dims:
+        runtime = result.runtime.get(m, "")
+        rate = (f", {result.encoded[m] / result.seconds[m]:.0f}/s"
+                if result.encoded[m] and result.seconds.get(m) else "")
         say(f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
-            f"cache, {result.encoded[m]} encoded")
+            f"cache, {result.encoded[m]} encoded" + (f" ({runtime}{rate})" if runtime else ""))
         log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
-                            f"features_{m}_encoded": result.encoded[m]})
+                     f"features_{m}_encoded": result.encoded[m]})
+        if result.encoded[m] and result.seconds.get(m):
+            log_metrics({f"features_{m}_items_per_s": result.encoded[m] / result.seconds[m]})
         mlflow.log_param(f"features.{m}.dim", result.dims[m])
+        if runtime:
+            mlflow.log_param(f"features.{m}.runtime", runtime)
     for m, n in result.truncated.items():
         log_metrics({f"features_{m}_truncated": n})
         if n:

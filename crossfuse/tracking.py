@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +112,7 @@ METRIC_SECTIONS = (
     ("features_", "extract", "features_"),
     ("train_", "train", ""), ("val_", "train", ""), ("best_", "train", ""),
     ("epochs_", "train", ""), ("cv_", "train", ""),
+    ("stage_", "performance", "stage_"),
 )
 
 
@@ -204,6 +206,23 @@ def _file_hash(path: Path) -> str:
     return content_hash(path.read_bytes()) if path.is_file() else "missing"
 
 
+def stage_cost(stage: str, seconds: float) -> dict[str, float]:
+    """What a stage cost: its own seconds, its process's seconds since start (imports
+    included) and the process's peak resident memory (MB), as ``stage_<stage>_*`` metrics.
+
+    >>> sorted(stage_cost("train", 1.0))
+    ['stage_train_peak_rss_mb', 'stage_train_process_seconds', 'stage_train_seconds']
+    """
+    import resource
+
+    import psutil
+
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {f"stage_{stage}_seconds": round(seconds, 3),
+            f"stage_{stage}_process_seconds": round(time.time() - psutil.Process().create_time(), 3),
+            f"stage_{stage}_peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
 @contextlib.contextmanager
 def stage_run(cfg: RunConfig, run_id: str | None, stage: str,
               final: bool = False) -> Iterator[mlflow.ActiveRun]:
@@ -219,6 +238,7 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str,
         run = mlflow.start_run(run_name=f"{cfg.data.dataset_name()}-{cfg.fusion.method}",
                                tags=run_tags(cfg))
         mlflow.log_params(config_summary(cfg))
+    started = time.perf_counter()
     try:
         yield run
     except BaseException as exc:
@@ -226,5 +246,6 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str,
                          "crossfuse.error": f"{type(exc).__name__}: {exc}"[:5000]})
         mlflow.end_run("FAILED")
         raise
+    log_metrics(stage_cost(stage, time.perf_counter() - started))
     mlflow.set_tag(f"crossfuse.stage.{stage}", "done")
     mlflow.end_run("FINISHED" if final else "RUNNING")
