@@ -363,6 +363,10 @@ class PipelineConfig(_Section):
         default_factory=dict,
         description="Kubernetes Secrets as environment variables of every step: secret name -> "
                     "{secret key: VARIABLE}, e.g. the DVC remote's AWS_ACCESS_KEY_ID.")
+    stage_cache_dir: str | None = Field(
+        ".cache/crossfuse/stages", description="Content-addressed records of the validate and "
+        "preprocess outputs: a stage whose data, settings and code are unchanged restores its "
+        "output from here instead of recomputing it; null turns records off.")
     caching: bool = Field(False, description="KFP step caching. Off: every step logs to the "
                                              "run's MLflow run, a cached step would not; "
                                              "features are cached by content anyway.")
@@ -439,6 +443,8 @@ class RunConfig(_Section):
         data.train.checkpoint_dir = absolute(data.train.checkpoint_dir)
         data.mlflow.artifact_root = absolute(data.mlflow.artifact_root)
         data.pipeline.pipeline_root = absolute(data.pipeline.pipeline_root)
+        if data.pipeline.stage_cache_dir:
+            data.pipeline.stage_cache_dir = absolute(data.pipeline.stage_cache_dir)
         data.mlflow.tracking_uri = _absolute_sqlite_uri(data.mlflow.tracking_uri, base)
         return data
 

@@ -38,7 +38,7 @@ import pandas as pd
 from crossfuse.config import RunConfig
 from crossfuse.console import say
 from crossfuse.data.dvc import materialise_data
-from crossfuse.data.preprocess import PreprocessResult, preprocess
+from crossfuse.data.preprocess import PreprocessResult, preprocess, preprocess_result
 from crossfuse.data.validation import (
     ValidationReport,
     require_valid,
@@ -52,6 +52,7 @@ from crossfuse.evaluation.report import REPORT_FILE, headline, render_report
 from crossfuse.features.extract import ExtractResult, extract, merge_features
 from crossfuse.preflight import preflight
 from crossfuse.registry.register import RegisterResult, register
+from crossfuse.stage_records import record_key, restore, store
 from crossfuse.tracking import data_version, log_metrics, stage_run
 from crossfuse.training.loop import TrainResult
 from crossfuse.training.selection import Candidate
@@ -75,7 +76,10 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
         version = data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote)
         mlflow.set_tags(version)
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
-        report = validate(cfg, Path(cfg.data.path), out_dir)
+        if not from_record(cfg, "validate", [Path(cfg.data.path)], out_dir):
+            validate(cfg, Path(cfg.data.path), out_dir)
+            keep_record(cfg, "validate", [Path(cfg.data.path)], out_dir)
+        report = ValidationReport.read(out_dir)
         log_dataset(cfg, version)
         say(report.summary())
         log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
@@ -87,6 +91,23 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
             mlflow.log_artifacts(str(out_dir / "data_docs"), "validation/data_docs")
         require_valid(report)
     return run.info.run_id, report
+
+
+def from_record(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path) -> bool:
+    """Restore ``out_dir`` from the stage's record when its inputs and settings are unchanged
+    (:mod:`crossfuse.stage_records`); says so, and logs ``<stage>.from_record``."""
+    hit = bool(cfg.pipeline.stage_cache_dir) and restore(
+        Path(cfg.pipeline.stage_cache_dir), stage, record_key(stage, cfg, inputs), out_dir)
+    mlflow.log_param(f"{stage}.from_record", hit)
+    if hit:
+        say(f"{stage}: inputs and settings unchanged, output restored from its record")
+    return hit
+
+
+def keep_record(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path) -> None:
+    """Keep the stage's fresh output as its record (when ``pipeline.stage_cache_dir`` is set)."""
+    if cfg.pipeline.stage_cache_dir:
+        store(Path(cfg.pipeline.stage_cache_dir), stage, record_key(stage, cfg, inputs), out_dir)
 
 
 def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
@@ -115,8 +136,13 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
     with stage_run(cfg, run_id, "preprocess"):
         cfg = materialise_data(cfg)
         report = ValidationReport.read(Path(validation_dir))
-        result = preprocess(cfg, Path(cfg.data.path), Path(out_dir),
-                            rejected_lines=report.rejected_lines)
+        inputs = [Path(cfg.data.path), Path(validation_dir) / "report.json"]
+        if from_record(cfg, "preprocess", inputs, Path(out_dir)):
+            result = preprocess_result(Path(out_dir))
+        else:
+            result = preprocess(cfg, Path(cfg.data.path), Path(out_dir),
+                                rejected_lines=report.rejected_lines)
+            keep_record(cfg, "preprocess", inputs, Path(out_dir))
         if result.n_samples + report.n_rejected != report.n_rows:  # nothing may be lost
             raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
                                f"{result.n_samples} used, {report.n_rejected} rejected")

@@ -138,7 +138,7 @@ def preprocessed_copy(cfg: RunConfig, out: Path) -> Path:
 
 
 def crossfuse_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "crossfuse.cli", *args]
+    return [str(Path(sys.executable).parent / "crossfuse"), *args]
 
 
 def stage_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:

@@ -136,6 +136,14 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
                             labels=labels)
 
 
+def preprocess_result(out_dir: Path) -> PreprocessResult:
+    """The :class:`PreprocessResult` of a preprocessed folder, read back from its files."""
+    samples, labels, _ = read_samples(out_dir)
+    counts = samples["split"].value_counts().to_dict()
+    return PreprocessResult(n_samples=len(samples),
+                            split_counts={s: int(counts.get(s, 0)) for s in SPLITS}, labels=labels)
+
+
 def read_samples(out_dir: Path) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
     """Read a preprocessed folder back: (samples, label list, {extra target: class list})."""
     out_dir = Path(out_dir)

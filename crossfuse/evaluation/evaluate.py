@@ -233,7 +233,7 @@ def robustness_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_d
     rows = feature_noise_rows(head, fs, levels, cfg.seed) if rob.features else []
     if rob.raw and samples is not None:
         rows += raw_noise_rows(FusionPredictor(model_dir), fs, samples, preprocessed, levels,
-                               cfg.seed, rob.raw_max_samples)
+                               cfg.seed, rob.raw_max_samples, Path(cfg.extract.cache_dir))
     if not rows:
         return {}
     write_text(out_dir / "robustness.csv", pd.DataFrame(rows).to_csv(index=False))

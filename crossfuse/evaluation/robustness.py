@@ -24,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,40 @@ def feature_noise_rows(head: FusionHead, fs: FeatureSet, levels: np.ndarray, see
     return rows
 
 
+def noised_features(predictor, modality: str, clean: list, clean_hashes: list[str],
+                    level: float, seed: int, step: int, cache_dir: Path | None
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The encoded features of ``clean`` items with noise at ``level`` (seeded by ``step``).
+
+    The noise is a function of the items (in order), the level and the seed, so its features
+    are cached under ``cache_dir/noised`` by a hash of exactly those and the encoder's key:
+    a re-run that changes only the fusion settings encodes nothing here.
+    """
+    from crossfuse.atomic import atomic_save
+    from crossfuse.hashing import content_hash
+
+    declared = get_modality(modality)
+    key = content_hash(json.dumps([predictor.encoders[modality].cache_key, declared.noise_kind,
+                                   float(level), seed, step, clean_hashes,
+                                   predictor.head.spec.token_inputs]))
+    path = None if cache_dir is None else Path(cache_dir) / "noised" / f"{key[:32]}.safetensors"
+    if path is not None and path.is_file():
+        from safetensors.torch import load_file
+
+        saved = load_file(str(path))
+        tokens = (saved["tokens"], saved["mask"]) if "tokens" in saved else None
+        return saved["vectors"], tokens
+    rng = _rng(seed, modality, step)
+    vectors, tokens = predictor.encode_items(modality, [declared.noise(v, level, rng) for v in clean])
+    if path is not None:
+        atomic_save({"vectors": vectors, **({"tokens": tokens[0], "mask": tokens[1]}
+                                            if tokens is not None else {})}, path)
+    return vectors, tokens
+
+
 def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
-                   levels: np.ndarray, seed: int, max_samples: int) -> list[dict]:
+                   levels: np.ndarray, seed: int, max_samples: int,
+                   cache_dir: Path | None = None) -> list[dict]:
     """Test scores per (modality, level) with noise on the raw input, re-encoded.
 
     Parameters
@@ -114,6 +147,8 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
     samples: the preprocessed ``samples.parquet`` (texts, image paths), any row order.
     preprocessed: the folder image paths in ``samples`` are relative to.
     max_samples: the first ``max_samples`` test rows are used.
+    cache_dir: where the noised inputs' features are kept (:func:`noised_features`); None:
+        not kept.
     """
     head, modalities = predictor.head, list(predictor.head.spec.dims)
     test_rows = fs.rows("test")[:max_samples]
@@ -132,9 +167,9 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
                                            unit="level")):
             noisy_x, noisy_tokens = x, tokens
             if level > 0 and have:  # level 0 is the clean input: its features are already here
-                rng = _rng(seed, m, i)
-                vectors, toks = predictor.encode_items(
-                    m, [modality.noise(v, level, rng) for v in clean])
+                hashes = fs.index[f"hash_{m}"].iloc[test_rows.numpy()[have]].tolist()
+                vectors, toks = noised_features(predictor, m, clean, hashes, level, seed, i,
+                                                cache_dir)
                 noisy_x = {**x, m: x[m].clone()}
                 noisy_x[m][have] = vectors
                 if toks is not None:
