@@ -30,33 +30,32 @@ import logging
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
-import mlflow.data
-import pandas as pd
 
 from crossfuse.config import RunConfig
 from crossfuse.console import say
 from crossfuse.data.dvc import materialise_data
-from crossfuse.data.preprocess import PreprocessResult, preprocess, preprocess_result
-from crossfuse.data.validation import (
+from crossfuse.data.validation.report import (
     ValidationReport,
     require_valid,
-    validate,
     validation_tags,
     warnings_from_tags,
 )
-from crossfuse.evaluation.evaluate import EvaluationResult, evaluate
-from crossfuse.evaluation.examples import REQUEST_EXAMPLE_FILE
-from crossfuse.evaluation.report import REPORT_FILE, headline, render_report
-from crossfuse.features.extract import ExtractResult, extract, merge_features
-from crossfuse.preflight import preflight
-from crossfuse.registry.register import RegisterResult, register
 from crossfuse.stage_records import record_key, restore, store
 from crossfuse.tracking import data_version, log_metrics, stage_run
-from crossfuse.training.loop import TrainResult
-from crossfuse.training.selection import Candidate
-from crossfuse.training.train import SELECTION_FILE, train
+
+if TYPE_CHECKING:
+    from crossfuse.data.preprocess import PreprocessResult
+    from crossfuse.evaluation.evaluate import EvaluationResult
+    from crossfuse.features.extract import ExtractResult
+    from crossfuse.registry.register import RegisterResult
+    from crossfuse.training.loop import TrainResult
+    from crossfuse.training.selection import Candidate
+
+# Each stage imports its own library code when it runs: a KFP task is a fresh process, and
+# the validate task should not wait for torch, scikit-learn and matplotlib to load.
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,9 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     Returns (run id, report). Raises :class:`crossfuse.data.validation.ValidationFailed`
     (and marks the run FAILED) when the data does not pass.
     """
+    from crossfuse.data.validation.validate import validate
+    from crossfuse.preflight import preflight
+
     out_dir = Path(out_dir)
     preflight(cfg, folders=False)  # before MLflow's client retries an unreachable server for minutes
     with stage_run(cfg, run_id, "validate") as run:
@@ -113,6 +115,9 @@ def keep_record(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path) -
 def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
     """The manifest as the run's input dataset; its digest is the DVC md5, else the manifest's
     hash (both from ``version``, :func:`crossfuse.tracking.data_version`)."""
+    import mlflow.data
+    import pandas as pd
+
     from crossfuse.data.manifest import MANIFEST_NAME
 
     manifest = Path(cfg.data.path) / MANIFEST_NAME
@@ -133,6 +138,8 @@ def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
 def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
                    out_dir: Path) -> PreprocessResult:
     """Preprocess the validated dataset; rows validation rejected are skipped."""
+    from crossfuse.data.preprocess import preprocess, preprocess_result
+
     with stage_run(cfg, run_id, "preprocess"):
         cfg = materialise_data(cfg)
         report = ValidationReport.read(Path(validation_dir))
@@ -161,6 +168,8 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
 
     A part logs nothing to MLflow: :func:`run_merge_features` logs the totals once.
     """
+    from crossfuse.features.extract import extract
+
     with stage_run(cfg, run_id, "extract" if part is None else f"extract-{part[0]}"):
         result = extract(cfg, Path(preprocessed), Path(out_dir), part=part)
         if part is None:
@@ -174,6 +183,8 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
 def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
                        out_dir: Path) -> ExtractResult:
     """Join the parts of a sharded extraction into the run's feature set."""
+    from crossfuse.features.extract import merge_features
+
     with stage_run(cfg, run_id, "extract"):
         result = merge_features(cfg, [Path(p) for p in parts], Path(out_dir))
         mlflow.log_param("extract.parts", len(parts))
@@ -205,6 +216,8 @@ def log_extract_result(result: ExtractResult) -> None:
 
 def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
     """Train the fused model, logging per-epoch curves; writes the model folder."""
+    from crossfuse.training.train import SELECTION_FILE, train
+
     model_dir = Path(model_dir)
 
     def log_trial(number: int, params: dict, value: float) -> None:
@@ -255,6 +268,9 @@ EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diag
 def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
                  out_dir: Path, preprocessed: Path | None = None) -> EvaluationResult:
     """Test metrics, calibration, robustness, importance, efficiency; the report, logged to the run."""
+    from crossfuse.evaluation.evaluate import evaluate
+    from crossfuse.evaluation.report import headline
+
     out_dir = Path(out_dir)
     with stage_run(cfg, run_id, "evaluate") as run:
         context = {"run_id": run.info.run_id, **{k: v for k, v in run.data.tags.items()
@@ -273,6 +289,8 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
 
 def request_example(evaluation_dir: Path) -> dict | None:
     """The evaluate stage's one-row client request (``request_example.json``), if it wrote one."""
+    from crossfuse.evaluation.examples import REQUEST_EXAMPLE_FILE
+
     path = Path(evaluation_dir) / REQUEST_EXAMPLE_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -280,6 +298,11 @@ def request_example(evaluation_dir: Path) -> dict | None:
 def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                  evaluation_dir: Path) -> RegisterResult:
     """Register the model through the promotion gate; adds the decision to the report; finishes the run."""
+    import pandas as pd
+
+    from crossfuse.evaluation.report import REPORT_FILE, render_report
+    from crossfuse.registry.register import register
+
     evaluation_dir = Path(evaluation_dir)
     metrics = json.loads((evaluation_dir / "metrics.json").read_text())
     with stage_run(cfg, run_id, "register", final=True) as run:

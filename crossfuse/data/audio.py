@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 SUPPORTED_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "AIFF", "CAF"})
 PEAK = 0.95  # peak level after normalisation: headroom, so noise added later rarely clips
@@ -95,6 +94,8 @@ def waveform(samples: np.ndarray, rate: int, sample_rate: int, seconds: float) -
         mono = mono.mean(axis=1)
     if rate != sample_rate:
         common = gcd(int(rate), int(sample_rate))
+        from scipy.signal import resample_poly  # scipy.signal takes a second to import
+
         mono = resample_poly(mono, sample_rate // common, rate // common)
     peak = float(np.abs(mono).max()) if mono.size else 0.0
     if peak >= SILENCE:

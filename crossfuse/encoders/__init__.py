@@ -9,23 +9,19 @@ name                     modality  dim   source
 =======================  ========  ====  ============================================
 """
 
-from crossfuse.encoders.base import (
-    Encoder,
-    EncoderUnavailable,
-    choose_backend,
-    pad_tokens,
-    place_encoder,
-    resolve_device,
-)
-from crossfuse.encoders.registry import (
-    ENCODERS,
-    build_encoder,
-    encoder_problem,
-    encoder_sample_rate,
-    known_encoders,
-    register_encoder,
-)
+from importlib import import_module
 
-__all__ = ["ENCODERS", "Encoder", "EncoderUnavailable", "build_encoder", "choose_backend",
-           "encoder_problem", "encoder_sample_rate", "known_encoders", "pad_tokens",
-           "place_encoder", "register_encoder", "resolve_device"]
+# Imported on first use (PEP 562): checking an encoder's name must not wait for torch.
+_WHERE = {"Encoder": "base", "choose_backend": "base", "pad_tokens": "base",
+          "place_encoder": "base", "resolve_device": "base", "EncoderUnavailable": "errors",
+          "ENCODERS": "registry", "build_encoder": "registry", "encoder_problem": "registry",
+          "encoder_sample_rate": "registry", "known_encoders": "registry",
+          "register_encoder": "registry"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"crossfuse.encoders.{_WHERE[name]}"), name)

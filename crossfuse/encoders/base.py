@@ -17,13 +17,11 @@ from typing import Any
 
 import torch
 
+from crossfuse.encoders.errors import EncoderUnavailable
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-
-
-class EncoderUnavailable(RuntimeError):
-    """The encoder's model cannot be loaded here; the message says how to provide it."""
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from crossfuse.encoders.base import Encoder, EncoderUnavailable
+from crossfuse.encoders.errors import EncoderUnavailable
+
+if TYPE_CHECKING:  # torch only where an encoder is built, not where a name is checked
+    from crossfuse.encoders.base import Encoder
 
 ENCODERS: dict[str, tuple[str, Callable[[], Encoder]]] = {}
 PACKAGES: dict[str, tuple[str, ...]] = {}  # encoder name -> the modules holding its weights

@@ -1,0 +1,5 @@
+"""The encoders' error, importable without torch (the pre-flight checks raise it too)."""
+
+
+class EncoderUnavailable(RuntimeError):
+    """The encoder's model cannot be loaded here; the message says how to provide it."""
