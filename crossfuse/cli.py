@@ -135,10 +135,10 @@ def cmd_bench_extraction(args: argparse.Namespace) -> int:
     setups = ([tuple(s.split(":")) for s in args.setups.split(",")] if args.setups
               else default_setups())
     modalities = args.modalities.split(",") if args.modalities else None
-    extra = {"no decode workers": ["extract.decode_workers=0"]}
-    if setups[-1][0].startswith("cuda"):  # the way extraction fed a GPU before decode workers
-        extra["no decode workers, batch 32"] = ["extract.decode_workers=0",
-                                                "extract.gpu_batch_size=32"]
+    extra = {"1 decode worker": ["extract.decode_workers=1"]}
+    if setups[-1][0].startswith("cuda"):  # as extraction fed a GPU before: batches of 32
+        extra = {"15 decode workers": ["extract.decode_workers=15"],
+                 "batch 32": ["extract.gpu_batch_size=32"]}
     with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
         pre = preprocessed_copy(cfg, Path(work) / "pre")
         rows = extraction_rates(cfg, pre, setups, modalities, extra)
@@ -147,6 +147,35 @@ def cmd_bench_extraction(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
         print(f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_bench_perf(args: argparse.Namespace) -> int:
+    import datetime
+    import json
+
+    from crossfuse.bench import perf
+
+    work = perf.fresh(Path(args.work))
+    log = work / "bench-perf.log"
+    print(f"bench perf: outputs under {work}, command output in {log}", flush=True)
+    ext_cfg = load_config(args.extraction_config, []).resolved()
+    print("extraction rates ...", flush=True)
+    pre = perf.preprocessed_copy(ext_cfg, work / "extraction-pre")
+    extraction = perf.extraction_rates(ext_cfg, pre, perf.default_setups(), None,
+                                       {"1 decode worker": ["extract.decode_workers=1"]})
+    print("cold, warm and one-process runs ...", flush=True)
+    costs = perf.run_costs(args.config, perf.fresh(work / "runs"), args.warm_change, log)
+    print("scaling ...", flush=True)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
+    scaling = perf.scaling(sizes, work / "scaling", log)
+    results = {"machine": perf.machine(), "date": datetime.date.today().isoformat(),
+               "command": "make bench-perf", "warm_change": args.warm_change,
+               "extraction": extraction, "costs": costs, "scaling": scaling}
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    gpu = json.loads(Path(args.gpu).read_text()) if args.gpu and Path(args.gpu).is_file() else None
+    perf.write_page(Path(args.out), perf.render(results, gpu))
+    print(f"wrote {args.json} and {args.out}")
     return 0
 
 
@@ -325,6 +354,22 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("--out", help="also write the rows as JSON here")
     add_config_args(ext)
     ext.set_defaults(func=cmd_bench_extraction)
+    perf_p = bench_sub.add_parser("perf", help="extraction rates, cold/warm/one-process stage "
+                                               "costs and scaling -> docs/performance.md")
+    perf_p.add_argument("--config", type=Path, help="run config of the cold/warm runs "
+                                                    "(default: the built-in defaults on data/)")
+    perf_p.add_argument("--extraction-config", type=Path,
+                        default=Path("configs/openmoji_unicode14.yaml"),
+                        help="dataset of the extraction rates")
+    perf_p.add_argument("--warm-change", default="fusion.method=concat",
+                        help="the one setting the warm run changes")
+    perf_p.add_argument("--sizes", default="1000,6000,30000", help="scaling sizes in rows")
+    perf_p.add_argument("--work", default="/tmp/crossfuse-bench-perf", help="scratch folder")
+    perf_p.add_argument("--gpu", default="docs/results/perf_gpu_extraction.json",
+                        help="GPU rows measured elsewhere (crossfuse bench extraction --out)")
+    perf_p.add_argument("--json", default="docs/results/perf.json")
+    perf_p.add_argument("--out", default="docs/performance.md")
+    perf_p.set_defaults(func=cmd_bench_perf)
     stages = bench_sub.add_parser("stages", help="every stage in one process (no KFP): the "
                                                  "reference for the local runner's overhead")
     stages.add_argument("--data", help="dataset folder (default: config's data.path)")

@@ -33,8 +33,6 @@ from pathlib import Path
 
 from crossfuse.config import RunConfig, load_config
 
-STAGES = ("validate", "preprocess", "extract", "train", "evaluate", "register")
-
 
 def machine() -> str:
     """The CPU model, its cores and, when torch sees one, the GPU: the label of absolute times."""
@@ -220,3 +218,134 @@ def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def scaling(sizes: list[int], work: Path, log: Path, method: str = "late") -> list[dict]:
+    """``crossfuse run`` on generated data of each size (rows), fusion fixed to ``method``.
+
+    Returns one row per size: rows, wall seconds, and each stage's seconds and peak RSS.
+    """
+    rows = []
+    for size in sizes:
+        folder = fresh(work / f"rows-{size}")
+        per_class = max(1, round(size / 6))
+        subprocess.run(crossfuse_command("data", "generate", "--per-class", str(per_class),
+                                         "--out", str(folder / "data")),
+                       check=True, stdout=subprocess.DEVNULL)
+        args = isolated(None, folder, f"data.path={folder / 'data'}", "data.name=scaling",
+                        f"fusion.method={method}")
+        cfg = load_config(None, [a for a in args if a != "--set" and "=" in a]).resolved()
+        wall = timed_run(["run", *args], log)
+        metrics = stage_metrics(cfg.mlflow.tracking_uri,
+                                latest_run_id(cfg.mlflow.tracking_uri, cfg.experiment_name()))
+        rows.append({"rows": 6 * per_class, "wall": round(wall, 1), **metrics})
+    return rows
+
+
+# (label, stage name in a KFP run, stage name in one process); extraction runs as part
+# "extract-0" and the merge as "extract" in the pipeline, as "extract" alone in one process.
+TABLE_STAGES = (("validate", "validate", "validate"), ("preprocess", "preprocess", "preprocess"),
+                ("extract", "extract-0", "extract"), ("merge features", "extract", None),
+                ("train", "train", "train"), ("evaluate", "evaluate", "evaluate"),
+                ("register", "register", "register"))
+
+
+def stage_table(costs: dict) -> str:
+    """Markdown: per stage, cold and warm task seconds (process start to end, imports included)
+    and their ratio, the stage's seconds in one process, and the cold task's peak RSS."""
+    lines = ["| stage | cold task s | warm task s | warm / cold | in one process s | "
+             "peak RSS MB (cold task) |", "|---|---|---|---|---|---|"]
+    cold, warm, inproc = costs["cold"], costs["warm"], costs["in_process"]
+
+    def num(d: dict, key: str, fmt: str = ".1f") -> str:
+        return format(d[key], fmt) if key in d else "—"
+
+    for label, kfp, alone in TABLE_STAGES:
+        key = f"stage_{kfp}_process_seconds"
+        ratio = f"{warm[key] / cold[key]:.2f}" if key in cold and key in warm else "—"
+        lines.append(f"| {label} | {num(cold, key)} | {num(warm, key)} | {ratio} | "
+                     f"{num(inproc, f'stage_{alone}_seconds') if alone else '—'} | "
+                     f"{num(cold, f'stage_{kfp}_peak_rss_mb', '.0f')} |")
+    lines.append(f"| **whole command** | {cold['wall']:.1f} | {warm['wall']:.1f} | "
+                 f"{warm['wall'] / cold['wall']:.2f} | {inproc['wall']:.1f} | |")
+    return "\n".join(lines)
+
+
+def scaling_table(rows: list[dict]) -> str:
+    """Markdown: per size, wall seconds, seconds per 1,000 rows, and each stage's seconds / RSS."""
+    head = ("| rows | wall s | s per 1k rows | "
+            + " | ".join(f"{label} s" for label, _, _ in TABLE_STAGES)
+            + " | peak RSS MB (max over tasks) |")
+    lines = [head, "|" + "---|" * (4 + len(TABLE_STAGES))]
+    for r in rows:
+        stage_s = " | ".join(f"{r.get(f'stage_{kfp}_process_seconds', float('nan')):.1f}"
+                             for _, kfp, _ in TABLE_STAGES)
+        rss = max(v for k, v in r.items() if k.endswith("_peak_rss_mb"))
+        lines.append(f"| {r['rows']:,} | {r['wall']:.0f} | {1000 * r['wall'] / r['rows']:.1f} | "
+                     f"{stage_s} | {rss:.0f} |")
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- bench-perf:begin -->", "<!-- bench-perf:end -->"
+
+
+def render(results: dict, gpu: dict | None) -> str:
+    """The measured part of docs/performance.md (tables + the goals as measured)."""
+    from crossfuse.bench.encoders import markdown_table
+
+    costs, ext = results["costs"], results["extraction"]
+    cpu_rows = [r for r in ext if r["runtime"].endswith("on cpu")]
+    best_image = max((r["items_per_s"] for r in cpu_rows if r["modality"] == "image"), default=0)
+    torch_image = next((r["items_per_s"] for r in cpu_rows
+                        if r["modality"] == "image" and r["runtime"] == "torch on cpu"), None)
+    warm_ratio = costs["warm"]["wall"] / costs["cold"]["wall"]
+    kfp_ratio = costs["cold"]["wall"] / costs["in_process"]["wall"]
+    evaluate_key = "stage_evaluate_process_seconds"
+    slowest = max((k for k in costs["warm"] if k.endswith("_process_seconds")),
+                  key=lambda k: costs["warm"][k])
+    gpu_best = max((r["items_per_s"] for r in (gpu or {}).get("rows", [])), default=None)
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    goals = [
+        f"- Image extraction on the CPU ≥ 90 img/s end to end: {best_image:.0f} img/s "
+        f"({best_image / torch_image:.1f}x PyTorch's {torch_image:.0f}) — {verdict(best_image >= 90)}."
+        if torch_image else "- Image extraction on the CPU: not measured.",
+        (f"- GPU extraction ≥ 2,500 img/s end to end: {gpu_best:.0f} img/s on "
+         f"{gpu['machine']} — {verdict(gpu_best >= 2500)}.") if gpu_best else
+        "- GPU extraction: no GPU in this run.",
+        f"- A re-run that changes only the fusion settings ≤ 0.25 of a cold run: "
+        f"{warm_ratio:.2f} — {verdict(warm_ratio <= 0.25)}.",
+        f"- `crossfuse run` ≤ 1.3x the same stages in one process: {kfp_ratio:.2f}x — "
+        f"{verdict(kfp_ratio <= 1.3)}.",
+        f"- Evaluate is not the warm run's dominant cost: the slowest warm task is "
+        f"`{slowest.removeprefix('stage_').removesuffix('_process_seconds')}` "
+        f"({costs['warm'][slowest]:.1f} s; evaluate {costs['warm'].get(evaluate_key, 0):.1f} s) — "
+        f"{verdict(slowest != evaluate_key)}.",
+    ]
+    parts = [BEGIN, f"Measured on **{results['machine']}** by `{results['command']}` "
+             f"({results['date']}).", "", "### The goals, as measured", "", *goals, "",
+             "### Extraction, end to end (empty feature cache; files → vectors in the cache)", "",
+             markdown_table(ext)]
+    if gpu:
+        parts += ["", f"On **{gpu['machine']}** (`crossfuse bench extraction --modalities image "
+                  f"--setups cuda:torch` over 9,000 generated images, run on a lent GPU machine):",
+                  "", markdown_table(gpu["rows"])]
+    parts += ["", "### Cold run, warm run, one process (sample data, `configs/default.yaml`)", "",
+              f"Cold: empty feature cache and stage records. Warm: the same command again with "
+              f"`--set {results['warm_change']}`. One process: `crossfuse bench stages`, every stage "
+              f"function called in one Python process, cold. Task seconds run from the task "
+              f"process's start (Python imports included) to the end of its stage.", "",
+              stage_table(costs), "",
+              "### Scaling (generated data, `fusion.method=late`, cold)", "",
+              scaling_table(results["scaling"]), END]
+    return "\n".join(parts)
+
+
+def write_page(page: Path, measured: str) -> None:
+    """Put ``measured`` between the page's markers (the prose around them is kept)."""
+    text = page.read_text() if page.is_file() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    page.write_text(head + measured + tail)
