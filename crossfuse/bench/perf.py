@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from crossfuse.config import RunConfig, load_config
+from crossfuse.config import RunConfig
 
 
 def machine() -> str:
@@ -157,22 +157,25 @@ def timed_run(args: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def latest_run_id(tracking_uri: str, experiment: str) -> str:
+def latest_run_id(tracking_uri: str) -> str:
+    """The newest pipeline run (not a nested one) in the store: each benchmark has its own."""
     import mlflow
 
     client = mlflow.tracking.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`mlflow.parentRunId` IS NULL",
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string="tags.`mlflow.parentRunId` IS NULL",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id
 
 
 def isolated(config: Path | None, work: Path, *overrides: str) -> list[str]:
-    """``--config``/``--set`` arguments that keep every output, cache and store under ``work``."""
+    """``--config``/``--set`` arguments that keep every output, cache and store under ``work``
+    (``config`` None: the command's default, configs/default.yaml)."""
     args = ["--config", str(config)] if config else []
     for o in (f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
               f"mlflow.artifact_root={work}/mlartifacts",
               f"pipeline.pipeline_root={work}/kfp", f"extract.cache_dir={work}/cache",
+              f"pipeline.stage_cache_dir={work}/stages", f"train.checkpoint_dir={work}/checkpoints",
               *overrides):
         args += ["--set", o]
     return args
@@ -184,20 +187,17 @@ def run_costs(config: Path | None, work: Path, warm_change: str, log: Path) -> d
     Returns ``{"cold": {...}, "warm": {...}, "in_process": {...}}``, each with ``wall`` seconds
     and the run's ``stage_*`` metrics.
     """
+    uri = f"sqlite:///{work}/mlflow.db"
     args = isolated(config, work)
-    cfg = load_config(config, [a for a in args if a != "--set" and "=" in a]).resolved()
-    uri, experiment = cfg.mlflow.tracking_uri, cfg.experiment_name()
-    out = {}
-    out["cold"] = {"wall": timed_run(["run", *args], log)}
-    out["cold"].update(stage_metrics(uri, latest_run_id(uri, experiment)))
+    out = {"cold": {"wall": timed_run(["run", *args], log)}}
+    out["cold"].update(stage_metrics(uri, latest_run_id(uri)))
     out["warm"] = {"wall": timed_run(["run", *args, "--set", warm_change], log)}
-    out["warm"].update(stage_metrics(uri, latest_run_id(uri, experiment)))
+    out["warm"].update(stage_metrics(uri, latest_run_id(uri)))
     in_process = work / "in-process"
-    in_args = isolated(config, in_process)
-    out["in_process"] = {"wall": timed_run(["bench", "stages", *in_args], log)}
-    in_cfg = load_config(config, [a for a in in_args if a != "--set" and "=" in a]).resolved()
-    out["in_process"].update(stage_metrics(in_cfg.mlflow.tracking_uri,
-                                           latest_run_id(in_cfg.mlflow.tracking_uri, experiment)))
+    out["in_process"] = {"wall": timed_run(["bench", "stages", *isolated(config, in_process)],
+                                           log)}
+    in_uri = f"sqlite:///{in_process}/mlflow.db"
+    out["in_process"].update(stage_metrics(in_uri, latest_run_id(in_uri)))
     return out
 
 
@@ -234,10 +234,9 @@ def scaling(sizes: list[int], work: Path, log: Path, method: str = "late") -> li
                        check=True, stdout=subprocess.DEVNULL)
         args = isolated(None, folder, f"data.path={folder / 'data'}", "data.name=scaling",
                         f"fusion.method={method}")
-        cfg = load_config(None, [a for a in args if a != "--set" and "=" in a]).resolved()
         wall = timed_run(["run", *args], log)
-        metrics = stage_metrics(cfg.mlflow.tracking_uri,
-                                latest_run_id(cfg.mlflow.tracking_uri, cfg.experiment_name()))
+        uri = f"sqlite:///{folder}/mlflow.db"
+        metrics = stage_metrics(uri, latest_run_id(uri))
         rows.append({"rows": 6 * per_class, "wall": round(wall, 1), **metrics})
     return rows
 

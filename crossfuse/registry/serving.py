@@ -131,12 +131,15 @@ class FusionPredictor:
     model_dir: the train stage's output (fusion head, spec, run config).
     media_root: the folder image paths may point into; default ``CROSSFUSE_SERVING_MEDIA_ROOT``,
         else the model's ``serving.media_root``, else none (base64 bytes only).
+    export_dir: where ONNX exports of the encoders are kept (default: a temporary folder,
+        exported at load); evaluation passes the run's, so it exports once.
 
     The encoders run on this machine's GPU when it has one (wherever the model was
     trained); the fusion head runs on the CPU.
     """
 
-    def __init__(self, model_dir: Path, media_root: Path | str | None = None):
+    def __init__(self, model_dir: Path, media_root: Path | str | None = None,
+                 export_dir: Path | None = None):
         model_dir = Path(model_dir)
         self.head, self.meta = load_fusion_head(model_dir)
         self.cfg = RunConfig.from_json((model_dir / RUN_CONFIG_FILE).read_text())
@@ -149,7 +152,7 @@ class FusionPredictor:
                                           trust_remote_code=self.cfg.extract.trust_remote_code)
                          for m in self.modalities}
         for encoder in self.encoders.values():
-            place_encoder(encoder, "auto", self.cfg.extract.backend)
+            place_encoder(encoder, "auto", self.cfg.extract.backend, export_dir)
 
     def encode_items(self, modality: str, items: list):
         """Encode prepared items (normalised texts or RGB images at the training size).
