@@ -116,7 +116,7 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     from crossfuse.bench.encoders import bench_encoders, markdown_table
 
     rows = bench_encoders(config_from_args(args).resolved(), device=args.device,
-                          batch_size=args.batch_size, limit=args.limit)
+                          batch_size=args.batch_size, limit=args.limit, backend=args.backend)
     print(markdown_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
@@ -341,6 +341,8 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("--data", help="dataset folder (default: config's data.path)")
     enc.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:N")
     enc.add_argument("--batch-size", type=int, help="default: extract.batch_size")
+    enc.add_argument("--backend", choices=["auto", "torch", "onnxruntime"],
+                     help="default: extract.backend")
     enc.add_argument("--limit", type=int, default=512, help="items per modality (default 512)")
     enc.add_argument("--out", help="also write the rows as JSON here")
     add_config_args(enc)

@@ -25,7 +25,7 @@ from crossfuse.config import RunConfig
 from crossfuse.data.images import prepare_image
 from crossfuse.data.manifest import load_run_manifest, resolve_media
 from crossfuse.data.text import normalise_text
-from crossfuse.encoders import Encoder, build_encoder, resolve_device
+from crossfuse.encoders import Encoder, build_encoder, place_encoder, resolve_device
 
 
 def dataset_items(cfg: RunConfig, limit: int) -> dict[str, list]:
@@ -59,18 +59,23 @@ def time_encoder(encoder: Encoder, items: list, batch_size: int, repeats: int = 
 
 
 def bench_encoders(cfg: RunConfig, device: str = "auto", batch_size: int | None = None,
-                   limit: int = 512, repeats: int = 3) -> list[dict]:
-    """One row per modality: encoder, device, items, items per second, ms per item."""
+                   limit: int = 512, repeats: int = 3, backend: str | None = None) -> list[dict]:
+    """One row per modality: encoder, device, backend, items, items per second, ms per item.
+
+    ``backend`` defaults to ``extract.backend`` (auto: ONNX Runtime on the CPU where the
+    encoder has an export).
+    """
     where = resolve_device(device)
     batch_size = batch_size or cfg.extract.batch_size
     rows = []
     for modality, items in dataset_items(cfg, limit).items():
         encoder = build_encoder(cfg.extract.encoders[modality], modality,
                                 offline=cfg.extract.hf_offline,
-                                trust_remote_code=cfg.extract.trust_remote_code).to(where)
+                                trust_remote_code=cfg.extract.trust_remote_code)
+        place_encoder(encoder, str(where), backend or cfg.extract.backend)
         seconds = time_encoder(encoder, items, batch_size, repeats)
         rows.append({"modality": modality, "encoder": encoder.name, "device": str(where),
-                     "batch_size": batch_size, "items": len(items),
+                     "backend": encoder.backend, "batch_size": batch_size, "items": len(items),
                      "items_per_s": round(len(items) / seconds, 1),
                      "ms_per_item": round(1000 * seconds / len(items), 3)})
     return rows

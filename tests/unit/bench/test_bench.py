@@ -65,4 +65,23 @@ def test_bench_encoders_command(sample_dataset, tiny_text_model, tiny_image_mode
     assert all(r["items_per_s"] > 0 and r["ms_per_item"] > 0 for r in rows)
     assert rows[0]["encoder"] == f"hf:{tiny_image_model}"
     table = capsys.readouterr().out
-    assert "| modality | encoder | device | batch_size | items | items_per_s | ms_per_item |" in table
+    assert ("| modality | encoder | device | backend | batch_size | items | items_per_s | "
+            "ms_per_item |") in table
+    assert {r["backend"] for r in rows} == {"torch"}  # hf: encoders have no ONNX export
+
+
+def test_bench_extraction_measures_the_stage_per_runtime(sample_dataset, tiny_text_model,
+                                                         tiny_image_model, tmp_path, capsys):
+    out = tmp_path / "extraction.json"
+    code = main(["bench", "extraction", "--data", str(sample_dataset),
+                 "--setups", "cpu:torch,cpu:onnxruntime", "--out", str(out),
+                 "--set", f"extract.encoders.text=hf:{tiny_text_model}",
+                 "--set", f"extract.encoders.image=hf:{tiny_image_model}",
+                 "--set", "preprocess.image_size=32"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    # hf: encoders have no ONNX export: their onnxruntime rows are left out, not faked.
+    assert [(r["modality"], r["runtime"]) for r in result["rows"]] == [
+        ("image", "torch on cpu"), ("text", "torch on cpu")]
+    assert result["rows"][0]["items"] == 60
+    assert all(r["items_per_s"] > 0 for r in result["rows"]) and "cores" in result["machine"]
