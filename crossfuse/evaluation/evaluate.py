@@ -232,7 +232,8 @@ def robustness_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_d
     levels = noise_levels(rob.levels)
     rows = feature_noise_rows(head, fs, levels, cfg.seed) if rob.features else []
     if rob.raw and samples is not None:
-        predictor = FusionPredictor(model_dir, export_dir=Path(cfg.extract.cache_dir) / "onnx")
+        predictor = FusionPredictor(model_dir, export_dir=Path(cfg.extract.cache_dir) / "onnx",
+                                    device=cfg.extract.device)  # placed as extract placed them
         rows += raw_noise_rows(predictor, fs, samples, preprocessed, levels,
                                cfg.seed, rob.raw_max_samples, Path(cfg.extract.cache_dir))
     if not rows:

@@ -105,19 +105,20 @@ def feature_noise_rows(head: FusionHead, fs: FeatureSet, levels: np.ndarray, see
 
 
 def noised_features(predictor, modality: str, clean: list, clean_hashes: list[str],
-                    level: float, seed: int, step: int, cache_dir: Path | None
-                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+                    level: float, seed: int, step: int, cache_dir: Path | None,
+                    encoder_key: str) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """The encoded features of ``clean`` items with noise at ``level`` (seeded by ``step``).
 
     The noise is a function of the items (in order), the level and the seed, so its features
-    are cached under ``cache_dir/noised`` by a hash of exactly those and the encoder's key:
-    a re-run that changes only the fusion settings encodes nothing here.
+    are cached under ``cache_dir/noised`` by a hash of exactly those and ``encoder_key`` (the
+    cache key the clean features were made under; the predictor's encoders are placed the
+    same way): a re-run that changes only the fusion settings loads no encoder here.
     """
     from crossfuse.atomic import atomic_save
     from crossfuse.hashing import content_hash
 
     declared = get_modality(modality)
-    key = content_hash(json.dumps([predictor.encoders[modality].cache_key, declared.noise_kind,
+    key = content_hash(json.dumps([encoder_key, declared.noise_kind,
                                    float(level), seed, step, clean_hashes,
                                    predictor.head.spec.token_inputs]))
     path = None if cache_dir is None else Path(cache_dir) / "noised" / f"{key[:32]}.safetensors"
@@ -169,7 +170,7 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
             if level > 0 and have:  # level 0 is the clean input: its features are already here
                 hashes = fs.index[f"hash_{m}"].iloc[test_rows.numpy()[have]].tolist()
                 vectors, toks = noised_features(predictor, m, clean, hashes, level, seed, i,
-                                                cache_dir)
+                                                cache_dir, fs.encoders[m]["cache_key"])
                 noisy_x = {**x, m: x[m].clone()}
                 noisy_x[m][have] = vectors
                 if toks is not None:

@@ -133,13 +133,18 @@ class FusionPredictor:
         else the model's ``serving.media_root``, else none (base64 bytes only).
     export_dir: where ONNX exports of the encoders are kept (default: a temporary folder,
         exported at load); evaluation passes the run's, so it exports once.
+    device: where the encoders run (``extract.device`` values; default ``auto``).
+
+    Encoders are built on first use (:attr:`encoders` builds them all), so a caller that
+    finds every vector it needs in a cache never loads them; the served model loads them
+    when it is loaded.
 
     The encoders run on this machine's GPU when it has one (wherever the model was
     trained); the fusion head runs on the CPU.
     """
 
     def __init__(self, model_dir: Path, media_root: Path | str | None = None,
-                 export_dir: Path | None = None):
+                 export_dir: Path | None = None, device: str = "auto"):
         model_dir = Path(model_dir)
         self.head, self.meta = load_fusion_head(model_dir)
         self.cfg = RunConfig.from_json((model_dir / RUN_CONFIG_FILE).read_text())
@@ -147,12 +152,22 @@ class FusionPredictor:
         self.media_root = Path(root).resolve() if root else None
         self.labels: list[str] = self.meta["labels"]
         self.modalities = list(self.meta["dims"])
-        self.encoders = {m: build_encoder(self.meta["encoders"][m]["name"], m,
-                                          offline=self.cfg.extract.hf_offline,
-                                          trust_remote_code=self.cfg.extract.trust_remote_code)
-                         for m in self.modalities}
-        for encoder in self.encoders.values():
-            place_encoder(encoder, "auto", self.cfg.extract.backend, export_dir)
+        self._placement = (device, self.cfg.extract.backend, export_dir)
+        self._encoders: dict = {}
+
+    def encoder(self, modality: str):
+        """The encoder of ``modality``, built and placed on first use."""
+        if modality not in self._encoders:
+            encoder = build_encoder(self.meta["encoders"][modality]["name"], modality,
+                                    offline=self.cfg.extract.hf_offline,
+                                    trust_remote_code=self.cfg.extract.trust_remote_code)
+            self._encoders[modality] = place_encoder(encoder, *self._placement)
+        return self._encoders[modality]
+
+    @property
+    def encoders(self) -> dict:
+        """Every modality's encoder (built now if not yet)."""
+        return {m: self.encoder(m) for m in self.modalities}
 
     def encode_items(self, modality: str, items: list):
         """Encode prepared items (normalised texts or RGB images at the training size).
@@ -165,7 +180,7 @@ class FusionPredictor:
         tokens = ((torch.zeros(len(items), length, dim), torch.zeros(len(items), length,
                                                                     dtype=torch.bool))
                   if self.head.spec.token_inputs else None)
-        encoder, batch = self.encoders[modality], self.cfg.extract.batch_size
+        encoder, batch = self.encoder(modality), self.cfg.extract.batch_size
         for s in range(0, len(items), batch):
             chunk = items[s:s + batch]
             vectors[s:s + len(chunk)] = encoder.encode(chunk)
@@ -244,6 +259,7 @@ class CrossfusePyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.predictor = FusionPredictor(Path(context.artifacts["model"]))
+        _ = self.predictor.encoders  # loaded with the model, not at the first request
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = pd.DataFrame(model_input)

@@ -35,3 +35,9 @@ def test_noised_features_are_cached_and_give_the_same_curve(sample_dataset, make
     calls.clear()
     assert sweep(tmp_path / "noise-cache") == first and calls == []
     assert sweep(None) == first and len(calls) == 4                  # no cache: encoded again
+
+    # A fresh predictor on a warm cache never even loads an encoder.
+    fresh = FusionPredictor(tmp_path / "model")
+    assert raw_noise_rows(fresh, fs, samples, tmp_path / "pre", levels, cfg.seed, 16,
+                          tmp_path / "noise-cache") == first
+    assert fresh._encoders == {}
