@@ -33,7 +33,7 @@ def test_goals_are_judged_from_the_measurements():
     assert "200 img/s (4.0x PyTorch's 50) — **met**" in page
     assert "0.20 — **met**" in page                       # warm 40 s of a cold 200 s
     assert "1.25x — **met**" in page                       # 200 s vs 160 s in one process
-    assert "slowest warm task is `train` (12.0 s; evaluate 3.0 s) — **met**" in page
+    assert "slowest warm tasks are `train` (12.0 s) and `evaluate` (3.0 s) — **met**" in page
     assert "GPU extraction: no GPU in this run." in page
     slow = render(results(cold=100.0, warm=50.0, inproc=50.0), None)
     assert "0.50 — **not met**" in slow and "2.00x — **not met**" in slow
