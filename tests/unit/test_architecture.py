@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "crossfuse"
 
 # Sub-packages in dependency order: each may import those before it, never those after.
-LAYERS = ["encoders", "fusion", "data", "features", "training", "registry", "evaluation", "bench"]
+LAYERS = ["encoders", "fusion", "data", "features", "training", "registry", "evaluation",
+          "monitoring", "bench"]
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,1 @@
+"""Watching a deployed model's inputs: is new data like the data the model was trained on?"""
