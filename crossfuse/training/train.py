@@ -26,6 +26,7 @@ import numpy as np
 
 from crossfuse.atomic import write_json, write_text
 from crossfuse.config import RunConfig
+from crossfuse.features.reference import write_reference
 from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import FusionHead, save_fusion_head
 from crossfuse.fusion.model import HISTORY_FILE, RUN_CONFIG_FILE
@@ -64,6 +65,7 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
     ``on_candidate`` then sees each candidate's result.
     """
     fs = read_feature_set(Path(features))
+    write_reference(fs, Path(model_dir))  # what it learned from, for drift checks on new data
     if cfg.fusion.method == AUTO:
         return train_auto(cfg, fs, Path(model_dir), on_candidate)
     fusion, train_cfg, searched = cfg.fusion, cfg.train, {}
