@@ -266,6 +266,22 @@ class EvaluateConfig(_Section):
     efficiency_samples: int = Field(64, description="Raw test samples timed end to end.")
 
 
+class DriftConfig(_Section):
+    """How new data is compared with a model's training data (batch prediction)."""
+
+    max_p_value: float = Field(0.01, gt=0, lt=1, description="A modality's embeddings drifted "
+                               "when the MMD two-sample test's p-value is below this.")
+    max_label_shift: float = Field(0.25, ge=0, le=1, description="Predicted labels drifted when "
+                                   "their distribution is further than this (total variation) "
+                                   "from the training labels'.")
+    max_missing_change: float = Field(0.1, ge=0, le=1, description="A modality drifted when its "
+                                      "missing-row rate rose by more than this.")
+    permutations: int = Field(200, ge=19, description="Permutations of the MMD test (its "
+                              "smallest p-value is 1 / (permutations + 1)).")
+    max_samples: int = Field(500, ge=10, description="Rows per side in the MMD test (a seeded "
+                             "draw above it), so its cost does not grow with the data.")
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking store: a "
                               "SQLite file or http(s):// server (env MLFLOW_TRACKING_URI wins).")
@@ -398,6 +414,8 @@ class RunConfig(_Section):
     train: TrainConfig = Field(TrainConfig(), description="Training the fusion head.")
     evaluate: EvaluateConfig = Field(EvaluateConfig(), description="What the evaluate stage "
                                      "measures beyond the test metrics.")
+    drift: DriftConfig = Field(DriftConfig(), description="Drift between training data and "
+                               "data scored in batch.")
     mlflow: MlflowConfig = Field(MlflowConfig(), description="Tracking.")
     registry: RegistryConfig = Field(RegistryConfig(), description="The model registry and "
                                      "the promotion gate.")

@@ -7,7 +7,7 @@ cache already does per item for extract. The key is a sha256 over
 - the stage's name and crossfuse's own source (every ``.py`` file of the package), so a
   code change never serves an old result;
 - the run config without the sections that only later stages read (``fusion``,
-  ``train``, ``evaluate``, ``mlflow``, ``registry``, ``pipeline``, ``serving``; for
+  ``train``, ``evaluate``, ``drift``, ``mlflow``, ``registry``, ``pipeline``, ``serving``; for
   validate, of ``preprocess`` only the split);
 - every file under each input folder: relative path and bytes.
 
@@ -34,7 +34,8 @@ from pathlib import Path
 
 from crossfuse.config import RunConfig
 
-LATER_SECTIONS = ("fusion", "train", "evaluate", "mlflow", "registry", "pipeline", "serving")
+LATER_SECTIONS = ("fusion", "train", "evaluate", "drift", "mlflow", "registry", "pipeline",
+                  "serving")
 # Of an early section, the keys a stage reads when it does not read the rest.
 ONLY_KEYS = {"validate": {"preprocess": ("split",)}}  # validation checks the split column
 

@@ -105,3 +105,50 @@ def missing_rates(reference: dict[str, np.ndarray], current: dict[str, np.ndarra
         cur = float(1 - np.mean(current[m])) if len(current[m]) else 0.0
         out[m] = {"reference": ref, "current": cur, "change": cur - ref}
     return out
+
+
+@dataclass
+class DriftReport:
+    """Every drift figure as a flat metric (``drift_<name>``) and which of them crossed their
+    threshold (``flagged``: a reason per drifted figure, in words)."""
+
+    metrics: dict[str, float]
+    flagged: list[str]
+    label_shift: dict
+    missing: dict
+
+
+def assess_drift(reference_vectors: dict[str, np.ndarray], current_vectors: dict[str, np.ndarray],
+                 reference_present: dict[str, np.ndarray], current_present: dict[str, np.ndarray],
+                 reference_labels: list[str], predicted_labels: list[str], classes: list[str],
+                 cfg, seed: int = 0) -> DriftReport:
+    """Compare new data with a model's training data (``cfg``: a :class:`DriftConfig`).
+
+    Per modality, an MMD test on the present rows' vectors and the change in the missing
+    rate; overall, the distance of the predicted labels from the training labels. A figure
+    drifts when it crosses its threshold (``max_p_value``, ``max_missing_change``,
+    ``max_label_shift``).
+    """
+    metrics: dict[str, float] = {}
+    flagged: list[str] = []
+    for m in reference_vectors:
+        ref, cur = reference_vectors[m], current_vectors.get(m, np.zeros((0, 0)))
+        if len(ref) < 2 or len(cur) < 2:
+            continue  # too few rows with this modality to test; its missing rate still counts
+        test = mmd_test(ref, cur, cfg.permutations, cfg.max_samples, seed)
+        metrics[f"drift_{m}_mmd2"], metrics[f"drift_{m}_p_value"] = test.mmd2, test.p_value
+        if test.p_value < cfg.max_p_value:
+            flagged.append(f"{m} embeddings: MMD p-value {test.p_value:.4f} < {cfg.max_p_value}")
+    missing = missing_rates(reference_present, current_present)
+    for m, rates in missing.items():
+        metrics[f"drift_{m}_missing_rate"] = rates["current"]
+        metrics[f"drift_{m}_missing_change"] = rates["change"]
+        if rates["change"] > cfg.max_missing_change:
+            flagged.append(f"{m} missing in {rates['current']:.1%} of rows, up from "
+                           f"{rates['reference']:.1%} (more than {cfg.max_missing_change:.0%})")
+    shift = label_shift(reference_labels, predicted_labels, classes)
+    metrics["drift_label_shift"] = shift["total_variation"]
+    if shift["total_variation"] > cfg.max_label_shift:
+        flagged.append(f"predicted labels: total variation {shift['total_variation']:.3f} from the "
+                       f"training labels > {cfg.max_label_shift}")
+    return DriftReport(metrics=metrics, flagged=flagged, label_shift=shift, missing=missing)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from conftest import SHARED_DATASETS
@@ -54,3 +56,51 @@ def test_label_shift_reports_both_distributions():
     assert shift["total_variation"] == pytest.approx(0.4)
     assert shift["reference"] == {"a": 0.6, "b": 0.4, "c": 0.0}
     assert shift["current"] == {"a": 0.2, "b": 0.8, "c": 0.0}
+
+
+def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
+        sample_dataset, make_config, tmp_path):
+    """The model's own reference against new data, prepared and encoded as the model was."""
+    import torch
+    from conftest import run_stages
+
+    from crossfuse.config import RunConfig
+    from crossfuse.data.preprocess import preprocess
+    from crossfuse.features.extract import extract
+    from crossfuse.features.reference import load_reference
+    from crossfuse.features.store import read_feature_set
+    from crossfuse.fusion import load_fusion_head
+    from crossfuse.fusion.model import predict_proba
+    from crossfuse.monitoring.drift import assess_drift
+
+    cfg = make_config(sample_dataset, "extract.encoders={image: efficientnet-lite0, text: minilm}",
+                      "fusion.method=concat", "evaluate.robustness.raw=false",
+                      "evaluate.efficiency=false")
+    run_stages(cfg, tmp_path / "train")
+    model = tmp_path / "train" / "model"
+    model_cfg = RunConfig.from_json((model / "run_config.json").read_text())
+    head, meta = load_fusion_head(model)
+    ref = load_reference(model, cfg.extract.cache_dir)
+
+    noised = tmp_path / "noised"
+    shutil.copytree(sample_dataset, noised)
+    rng = np.random.default_rng(0)
+    for path in sorted((noised / "images").iterdir()):
+        pixel_noise(Image.open(path).convert("RGB"), 0.5, rng).save(path)
+
+    def drift_of(data):
+        out = tmp_path / data.name
+        preprocess(model_cfg, data, out / "pre")
+        extract(model_cfg, out / "pre", out / "features")
+        fs = read_feature_set(out / "features")
+        present = {m: fs.present(m) for m in meta["dims"]}
+        probs = predict_proba(head, {m: fs.vectors[m] for m in meta["dims"]}, present, None)
+        predicted = [meta["labels"][i] for i in torch.as_tensor(probs).argmax(-1).tolist()]
+        return assess_drift(ref.vectors, {m: fs.vectors[m][present[m]].numpy() for m in present},
+                            ref.present, {m: p.numpy() for m, p in present.items()},
+                            ref.labels, predicted, meta["labels"], model_cfg.drift)
+
+    same, moved = drift_of(sample_dataset), drift_of(noised)
+    assert same.flagged == [], same.flagged
+    assert any(reason.startswith("image embeddings") for reason in moved.flagged), moved.flagged
+    assert not any(reason.startswith("text") for reason in moved.flagged), moved.flagged
