@@ -128,6 +128,15 @@ def run_stages(cfg: RunConfig, root: Path):
     return run_id, stages.run_register(cfg, run_id, root / "model", root / "e")
 
 
+def trained_model(make_config, data: Path, root: Path, *overrides: str) -> RunConfig:
+    """Every stage on ``data`` with a fixed method and evaluate's slow extras off: a trained,
+    registered model under ``root`` quickly (``root/f`` features, ``root/model``). Returns the config."""
+    cfg = make_config(data, "fusion.method=concat", "evaluate.robustness.raw=false",
+                      "evaluate.efficiency=false", *overrides)
+    run_stages(cfg, root)
+    return cfg
+
+
 def top_level(runs: list) -> list:
     """The pipeline runs among MLflow runs: not the nested ones (auto's candidates, search trials)."""
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_stages
+from conftest import trained_model
 
 from crossfuse.data.preprocess import read_samples
 from crossfuse.evaluation.robustness import raw_noise_rows
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_noised_features_are_cached_and_give_the_same_curve(sample_dataset, make_config,
                                                             tmp_path):
-    cfg = make_config(sample_dataset, "fusion.method=concat", "evaluate.robustness.raw=false",
-                      "evaluate.efficiency=false")
-    run_stages(cfg, tmp_path)
+    cfg = trained_model(make_config, sample_dataset, tmp_path)
     fs, samples = read_feature_set(tmp_path / "f"), read_samples(tmp_path / "pre")[0]
     predictor = FusionPredictor(tmp_path / "model")
     calls = []

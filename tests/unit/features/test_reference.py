@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_stages
+from conftest import trained_model
 
 from crossfuse.features.reference import REFERENCE_FILE, load_reference
 from crossfuse.features.store import read_feature_set
@@ -17,9 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_model_reference_reads_back_its_training_vectors(sample_dataset, make_config,
                                                              tmp_path):
-    cfg = make_config(sample_dataset, "fusion.method=concat", "evaluate.robustness.raw=false",
-                      "evaluate.efficiency=false")
-    run_stages(cfg, tmp_path)
+    cfg = trained_model(make_config, sample_dataset, tmp_path)
     fs = read_feature_set(tmp_path / "f")
     ref = load_reference(tmp_path / "model", cfg.extract.cache_dir)
     learned = fs.index["split"].isin(["train", "val"]).to_numpy()

@@ -62,7 +62,7 @@ def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
         sample_dataset, make_config, tmp_path):
     """The model's own reference against new data, prepared and encoded as the model was."""
     import torch
-    from conftest import run_stages
+    from conftest import trained_model
 
     from crossfuse.config import RunConfig
     from crossfuse.data.preprocess import preprocess
@@ -73,10 +73,8 @@ def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
     from crossfuse.fusion.model import predict_proba
     from crossfuse.monitoring.drift import assess_drift
 
-    cfg = make_config(sample_dataset, "extract.encoders={image: efficientnet-lite0, text: minilm}",
-                      "fusion.method=concat", "evaluate.robustness.raw=false",
-                      "evaluate.efficiency=false")
-    run_stages(cfg, tmp_path / "train")
+    cfg = trained_model(make_config, sample_dataset, tmp_path / "train",
+                        "extract.encoders={image: efficientnet-lite0, text: minilm}")
     model = tmp_path / "train" / "model"
     model_cfg = RunConfig.from_json((model / "run_config.json").read_text())
     head, meta = load_fusion_head(model)
