@@ -182,10 +182,10 @@ def cmd_bench_perf(args: argparse.Namespace) -> int:
 def cmd_bench_stages(args: argparse.Namespace) -> int:
     import tempfile
 
-    from crossfuse.bench.perf import run_stages_in_process
+    from crossfuse.stages import run_in_process
 
     with tempfile.TemporaryDirectory(prefix="crossfuse-stages-") as work:
-        run_stages_in_process(config_from_args(args).resolved(), Path(work))
+        run_in_process(config_from_args(args).resolved(), Path(work))
     return 0
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,9 +79,8 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
         version = data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote)
         mlflow.set_tags(version)
         mlflow.set_tag("crossfuse.dataset", cfg.data.dataset_name())
-        if not from_record(cfg, "validate", [Path(cfg.data.path)], out_dir):
-            validate(cfg, Path(cfg.data.path), out_dir)
-            keep_record(cfg, "validate", [Path(cfg.data.path)], out_dir)
+        recorded(cfg, "validate", [Path(cfg.data.path)], out_dir,
+                 lambda: validate(cfg, Path(cfg.data.path), out_dir))
         report = ValidationReport.read(out_dir)
         log_dataset(cfg, version)
         say(report.summary())
@@ -95,21 +95,25 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
     return run.info.run_id, report
 
 
-def from_record(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path) -> bool:
-    """Restore ``out_dir`` from the stage's record when its inputs and settings are unchanged
-    (:mod:`crossfuse.stage_records`); says so, and logs ``<stage>.from_record``."""
-    hit = bool(cfg.pipeline.stage_cache_dir) and restore(
-        Path(cfg.pipeline.stage_cache_dir), stage, record_key(stage, cfg, inputs), out_dir)
+def recorded(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path,
+             compute: Callable[[], object]) -> bool:
+    """Fill ``out_dir`` from the stage's record when its inputs and settings are unchanged
+    (:mod:`crossfuse.stage_records`), else by ``compute()``, then keep that as the record.
+
+    Says so and logs ``<stage>.from_record``; returns whether the record was used. The
+    inputs are hashed once.
+    """
+    root = Path(cfg.pipeline.stage_cache_dir) if cfg.pipeline.stage_cache_dir else None
+    key = record_key(stage, cfg, inputs) if root else None
+    hit = root is not None and restore(root, stage, key, out_dir)
     mlflow.log_param(f"{stage}.from_record", hit)
     if hit:
         say(f"{stage}: inputs and settings unchanged, output restored from its record")
-    return hit
-
-
-def keep_record(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path) -> None:
-    """Keep the stage's fresh output as its record (when ``pipeline.stage_cache_dir`` is set)."""
-    if cfg.pipeline.stage_cache_dir:
-        store(Path(cfg.pipeline.stage_cache_dir), stage, record_key(stage, cfg, inputs), out_dir)
+        return True
+    compute()
+    if root is not None:
+        store(root, stage, key, out_dir)
+    return False
 
 
 def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
@@ -143,13 +147,10 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
     with stage_run(cfg, run_id, "preprocess"):
         cfg = materialise_data(cfg)
         report = ValidationReport.read(Path(validation_dir))
-        inputs = [Path(cfg.data.path), Path(validation_dir) / "report.json"]
-        if from_record(cfg, "preprocess", inputs, Path(out_dir)):
-            result = preprocess_result(Path(out_dir))
-        else:
-            result = preprocess(cfg, Path(cfg.data.path), Path(out_dir),
-                                rejected_lines=report.rejected_lines)
-            keep_record(cfg, "preprocess", inputs, Path(out_dir))
+        recorded(cfg, "preprocess", [Path(cfg.data.path), Path(validation_dir) / "report.json"],
+                 Path(out_dir), lambda: preprocess(cfg, Path(cfg.data.path), Path(out_dir),
+                                                   rejected_lines=report.rejected_lines))
+        result = preprocess_result(Path(out_dir))
         if result.n_samples + report.n_rejected != report.n_rows:  # nothing may be lost
             raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
                                f"{result.n_samples} used, {report.n_rejected} rejected")
@@ -323,3 +324,18 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
         say(f"registered {result.model_name} v{result.version}: {result.reason}")
     return result
 
+
+def run_in_process(cfg: RunConfig, root: Path) -> tuple[str, RegisterResult]:
+    """Every stage in this one process, chained as the pipeline chains them, with outputs in
+    ``root/{validation,pre,features,model,evaluation}``; returns (run id, the registration).
+
+    The reference for the KFP runner's overhead (``crossfuse bench stages``) and the way
+    tests run the whole chain without KFP.
+    """
+    root = Path(root)
+    run_id, _ = run_validate(cfg, None, root / "validation")
+    run_preprocess(cfg, run_id, root / "validation", root / "pre")
+    run_extract(cfg, run_id, root / "pre", root / "features")
+    run_train(cfg, run_id, root / "features", root / "model")
+    run_evaluate(cfg, run_id, root / "features", root / "model", root / "evaluation", root / "pre")
+    return run_id, run_register(cfg, run_id, root / "model", root / "evaluation")

@@ -206,6 +206,15 @@ def _file_hash(path: Path) -> str:
     return content_hash(path.read_bytes()) if path.is_file() else "missing"
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
 def stage_cost(stage: str, seconds: float) -> dict[str, float]:
     """What a stage cost: its own seconds, its process's seconds since start (imports
     included) and the process's peak resident memory (MB), as ``stage_<stage>_*`` metrics.
@@ -213,14 +222,11 @@ def stage_cost(stage: str, seconds: float) -> dict[str, float]:
     >>> sorted(stage_cost("train", 1.0))
     ['stage_train_peak_rss_mb', 'stage_train_process_seconds', 'stage_train_seconds']
     """
-    import resource
-
     import psutil
 
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return {f"stage_{stage}_seconds": round(seconds, 3),
             f"stage_{stage}_process_seconds": round(time.time() - psutil.Process().create_time(), 3),
-            f"stage_{stage}_peak_rss_mb": round(peak_kb / 1024, 1)}
+            f"stage_{stage}_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 @contextlib.contextmanager

@@ -114,23 +114,16 @@ def make_config(tmp_path, tiny_text_model, tiny_image_model):
 
 
 def run_stages(cfg: RunConfig, root: Path):
-    """Every stage in this process, as the pipeline chains them; outputs under ``root``.
+    """Every stage in this process (:func:`crossfuse.stages.run_in_process`); outputs under
+    ``root`` (``features``, ``model``, ``evaluation``, ...). Returns (run id, registration)."""
+    from crossfuse.stages import run_in_process
 
-    Returns (run id, the register stage's result).
-    """
-    from crossfuse import stages
-
-    run_id, _ = stages.run_validate(cfg, None, root / "v")
-    stages.run_preprocess(cfg, run_id, root / "v", root / "pre")
-    stages.run_extract(cfg, run_id, root / "pre", root / "f")
-    stages.run_train(cfg, run_id, root / "f", root / "model")
-    stages.run_evaluate(cfg, run_id, root / "f", root / "model", root / "e", root / "pre")
-    return run_id, stages.run_register(cfg, run_id, root / "model", root / "e")
+    return run_in_process(cfg, root)
 
 
 def trained_model(make_config, data: Path, root: Path, *overrides: str) -> RunConfig:
     """Every stage on ``data`` with a fixed method and evaluate's slow extras off: a trained,
-    registered model under ``root`` quickly (``root/f`` features, ``root/model``). Returns the config."""
+    registered model under ``root`` quickly (``root/features``, ``root/model``). Returns the config."""
     cfg = make_config(data, "fusion.method=concat", "evaluate.robustness.raw=false",
                       "evaluate.efficiency=false", *overrides)
     run_stages(cfg, root)

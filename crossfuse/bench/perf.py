@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -46,12 +47,18 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from crossfuse.encoders.onnx_backend import cpu_threads
-
     label = f"{cpu}, {cpu_threads()} cores"
     if torch.cuda.is_available():
         label += f", {torch.cuda.get_device_name(0)}"
     return label
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_setups() -> list[tuple[str, str]]:
@@ -199,19 +206,6 @@ def run_costs(config: Path | None, work: Path, warm_change: str, log: Path) -> d
     in_uri = f"sqlite:///{in_process}/mlflow.db"
     out["in_process"].update(stage_metrics(in_uri, latest_run_id(in_uri)))
     return out
-
-
-def run_stages_in_process(cfg: RunConfig, root: Path) -> None:
-    """Every stage in this one process, chained as the pipeline chains them."""
-    from crossfuse import stages
-
-    run_id, _ = stages.run_validate(cfg, None, root / "validation")
-    stages.run_preprocess(cfg, run_id, root / "validation", root / "pre")
-    stages.run_extract(cfg, run_id, root / "pre", root / "features")
-    stages.run_train(cfg, run_id, root / "features", root / "model")
-    stages.run_evaluate(cfg, run_id, root / "features", root / "model", root / "evaluation",
-                        root / "pre")
-    stages.run_register(cfg, run_id, root / "model", root / "evaluation")
 
 
 def fresh(path: Path) -> Path:

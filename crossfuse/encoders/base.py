@@ -168,15 +168,13 @@ def place_encoder(encoder: Encoder, device: str = "auto", backend: str = "auto",
     With ``auto``, an export that disagrees with PyTorch (or fails) leaves the encoder on
     PyTorch, with a warning in the log; an explicit backend raises instead.
     """
-    from crossfuse.encoders.onnx_backend import ExportMismatch
-
     encoder.to(resolve_device(device))
     chosen = choose_backend(backend, encoder)
     if chosen == encoder.backend:
         return encoder
     try:
         return encoder.use_backend(chosen, export_dir)
-    except (ExportMismatch, RuntimeError) as exc:
+    except RuntimeError as exc:  # ExportMismatch, ONNX Runtime's own errors
         if backend != "auto":
             raise
         log.warning("encoder %s stays on PyTorch: %s", encoder.name, exc)

@@ -8,7 +8,6 @@ Pixels are scaled on whichever device runs the network, so only ``uint8`` crosse
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from crossfuse.encoders.base import Encoder
+from crossfuse.encoders.onnx_backend import default_export_dir
 
 INPUT_SIZE = 224
 
@@ -34,15 +34,6 @@ def pixels(image: Image.Image | np.ndarray, size: int = INPUT_SIZE) -> np.ndarra
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.uint8)
-
-
-def to_tensor(images: list, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Images (PIL or :func:`pixels`) -> ``[batch, 3, size, size]`` float32, scaled for Lite models.
-
-    Lite models were trained on ``(pixel - 127) / 128``, i.e. roughly [-1, 1].
-    """
-    batch = torch.from_numpy(np.stack([pixels(img, size) for img in images]))
-    return _scale(batch.permute(0, 3, 1, 2).float())
 
 
 def _stacked(items) -> torch.Tensor:
@@ -113,9 +104,8 @@ class EfficientNetLite0Encoder(Encoder):
         if backend == "onnxruntime":
             from crossfuse.encoders.onnx_backend import OnnxNetwork
 
-            folder = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="crossfuse-onnx-"))
             self.onnx = OnnxNetwork.export(_FeatureMap(self.model), (3, INPUT_SIZE, INPUT_SIZE),
-                                           folder, self.name)
+                                           Path(export_dir or default_export_dir()), self.name)
         else:
             self.onnx = None
         return super().use_backend(backend, export_dir)

@@ -128,9 +128,11 @@ def onnxruntime_available() -> bool:
     return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
 
 
-def cpu_threads() -> int:
-    """Cores this process may use (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def default_export_dir() -> Path:
+    """Where exports go when the caller keeps none (a served model): one folder per user in
+    the system's temporary directory. Exports are named by their weights, so every load
+    after the first reuses the file instead of leaving a new copy behind."""
+    import tempfile
+
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"crossfuse-onnx-{user}"

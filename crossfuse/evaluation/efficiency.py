@@ -22,7 +22,6 @@ Example
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from crossfuse.features.store import SplitInputs
 from crossfuse.fusion import FusionHead
 from crossfuse.metrics import predict_split
 from crossfuse.registry.serving import FusionPredictor
+from crossfuse.tracking import peak_rss_mb
 
 
 def parameter_count(module: torch.nn.Module) -> int:
@@ -58,12 +58,6 @@ def inference_ms_per_sample(head: FusionHead, inputs: SplitInputs, repeats: int 
     return 1000.0 * statistics.median(times) / max(len(inputs), 1)
 
 
-def _peak_rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB, macOS in bytes.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
 def serving_profile(model_dir: Path, frame: pd.DataFrame, single_requests: int = 8) -> dict:
     """Load the served model and time it on ``frame`` (raw inputs), in this process."""
     start = time.perf_counter()
@@ -81,7 +75,7 @@ def serving_profile(model_dir: Path, frame: pd.DataFrame, single_requests: int =
         singles.append(time.perf_counter() - start)
     profile = {"load_seconds": load_seconds, "raw_ms_per_sample_batched": 1000.0 * batched,
                "raw_latency_ms_single": 1000.0 * statistics.median(singles),
-               "peak_rss_mb": _peak_rss_mb(), "samples": len(frame),
+               "peak_rss_mb": peak_rss_mb(), "samples": len(frame),
                "encoder_parameters": {m: e.num_parameters() for m, e in encoders.items()}}
     if torch.cuda.is_available():
         profile["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20

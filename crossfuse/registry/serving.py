@@ -131,8 +131,8 @@ class FusionPredictor:
     model_dir: the train stage's output (fusion head, spec, run config).
     media_root: the folder image paths may point into; default ``CROSSFUSE_SERVING_MEDIA_ROOT``,
         else the model's ``serving.media_root``, else none (base64 bytes only).
-    export_dir: where ONNX exports of the encoders are kept (default: a temporary folder,
-        exported at load); evaluation passes the run's, so it exports once.
+    export_dir: where ONNX exports of the encoders are kept (default: one per-user folder in
+        the system's temporary directory); evaluation passes the run's.
     device: where the encoders run (``extract.device`` values; default ``auto``).
 
     Encoders are built on first use (:attr:`encoders` builds them all), so a caller that

@@ -53,13 +53,13 @@ def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model,
                        f"extract.encoders={{image: hf:{tiny_image_model}, audio: logmel}}",
                        "fusion.method=concat", "evaluate.efficiency_samples=8")
     _, result = run_stages(cfg, tmp_path)
-    fs = read_feature_set(tmp_path / "f")
+    fs = read_feature_set(tmp_path / "features")
     assert {m: v.shape[1] for m, v in fs.vectors.items()} == {"image": 32, "audio": 256}
-    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert {"baseline_audio_test_macro_f1", "baseline_image_test_macro_f1",
             "present_audio_test_macro_f1", "robustness_audio_snr_noise_auc",
             "robustness_audio_features_auc", "importance_drop_audio"} <= set(metrics)
-    curves = pd.read_csv(tmp_path / "e" / "robustness.csv")
+    curves = pd.read_csv(tmp_path / "evaluation" / "robustness.csv")
     snr = curves[curves["kind"] == "snr_noise"]
     # Level 0 is the clean audio, re-read from the preprocessed files: the test score itself.
     assert len(snr) == 11 and snr["macro_f1"].iloc[0] == pytest.approx(metrics["test_macro_f1"])
@@ -75,7 +75,7 @@ def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model,
     # The served model was timed on raw requests (base64 PNG and WAV, as a client sends them),
     # and the logged input example is one of them, which the model answers.
     assert metrics["efficiency_raw_ms_per_sample_batched"] > 0
-    example = json.loads((tmp_path / "e" / "request_example.json").read_text())
+    example = json.loads((tmp_path / "evaluation" / "request_example.json").read_text())
     assert set(example) == {"image", "audio"}
     answer = FusionPredictor(tmp_path / "model").predict(pd.DataFrame([example]))
     assert answer["label"].iloc[0] in set(pd.read_csv(av_data / "manifest.csv")["label"])
@@ -87,7 +87,7 @@ def three_modalities(tmp_path, data, text_model, image_model, *overrides):
                        f"audio: logmel}}", "evaluate.efficiency=false",
                        "evaluate.robustness.raw=false", *overrides)
     run_stages(cfg, tmp_path)
-    return tmp_path / "e"
+    return tmp_path / "evaluation"
 
 
 @pytest.mark.parametrize("method", ["gmu", "tensor"])

@@ -76,7 +76,7 @@ def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images
                                   filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     assert {r.data.params["candidate"] for r in children} >= {"late", "mfb", "gmu", "concat",
                                                               "unimodal:image", "unimodal:text"}
-    report = (tmp_path / "e" / "report.html").read_text()
+    report = (tmp_path / "evaluation" / "report.html").read_text()
     assert "Model choice" in report and "fusion did not help on this data" in report
     # The data's warning travels: run tags, the version's audit tags, the report.
     warning = "duplicate rows: the same content on lines 2, 122 (ids 'n000', 'copy-of-n000')"

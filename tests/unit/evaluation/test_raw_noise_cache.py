@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_noised_features_are_cached_and_give_the_same_curve(sample_dataset, make_config,
                                                             tmp_path):
     cfg = trained_model(make_config, sample_dataset, tmp_path)
-    fs, samples = read_feature_set(tmp_path / "f"), read_samples(tmp_path / "pre")[0]
+    fs, samples = read_feature_set(tmp_path / "features"), read_samples(tmp_path / "pre")[0]
     predictor = FusionPredictor(tmp_path / "model")
     calls = []
     encode = predictor.encode_items

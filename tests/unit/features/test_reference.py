@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_the_model_reference_reads_back_its_training_vectors(sample_dataset, make_config,
                                                              tmp_path):
     cfg = trained_model(make_config, sample_dataset, tmp_path)
-    fs = read_feature_set(tmp_path / "f")
+    fs = read_feature_set(tmp_path / "features")
     ref = load_reference(tmp_path / "model", cfg.extract.cache_dir)
     learned = fs.index["split"].isin(["train", "val"]).to_numpy()
     assert ref.labels == fs.index.loc[learned, "label"].tolist()
