@@ -368,7 +368,8 @@ def _default_resources() -> dict[str, StageResources]:
 
 class PipelineConfig(_Section):
     pipeline_root: str = Field("local_outputs", description="Where the local runner keeps "
-                               "step outputs and per-run logs (logs/run-<time>.log).")
+                               "step outputs, one folder per run, and per-run logs "
+                               "(logs/run-<time>-<pid>.log).")
     resources: dict[str, StageResources] = Field(
         default_factory=_default_resources,
         description="Per step: CPU/memory requests and limits, accelerator, retries, node "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from crossfuse import cli
@@ -31,18 +30,19 @@ log = logging.getLogger("crossfuse")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_local  # KFP's import is slow: only for the commands that run it
+    from pipelines.runner import run_local, run_stamp  # KFP's import is slow: only where it runs
 
     cfg = pin_data_version(cli.config_from_args(args)).resolved()
     preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
     cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
     load_run_manifest(cfg)  # ... and on a wrong --data or missing columns
-    log_path = Path(cfg.pipeline.pipeline_root) / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    stamp = run_stamp()
+    log_path = Path(cfg.pipeline.pipeline_root) / "logs" / f"run-{stamp}.log"
     print(f"crossfuse run: {cfg.data.path} (fusion={cfg.fusion.method}), MLflow at "
           f"{cfg.mlflow.tracking_uri}; full log: {log_path}", flush=True)
     try:
         with QuietConsole(log_path, verbose=args.verbose):
-            outputs = run_local(cfg)
+            outputs = run_local(cfg, stamp)
     except RuntimeError as exc:
         print(f"\ncrossfuse run failed: {str(exc).splitlines()[0] if str(exc) else exc}\n"
               f"The failing stage's last lines are above (all of it in {log_path}); the MLflow "

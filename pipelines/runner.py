@@ -1,7 +1,7 @@
 """Run the pipeline locally with KFP's SubprocessRunner, or compile it to IR YAML.
 
 Locally every component runs as a subprocess of the current Python environment
-(``use_venv=False``), with outputs under ``pipeline.pipeline_root``.
+(``use_venv=False``), with outputs under ``pipeline.pipeline_root/<run stamp>/``.
 
 Example
 -------
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,15 +27,28 @@ from pipelines.multimodal_fusion import build_pipeline
 COMPILED = Path(__file__).parent / "compiled" / "multimodal_fusion.yaml"
 
 
-def run_local(cfg: RunConfig) -> dict:
+def run_stamp() -> str:
+    """A name for one local run, unique among runs started at once: its start time and pid.
+
+    >>> import re; bool(re.fullmatch(r"\\d{8}-\\d{6}-\\d+", run_stamp()))
+    True
+    """
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def run_local(cfg: RunConfig, stamp: str | None = None) -> dict:
     """Run the whole DAG locally; returns the register task's outputs.
 
-    Raises RuntimeError (from KFP) when a stage fails; the failing stage's log,
+    Step outputs go to ``pipeline.pipeline_root/<stamp>/`` (default :func:`run_stamp`): KFP
+    names a local run's folder by its start time, and two runs started in the same clock
+    tick (seen on this machine) would otherwise share one folder and read each other's
+    outputs. Raises RuntimeError (from KFP) when a stage fails; the failing stage's log,
     e.g. the validation summary, is printed above it.
     """
     cfg = cfg.resolved()
-    local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=cfg.pipeline.pipeline_root, raise_on_error=True)
+    root = Path(cfg.pipeline.pipeline_root) / (stamp or run_stamp())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True)
     with print_restored():
         task = build_pipeline(cfg)(config_json=cfg.to_json())
     return dict(task.outputs) if hasattr(task, "outputs") else {}
