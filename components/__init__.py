@@ -5,6 +5,7 @@ reports metrics back to KFP. Imports sit inside the bodies because KFP ships a
 lightweight component's source, not its module, to the container.
 """
 
+from components.batch import batch_preprocess, batch_score, batch_validate
 from components.evaluate import evaluate
 from components.extract import extract, merge_features
 from components.preprocess import preprocess
@@ -12,4 +13,5 @@ from components.register import register
 from components.train import train
 from components.validate import validate
 
-__all__ = ["evaluate", "extract", "merge_features", "preprocess", "register", "train", "validate"]
+__all__ = ["batch_preprocess", "batch_score", "batch_validate", "evaluate", "extract",
+           "merge_features", "preprocess", "register", "train", "validate"]

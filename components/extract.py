@@ -12,13 +12,16 @@ def extract(config_json: str, part: int, parts: int, dataset: Input[Dataset],
     """Encode rows ``part, part + parts, ...`` into a partial feature set.
 
     The MLflow run id comes with the dataset (``mlflow_run_id`` metadata), not as a
-    parameter: kfp 2.17's local runner overwrote string parameters inside ParallelFor.
+    parameter: kfp 2.17's local runner overwrote string parameters inside ParallelFor. So
+    does a batch's scoring config (``config_json`` metadata), which replaces ``config_json``.
     """
     from pathlib import Path
 
     from crossfuse.config import RunConfig
     from crossfuse.stages import run_extract
 
+    # A batch's config is made from its model at run time and comes with the dataset.
+    config_json = dataset.metadata.get("config_json", config_json)
     # The local runner hands loop items over as floats: cast.
     result = run_extract(RunConfig.from_json(config_json), dataset.metadata["mlflow_run_id"],
                          Path(dataset.path), Path(features.path), part=(int(part), int(parts)))

@@ -282,6 +282,16 @@ class DriftConfig(_Section):
                              "draw above it), so its cost does not grow with the data.")
 
 
+class PredictConfig(_Section):
+    """Batch prediction: which model scores a folder of new data, and how."""
+
+    model: str = Field("", description="The registered model that scores: NAME@ALIAS or "
+                       "NAME/VERSION; empty = this config's model at @champion.")
+    fail_on_drift: bool = Field(False, description="`crossfuse predict` exits 3 when any drift "
+                                "figure crosses its threshold (the predictions are still "
+                                "written), so a scheduled job can alert.")
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking store: a "
                               "SQLite file or http(s):// server (env MLFLOW_TRACKING_URI wins).")
@@ -417,6 +427,8 @@ class RunConfig(_Section):
                                      "measures beyond the test metrics.")
     drift: DriftConfig = Field(DriftConfig(), description="Drift between training data and "
                                "data scored in batch.")
+    predict: PredictConfig = Field(PredictConfig(), description="Batch prediction with a "
+                                   "registered model.")
     mlflow: MlflowConfig = Field(MlflowConfig(), description="Tracking.")
     registry: RegistryConfig = Field(RegistryConfig(), description="The model registry and "
                                      "the promotion gate.")

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from crossfuse.config import RunConfig
 
-LATER_SECTIONS = ("fusion", "train", "evaluate", "drift", "mlflow", "registry", "pipeline",
-                  "serving")
+LATER_SECTIONS = ("fusion", "train", "evaluate", "drift", "predict", "mlflow", "registry",
+                  "pipeline", "serving")
 # Of an early section, the keys a stage reads when it does not read the rest.
 ONLY_KEYS = {"validate": {"preprocess": ("split",)}}  # validation checks the split column
 
@@ -61,6 +61,14 @@ def _hash_tree(h, root: Path) -> None:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 of every file's path and bytes under ``root`` (or of one file): what a folder of
+    data holds, whatever its names or timestamps."""
+    h = hashlib.sha256()
+    _hash_tree(h, Path(root))
+    return h.hexdigest()
 
 
 def record_key(stage: str, cfg: RunConfig, inputs: list[Path]) -> str:

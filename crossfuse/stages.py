@@ -116,9 +116,9 @@ def recorded(cfg: RunConfig, stage: str, inputs: list[Path], out_dir: Path,
     return False
 
 
-def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
-    """The manifest as the run's input dataset; its digest is the DVC md5, else the manifest's
-    hash (both from ``version``, :func:`crossfuse.tracking.data_version`)."""
+def log_dataset(cfg: RunConfig, version: dict[str, str], context: str = "training") -> None:
+    """The manifest as the run's input dataset; its digest is the DVC md5, else the data's
+    content hash, else the manifest's hash (from ``version``, :func:`crossfuse.tracking.data_version`)."""
     import mlflow.data
     import pandas as pd
 
@@ -132,11 +132,12 @@ def log_dataset(cfg: RunConfig, version: dict[str, str]) -> None:
                             encoding_errors="replace")
     except (ValueError, pd.errors.ParserError):  # validation's report says why
         return
-    digest = version.get("data.dvc_md5") or version["data.manifest_sha256"]
+    digest = (version.get("data.dvc_md5") or version.get("data.content_sha256")
+              or version["data.manifest_sha256"])
     mlflow.log_input(mlflow.data.from_pandas(frame, source=str(Path(cfg.data.path).resolve()),
                                              name=cfg.data.dataset_name(), digest=digest[:36],
                                              targets="label" if "label" in frame else None),
-                     context="training")
+                     context=context)
 
 
 def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,

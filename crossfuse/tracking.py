@@ -113,6 +113,8 @@ METRIC_SECTIONS = (
     ("train_", "train", ""), ("val_", "train", ""), ("best_", "train", ""),
     ("epochs_", "train", ""), ("cv_", "train", ""),
     ("stage_", "performance", "stage_"),
+    ("batch_", "batch", "batch_"), ("labelled_", "labelled", "labelled_"),
+    ("drift_", "drift", "drift_"),
 )
 
 
@@ -230,19 +232,22 @@ def stage_cost(stage: str, seconds: float) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: RunConfig, run_id: str | None, stage: str,
-              final: bool = False) -> Iterator[mlflow.ActiveRun]:
+def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = False,
+              run_name: str | None = None, tags: dict[str, str] | None = None
+              ) -> Iterator[mlflow.ActiveRun]:
     """Open (or, without ``run_id``, create) the pipeline's MLflow run for one stage.
 
-    On success the run is left RUNNING, or FINISHED when ``final``; on an exception it
-    is marked FAILED with ``crossfuse.failed_stage`` and ``crossfuse.error`` tags.
+    A new run is named ``run_name`` (default ``<dataset>-<fusion method>``) and tagged
+    ``tags`` (default :func:`run_tags`). On success the run is left RUNNING, or FINISHED
+    when ``final``; on an exception it is marked FAILED with ``crossfuse.failed_stage`` and
+    ``crossfuse.error`` tags.
     """
     configure(cfg)
     if run_id:
         run = mlflow.start_run(run_id=run_id)
     else:
-        run = mlflow.start_run(run_name=f"{cfg.data.dataset_name()}-{cfg.fusion.method}",
-                               tags=run_tags(cfg))
+        run = mlflow.start_run(run_name=run_name or f"{cfg.data.dataset_name()}-{cfg.fusion.method}",
+                               tags=tags if tags is not None else run_tags(cfg))
         mlflow.log_params(config_summary(cfg))
     started = time.perf_counter()
     try:

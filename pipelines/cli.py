@@ -4,7 +4,8 @@ The commands that drive Kubeflow Pipelines live here, above the library, so that
 ``crossfuse/`` never imports KFP or this package (see ``crossfuse.cli`` for the rest)::
 
     crossfuse run [--data PATH] [--config FILE] [--set key=value ...]   # the whole pipeline, locally
-    crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML
+    crossfuse predict --data DIR [--model NAME@ALIAS] [--out FILE]     # score a batch, check drift
+    crossfuse compile [--out pipelines/compiled/multimodal_fusion.yaml] # KFP IR YAML (both DAGs)
     crossfuse submit --host URL [--namespace NS] [--config FILE]       # run on a KFP cluster
 
 Example
@@ -30,26 +31,36 @@ log = logging.getLogger("crossfuse")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_local, run_stamp  # KFP's import is slow: only where it runs
-
     cfg = pin_data_version(cli.config_from_args(args)).resolved()
     preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
     cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
     load_run_manifest(cfg)  # ... and on a wrong --data or missing columns
-    stamp = run_stamp()
-    log_path = Path(cfg.pipeline.pipeline_root) / "logs" / f"run-{stamp}.log"
-    print(f"crossfuse run: {cfg.data.path} (fusion={cfg.fusion.method}), MLflow at "
-          f"{cfg.mlflow.tracking_uri}; full log: {log_path}", flush=True)
-    try:
-        with QuietConsole(log_path, verbose=args.verbose):
-            outputs = run_local(cfg, stamp)
-    except RuntimeError as exc:
-        print(f"\ncrossfuse run failed: {str(exc).splitlines()[0] if str(exc) else exc}\n"
-              f"The failing stage's last lines are above (all of it in {log_path}); the MLflow "
-              f"run is marked FAILED and no registry alias moved.", file=sys.stderr)
+    outputs, log_path = run_quietly(cfg, "run", f"(fusion={cfg.fusion.method})", args.verbose,
+                                    "no registry alias moved")
+    if outputs is None:
         return 1
     print_run_summary(cfg, outputs, log_path)
     return 0
+
+
+def run_quietly(cfg: RunConfig, command: str, what: str, verbose: bool, on_failure: str,
+                batch: bool = False) -> tuple[dict | None, Path]:
+    """Run a DAG locally with the quiet console and its log file; (the outputs, or None when a
+    stage failed — said on stderr — and the log's path)."""
+    from pipelines.runner import run_local, run_stamp  # KFP's import is slow: only where it runs
+
+    stamp = run_stamp()
+    log_path = Path(cfg.pipeline.pipeline_root) / "logs" / f"{command}-{stamp}.log"
+    print(f"crossfuse {command}: {cfg.data.path} {what}, MLflow at {cfg.mlflow.tracking_uri}; "
+          f"full log: {log_path}", flush=True)
+    try:
+        with QuietConsole(log_path, verbose=verbose):
+            return run_local(cfg, stamp, batch=batch), log_path
+    except RuntimeError as exc:
+        print(f"\ncrossfuse {command} failed: {str(exc).splitlines()[0] if str(exc) else exc}\n"
+              f"The failing stage's last lines are above (all of it in {log_path}); the MLflow "
+              f"run is marked FAILED and {on_failure}.", file=sys.stderr)
+        return None, log_path
 
 
 def print_run_summary(cfg: RunConfig, outputs: dict, log_path: Path | None = None) -> None:
@@ -111,20 +122,78 @@ def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     return f"`make ui`, then http://127.0.0.1:5000/{page}"
 
 
+DRIFT_EXIT = 3  # `crossfuse predict --fail-on-drift` when a drift figure crossed its threshold
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    # The model defaults to the config's own (named after its training data, not --data's).
+    trained = cli.config_from_args(argparse.Namespace(config=args.config, set=args.set, data=None))
+    model = args.model or trained.predict.model or f"{trained.model_name()}@champion"
+    cfg = cli.config_from_args(args)
+    cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={
+        "model": model, "fail_on_drift": cfg.predict.fail_on_drift or args.fail_on_drift})}
+                         ).resolved()
+    preflight(cfg)
+    outputs, log_path = run_quietly(cfg, "predict", f"with {model}", args.verbose,
+                                    "no predictions were written", batch=True)
+    if outputs is None:
+        return 1
+    result = json.loads(outputs["result"])
+    predictions = Path(result["predictions"])
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        predictions = Path(shutil.copyfile(predictions, args.out))
+    print_batch_summary(cfg, result, predictions, log_path)
+    if result["flagged"] and cfg.predict.fail_on_drift:
+        print(f"drift found: exiting {DRIFT_EXIT} (--fail-on-drift)", file=sys.stderr)
+        return DRIFT_EXIT
+    return 0
+
+
+def print_batch_summary(cfg: RunConfig, result: dict, predictions: Path,
+                        log_path: Path | None = None) -> None:
+    """Where the predictions and the report are, the drift verdict and the run's URL."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    if log_path is not None and log_path.is_file():
+        client.log_artifact(result["run_id"], str(log_path), "logs")
+    print(f"\nMLflow run {result['run_id']} ({cfg.mlflow.tracking_uri})")
+    print(f"{result['rows_scored']} of {result['rows_in']} rows scored with {result['model']} "
+          f"v{result['version']}, {result['rows_rejected']} rejected")
+    if not result["drift_checked"]:
+        print(f"drift: not checked ({run.data.tags.get('crossfuse.drift.reasons', '')})")
+    else:
+        print("drift: " + ("; ".join(result["flagged"]) if result["flagged"] else "none"))
+    print(f"predictions: {predictions}")
+    print(f"report: {result['report']}")
+    print(f"review: {ui_url(cfg.mlflow.tracking_uri, run.info.experiment_id, result['run_id'])}")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.runner import compile_pipeline
 
     # Only an explicit config changes the IR: without one it is the golden file's defaults.
     cfg = load_config(args.config, list(args.set or [])) if (args.config or args.set) else None
     print(f"wrote {compile_pipeline(Path(args.out), cfg)}")
+    print(f"wrote {compile_pipeline(Path(args.batch_out), cfg, batch=True)}")
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines.submit import submit
 
-    result = submit(cli.config_from_args(args), args.host, namespace=args.namespace,
-                    experiment=args.experiment, wait_seconds=args.wait)
+    cfg = cli.config_from_args(args)
+    if args.model:
+        cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={"model": args.model})})
+    result = submit(cfg, args.host, namespace=args.namespace, experiment=args.experiment,
+                    wait_seconds=args.wait, batch=args.batch)
     print(f"submitted run {result['run_id']}: {result['url']}")
     if "state" in result:
         print(f"run {result['run_id']} ended: {result['state']}")
@@ -143,8 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_config_args(run)
     run.set_defaults(func=cmd_run)
 
-    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    pred = sub.add_parser("predict", help="score a folder of data with a registered model and "
+                                          "check it for drift (KFP local runner)")
+    pred.add_argument("--data", required=True, help="folder with manifest.csv (label optional)")
+    pred.add_argument("--model", help="NAME@ALIAS or NAME/VERSION (default: predict.model, else "
+                                      "the config's model @champion)")
+    pred.add_argument("--out", help="also copy predictions.parquet here")
+    pred.add_argument("--fail-on-drift", action="store_true",
+                      help=f"exit {DRIFT_EXIT} when a drift figure crosses its threshold")
+    pred.add_argument("-v", "--verbose", action="store_true", help="show every step's output")
+    cli.add_config_args(pred)
+    pred.set_defaults(func=cmd_predict)
+
+    comp = sub.add_parser("compile", help="compile the pipelines to KFP IR YAML")
     comp.add_argument("--out", default="pipelines/compiled/multimodal_fusion.yaml")
+    comp.add_argument("--batch-out", default="pipelines/compiled/batch_predict.yaml")
     cli.add_config_args(comp)
     comp.set_defaults(func=cmd_compile)
 
@@ -155,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub_run.add_argument("--data", help="dataset path as the cluster's steps see it")
     sub_run.add_argument("--wait", type=int, default=0, metavar="SECONDS",
                          help="wait for the run to end; exit 1 unless it SUCCEEDED")
+    sub_run.add_argument("--batch", action="store_true",
+                         help="submit the batch prediction pipeline (scores --data with --model)")
+    sub_run.add_argument("--model", help="with --batch: NAME@ALIAS or NAME/VERSION "
+                                         "(default: predict.model, else the config's @champion)")
     cli.add_config_args(sub_run)
     sub_run.set_defaults(func=cmd_submit)
 

@@ -47,6 +47,16 @@ def apply_resources(task: dsl.PipelineTask, res: StageResources | None,
                                   effect=t.effect)
 
 
+def fan_out_extract(cfg: RunConfig, config_json, dataset) -> dsl.Collected:
+    """Extraction over ``pipeline.extract_parts`` pods, each encoding every parts-th row of
+    ``dataset``; the partial feature sets, collected."""
+    parts = cfg.pipeline.extract_parts
+    with dsl.ParallelFor(items=list(range(parts)), name="extract-parts") as part:
+        shard = extract(config_json=config_json, part=part, parts=parts, dataset=dataset)
+        apply_resources(shard, cfg.pipeline.resources.get("extract"), cfg.pipeline)
+    return dsl.Collected(shard.outputs["features"])
+
+
 def build_pipeline(cfg: RunConfig | None = None):
     """The DAG with ``cfg.pipeline``'s resources; ``config_json`` defaults to ``cfg``."""
     cfg = cfg or RunConfig()
@@ -61,14 +71,8 @@ def build_pipeline(cfg: RunConfig | None = None):
         run_id = validated.outputs["Output"]
         prepared = preprocess(config_json=config_json, run_id=run_id,
                               validation=validated.outputs["validation"])
-        parts = cfg.pipeline.extract_parts
-        # Extraction fans out over `parts` pods (each encodes every parts-th row), then merges.
-        with dsl.ParallelFor(items=list(range(parts)), name="extract-parts") as part:
-            shard = extract(config_json=config_json, part=part, parts=parts,
-                            dataset=prepared.outputs["dataset"])
-            apply_resources(shard, cfg.pipeline.resources.get("extract"), cfg.pipeline)
         encoded = merge_features(config_json=config_json, run_id=run_id,
-                                 parts=dsl.Collected(shard.outputs["features"]))
+                                 parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
         trained = train(config_json=config_json, run_id=run_id,
                         features=encoded.outputs["features"])
         evaluated = evaluate(config_json=config_json, run_id=run_id,

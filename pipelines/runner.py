@@ -22,9 +22,11 @@ from pathlib import Path
 from kfp import compiler, local
 
 from crossfuse.config import RunConfig
+from pipelines.batch_predict import build_batch_pipeline
 from pipelines.multimodal_fusion import build_pipeline
 
 COMPILED = Path(__file__).parent / "compiled" / "multimodal_fusion.yaml"
+COMPILED_BATCH = Path(__file__).parent / "compiled" / "batch_predict.yaml"
 
 
 def run_stamp() -> str:
@@ -36,8 +38,9 @@ def run_stamp() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
-def run_local(cfg: RunConfig, stamp: str | None = None) -> dict:
-    """Run the whole DAG locally; returns the register task's outputs.
+def run_local(cfg: RunConfig, stamp: str | None = None, batch: bool = False) -> dict:
+    """Run the whole DAG locally; returns the last task's outputs (the register task's, or
+    with ``batch`` the batch pipeline's score task's).
 
     Step outputs go to ``pipeline.pipeline_root/<stamp>/`` (default :func:`run_stamp`): KFP
     names a local run's folder by its start time, and two runs started in the same clock
@@ -50,7 +53,7 @@ def run_local(cfg: RunConfig, stamp: str | None = None) -> dict:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
     with print_restored():
-        task = build_pipeline(cfg)(config_json=cfg.to_json())
+        task = (build_batch_pipeline if batch else build_pipeline)(cfg)(config_json=cfg.to_json())
     return dict(task.outputs) if hasattr(task, "outputs") else {}
 
 
@@ -76,11 +79,13 @@ def print_restored() -> Iterator[None]:
         builtins.print = saved
 
 
-def compile_pipeline(path: Path = COMPILED, cfg: RunConfig | None = None) -> Path:
-    """Write the pipeline's IR YAML (what a KFP cluster runs) to ``path``.
+def compile_pipeline(path: Path = COMPILED, cfg: RunConfig | None = None,
+                     batch: bool = False) -> Path:
+    """Write the pipeline's IR YAML (what a KFP cluster runs) to ``path``; ``batch``: the batch
+    prediction pipeline's.
 
     ``cfg`` sets the steps' resources and the default ``config_json``; None = defaults.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cfg), str(path))
+    compiler.Compiler().compile((build_batch_pipeline if batch else build_pipeline)(cfg), str(path))
     return path

@@ -39,10 +39,13 @@ def run_name(cfg: RunConfig) -> str:
 
 
 def submit(cfg: RunConfig, host: str, namespace: str | None = None,
-           experiment: str | None = None, wait_seconds: int = 0) -> dict[str, str]:
+           experiment: str | None = None, wait_seconds: int = 0,
+           batch: bool = False) -> dict[str, str]:
     """Compile and submit one run; returns its id, UI address and, when waited for, its state.
 
-    ``wait_seconds`` > 0 polls the run until it ends (``TimeoutError`` past that).
+    ``wait_seconds`` > 0 polls the run until it ends (``TimeoutError`` past that). ``batch``
+    submits the batch prediction pipeline (``predict.model`` scores ``data.path``) instead,
+    in the KFP experiment ``<model>-predictions``.
     """
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
         raise ValueError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
@@ -54,12 +57,14 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
                          "--set data.remote=s3://<bucket>/<path> (or set it in the config)")
     cfg = pin_data_version(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "multimodal_fusion.yaml", cfg)
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml", cfg, batch=batch)
         client = kfp.Client(host=host, namespace=namespace)
+        model = (cfg.predict.model or f"{cfg.model_name()}@champion").split("@")[0].split("/")[0]
         result = client.create_run_from_pipeline_package(
-            str(package), arguments={"config_json": cfg.to_json()}, run_name=run_name(cfg),
-            experiment_name=experiment or cfg.experiment_name(), namespace=namespace,
-            enable_caching=cfg.pipeline.caching)
+            str(package), arguments={"config_json": cfg.to_json()},
+            run_name=f"{run_name(cfg)}-predict" if batch else run_name(cfg),
+            experiment_name=experiment or (f"{model}-predictions" if batch else cfg.experiment_name()),
+            namespace=namespace, enable_caching=cfg.pipeline.caching)
     out = {"run_id": result.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{result.run_id}"}
     if wait_seconds > 0:
         finished = client.wait_for_run_completion(result.run_id, timeout=wait_seconds,

@@ -73,7 +73,8 @@ class Manifest:
 
 def load_manifest(root: Path, modalities: list[str] | None = None,
                   extra_columns_file: str | None = None,
-                  extra_targets: list[str] | None = None) -> Manifest:
+                  extra_targets: list[str] | None = None,
+                  labels_optional: bool = False) -> Manifest:
     """Read ``root/manifest.csv`` with every cell as a string (empty = missing).
 
     Ids, labels and extra target labels are trimmed and Unicode-normalised (NFC), so
@@ -88,6 +89,8 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
     extra_columns_file: a CSV in ``root`` with an ``id`` column, left-joined on ``id``
         (ids it lacks get empty cells, which validation reports).
     extra_targets: more label columns the run needs (from either file).
+    labels_optional: data to be scored, not trained on: without a ``label`` column every
+        row reads as unlabelled (an empty label).
 
     Raises
     ------
@@ -113,6 +116,8 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
     malformed = [(i, r.fields) for i, r in enumerate(records) if r.fields != len(header)]
     if extra_columns_file:
         frame = _join_extra_columns(frame, root, extra_columns_file)
+    if labels_optional and "label" not in frame.columns:
+        frame["label"] = ""
     needed = list(REQUIRED_COLUMNS) + list(modalities or []) + list(extra_targets or [])
     missing = [c for c in needed if c not in frame.columns]
     if missing:
@@ -208,14 +213,15 @@ def _check_header(path: Path, header: list[str]) -> None:
                             f"remove the trailing comma")
 
 
-def load_run_manifest(cfg: RunConfig) -> Manifest:
-    """The run's dataset: manifest + extra columns, checked for the columns ``cfg`` needs.
+def load_run_manifest(cfg: RunConfig, labels_optional: bool = False) -> Manifest:
+    """The run's dataset: manifest + extra columns, checked for the columns ``cfg`` needs
+    (``labels_optional``: data to score, see :func:`load_manifest`).
 
     With ``validation.label_case: fold`` labels that differ only by case are merged
     (:func:`fold_label_case`); the merges are kept in ``label_merges``.
     """
     manifest = load_manifest(Path(cfg.data.path), cfg.modalities, cfg.data.extra_columns_file,
-                             cfg.data.extra_targets)
+                             cfg.data.extra_targets, labels_optional)
     if cfg.validation.label_case != "fold":
         return manifest
     merges = fold_label_case(manifest.frame["label"].tolist(), cfg.validation.labels)

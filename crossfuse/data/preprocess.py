@@ -44,6 +44,7 @@ from crossfuse.progress import progress
 log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.parquet"
+SCORE_SPLIT = "score"  # the split of every row of data to be scored (batch prediction)
 LABELS_FILE = "labels.json"
 TARGETS_FILE = "targets.json"
 
@@ -83,7 +84,8 @@ def prepare_media(modality: Modality, frame: pd.DataFrame, root: Path, out_dir: 
 
 
 def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
-               rejected_lines: set[int] | frozenset[int] = frozenset()) -> PreprocessResult:
+               rejected_lines: set[int] | frozenset[int] = frozenset(),
+               model_labels: list[str] | None = None) -> PreprocessResult:
     """Write the preprocessed dataset of ``data_root`` to ``out_dir``.
 
     Parameters
@@ -92,19 +94,23 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     data_root: dataset folder with ``manifest.csv``.
     out_dir: output folder (created).
     rejected_lines: manifest lines validation rejected; those rows are skipped.
+    model_labels: data to be scored by a model with these classes: every row's split is
+        ``score``, labels are optional (empty when absent) and ``labels.json`` holds the
+        model's classes, so class ids match the model's.
     """
     out_dir = Path(out_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
-    manifest = load_run_manifest(cfg)
+    scoring = model_labels is not None
+    manifest = load_run_manifest(cfg, labels_optional=scoring)
     frame = manifest.frame.reset_index(drop=True)
     frame["line"] = manifest.lines
     # Splits from the whole manifest, as validation computed them: duplicate groups must
     # be hashed together even when some of their rows were rejected.
-    frame["split"] = row_splits(frame, cfg.preprocess.split,
-                                content_keys(frame, manifest.root, cfg.modalities))
+    frame["split"] = SCORE_SPLIT if scoring else row_splits(
+        frame, cfg.preprocess.split, content_keys(frame, manifest.root, cfg.modalities))
     frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)
-    bad = [(line, why) for line, v in zip(frame["line"], frame["split"], strict=True)
-           if (why := split_problem(v))]
+    bad = [] if scoring else [(line, why) for line, v in zip(frame["line"], frame["split"], strict=True)
+                              if (why := split_problem(v))]
     if bad:
         raise ManifestError(f"{manifest.path} " + "; ".join(f"line {line}: {why}"
                                                           for line, why in bad[:5])
@@ -118,7 +124,7 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
                     else [modality.prepare(v, cfg) for v in frame[m]])
         columns.append(m)
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels = sorted(frame["label"].unique().tolist())
+    labels = list(model_labels) if scoring else sorted(frame["label"].unique().tolist())
     write_json(out_dir / LABELS_FILE, labels, indent=None)
     write_json(out_dir / TARGETS_FILE,
                {t: sorted(frame[t].unique().tolist()) for t in cfg.data.extra_targets}, indent=None)
@@ -127,7 +133,7 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
 
     counts = frame["split"].value_counts().to_dict()
     per_class = frame.groupby(["label", "split"]).size().unstack(fill_value=0)
-    for split in SPLITS:
+    for split in [] if scoring else SPLITS:
         if split not in per_class.columns or (per_class[split] == 0).any():
             log.warning("some classes have no %s samples; metrics on %s will miss them",
                         split, split)

@@ -268,11 +268,16 @@ def merge_features(cfg: RunConfig, parts: list[Path], out_dir: Path) -> ExtractR
     ExtractResult(n_samples=720, ...)
     """
     concat_feature_sets(parts, out_dir, cfg.extract.shard_size)
+    total = combined_result(parts)
+    write_json(Path(out_dir) / RESULT_FILE, asdict(total))
+    return total
+
+
+def combined_result(parts: list[Path]) -> ExtractResult:
+    """The :class:`ExtractResult` of a sharded extraction: the parts' counts summed."""
     results = [json.loads((Path(p) / RESULT_FILE).read_text()) for p in parts]
-    total = ExtractResult(
+    return ExtractResult(
         n_samples=sum(r["n_samples"] for r in results), dims=results[0]["dims"],
         runtime=results[0].get("runtime", {}),
         **{k: {m: sum(r.get(k, {}).get(m, 0) for r in results) for m in results[0].get(k, {})}
            for k in ("cache_hits", "encoded", "truncated", "seconds")})
-    write_json(Path(out_dir) / RESULT_FILE, asdict(total))
-    return total

@@ -57,6 +57,18 @@ def write_reference(fs: FeatureSet, model_dir: Path) -> Path | None:
     return path
 
 
+def reference_rows(model_dir: Path) -> pd.DataFrame:
+    """The model's training rows (label, ``present_<m>``, ``hash_<m>``), without vectors.
+
+    Raises FileNotFoundError naming the fix when the model has no reference.
+    """
+    path = Path(model_dir) / REFERENCE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the model was trained before crossfuse "
+                                f"kept a drift reference; train it again to compare new data with it")
+    return pd.read_parquet(path)
+
+
 def load_reference(model_dir: Path, cache_dir: Path) -> Reference:
     """The model's training rows with their vectors from the feature cache at ``cache_dir``.
 
@@ -64,11 +76,7 @@ def load_reference(model_dir: Path, cache_dir: Path) -> Reference:
     references existed) or the cache no longer holds its vectors.
     """
     model_dir = Path(model_dir)
-    path = model_dir / REFERENCE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: the model was trained before crossfuse "
-                                f"kept a drift reference; train it again to compare new data with it")
-    rows = pd.read_parquet(path)
+    rows = reference_rows(model_dir)
     encoders = json.loads((model_dir / SPEC_FILE).read_text())["encoders"]
     present, vectors = {}, {}
     for m, encoder in encoders.items():

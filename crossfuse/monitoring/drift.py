@@ -18,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +83,9 @@ def label_shift(reference: list[str], current: list[str], classes: list[str]) ->
     >>> label_shift(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b"])["total_variation"]
     0.25
     """
-    def shares(labels: list[str]) -> np.ndarray:
-        counts = np.array([sum(label == c for label in labels) for c in classes], dtype=float)
+    def shares(labels) -> np.ndarray:
+        found = Counter(labels)
+        counts = np.array([found.get(c, 0) for c in classes], dtype=float)
         return counts / max(counts.sum(), 1.0)
 
     ref, cur = shares(reference), shares(current)

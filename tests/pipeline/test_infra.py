@@ -20,9 +20,13 @@ def tool(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=120)
 
 
+WORKFLOWS = (".github/workflows/ci.yml", ".github/workflows/pipeline.yml",
+             ".github/workflows/predict.yml")
+
+
 def test_workflows_pass_the_github_workflow_schema():
     done = tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows",
-                ".github/workflows/ci.yml", ".github/workflows/pipeline.yml")
+                *WORKFLOWS)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -34,7 +38,7 @@ def actionlint(*files: str) -> subprocess.CompletedProcess:
 
 
 def test_workflows_pass_actionlint():
-    done = actionlint(".github/workflows/ci.yml", ".github/workflows/pipeline.yml")
+    done = actionlint(*WORKFLOWS)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -70,6 +74,14 @@ def test_ci_tests_pull_requests_and_the_pipeline_runs_on_main_by_hand_and_weekly
     assert {i["dockerfile"] for i in images} == {"infra/docker/Dockerfile",
                                                  "infra/docker/Dockerfile.gpu"}
     assert "--set data.remote=$DVC_REMOTE" in run  # the pods pull data.dvc's version from there
+
+
+def test_the_nightly_batch_submits_the_batch_pipeline_with_a_model():
+    predict = yaml.safe_load((ROOT / ".github/workflows/predict.yml").read_text())
+    assert predict[True]["schedule"][0]["cron"] and "workflow_dispatch" in predict[True]
+    run = " ".join(s.get("run", "") for s in predict["jobs"]["predict"]["steps"])
+    assert "make submit" in run and "--batch --model $MODEL" in run and "--wait" in run
+    assert "--set data.remote=$DVC_REMOTE" in run
 
 
 def test_kubernetes_manifests_pass_the_api_schema():

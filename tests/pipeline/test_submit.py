@@ -97,6 +97,18 @@ def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
         "register"}
 
 
+def test_submit_batch_sends_the_batch_pipeline_with_its_model(kfp_api, capsys):
+    host, requests = kfp_api
+    assert main(["submit", "--host", host, "--batch", "--model", "crossfuse-sample/3", *TEAM]) == 0
+    posts = {path.split("?")[0]: body for method, path, body in requests if method == "POST"}
+    assert posts["/apis/v2beta1/experiments"]["display_name"] == "crossfuse-sample-predictions"
+    run = V2beta1Run(**posts["/apis/v2beta1/runs"])
+    assert run.pipeline_spec["pipelineInfo"]["name"] == "crossfuse-batch-predict"
+    assert run.display_name.endswith("-predict")
+    sent = RunConfig.from_json(run.runtime_config["parameters"]["config_json"])
+    assert sent.predict.model == "crossfuse-sample/3" and sent.data.remote == REMOTE
+
+
 def test_a_local_tracking_store_is_refused(kfp_api):
     host, requests = kfp_api
     with pytest.raises(ValueError, match="needs a tracking server its pods reach"):

@@ -16,7 +16,7 @@ LIBRARY = ROOT / "crossfuse"
 
 # Sub-packages in dependency order: each may import those before it, never those after.
 LAYERS = ["encoders", "fusion", "data", "features", "training", "registry", "evaluation",
-          "monitoring", "bench"]
+          "monitoring", "batch", "bench"]
 
 
 def module_name(path: Path) -> str:

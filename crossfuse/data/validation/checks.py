@@ -89,6 +89,22 @@ def check_some_modality(cfg: RunConfig, frame: pd.DataFrame, lines: list[int]) -
                      "every modality is missing") for i in empty.nonzero()[0]]
 
 
+def check_model_labels(frame: pd.DataFrame, lines: list[int], labels: list[str]) -> list[RowIssue]:
+    """Data to score: a label, where a row has one, must be one of the model's classes.
+
+    >>> frame = pd.DataFrame({"id": ["a", "b", "c"], "label": ["cat", "", "cow"]})
+    >>> [i.reason[:32] for i in check_model_labels(frame, [2, 3, 4], ["cat", "dog"])]
+    ["label 'cow' is not one of the mod"]
+    """
+    known = set(labels)
+    return [RowIssue(line, str(sample_id), "label",
+                     f"label {label!r} is not one of the model's classes {sorted(known)}; "
+                     f"correct it, or leave it empty to score the row without a label",
+                     kind="label unknown to the model")
+            for sample_id, label, line in zip(frame["id"], frame["label"], lines, strict=True)
+            if label and label not in known]
+
+
 def check_class_sizes(cfg: RunConfig, labels: list[str]) -> tuple[dict[str, int], list[str]]:
     """Count the valid rows per label: two classes at least, each big enough to split."""
     counts = Counter(label for label in labels if label)

@@ -25,20 +25,24 @@ from crossfuse.data.validation.report import RowIssue
 ROW_CHECKS_COLUMN = "crossfuse_row_checks"
 
 
-def expectation_suite(cfg: RunConfig, columns: list[str]):
-    """The manifest's expectations: ids, labels, modality columns, text lengths, row checks."""
+def expectation_suite(cfg: RunConfig, columns: list[str], labelled: bool = True):
+    """The manifest's expectations: ids, labels, modality columns, text lengths, row checks.
+
+    ``labelled=False`` (data to score): labels and extra targets may be missing.
+    """
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
     v = cfg.validation
     exps = [gxe.ExpectColumnValuesToNotBeNull(column="id"),
-            gxe.ExpectColumnValuesToBeUnique(column="id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="label"),
-            gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2)]
-    if v.labels:
-        exps.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(v.labels)))
-    for target in cfg.data.extra_targets:
-        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=target))
+            gxe.ExpectColumnValuesToBeUnique(column="id")]
+    if labelled:
+        exps += [gxe.ExpectColumnValuesToNotBeNull(column="label"),
+                 gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=2)]
+        if v.labels:
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(v.labels)))
+        for target in cfg.data.extra_targets:
+            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=target))
     if not v.allow_missing_modalities:
         exps += [gxe.ExpectColumnValuesToNotBeNull(column=m) for m in columns]
     if "text" in columns:
@@ -61,7 +65,7 @@ _REASONS = {
 }
 
 
-def gx_checkpoint(cfg: RunConfig, modalities: list[str], docs_dir: Path):
+def gx_checkpoint(cfg: RunConfig, modalities: list[str], docs_dir: Path, labelled: bool = True):
     """An ephemeral GX context with the suite, a whole-dataframe batch and a checkpoint that
     builds Data Docs into ``docs_dir``. Returns the checkpoint; run it with the dataframe."""
     import great_expectations as gx
@@ -74,7 +78,7 @@ def gx_checkpoint(cfg: RunConfig, modalities: list[str], docs_dir: Path):
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
     batch = (ctx.data_sources.add_pandas("manifest").add_dataframe_asset("manifest")
              .add_batch_definition_whole_dataframe("all"))
-    suite = ctx.suites.add(expectation_suite(cfg, modalities))
+    suite = ctx.suites.add(expectation_suite(cfg, modalities, labelled))
     definition = ctx.validation_definitions.add(
         gx.ValidationDefinition(name="manifest", data=batch, suite=suite))
     return ctx.checkpoints.add(gx.Checkpoint(
@@ -122,17 +126,20 @@ def parse_results(result, frame: pd.DataFrame, lines: list[int]
 
 
 def run_gx_suite(cfg: RunConfig, frame: pd.DataFrame, lines: list[int], docs_dir: Path,
-                 row_checks: list[RowIssue] = ()) -> tuple[list[RowIssue], list[str], list[dict]]:
+                 row_checks: list[RowIssue] = (), labelled: bool = True
+                 ) -> tuple[list[RowIssue], list[str], list[dict]]:
     """Run the GX checkpoint on ``frame`` and build Data Docs into ``docs_dir``.
 
     ``lines[i]`` is row i's manifest line. ``row_checks`` (issues found in Python:
     media, encoding) are shown in Data Docs too, under ``crossfuse_row_checks``, but
-    not returned again. Returns (row issues, table-level failures, one summary dict per
+    not returned again; ``labelled=False``: data to score (:func:`expectation_suite`).
+    Returns (row issues, table-level failures, one summary dict per
     expectation). The one-class check is reported by
     :func:`crossfuse.data.validation.checks.check_class_sizes` in words; GX keeps it in Data Docs.
     """
     table = gx_frame(frame, lines, list(row_checks))
-    checkpoint = gx_checkpoint(cfg, [m for m in cfg.modalities if m in table.columns], docs_dir)
+    checkpoint = gx_checkpoint(cfg, [m for m in cfg.modalities if m in table.columns], docs_dir,
+                               labelled)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = checkpoint.run(batch_parameters={"dataframe": table})

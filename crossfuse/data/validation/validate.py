@@ -37,6 +37,7 @@ from crossfuse.data.splits import row_splits
 from crossfuse.data.validation.checks import (
     check_class_sizes,
     check_media,
+    check_model_labels,
     check_some_modality,
     check_text,
 )
@@ -53,47 +54,61 @@ from crossfuse.data.validation.report import ValidationReport
 log = logging.getLogger(__name__)
 
 
-def validate(cfg: RunConfig, data_root: Path, out_dir: Path) -> ValidationReport:
+def validate(cfg: RunConfig, data_root: Path, out_dir: Path,
+             model_labels: list[str] | None = None) -> ValidationReport:
     """Validate the dataset at ``data_root``; write report, rejects and Data Docs to ``out_dir``.
 
     The report is returned whether or not validation passed; call
     :func:`require_valid` to stop on failure. Nothing raises out of here for bad data: a
     manifest that cannot be read at all gives a report with no rows and one table failure
     that says why.
+
+    ``model_labels`` (the classes of a trained model) validates data to be *scored* by it:
+    the same row checks, but labels are optional, a label that is present must be one of
+    ``model_labels``, and the checks that only matter for training (splits, class sizes,
+    the same content in two splits) are left out.
     """
     out_dir = Path(out_dir)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(data_root)})})
+    scoring = model_labels is not None
     try:
-        manifest = load_run_manifest(cfg)
+        manifest = load_run_manifest(cfg, labels_optional=scoring)
     except ManifestError as exc:
         report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=0,
                                   table_failures=[str(exc)], on_error=cfg.validation.on_error)
         report.write(out_dir)
         return report
     frame, lines = manifest.frame, manifest.lines
-    keys = content_keys(frame, manifest.root, cfg.modalities)
-    splits = row_splits(frame, cfg.preprocess.split, keys)
     checked = (check_malformed(manifest) + check_text(cfg, manifest)
                + check_media(cfg, frame, manifest.root, lines)
-               + check_some_modality(cfg, frame, lines) + check_splits(frame, lines))
+               + check_some_modality(cfg, frame, lines))
     found = check_label_case(cfg, manifest)
-    found += check_duplicates(cfg, frame, lines, keys, splits)
-    checked += found.issues
+    if scoring:
+        checked += found.issues + check_model_labels(frame, lines, model_labels)
+    else:
+        keys = content_keys(frame, manifest.root, cfg.modalities)
+        splits = row_splits(frame, cfg.preprocess.split, keys)
+        checked += check_splits(frame, lines)
+        found += check_duplicates(cfg, frame, lines, keys, splits)
+        checked += found.issues
     issues, table_failures, summaries = run_gx_suite(cfg, frame, lines, out_dir / "data_docs",
-                                                     row_checks=checked)
+                                                     row_checks=checked, labelled=not scoring)
     issues += checked
-    coverage = check_split_coverage(cfg, frame, lines, splits, {i.line for i in issues})
-    issues += coverage.issues
+    failures, warnings = table_failures + found.failures, list(found.warnings)
+    if not scoring:
+        coverage = check_split_coverage(cfg, frame, lines, splits, {i.line for i in issues})
+        issues += coverage.issues
+        failures += coverage.failures
+        warnings += coverage.warnings
     bad = {i.line for i in issues}
-    class_counts, size_failures = check_class_sizes(
-        cfg, [label for label, line in zip(frame["label"], lines, strict=True) if line not in bad])
+    valid_labels = [label for label, line in zip(frame["label"], lines, strict=True)
+                    if line not in bad]
+    class_counts, size_failures = check_class_sizes(cfg, valid_labels)
     report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=len(frame),
                               issues=sorted(issues, key=lambda i: (i.line, i.column)),
-                              table_failures=(table_failures + found.failures + coverage.failures
-                                              + size_failures),
+                              table_failures=failures + ([] if scoring else size_failures),
                               expectations=summaries, class_counts=class_counts,
-                              on_error=cfg.validation.on_error,
-                              warnings=found.warnings + coverage.warnings)
+                              on_error=cfg.validation.on_error, warnings=warnings)
     report.write(out_dir)
     log.info("validated %s: %d rows, %d valid, %d rejected", report.dataset, report.n_rows,
              report.n_valid, report.n_rejected)

@@ -60,26 +60,13 @@ def test_label_shift_reports_both_distributions():
 
 def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
         sample_dataset, make_config, tmp_path):
-    """The model's own reference against new data, prepared and encoded as the model was."""
-    import torch
+    """A batch scored with the registered model, against the model's own training rows."""
     from conftest import trained_model
 
-    from crossfuse.config import RunConfig
-    from crossfuse.data.preprocess import preprocess
-    from crossfuse.features.extract import extract
-    from crossfuse.features.reference import load_reference
-    from crossfuse.features.store import read_feature_set
-    from crossfuse.fusion import load_fusion_head
-    from crossfuse.fusion.model import predict_proba
-    from crossfuse.monitoring.drift import assess_drift
+    from crossfuse.batch.stages import run_batch_in_process
 
     cfg = trained_model(make_config, sample_dataset, tmp_path / "train",
                         "extract.encoders={image: efficientnet-lite0, text: minilm}")
-    model = tmp_path / "train" / "model"
-    model_cfg = RunConfig.from_json((model / "run_config.json").read_text())
-    head, meta = load_fusion_head(model)
-    ref = load_reference(model, cfg.extract.cache_dir)
-
     noised = tmp_path / "noised"
     shutil.copytree(sample_dataset, noised)
     rng = np.random.default_rng(0)
@@ -87,18 +74,14 @@ def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
         pixel_noise(Image.open(path).convert("RGB"), 0.5, rng).save(path)
 
     def drift_of(data):
-        out = tmp_path / data.name
-        preprocess(model_cfg, data, out / "pre")
-        extract(model_cfg, out / "pre", out / "features")
-        fs = read_feature_set(out / "features")
-        present = {m: fs.present(m) for m in meta["dims"]}
-        probs = predict_proba(head, {m: fs.vectors[m] for m in meta["dims"]}, present, None)
-        predicted = [meta["labels"][i] for i in torch.as_tensor(probs).argmax(-1).tolist()]
-        return assess_drift(ref.vectors, {m: fs.vectors[m][present[m]].numpy() for m in present},
-                            ref.present, {m: p.numpy() for m, p in present.items()},
-                            ref.labels, predicted, meta["labels"], model_cfg.drift)
+        batch = cfg.model_copy(update={
+            "data": cfg.data.model_copy(update={"path": str(data), "name": None}),
+            "predict": cfg.predict.model_copy(update={"model": f"{cfg.model_name()}@champion"})})
+        result = run_batch_in_process(batch, tmp_path / f"{data.name}-scored")
+        assert result.drift_checked and result.rows_scored == 60
+        return result.flagged
 
     same, moved = drift_of(sample_dataset), drift_of(noised)
-    assert same.flagged == [], same.flagged
-    assert any(reason.startswith("image embeddings") for reason in moved.flagged), moved.flagged
-    assert not any(reason.startswith("text") for reason in moved.flagged), moved.flagged
+    assert same == [], same
+    assert any(reason.startswith("image embeddings") for reason in moved), moved
+    assert not any(reason.startswith("text") for reason in moved), moved

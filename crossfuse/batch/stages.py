@@ -1,0 +1,245 @@
+"""The batch pipeline's stages as plain functions over folders, each logging to the batch's
+MLflow run (experiment ``<model>-predictions``).
+
+=================  ====================================  ==============================
+stage              what it does                          component
+=================  ====================================  ==============================
+batch validate     resolve the model, fetch its folder,  ``components/batch.py``
+                   validate (labels optional)
+batch preprocess   the model's transforms                ``components/batch.py``
+extract            the training pipeline's, per part     ``components/extract.py``
+batch score        predict, drift, report; ends the run  ``components/batch.py``
+=================  ====================================  ==============================
+
+Example
+-------
+>>> result = run_batch_in_process(cfg, Path("out"))     # doctest: +SKIP
+>>> result.rows_scored, result.flagged                  # doctest: +SKIP
+(720, [])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+
+from crossfuse.atomic import write_json
+from crossfuse.batch.model import (
+    ModelRef,
+    fetch_model_dir,
+    model_labels,
+    read_model_ref,
+    resolve_model,
+    scoring_config,
+)
+from crossfuse.config import RunConfig
+from crossfuse.console import say
+from crossfuse.data.dvc import materialise_data
+from crossfuse.data.validation.report import ValidationReport, require_valid, validation_tags
+from crossfuse.stage_records import tree_digest
+from crossfuse.tracking import data_version, log_metrics, stage_run
+
+log = logging.getLogger(__name__)
+
+BATCH_ARTIFACTS = "batch"
+
+
+@dataclass
+class BatchResult:
+    """One scored batch: its MLflow run, the model version, the row counts, where the
+    predictions and the report are, and the drift reasons (empty: none)."""
+
+    run_id: str
+    model: str
+    version: str
+    rows_in: int
+    rows_scored: int
+    rows_rejected: int
+    predictions: str
+    report: str
+    flagged: list[str]
+    drift_checked: bool
+
+
+def batch_run_tags(cfg: RunConfig, ref: ModelRef) -> dict[str, str]:
+    """What a batch run says about itself: the model version it scored with, and a description."""
+    return {"crossfuse.model_name": ref.name, "crossfuse.model_version": ref.version,
+            "crossfuse.model_alias": ref.alias, "crossfuse.model_uri": ref.uri,
+            "crossfuse.training_run_id": ref.run_id,
+            "mlflow.note.content": (f"crossfuse batch prediction: {cfg.data.path} scored with "
+                                    f"{ref.describe()}; drift against its training data."),
+            "mlflow.source.name": "crossfuse batch prediction (pipelines/batch_predict.py)",
+            "mlflow.source.type": "PROJECT"}
+
+
+def default_model_spec(cfg: RunConfig) -> str:
+    """``predict.model``, else the config's model at ``@champion``."""
+    return cfg.predict.model or f"{cfg.model_name()}@champion"
+
+
+def run_batch_validate(cfg: RunConfig, validation_dir: Path, model_dir: Path
+                       ) -> tuple[str, RunConfig, ValidationReport]:
+    """Resolve ``predict.model`` to a version, fetch its folder into ``model_dir``, create the
+    batch's MLflow run and validate ``cfg.data.path`` against the model.
+
+    Returns (run id, the scoring config, the report). Raises
+    :class:`crossfuse.data.validation.ValidationFailed` (the run is marked FAILED) when the
+    data does not pass.
+    """
+    from crossfuse.data.validation.validate import validate
+    from crossfuse.preflight import preflight
+    from crossfuse.stages import log_dataset
+
+    preflight(cfg, folders=False)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    ref = resolve_model(default_model_spec(cfg), cfg.model_name())
+    fetch_model_dir(ref, Path(model_dir))
+    scoring = scoring_config(cfg, Path(model_dir), ref)
+    with stage_run(scoring, None, "validate", tags=batch_run_tags(scoring, ref),
+                   run_name=f"{scoring.data.dataset_name()}-{ref.name}-v{ref.version}") as run:
+        scoring = materialise_data(scoring)
+        data = Path(scoring.data.path)
+        version = data_version(data, scoring.data.pinned, scoring.data.remote)
+        if "data.dvc_md5" not in version:
+            version["data.content_sha256"] = tree_digest(data)
+        mlflow.set_tags(version)
+        say(f"scoring {data} with {ref.describe()}")
+        report = validate(scoring, data, Path(validation_dir), model_labels=model_labels(model_dir))
+        log_dataset(scoring, version, context="scoring")
+        say(report.summary())
+        log_metrics({"batch_rows_in": report.n_rows, "batch_rows_rejected": report.n_rejected})
+        mlflow.set_tags(validation_tags(report))
+        for name in ("report.json", "rejects.csv"):
+            mlflow.log_artifact(str(Path(validation_dir) / name), "validation")
+        require_valid(report)
+    return run.info.run_id, scoring, report
+
+
+def run_batch_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path, model_dir: Path,
+                         out_dir: Path) -> int:
+    """Prepare the valid rows with the model's transforms (``cfg`` is the scoring config);
+    returns the rows prepared."""
+    from crossfuse.data.preprocess import preprocess
+
+    with stage_run(cfg, run_id, "preprocess"):
+        report = ValidationReport.read(Path(validation_dir))
+        result = preprocess(cfg, Path(cfg.data.path), Path(out_dir), report.rejected_lines,
+                            model_labels=model_labels(model_dir))
+        if result.n_samples + report.n_rejected != report.n_rows:  # nothing may be lost
+            raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
+                               f"{result.n_samples} prepared, {report.n_rejected} rejected")
+    return result.n_samples
+
+
+def _drift(cfg: RunConfig, model_dir: Path, scored, labels: list[str]):
+    """(the drift report, or None and why not) of a scored batch against the model's data."""
+    import numpy as np
+
+    from crossfuse.features.reference import load_reference, reference_rows
+    from crossfuse.monitoring.drift import assess_drift
+
+    try:
+        rows = reference_rows(model_dir)
+    except FileNotFoundError as exc:
+        return None, str(exc)
+    note = ""
+    try:
+        vectors = load_reference(model_dir, Path(cfg.extract.cache_dir)).vectors
+    except FileNotFoundError as exc:  # label and missing-modality drift still count
+        vectors, note = {}, f"embedding drift not checked: {exc}"
+    present = {m: rows[f"present_{m}"].to_numpy(dtype=bool) for m in scored.drift.present}
+    predicted = np.asarray(labels, dtype=object)[scored.predicted]
+    report = assess_drift(vectors, scored.drift.vectors, present, scored.drift.presence(),
+                          rows["label"].tolist(), predicted, labels, cfg.drift, cfg.seed)
+    return report, note
+
+
+def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir: Path,
+                    parts: list[Path], out_dir: Path) -> BatchResult:
+    """Score the extracted parts, check drift, write ``predictions.parquet``, ``drift.json``,
+    ``metrics.json`` and ``report.html`` into ``out_dir``, log them; ends the run."""
+    from crossfuse.batch.report import BATCH_REPORT_FILE, BatchSummary, render_batch_report
+    from crossfuse.batch.score import PREDICTIONS_FILE, score
+    from crossfuse.features.extract import combined_result
+    from crossfuse.stages import log_extract_result
+
+    out_dir, model_dir = Path(out_dir), Path(model_dir)
+    ref = read_model_ref(model_dir)
+    labels = model_labels(model_dir)
+    with stage_run(cfg, run_id, "score", final=True) as run:
+        log_extract_result(combined_result(parts))
+        report = ValidationReport.read(Path(validation_dir))
+        scored = score(model_dir, parts, out_dir, labelled=sum(report.class_counts.values()) > 0,
+                       shard_size=cfg.extract.shard_size, model_version=ref.version,
+                       drift_samples=cfg.drift.max_samples, seed=cfg.seed)
+        if scored.n_scored + report.n_rejected != report.n_rows:
+            raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
+                               f"{scored.n_scored} scored, {report.n_rejected} rejected")
+        drift, note = _drift(cfg, model_dir, scored, labels)
+        metrics = {"batch_rows_scored": scored.n_scored, "batch_rows_labelled": scored.n_labelled,
+                   **scored.metrics, **(drift.metrics if drift else {})}
+        if drift:
+            metrics["drift_flagged"] = len(drift.flagged)
+        log_metrics(metrics)
+        verdict = "not checked" if drift is None else ("flagged" if drift.flagged else "none")
+        mlflow.set_tags({"crossfuse.drift": verdict,
+                         "crossfuse.drift.reasons": "; ".join(drift.flagged if drift else [note])[:5000]})
+        write_json(out_dir / "metrics.json", metrics, sort_keys=True)
+        write_json(out_dir / "drift.json", {"checked": drift is not None, "note": note,
+                                            **(asdict(drift) if drift else {})})
+        summary = BatchSummary(dataset=cfg.data.dataset_name(), model=ref.describe(),
+                               rows_in=report.n_rows, rows_scored=scored.n_scored,
+                               rows_rejected=report.n_rejected, drift=drift,
+                               thresholds=cfg.drift, metrics=scored.metrics, drift_note=note,
+                               facts={"MLflow run": run.info.run_id,
+                                      "data": run.data.tags.get("data.dvc_md5")
+                                      or run.data.tags.get("data.content_sha256", "")})
+        page = render_batch_report(out_dir / BATCH_REPORT_FILE, summary)
+        for name in (PREDICTIONS_FILE, "metrics.json", "drift.json", BATCH_REPORT_FILE):
+            mlflow.log_artifact(str(out_dir / name), BATCH_ARTIFACTS)
+        say(f"rows in {report.n_rows} = scored {scored.n_scored} + rejected {report.n_rejected}"
+            + (f"; {scored.n_labelled} labelled: macro-F1 {scored.metrics['labelled_macro_f1']:.4f}, "
+               f"accuracy {scored.metrics['labelled_accuracy']:.4f}" if scored.metrics else ""))
+        say(f"drift: {'; '.join(drift.flagged) if drift and drift.flagged else verdict}"
+            + (f" ({note})" if note else ""))
+        link_to_model_version(ref, run.info.run_id, run.info.experiment_id, verdict)
+    return BatchResult(run_id=run.info.run_id, model=ref.name, version=ref.version,
+                       rows_in=report.n_rows, rows_scored=scored.n_scored,
+                       rows_rejected=report.n_rejected, predictions=str(out_dir / PREDICTIONS_FILE),
+                       report=str(page), flagged=list(drift.flagged) if drift else [],
+                       drift_checked=drift is not None)
+
+
+def link_to_model_version(ref: ModelRef, run_id: str, experiment_id: str, drift: str) -> None:
+    """Tag the model version with its latest batch run and where to find all of them (the
+    batch experiment, filtered on this version), so its page in the registry leads to them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    search = f"tags.`crossfuse.model_version` = '{ref.version}'"
+    for key, value in {"crossfuse.batch.last_run": run_id, "crossfuse.batch.last_drift": drift,
+                       "crossfuse.batch.runs": f"experiment {experiment_id}, search: {search}"
+                       }.items():
+        client.set_model_version_tag(ref.name, ref.version, key, value)
+
+
+def run_batch_in_process(cfg: RunConfig, root: Path) -> BatchResult:
+    """Every batch stage in this process, chained as the batch pipeline chains them, with
+    outputs in ``root/{validation,model,pre,features-0,predictions}``."""
+    from crossfuse.stages import run_extract
+
+    root = Path(root)
+    run_id, scoring, _ = run_batch_validate(cfg, root / "validation", root / "model")
+    run_batch_preprocess(scoring, run_id, root / "validation", root / "model", root / "pre")
+    run_extract(scoring, run_id, root / "pre", root / "features-0", part=(0, 1))
+    return run_batch_score(scoring, run_id, root / "model", root / "validation",
+                           [root / "features-0"], root / "predictions")
+
+
+def batch_result_json(result: BatchResult) -> str:
+    """The result as JSON (what the KFP score step returns to the caller)."""
+    return json.dumps(asdict(result))
