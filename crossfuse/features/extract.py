@@ -13,6 +13,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -30,13 +31,19 @@ from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import read_samples
 from crossfuse.encoders import Encoder, build_encoder, pad_tokens, place_encoder
 from crossfuse.features.prefetch import prefetched
-from crossfuse.features.store import FeatureCache, concat_feature_sets, write_feature_set
+from crossfuse.features.store import (
+    FeatureCache,
+    concat_feature_sets,
+    write_feature_set_files,
+    write_shards,
+)
 from crossfuse.hashing import content_hash
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "extract_result.json"
+BLOCK_SHARDS = 8  # rows encoded and written at a time: this many extract.shard_size shards
 
 
 @dataclass(frozen=True)
@@ -162,13 +169,22 @@ def build_encoders(cfg: RunConfig) -> dict[str, Encoder]:
             for m, name in cfg.extract.encoders.items()}
 
 
+def _cache(caches: dict[str, FeatureCache], root: Path, key: str) -> FeatureCache:
+    """The cache of ``key``, opened (its shards scanned) once per ``caches``."""
+    if key not in caches:
+        caches[key] = FeatureCache(root, key)
+    return caches[key]
+
+
 def extract_modality(cfg: RunConfig, encoder: Encoder, modality: str, samples: pd.DataFrame,
-                     preprocessed: Path) -> ModalityFeatures:
+                     preprocessed: Path, caches: dict[str, FeatureCache] | None = None
+                     ) -> ModalityFeatures:
     """Encode one modality of ``samples`` through the feature cache (and its token view).
 
     Rows without the modality get zero vectors; the fusion head never sees them
-    (placeholder + mask).
+    (placeholder + mask). ``caches`` keeps the opened caches across calls.
     """
+    caches = {} if caches is None else caches
     length, cache_dir = cfg.extract.max_tokens, Path(cfg.extract.cache_dir)
     started = time.perf_counter()
     present = (samples[modality] != "").to_numpy()
@@ -179,14 +195,14 @@ def extract_modality(cfg: RunConfig, encoder: Encoder, modality: str, samples: p
             encoder.device.type == "cuda")
     found, hits, encoded = encode_with_cache(
         lambda items: {"vectors": encoder.encode(items)}, encoder.name,
-        FeatureCache(cache_dir, encoder.cache_key), *args)
+        _cache(caches, cache_dir, encoder.cache_key), *args)
     dim = found["vectors"].shape[1] if found else encoder.dim
     vectors = _scatter(found["vectors"] if found else None, present, (dim,), torch.float32)
     tokens = None
     if cfg.extract.token_sequences:
         seq, _, _ = encode_with_cache(
             lambda items: pad_tokens(*encoder.encode_tokens(items, length), length),
-            f"{encoder.name} tokens", FeatureCache(cache_dir, f"{encoder.cache_key}:tokens{length}"),
+            f"{encoder.name} tokens", _cache(caches, cache_dir, f"{encoder.cache_key}:tokens{length}"),
             *args)
         tokens = (_scatter(seq["tokens"] if seq else None, present, (length, dim), torch.float32),
                   _scatter(seq["mask"] if seq else None, present, (length,), torch.bool))
@@ -241,22 +257,37 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
     for encoder in encoders.values():  # in place: a wrapped encoder stays wrapped
         place_encoder(encoder, cfg.extract.device, cfg.extract.backend, onnx_dir(cfg))
     index = feature_index(samples, labels, targets)
-    done = {m: extract_modality(cfg, encoders[m], m, samples, preprocessed) for m in cfg.modalities}
-    for m, f in done.items():
-        remaining = iter(f.hashes)
-        index[f"present_{m}"] = f.present
-        index[f"hash_{m}"] = [next(remaining) if p else "" for p in f.present]
-    write_feature_set(out_dir, index, labels, {m: f.meta for m, f in done.items()},
-                      {m: f.vectors for m, f in done.items()}, cfg.extract.shard_size, targets,
-                      {m: f.tokens for m, f in done.items() if f.tokens is not None})
-    result = ExtractResult(n_samples=len(samples), dims={m: f.meta["dim"] for m, f in done.items()},
-                           cache_hits={m: f.cache_hits for m, f in done.items()},
-                           encoded={m: f.encoded for m, f in done.items()},
-                           truncated={m: f.truncated for m, f in done.items()
-                                      if f.truncated is not None},
-                           runtime={m: f"{f.meta['backend']} on {f.meta['device']}"
-                                    for m, f in done.items()},
-                           seconds={m: round(f.seconds, 3) for m, f in done.items()})
+    block_rows = cfg.extract.shard_size * BLOCK_SHARDS
+    caches: dict[str, FeatureCache] = {}
+    done: dict[str, list[ModalityFeatures]] = {m: [] for m in cfg.modalities}
+    for start in range(0, max(len(samples), 1), block_rows):
+        # A block at a time: memory holds one block's vectors, whatever the row count.
+        block = samples.iloc[start:start + block_rows].reset_index(drop=True)
+        for m in cfg.modalities:
+            f = extract_modality(cfg, encoders[m], m, block, preprocessed, caches)
+            first = start // cfg.extract.shard_size
+            write_shards(out_dir, m, "shard", {"vectors": f.vectors}, cfg.extract.shard_size, first)
+            if f.tokens is not None:
+                write_shards(out_dir, m, "tokens", {"tokens": f.tokens[0], "mask": f.tokens[1]},
+                             cfg.extract.shard_size, first)
+            done[m].append(dataclasses.replace(f, vectors=None, tokens=None))
+    for m, blocks in done.items():
+        index[f"present_{m}"] = np.concatenate([f.present for f in blocks])
+        remaining = iter([h for f in blocks for h in f.hashes])
+        index[f"hash_{m}"] = [next(remaining) if p else "" for p in index[f"present_{m}"]]
+    meta = {m: blocks[0].meta for m, blocks in done.items()}
+    write_feature_set_files(out_dir, index, labels, meta, targets)
+
+    def total(attr: str) -> dict:
+        return {m: sum(getattr(f, attr) for f in blocks) for m, blocks in done.items()}
+
+    result = ExtractResult(n_samples=len(samples), dims={m: meta[m]["dim"] for m in meta},
+                           cache_hits=total("cache_hits"), encoded=total("encoded"),
+                           truncated={m: sum(f.truncated for f in blocks)
+                                      for m, blocks in done.items()
+                                      if blocks[0].truncated is not None},
+                           runtime={m: f"{meta[m]['backend']} on {meta[m]['device']}" for m in meta},
+                           seconds={m: round(v, 3) for m, v in total("seconds").items()})
     write_json(Path(out_dir) / RESULT_FILE, asdict(result))
     return result
 

@@ -183,27 +183,40 @@ class FeatureSet:
         return SplitInputs(vectors, present, labels, self.split_tokens(split, modalities, token_inputs))
 
 
+def write_shards(out_dir: Path, modality: str, prefix: str, tensors: dict[str, torch.Tensor],
+                 shard_size: int, first: int = 0) -> None:
+    """Write ``tensors`` (same row count) as ``<modality>/<prefix>-<k>.safetensors`` shards of
+    ``shard_size`` rows, numbered from ``first``; no rows still write one empty shard."""
+    rows = len(next(iter(tensors.values())))
+    for start in range(0, max(rows, 1), shard_size):
+        atomic_save({k: t[start:start + shard_size] for k, t in tensors.items()},
+                    Path(out_dir) / modality / f"{prefix}-{first + start // shard_size:05d}.safetensors")
+
+
+def write_feature_set_files(out_dir: Path, index: pd.DataFrame, labels: list[str],
+                            encoders: dict[str, dict], targets: dict[str, list[str]] | None = None
+                            ) -> None:
+    """A feature set's index and JSON files, beside shards already written; the index last,
+    so a feature set without it is incomplete."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / LABELS_FILE, labels, indent=None)
+    write_json(out_dir / ENCODERS_FILE, encoders)
+    write_json(out_dir / TARGETS_FILE, targets or {}, indent=None)
+    with atomic_path(out_dir / INDEX_FILE) as tmp:
+        index.to_parquet(tmp, index=False)
+
+
 def write_feature_set(out_dir: Path, index: pd.DataFrame, labels: list[str],
                       encoders: dict[str, dict], vectors: dict[str, torch.Tensor],
                       shard_size: int = 1024, targets: dict[str, list[str]] | None = None,
                       tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
     """Write a feature set; each modality's tensors are split into shards of ``shard_size`` rows."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for modality, matrix in vectors.items():
-        for start in range(0, max(len(matrix), 1), shard_size):
-            atomic_save({"vectors": matrix[start:start + shard_size]},
-                        out_dir / modality / f"shard-{start // shard_size:05d}.safetensors")
+        write_shards(out_dir, modality, "shard", {"vectors": matrix}, shard_size)
     for modality, (seq, mask) in (tokens or {}).items():
-        for start in range(0, max(len(seq), 1), shard_size):
-            atomic_save({"tokens": seq[start:start + shard_size],
-                         "mask": mask[start:start + shard_size]},
-                        out_dir / modality / f"tokens-{start // shard_size:05d}.safetensors")
-    write_json(out_dir / LABELS_FILE, labels, indent=None)
-    write_json(out_dir / ENCODERS_FILE, encoders)
-    write_json(out_dir / TARGETS_FILE, targets or {}, indent=None)
-    with atomic_path(out_dir / INDEX_FILE) as tmp:  # last: a feature set without it is incomplete
-        index.to_parquet(tmp, index=False)
+        write_shards(out_dir, modality, "tokens", {"tokens": seq, "mask": mask}, shard_size)
+    write_feature_set_files(out_dir, index, labels, encoders, targets)
 
 
 def concat_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024) -> Path:

@@ -125,3 +125,28 @@ def test_decode_workers_give_the_same_features_in_the_same_order(sample_dataset,
     a, b = read_feature_set(tmp_path / "serial"), read_feature_set(tmp_path / "workers")
     assert a.index["hash_image"].tolist() == b.index["hash_image"].tolist()
     assert torch.equal(a.vectors["image"], b.vectors["image"])
+
+
+def test_extraction_in_blocks_equals_one_block(sample_dataset, make_config, tmp_path):
+    """Rows are encoded and written a block (BLOCK_SHARDS shards) at a time, so memory holds
+    one block; 60 rows in blocks of 16 give the feature set that one block gives."""
+    from crossfuse.features.extract import BLOCK_SHARDS
+
+    small = make_config(sample_dataset, "extract.shard_size=2", "extract.token_sequences=true",
+                        "extract.max_tokens=8")
+    assert 2 * BLOCK_SHARDS < 60
+    one = make_config(sample_dataset, "extract.shard_size=64", "extract.token_sequences=true",
+                      "extract.max_tokens=8")
+    preprocess(small, sample_dataset, tmp_path / "pre")
+    blocks = extract(small, tmp_path / "pre", tmp_path / "blocks")
+    shutil.rmtree(small.extract.cache_dir)                     # both encode everything
+    whole = extract(one, tmp_path / "pre", tmp_path / "whole")
+    # One caption is in two rows: encoded once either way (in blocks, the later copy is a hit).
+    assert blocks.encoded == whole.encoded == {"image": 60, "text": 59}
+    assert len(list((tmp_path / "blocks" / "image").glob("shard-*.safetensors"))) == 30
+    a, b = read_feature_set(tmp_path / "blocks"), read_feature_set(tmp_path / "whole")
+    assert a.index.equals(b.index)
+    for m in ("image", "text"):
+        torch.testing.assert_close(a.vectors[m], b.vectors[m], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.tokens[m][0], b.tokens[m][0], rtol=1e-5, atol=1e-6)
+        assert torch.equal(a.tokens[m][1], b.tokens[m][1])
