@@ -5,7 +5,8 @@
 - latency from raw input to prediction (preprocess + encoders + head, as served),
   batched (ms per sample over a batch) and single-request (median of one-row calls);
 - peak resident memory of a fresh process that loads the served model and predicts
-  (``ru_maxrss``: the whole serving footprint, not the evaluating process's history),
+  (:func:`crossfuse.tracking.peak_rss_mb`, the child's own high-water mark: the whole serving
+  footprint, not the evaluating process's history),
   plus peak CUDA memory when a GPU is used.
 
 The raw-input measurement runs in a child process (``python -m crossfuse.evaluation.efficiency``)
