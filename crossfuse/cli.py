@@ -150,6 +150,36 @@ def cmd_bench_extraction(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scoring(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from crossfuse.batch.model import fetch_model_dir, resolve_model
+    from crossfuse.bench.perf import machine
+    from crossfuse.bench.scoring import measure_scoring
+
+    cfg = config_from_args(args).resolved()
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    ref = resolve_model(args.model or cfg.predict.model or f"{cfg.model_name()}@champion",
+                        cfg.model_name())
+    work = Path(tempfile.mkdtemp(prefix="crossfuse-bench-scoring-"))
+    try:
+        model = fetch_model_dir(ref, work / "model")
+        print(f"machine: {machine()}\nmodel: {ref.describe()}, extract.shard_size "
+              f"{cfg.extract.shard_size}, 2 parts\n")
+        print("| rows | seconds | rows/s | peak RSS (MB) |\n|---:|---:|---:|---:|")
+        for rows in (int(n) for n in args.sizes.split(",")):
+            r = measure_scoring(model, rows, work, cfg.extract.shard_size)
+            print(f"| {r['rows']:,} | {r['seconds']} | {r['rows_per_s']:,} | {r['peak_rss_mb']} |",
+                  flush=True)
+            shutil.rmtree(work / f"rows-{rows}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def cmd_bench_perf(args: argparse.Namespace) -> int:
     import datetime
     import json
@@ -372,6 +402,13 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     perf_p.add_argument("--json", default="docs/results/perf.json")
     perf_p.add_argument("--out", default="docs/performance.md")
     perf_p.set_defaults(func=cmd_bench_perf)
+    scoring = bench_sub.add_parser("scoring", help="batch scoring's time and peak memory at "
+                                                   "growing row counts (synthetic features)")
+    scoring.add_argument("--model", help="NAME@ALIAS or NAME/VERSION (default: the config's "
+                                         "model @champion)")
+    scoring.add_argument("--sizes", default="5000,40000,160000", help="rows, comma-separated")
+    add_config_args(scoring)
+    scoring.set_defaults(func=cmd_bench_scoring)
     stages = bench_sub.add_parser("stages", help="every stage in one process (no KFP): the "
                                                  "reference for the local runner's overhead")
     stages.add_argument("--data", help="dataset folder (default: config's data.path)")

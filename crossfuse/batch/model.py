@@ -121,6 +121,11 @@ def model_labels(model_dir: Path) -> list[str]:
     return json.loads((Path(model_dir) / SPEC_FILE).read_text())["labels"]
 
 
+def model_modalities(model_dir: Path) -> list[str]:
+    """The modalities the model reads."""
+    return list(json.loads((Path(model_dir) / SPEC_FILE).read_text())["dims"])
+
+
 # What scoring takes from the config it is started with, not from the model's training run:
 # where things are and how they run here. Everything else (modalities, encoders,
 # preprocessing, validation rules, seed) is the model's.

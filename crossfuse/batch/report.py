@@ -35,6 +35,7 @@ class BatchSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     drift_note: str = ""
     facts: dict[str, str] = field(default_factory=dict)
+    rows_in_training: int = 0
 
     @property
     def flagged(self) -> list[str]:
@@ -74,14 +75,18 @@ def drift_tables(drift: DriftReport, limits: DriftConfig) -> list[dict]:
     ]
 
 
-def metric_table(metrics: dict[str, float]) -> dict:
+def metric_table(metrics: dict[str, float], rows_in_training: int = 0) -> dict:
     """The labelled rows' headline metrics (the evaluate stage's, computed the same way)."""
     names = ["accuracy", "macro_f1", "micro_f1", "auroc_ovr", "log_loss", "ece_calibrated",
              "samples"]
     rows = [[n, f"{metrics[f'labelled_{n}']:.4f}" if n != "samples"
              else str(int(metrics[f"labelled_{n}"]))] for n in names if f"labelled_{n}" in metrics]
-    return {"title": "Metrics on the labelled rows", "note": "Computed as the evaluate stage "
-            "computes its test metrics.", "columns": ["metric", "value"], "rows": rows}
+    note = "Computed as the evaluate stage computes its test metrics."
+    if rows_in_training:
+        note += (f" {rows_in_training} scored rows are in the model's training data (same "
+                 f"content): metrics on them are not a test.")
+    return {"title": "Metrics on the labelled rows", "note": note, "columns": ["metric", "value"],
+            "rows": rows}
 
 
 def report_data(s: BatchSummary) -> dict:
@@ -95,7 +100,7 @@ def report_data(s: BatchSummary) -> dict:
         headline = "No drift: every figure is within its threshold"
     tables = drift_tables(s.drift, s.thresholds) if s.drift else []
     if s.metrics:
-        tables.insert(0, metric_table(s.metrics))
+        tables.insert(0, metric_table(s.metrics, s.rows_in_training))
     return {"dataset": s.dataset, "model": s.model, "flagged": s.flagged, "headline": headline,
             "rows": f"{s.rows_in} rows in = {s.rows_scored} scored + {s.rows_rejected} rejected "
                     f"(rejected rows and why: validation/rejects.csv)",

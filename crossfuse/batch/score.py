@@ -96,7 +96,8 @@ def _in_line_order(pieces: list, modalities: list[str]) -> Chunk:
     order = torch.from_numpy(index["line"].to_numpy().argsort(kind="stable"))
     index = index.iloc[order.numpy()].reset_index(drop=True)
     vectors = {m: torch.cat([p[1][m] for p in pieces])[order] for m in modalities}
-    present = {m: torch.from_numpy(index[f"present_{m}"].to_numpy(dtype=bool)) for m in modalities}
+    present = {m: torch.from_numpy(index[f"present_{m}"].to_numpy(dtype=bool, copy=True))
+               for m in modalities}
     tokens = None
     if pieces[0][2] is not None:
         tokens = {m: (torch.cat([p[2][m][0] for p in pieces])[order],
@@ -114,24 +115,29 @@ class DriftSample:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
     present: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _slots: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def add(self, chunk: Chunk) -> None:
         for m, mask in chunk.present.items():
-            mask = mask.numpy()
+            mask = mask.numpy().copy()
             self.present.setdefault(m, []).append(mask)
             rows = chunk.vectors[m][torch.from_numpy(mask)].numpy()
-            kept = self.vectors.get(m, np.zeros((0, rows.shape[1]), dtype=np.float32))
             seen = self.seen.get(m, 0)
-            room = max(self.limit - len(kept), 0)
-            kept = np.concatenate([kept, rows[:room]])
+            if m not in self._slots:
+                self._slots[m] = np.empty((self.limit, rows.shape[1]), dtype=np.float32)
+            slots = self._slots[m]
+            filled = min(seen, self.limit)
+            room = min(self.limit - filled, len(rows))
+            slots[filled:filled + room] = rows[:room]
             rest = rows[room:]
             if len(rest):  # row t (0-based over all seen) replaces slot j ~ U[0, t] if j < limit
                 rng = np.random.default_rng([self.seed, seen])
-                slots = rng.integers(0, np.arange(seen + room + 1, seen + room + 1 + len(rest)))
-                for row, j in zip(rest, slots, strict=True):
+                draws = rng.integers(0, np.arange(seen + room + 1, seen + room + 1 + len(rest)))
+                for row, j in zip(rest, draws, strict=True):
                     if j < self.limit:
-                        kept[j] = row
-            self.vectors[m], self.seen[m] = kept, seen + len(rows)
+                        slots[j] = row
+            self.seen[m] = seen + len(rows)
+            self.vectors[m] = slots[:min(self.seen[m], self.limit)]
 
     def presence(self) -> dict[str, np.ndarray]:
         return {m: np.concatenate(p) if p else np.zeros(0, dtype=bool)
@@ -148,6 +154,7 @@ class ScoreResult:
     predicted: np.ndarray
     metrics: dict[str, float]
     drift: DriftSample
+    n_in_training: int = 0
 
 
 def labelled_metrics(y: np.ndarray, probs: np.ndarray, temperature: float, labels: list[str]
@@ -171,14 +178,32 @@ def labelled_metrics(y: np.ndarray, probs: np.ndarray, temperature: float, label
     return metrics
 
 
+def in_training(index: pd.DataFrame, trained: dict[str, set[str]]) -> np.ndarray:
+    """Rows whose every present modality's content is among the model's training rows'
+    (``trained``: content hashes per modality); bool ``[rows]``.
+
+    >>> rows = pd.DataFrame({"present_text": [True, True], "hash_text": ["a", "b"]})
+    >>> in_training(rows, {"text": {"a"}}).tolist()
+    [True, False]
+    """
+    seen = np.ones(len(index), dtype=bool)
+    for m, hashes in trained.items():
+        present = index[f"present_{m}"].to_numpy(dtype=bool)
+        seen &= ~present | index[f"hash_{m}"].isin(hashes).to_numpy()
+    return seen
+
+
 def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, shard_size: int,
-          model_version: str = "", drift_samples: int = 500, seed: int = 0) -> ScoreResult:
+          model_version: str = "", drift_samples: int = 500, seed: int = 0,
+          trained: dict[str, set[str]] | None = None) -> ScoreResult:
     """Predict every row of the partial feature sets ``parts`` with the model in ``model_dir``;
     write ``out_dir/predictions.parquet``.
 
     ``labelled``: the batch has labels (some rows may lack one); the labelled rows are
     scored with :func:`labelled_metrics`. ``shard_size``: the features' ``extract.shard_size``.
-    ``drift_samples`` caps the vectors kept per modality for the drift test.
+    ``drift_samples`` caps the vectors kept per modality for the drift test. ``trained``
+    (content hashes of the model's training rows per modality) counts the rows the model was
+    trained on (:func:`in_training`): their labelled metrics are not a test.
     """
     head, meta = load_fusion_head(Path(model_dir))
     labels, modalities = meta["labels"], list(meta["dims"])
@@ -189,7 +214,7 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
     out_dir.mkdir(parents=True, exist_ok=True)
     drift = DriftSample(drift_samples, seed)
     predicted, ys, probs_labelled = [], [], []
-    n = 0
+    n = n_in_training = 0
     with atomic_path(out_dir / PREDICTIONS_FILE) as tmp:
         writer = None
         try:
@@ -212,6 +237,8 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
                     probs_labelled.append(probs[known])
                 drift.add(chunk)
                 n += len(frame)
+                if trained:
+                    n_in_training += int(in_training(chunk.index, trained).sum())
         finally:
             if writer is not None:
                 writer.close()
@@ -221,7 +248,7 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
     metrics = (labelled_metrics(y, np.concatenate(probs_labelled), temperature, labels)
                if len(y) else {})
     return ScoreResult(n_scored=n, n_labelled=len(y), predicted=np.concatenate(predicted),
-                       metrics=metrics, drift=drift)
+                       metrics=metrics, drift=drift, n_in_training=n_in_training)
 
 
 def _prediction_rows(chunk: Chunk, probs: np.ndarray, calibrated: np.ndarray, labels: list[str],

@@ -32,6 +32,7 @@ from crossfuse.batch.model import (
     ModelRef,
     fetch_model_dir,
     model_labels,
+    model_modalities,
     read_model_ref,
     resolve_model,
     scoring_config,
@@ -135,17 +136,24 @@ def run_batch_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path, mode
     return result.n_samples
 
 
-def _drift(cfg: RunConfig, model_dir: Path, scored, labels: list[str]):
-    """(the drift report, or None and why not) of a scored batch against the model's data."""
-    import numpy as np
-
-    from crossfuse.features.reference import load_reference, reference_rows
-    from crossfuse.monitoring.drift import assess_drift
+def _training_rows(model_dir: Path):
+    """(the model's training rows, or None and why not): :func:`reference_rows`."""
+    from crossfuse.features.reference import reference_rows
 
     try:
-        rows = reference_rows(model_dir)
+        return reference_rows(model_dir), ""
     except FileNotFoundError as exc:
         return None, str(exc)
+
+
+def _drift(cfg: RunConfig, model_dir: Path, rows, scored, labels: list[str]):
+    """(the drift report, or None; why not or what was left out) of a scored batch against the
+    model's training ``rows``."""
+    import numpy as np
+
+    from crossfuse.features.reference import load_reference
+    from crossfuse.monitoring.drift import assess_drift
+
     note = ""
     try:
         vectors = load_reference(model_dir, Path(cfg.extract.cache_dir)).vectors
@@ -173,15 +181,21 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
     with stage_run(cfg, run_id, "score", final=True) as run:
         log_extract_result(combined_result(parts))
         report = ValidationReport.read(Path(validation_dir))
+        training, why_not = _training_rows(model_dir)
+        trained = None if training is None else {
+            m: set(training[f"hash_{m}"]) - {""} for m in model_modalities(model_dir)}
         scored = score(model_dir, parts, out_dir, labelled=sum(report.class_counts.values()) > 0,
                        shard_size=cfg.extract.shard_size, model_version=ref.version,
-                       drift_samples=cfg.drift.max_samples, seed=cfg.seed)
+                       drift_samples=cfg.drift.max_samples, seed=cfg.seed, trained=trained)
         if scored.n_scored + report.n_rejected != report.n_rows:
             raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
                                f"{scored.n_scored} scored, {report.n_rejected} rejected")
-        drift, note = _drift(cfg, model_dir, scored, labels)
+        drift, note = (None, why_not) if training is None else _drift(cfg, model_dir, training,
+                                                                      scored, labels)
         metrics = {"batch_rows_scored": scored.n_scored, "batch_rows_labelled": scored.n_labelled,
                    **scored.metrics, **(drift.metrics if drift else {})}
+        if trained is not None:
+            metrics["batch_rows_in_training"] = scored.n_in_training
         if drift:
             metrics["drift_flagged"] = len(drift.flagged)
         log_metrics(metrics)
@@ -195,6 +209,7 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                                rows_in=report.n_rows, rows_scored=scored.n_scored,
                                rows_rejected=report.n_rejected, drift=drift,
                                thresholds=cfg.drift, metrics=scored.metrics, drift_note=note,
+                               rows_in_training=scored.n_in_training,
                                facts={"MLflow run": run.info.run_id,
                                       "data": run.data.tags.get("data.dvc_md5")
                                       or run.data.tags.get("data.content_sha256", "")})
@@ -204,6 +219,9 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
         say(f"rows in {report.n_rows} = scored {scored.n_scored} + rejected {report.n_rejected}"
             + (f"; {scored.n_labelled} labelled: macro-F1 {scored.metrics['labelled_macro_f1']:.4f}, "
                f"accuracy {scored.metrics['labelled_accuracy']:.4f}" if scored.metrics else ""))
+        if scored.n_in_training:
+            say(f"  {scored.n_in_training} of the {scored.n_scored} rows are in the model's "
+                f"training data (same content): metrics on them are not a test")
         say(f"drift: {'; '.join(drift.flagged) if drift and drift.flagged else verdict}"
             + (f" ({note})" if note else ""))
         link_to_model_version(ref, run.info.run_id, run.info.experiment_id, verdict)

@@ -84,6 +84,7 @@ def test_test_rows_score_as_evaluate_scored_them(trained, sample_dataset):
     assert run.data.tags["crossfuse.model_version"] == "1"
     assert len(run.data.tags["data.content_sha256"]) == 64
     assert run.data.metrics["batch/rows_scored"] == len(test_ids)
+    assert run.data.metrics["batch/rows_in_training"] == 0      # test rows: none trained on
     assert "drift/label_shift" in run.data.metrics
     logged = {f.path for f in client.list_artifacts(result.run_id, "batch")}
     assert {"batch/predictions.parquet", "batch/report.html", "batch/drift.json"} <= logged
@@ -113,6 +114,10 @@ def test_unlabelled_and_bad_rows_are_each_scored_or_rejected(trained, sample_dat
     assert set(predictions["id"]) | set(rejects["id"]) == set(manifest["id"])
     metrics = json.loads((root / "mixed-out" / "predictions" / "metrics.json").read_text())
     assert metrics["batch_rows_labelled"] == metrics["labelled_samples"] == 38
+    index = pd.read_parquet(root / "train" / "features" / "index.parquet")
+    learned = set(index.loc[index["split"].isin(["train", "val"]), "id"])
+    assert metrics["batch_rows_in_training"] == len(learned & set(predictions["id"])) > 0
+    assert "training data (same content)" in Path(result.report).read_text()
 
     unlabelled = subset(sample_dataset, root / "unlabelled", manifest.drop(columns=["label"])
                         .drop(index=[20, 21]))
