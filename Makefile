@@ -69,7 +69,8 @@ run: data
 #   make predict DATA=path/to/folder [MODEL=name@alias] [OUT=scores.parquet] [ARGS=--fail-on-drift]
 DATA ?= data
 OUT  ?=
-predict: data
+# (the default DATA=data is materialised first, like make run does)
+predict: $(if $(filter data,$(DATA)),data,$(STAMP))
 	$(BIN)/crossfuse predict --data $(DATA) --model $(MODEL)@$(ALIAS) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 test: $(STAMP) $(ACTIONLINT) browser

@@ -93,8 +93,8 @@ def check_model_labels(frame: pd.DataFrame, lines: list[int], labels: list[str])
     """Data to score: a label, where a row has one, must be one of the model's classes.
 
     >>> frame = pd.DataFrame({"id": ["a", "b", "c"], "label": ["cat", "", "cow"]})
-    >>> [i.reason[:32] for i in check_model_labels(frame, [2, 3, 4], ["cat", "dog"])]
-    ["label 'cow' is not one of the mod"]
+    >>> [(i.line, i.reason.split(";")[0]) for i in check_model_labels(frame, [2, 3, 4], ["cat", "dog"])]
+    [(4, "label 'cow' is not one of the model's classes ['cat', 'dog']")]
     """
     known = set(labels)
     return [RowIssue(line, str(sample_id), "label",
