@@ -37,7 +37,7 @@ PREDICTIONS_SUFFIX = "-predictions"
 @dataclass(frozen=True)
 class ModelRef:
     """One registered model version: ``name``, ``version``, the ``alias`` it was asked by (or
-    ""), the training ``run_id`` and its class names."""
+    "") and the ``run_id`` of the run that trained it."""
 
     name: str
     version: str
