@@ -156,14 +156,13 @@ def cmd_bench_scoring(args: argparse.Namespace) -> int:
 
     import mlflow
 
-    from crossfuse.batch.model import fetch_model_dir, resolve_model
+    from crossfuse.batch.model import default_model_spec, fetch_model_dir, resolve_model
     from crossfuse.bench.perf import machine
     from crossfuse.bench.scoring import measure_scoring
 
     cfg = config_from_args(args).resolved()
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    ref = resolve_model(args.model or cfg.predict.model or f"{cfg.model_name()}@champion",
-                        cfg.model_name())
+    ref = resolve_model(args.model or default_model_spec(cfg), cfg.model_name())
     work = Path(tempfile.mkdtemp(prefix="crossfuse-bench-scoring-"))
     try:
         model = fetch_model_dir(ref, work / "model")

@@ -129,9 +129,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
     import shutil
 
+    from crossfuse.batch.model import default_model_spec  # torch and MLflow: only where it runs
+
     # The model defaults to the config's own (named after its training data, not --data's).
     trained = cli.config_from_args(argparse.Namespace(config=args.config, set=args.set, data=None))
-    model = args.model or trained.predict.model or f"{trained.model_name()}@champion"
+    model = args.model or default_model_spec(trained)
     cfg = cli.config_from_args(args)
     cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={
         "model": model, "fail_on_drift": cfg.predict.fail_on_drift or args.fail_on_drift})}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import kfp
 
+from crossfuse.batch.model import default_model_spec, parse_model_spec
 from crossfuse.config import RunConfig
 from crossfuse.data.dvc import pin_data_version
 from crossfuse.tracking import data_version
@@ -59,7 +60,7 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "pipeline.yaml", cfg, batch=batch)
         client = kfp.Client(host=host, namespace=namespace)
-        model = (cfg.predict.model or f"{cfg.model_name()}@champion").split("@")[0].split("/")[0]
+        model = parse_model_spec(default_model_spec(cfg), cfg.model_name())[0]
         result = client.create_run_from_pipeline_package(
             str(package), arguments={"config_json": cfg.to_json()},
             run_name=f"{run_name(cfg)}-predict" if batch else run_name(cfg),

@@ -130,6 +130,15 @@ def trained_model(make_config, data: Path, root: Path, *overrides: str) -> RunCo
     return cfg
 
 
+def batch_config(cfg: RunConfig, data: Path, on_error: str = "fail") -> RunConfig:
+    """A training config pointed at the batch ``data``, scoring with the model it registered
+    (``<model>@champion``, named before ``data.path`` changes the default model name)."""
+    return cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"path": str(data), "name": None}),
+        "validation": cfg.validation.model_copy(update={"on_error": on_error}),
+        "predict": cfg.predict.model_copy(update={"model": f"{cfg.model_name()}@champion"})})
+
+
 def top_level(runs: list) -> list:
     """The pipeline runs among MLflow runs: not the nested ones (auto's candidates, search trials)."""
     return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -53,6 +53,11 @@ class ModelRef:
         return f"{self.name} v{self.version}" + (f" ({self.alias})" if self.alias else "")
 
 
+def default_model_spec(cfg: RunConfig) -> str:
+    """The model a batch scores with: ``predict.model``, else the config's model at ``@champion``."""
+    return cfg.predict.model or f"{cfg.model_name()}@{CHAMPION}"
+
+
 def parse_model_spec(spec: str, default_name: str) -> tuple[str, str | None, str | None]:
     """(name, alias, version) of ``NAME@ALIAS`` / ``NAME/VERSION`` / ``models:/...``; a missing
     name is ``default_name``, a missing alias and version is ``champion``."""

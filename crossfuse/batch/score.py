@@ -112,10 +112,14 @@ class DriftSample:
 
     limit: int
     seed: int
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
     present: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    _slots: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    slots: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # [limit, dim] each
+
+    @property
+    def vectors(self) -> dict[str, np.ndarray]:
+        """The sample: ``{m: [min(seen, limit), dim]}``."""
+        return {m: s[:min(self.seen[m], self.limit)] for m, s in self.slots.items()}
 
     def add(self, chunk: Chunk) -> None:
         for m, mask in chunk.present.items():
@@ -123,9 +127,9 @@ class DriftSample:
             self.present.setdefault(m, []).append(mask)
             rows = chunk.vectors[m][torch.from_numpy(mask)].numpy()
             seen = self.seen.get(m, 0)
-            if m not in self._slots:
-                self._slots[m] = np.empty((self.limit, rows.shape[1]), dtype=np.float32)
-            slots = self._slots[m]
+            if m not in self.slots:
+                self.slots[m] = np.empty((self.limit, rows.shape[1]), dtype=np.float32)
+            slots = self.slots[m]
             filled = min(seen, self.limit)
             room = min(self.limit - filled, len(rows))
             slots[filled:filled + room] = rows[:room]
@@ -137,9 +141,9 @@ class DriftSample:
                     if j < self.limit:
                         slots[j] = row
             self.seen[m] = seen + len(rows)
-            self.vectors[m] = slots[:min(self.seen[m], self.limit)]
 
     def presence(self) -> dict[str, np.ndarray]:
+        """Every row's presence flag per modality, in row order."""
         return {m: np.concatenate(p) if p else np.zeros(0, dtype=bool)
                 for m, p in self.present.items()}
 

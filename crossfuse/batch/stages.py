@@ -30,6 +30,7 @@ import mlflow
 from crossfuse.atomic import write_json
 from crossfuse.batch.model import (
     ModelRef,
+    default_model_spec,
     fetch_model_dir,
     model_labels,
     model_modalities,
@@ -75,11 +76,6 @@ def batch_run_tags(cfg: RunConfig, ref: ModelRef) -> dict[str, str]:
                                     f"{ref.describe()}; drift against its training data."),
             "mlflow.source.name": "crossfuse batch prediction (pipelines/batch_predict.py)",
             "mlflow.source.type": "PROJECT"}
-
-
-def default_model_spec(cfg: RunConfig) -> str:
-    """``predict.model``, else the config's model at ``@champion``."""
-    return cfg.predict.model or f"{cfg.model_name()}@champion"
 
 
 def run_batch_validate(cfg: RunConfig, validation_dir: Path, model_dir: Path
@@ -156,7 +152,7 @@ def _drift(cfg: RunConfig, model_dir: Path, rows, scored, labels: list[str]):
 
     note = ""
     try:
-        vectors = load_reference(model_dir, Path(cfg.extract.cache_dir)).vectors
+        vectors = load_reference(model_dir, Path(cfg.extract.cache_dir), rows).vectors
     except FileNotFoundError as exc:  # label and missing-modality drift still count
         vectors, note = {}, f"embedding drift not checked: {exc}"
     present = {m: rows[f"present_{m}"].to_numpy(dtype=bool) for m in scored.drift.present}

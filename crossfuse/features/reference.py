@@ -69,14 +69,15 @@ def reference_rows(model_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def load_reference(model_dir: Path, cache_dir: Path) -> Reference:
-    """The model's training rows with their vectors from the feature cache at ``cache_dir``.
+def load_reference(model_dir: Path, cache_dir: Path, rows: pd.DataFrame | None = None) -> Reference:
+    """The model's training rows (``rows``, when already read by :func:`reference_rows`) with
+    their vectors from the feature cache at ``cache_dir``.
 
     Raises FileNotFoundError naming the fix when the model has no reference (trained before
     references existed) or the cache no longer holds its vectors.
     """
     model_dir = Path(model_dir)
-    rows = reference_rows(model_dir)
+    rows = reference_rows(model_dir) if rows is None else rows
     encoders = json.loads((model_dir / SPEC_FILE).read_text())["encoders"]
     present, vectors = {}, {}
     for m, encoder in encoders.items():

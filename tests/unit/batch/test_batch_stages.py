@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import trained_model
+from conftest import batch_config, trained_model
 from mlflow.tracking import MlflowClient
 
 from crossfuse.batch.stages import run_batch_in_process
@@ -38,14 +38,6 @@ def trained(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model)
                                                       tiny_image_model, *o),
                         sample_dataset, root / "train")
     return cfg, root
-
-
-def batch_config(cfg, data: Path, on_error: str = "fail"):
-    """The training config pointed at ``data``, scoring with the model it registered."""
-    return cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"path": str(data), "name": None}),
-        "validation": cfg.validation.model_copy(update={"on_error": on_error}),
-        "predict": cfg.predict.model_copy(update={"model": "crossfuse-sample@champion"})})
 
 
 def test_test_rows_score_as_evaluate_scored_them(trained, sample_dataset):

@@ -61,7 +61,7 @@ def test_label_shift_reports_both_distributions():
 def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
         sample_dataset, make_config, tmp_path):
     """A batch scored with the registered model, against the model's own training rows."""
-    from conftest import trained_model
+    from conftest import batch_config, trained_model
 
     from crossfuse.batch.stages import run_batch_in_process
 
@@ -74,10 +74,7 @@ def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
         pixel_noise(Image.open(path).convert("RGB"), 0.5, rng).save(path)
 
     def drift_of(data):
-        batch = cfg.model_copy(update={
-            "data": cfg.data.model_copy(update={"path": str(data), "name": None}),
-            "predict": cfg.predict.model_copy(update={"model": f"{cfg.model_name()}@champion"})})
-        result = run_batch_in_process(batch, tmp_path / f"{data.name}-scored")
+        result = run_batch_in_process(batch_config(cfg, data), tmp_path / f"{data.name}-scored")
         assert result.drift_checked and result.rows_scored == 60
         return result.flagged
 
