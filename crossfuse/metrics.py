@@ -26,9 +26,32 @@ from crossfuse.fusion.model import predict_proba
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    """Macro-averaged F1 over all ``num_classes`` classes (absent classes score 0)."""
-    return float(f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro",
-                          zero_division=0))
+    """Macro-averaged F1 over all ``num_classes`` classes (absent classes score 0).
+
+    The same number as scikit-learn's ``f1_score(..., average="macro", zero_division=0)``
+    with ``labels=range(num_classes)``, to the last digit, from one confusion count.
+    """
+    return float(macro_f1_batch(np.asarray(y_true)[None], np.asarray(y_pred)[None], num_classes)[0])
+
+
+def macro_f1_batch(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Macro-F1 of each row of ``y_true``/``y_pred`` (``[B, N]`` class ids): ``[B]`` floats.
+
+    One ``bincount`` counts all ``B`` confusion matrices at once, so a paired bootstrap of
+    thousands of resamples costs milliseconds. Per class F1 = 2 TP / (true + predicted),
+    0 where a class is neither true nor predicted (scikit-learn's formula and order).
+
+    >>> macro_f1_batch(np.array([[0, 1, 1], [0, 0, 0]]), np.array([[0, 1, 0], [0, 0, 0]]), 2)
+    array([0.66666667, 0.5       ])
+    """
+    y_true, y_pred = np.atleast_2d(y_true), np.atleast_2d(y_pred)
+    b, k = len(y_true), num_classes
+    cells = (np.arange(b)[:, None] * k + y_true) * k + y_pred
+    counts = np.bincount(cells.ravel(), minlength=b * k * k).reshape(b, k, k).astype(np.float64)
+    tp = np.diagonal(counts, axis1=1, axis2=2)
+    denom = counts.sum(axis=2) + counts.sum(axis=1)  # true + predicted per class
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1.mean(axis=1)
 
 
 def classification_metrics(y: np.ndarray, probs: np.ndarray, prefix: str = "test_"

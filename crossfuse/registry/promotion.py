@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from crossfuse.config import RegistryConfig
-from crossfuse.metrics import macro_f1
+from crossfuse.metrics import macro_f1_batch
 
 ECE_METRIC = "test_ece_calibrated"
 FUSION_GAIN = "fusion_gain_macro_f1"
@@ -83,8 +83,10 @@ class PairedBootstrap:
     resamples: int
 
 
-BOOTSTRAP_METRICS = {"test_macro_f1": lambda y, p, k: macro_f1(y, p, k),
-                     "test_accuracy": lambda y, p, k: float((y == p).mean())}
+BOOTSTRAP_METRICS = {
+    "test_macro_f1": lambda y, p, k: macro_f1_batch(y, p, k),
+    "test_accuracy": lambda y, p, k: (np.atleast_2d(y) == np.atleast_2d(p)).mean(axis=1)}
+_DRAW_CELLS = 1 << 22  # resampled rows scored at once: bounds memory on a large test split
 
 
 def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, num_classes: int,
@@ -93,6 +95,8 @@ def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray
     """Resample the test rows with replacement; score both models' predictions on each draw.
 
     ``y``, ``challenger``, ``champion``: class ids ``[N]`` of the same rows, in the same order.
+    Every draw is scored at once from confusion counts (:func:`crossfuse.metrics.macro_f1_batch`),
+    in blocks of draws; the draws and percentiles are those of scoring them one by one.
 
     >>> y = np.arange(100) % 2
     >>> b = paired_bootstrap(y, y, np.where(np.arange(100) < 30, 1 - y, y), 2, resamples=200)
@@ -102,13 +106,18 @@ def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray
     0.0
     """
     score = BOOTSTRAP_METRICS[metric]
+    y, challenger, champion = (np.asarray(a) for a in (y, challenger, champion))
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y), size=(resamples, len(y)))
-    gains = np.array([score(y[d], challenger[d], num_classes) - score(y[d], champion[d], num_classes)
-                      for d in draws])
-    return PairedBootstrap(metric, score(y, challenger, num_classes) - score(y, champion, num_classes),
-                           float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)),
-                           len(y), resamples)
+    block = max(1, _DRAW_CELLS // max(len(y), 1))
+    gains = []
+    for start in range(0, resamples, block):
+        draws = rng.integers(0, len(y), size=(min(block, resamples - start), len(y)))
+        gains.append(score(y[draws], challenger[draws], num_classes)
+                     - score(y[draws], champion[draws], num_classes))
+    gains = np.concatenate(gains)
+    gain = float(score(y, challenger, num_classes)[0] - score(y, champion, num_classes)[0])
+    return PairedBootstrap(metric, gain, float(np.percentile(gains, 2.5)),
+                           float(np.percentile(gains, 97.5)), len(y), resamples)
 
 
 def require_metric(metrics: dict[str, float], metric: str) -> None:

@@ -125,3 +125,37 @@ def test_paired_bootstrap_tie_or_noise_does_not_promote():
     assert slight.gain > 0 and slight.low <= 0
     assert not decide_promotion(challenger(test_macro_f1=0.89), CHAMPION, "3", RegistryConfig(),
                                 slight).promote
+
+
+def _bootstrap_one_draw_at_a_time(y, challenger, champion, k, metric, resamples, seed):
+    """The reference: scikit-learn's scores on each resample, one by one (the gate's old code)."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    def score(t, p):
+        if metric == "test_accuracy":
+            return float((t == p).mean())
+        return float(f1_score(t, p, labels=list(range(k)), average="macro", zero_division=0))
+
+    draws = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
+    gains = np.array([score(y[d], challenger[d]) - score(y[d], champion[d]) for d in draws])
+    return (score(y, challenger) - score(y, champion), float(np.percentile(gains, 2.5)),
+            float(np.percentile(gains, 97.5)))
+
+
+@pytest.mark.parametrize("metric", ["test_macro_f1", "test_accuracy"])
+@pytest.mark.parametrize("n, k, seed", [(270, 9, 0), (37, 5, 3), (500, 2, 11)])
+def test_vectorised_bootstrap_equals_scoring_each_draw(metric, n, k, seed, monkeypatch):
+    import numpy as np
+
+    import crossfuse.registry.promotion as promotion
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    challenger = np.where(rng.random(n) < 0.8, y, rng.integers(0, k, n))
+    champion = np.where(rng.random(n) < 0.7, y, rng.integers(0, k, n))
+    # Small blocks too: the draws must not depend on how many are scored at once.
+    monkeypatch.setattr(promotion, "_DRAW_CELLS", 3 * n + 1)
+    b = promotion.paired_bootstrap(y, challenger, champion, k, metric, resamples=300, seed=seed)
+    assert (b.gain, b.low, b.high) == _bootstrap_one_draw_at_a_time(
+        y, challenger, champion, k, metric, 300, seed)
