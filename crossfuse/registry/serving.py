@@ -47,6 +47,7 @@ from crossfuse.data.modalities import Modality, get_modality
 from crossfuse.encoders import build_encoder, pad_tokens, place_encoder
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
+from crossfuse.training.calibration import apply_temperature
 
 MEDIA_ROOT_ENV = "CROSSFUSE_SERVING_MEDIA_ROOT"
 MAX_PROBLEMS_NAMED = 10
@@ -244,8 +245,10 @@ class FusionPredictor:
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         logits = self.logits(frame)
-        temperature = float(self.meta.get("temperature", 1.0))  # fitted on validation
-        probs = (logits[self.head.spec.target] / temperature).softmax(-1).numpy()
+        # Evaluation's path exactly: the head's probabilities, then the temperature (fitted on
+        # rows the model never trained on) and the floor that keeps them off 0 and 1.
+        probs = apply_temperature(logits[self.head.spec.target].softmax(-1).numpy(),
+                                  float(self.meta.get("temperature", 1.0)))
         out = pd.DataFrame({"label": [self.labels[i] for i in probs.argmax(-1)]})
         for i, name in enumerate(self.labels):
             out[f"p_{name}"] = probs[:, i].astype(float)

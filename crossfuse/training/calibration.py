@@ -1,10 +1,14 @@
 """Calibration: expected calibration error, reliability diagrams, temperature scaling.
 
 Temperature scaling (Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural
-Networks", ICML 2017) divides the logits by one scalar ``T`` fitted on the validation
-split by minimising the negative log-likelihood; predictions (the argmax) do not change,
-probabilities become more honest. Log-probabilities serve as logits (softmax is
-shift-invariant), so ``T`` can be fitted from probabilities alone.
+Networks", ICML 2017) divides the logits by one scalar ``T`` fitted by minimising the
+negative log-likelihood on rows the model never trained on; predictions (the argmax) do
+not change, probabilities become more honest. Log-probabilities serve as logits (softmax
+is shift-invariant), so ``T`` can be fitted from probabilities alone.
+
+``T`` is bounded to [``MIN_TEMPERATURE``, ``MAX_TEMPERATURE``], and every calibrated
+probability is kept ``PROBABILITY_FLOOR / C`` away from 0 and 1: a few hundred rows
+never justify certainty, and an exact 0 makes a log loss infinite.
 
 Example
 -------
@@ -46,16 +50,27 @@ def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15)
     return float(ece)
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.25, 20.0
+PROBABILITY_FLOOR = 1e-6  # mixed in uniformly: no served probability is exactly 0 or 1
+
+
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Rescale probabilities ``[N, C]`` as ``softmax(log(p) / T)``."""
+    """Rescale probabilities ``[N, C]`` as ``softmax(log(p) / T)``, floored (see the module).
+
+    >>> p = apply_temperature(np.array([[1.0, 0.0]]), 0.25)
+    >>> bool(0 < p.min() and p.max() < 1), p.argmax()
+    (True, np.int64(0))
+    """
     logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    return (1.0 - PROBABILITY_FLOOR) * scaled + PROBABILITY_FLOOR / scaled.shape[1]
 
 
 def fit_temperature(y: np.ndarray, probs: np.ndarray) -> float:
-    """The ``T`` in [0.05, 20] minimising the NLL of ``apply_temperature(probs, T)`` on ``y``."""
+    """The ``T`` in [``MIN_TEMPERATURE``, ``MAX_TEMPERATURE``] minimising the NLL of
+    ``apply_temperature(probs, T)`` on ``y``; 1 when there are no rows to fit it on."""
     if len(y) == 0:
         return 1.0
 
@@ -63,7 +78,8 @@ def fit_temperature(y: np.ndarray, probs: np.ndarray) -> float:
         scaled = apply_temperature(probs, float(np.exp(log_t)))
         return float(-np.log(np.clip(scaled[np.arange(len(y)), y], 1e-12, 1.0)).mean())
 
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(nll, bounds=(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)),
+                             method="bounded")
     return float(np.exp(result.x))
 
 
