@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+# A tie on macro-F1 is broken by a lower loss only when it is lower by this much: on data a
+# head already gets right, the loss keeps creeping down and would hold off early stopping
+# until the last epoch.
+LOSS_MIN_DELTA = 1e-3
+
 
 @dataclass
 class TrainResult:
@@ -53,7 +58,8 @@ class TrainResult:
 class LoopState:
     """Early-stopping bookkeeping: the best epoch so far, its weights, the history.
 
-    ``best`` is ``(val macro-F1, val loss)``: a higher F1 wins, a tie goes to the lower loss.
+    ``best`` is ``(val macro-F1, val loss)``: a higher F1 wins, a tie goes to a loss lower by
+    more than ``LOSS_MIN_DELTA``.
     """
 
     best: tuple[float, float] = (-1.0, float("inf"))
@@ -68,7 +74,7 @@ class LoopState:
         self.history.append({"epoch": epoch, **metrics})
         score = (metrics["val_macro_f1"], metrics["val_loss"])
         if score[0] > self.best[0] + 1e-9 or (abs(score[0] - self.best[0]) <= 1e-9
-                                              and score[1] < self.best[1]):
+                                              and score[1] < self.best[1] - LOSS_MIN_DELTA):
             self.best, self.best_epoch, self.stale = score, epoch, 0
             self.best_state = copy.deepcopy(head.state_dict())
         else:
@@ -186,9 +192,14 @@ def validation_metrics(head: FusionHead, data: SplitInputs) -> dict[str, float]:
     return {"val_loss": scores.nll, "val_macro_f1": scores.macro_f1, "val_accuracy": scores.accuracy}
 
 
-def _start(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
-           modalities: list[str]):
-    """A freshly seeded head, its training inputs and targets, optimiser and batch-order RNG."""
+def start_training(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
+                   modalities: list[str]):
+    """A freshly seeded head, its training inputs and targets, optimiser and batch-order RNG:
+    ``(head, SplitInputs, {target: labels}, AdamW, Generator)`` for :func:`train_epoch`.
+
+    AdamW runs its fused kernel (one op per step over all parameters instead of a dozen per
+    tensor: about 2x faster fits of small heads on a CPU, same updates).
+    """
     seed_everything(seed)
     spec = build_spec(fs, fusion, modalities)
     head = build_fusion_head(spec)
@@ -196,7 +207,8 @@ def _start(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     train_rows = fs.rows("train")
     targets = {spec.target: data_tr.labels,
                **{t: fs.labels_of(t)[train_rows] for t in spec.extra_targets}}
-    optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+                                  fused=True)
     return head, data_tr, targets, optimiser, torch.Generator().manual_seed(seed)
 
 
@@ -211,7 +223,7 @@ def fit_epochs(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: i
     if fusion.method not in FUSION_METHODS:
         raise ValueError(f"fit_epochs trains one fusion method, got {fusion.method!r}")
     modalities = modalities or fs.modalities
-    head, data_tr, targets, optimiser, generator = _start(fs, fusion, train, seed, modalities)
+    head, data_tr, targets, optimiser, generator = start_training(fs, fusion, train, seed, modalities)
     if len(data_tr) == 0:
         raise ValueError("need train samples to fit; add samples or change preprocess.split")
     for _ in range(max(1, epochs)):
@@ -245,7 +257,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
                          f"choose one of {sorted(FUSION_METHODS)} (fusion.method=auto is a choice "
                          f"among several: crossfuse.training.train.train makes it)")
     modalities = modalities or fs.modalities
-    head, data_tr, targets, optimiser, generator = _start(fs, fusion, train, seed, modalities)
+    head, data_tr, targets, optimiser, generator = start_training(fs, fusion, train, seed, modalities)
     data_va = fs.split_inputs("val", modalities, head.spec.token_inputs)
     if len(data_tr) == 0 or len(data_va) == 0:
         raise ValueError(f"need train and val samples, got {len(data_tr)} train / {len(data_va)} "
