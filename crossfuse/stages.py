@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -228,35 +229,61 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
             log_metrics({"val_macro_f1": value})
 
     def log_candidate(candidate: Candidate) -> None:
-        with mlflow.start_run(run_name=f"candidate-{candidate.name.replace(':', '-')}", nested=True):
+        # A nested run spanning the candidate's real fit time (it is logged once it is done).
+        now_ms = int(time.time() * 1000)
+        parent = mlflow.active_run()
+        created = mlflow.tracking.MlflowClient().create_run(
+            parent.info.experiment_id, start_time=now_ms - int(candidate.seconds * 1000),
+            run_name=f"candidate-{candidate.name.replace(':', '-')}",
+            tags={"mlflow.parentRunId": parent.info.run_id})
+        with mlflow.start_run(run_id=created.info.run_id, nested=True):
             mlflow.log_params({"candidate": candidate.name, "kind": candidate.kind,
                                "modalities": "+".join(candidate.modalities),
+                               "settings_tried": candidate.tried,
                                **({"members": json.dumps(candidate.members)}
-                                  if candidate.members else {})})
-            log_metrics({"cv_macro_f1_mean": candidate.mean, "cv_macro_f1_std": candidate.std})
+                                  if candidate.members else {}),
+                               **({f"searched.{k}": v for k, v in candidate.searched.items()})})
+            log_metrics({"cv_macro_f1_mean": candidate.mean, "cv_macro_f1_std": candidate.std,
+                         "fit_seconds": candidate.seconds})
             for fold, score in enumerate(candidate.fold_scores):
                 log_metrics({"cv_macro_f1": score}, step=fold)
-        say(f"  candidate {candidate.name:22s} CV macro-F1 {candidate.mean:.4f} ± "
-            f"{candidate.std:.4f}")
+        mlflow.tracking.MlflowClient().set_terminated(created.info.run_id, end_time=now_ms)
 
     with stage_run(cfg, run_id, "train"):
         result = train(cfg, Path(features), model_dir,
                        on_epoch=lambda epoch, m: log_metrics(m, step=epoch),
-                       on_trial=log_trial, on_candidate=log_candidate)
+                       on_trial=log_trial, on_candidate=log_candidate, on_progress=say)
         selection = model_dir / SELECTION_FILE
         if selection.is_file():
             chosen = json.loads(selection.read_text())
             mlflow.log_param("auto.winner", chosen["winner"])
             mlflow.set_tag("crossfuse.model_choice", chosen["verdict"])
             mlflow.log_artifact(str(selection), "train")
-            say(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows): "
-                f"{chosen['verdict']}")
+            log_metrics({"selection/seconds": chosen["seconds"]})
+            say(leaderboard(chosen))
+            say(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows, "
+                f"T={chosen['temperature']:.2f} fitted on {chosen['calibration_rows']} held-out "
+                f"calibration rows): {chosen['verdict']}")
         if result.searched:
             mlflow.log_params({f"search.best.{k}": v for k, v in result.searched.items()})
         log_metrics({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                             "best_val_macro_f1": result.best_val_macro_f1,
                             "temperature": result.temperature})
     return result
+
+
+def leaderboard(selection: dict) -> str:
+    """The candidates of ``selection.json``, best first: CV macro-F1 and fit seconds.
+
+    >>> print(leaderboard({"ranked": [{"candidate": "gmu", "cv_macro_f1_mean": 0.9,
+    ...     "cv_macro_f1_std": 0.01, "fit_seconds": 3.25}], "seconds": 4.0}))
+      1. gmu                     CV macro-F1 0.9000 ± 0.0100    3.2 s
+      (choice took 4.0 s)
+    """
+    lines = [f"  {i}. {r['candidate']:22s}  CV macro-F1 {r['cv_macro_f1_mean']:.4f} ± "
+             f"{r['cv_macro_f1_std']:.4f} {r.get('fit_seconds', 0.0):6.1f} s"
+             for i, r in enumerate(selection["ranked"], 1)]
+    return "\n".join([*lines, f"  (choice took {selection['seconds']:.1f} s)"])
 
 
 EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diagram.png",

@@ -114,7 +114,8 @@ METRIC_SECTIONS = (
     ("epochs_", "train", ""), ("cv_", "train", ""),
     ("stage_", "performance", "stage_"),
     ("batch_", "batch", "batch_"), ("labelled_", "labelled", "labelled_"),
-    ("drift_", "drift", "drift_"),
+    ("drift_", "drift", "drift_"), ("selection_", "selection", "selection_"),
+    ("calibration_", "calibration", "calibration_"),
 )
 
 

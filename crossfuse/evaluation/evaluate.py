@@ -69,6 +69,7 @@ from crossfuse.registry.serving import FusionPredictor
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
 from crossfuse.training.loop import fit
 from crossfuse.training.selection import UNIMODAL_METHOD
+from crossfuse.training.tuning import search
 from crossfuse.training.train import BASELINES_DIR, SELECTION_FILE
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def score_test_split(head: FusionHead, fs: FeatureSet, modalities: list[str]) ->
 
 def calibration_section(scores: SplitScores, temperature: float, out_dir: Path
                         ) -> tuple[dict[str, float], np.ndarray]:
-    """ECE before/after the validation-fitted temperature, the reliability diagram.
+    """ECE before/after the temperature (fitted on rows the model never trained on), the
+    reliability diagram.
 
     Returns (metrics, calibrated probabilities ``[N, C]``: what the served model answers).
     """
@@ -165,8 +167,11 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
     """One unimodal model per modality, scored on the same test split; the fusion gain.
 
     With ``fusion.method: auto`` these are the cross-validated unimodal candidates the model
-    folder keeps (``baselines/<m>/``). Otherwise each is trained exactly like the fused model,
-    with its effective settings (after any search) from ``run_config.json``.
+    folder keeps (``baselines/<m>/``). Otherwise each is the configured method on one
+    modality, given what the fused model was given: with ``fusion.search.trials`` its own
+    search, from the same starting settings with the same budget (the fused model's
+    searched settings were chosen for the fused model, not for one modality); without,
+    the fused model's settings.
     """
     config_file = Path(model_dir) / RUN_CONFIG_FILE
     used = RunConfig.from_json(config_file.read_text()) if config_file.is_file() else cfg
@@ -177,8 +182,13 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
         if saved.is_dir():
             head = load_fusion_head(saved)[0]
         else:
-            head, _ = fit(fs, used.fusion.model_copy(update={"method": method}), used.train,
-                          used.seed, modalities=[m])
+            fusion, train = used.fusion.model_copy(update={"method": method}), used.train
+            if cfg.fusion.search.trials > 0:
+                searched = search(fs, cfg.fusion.model_copy(update={"method": method}), cfg.train,
+                                  cfg.seed, cfg.fusion.search.trials, cfg.fusion.search.epochs,
+                                  modalities=[m])
+                fusion, train = searched.fusion, searched.train
+            head, _ = fit(fs, fusion, train, used.seed, modalities=[m])
         scores = score_test_split(head, fs, [m])
         metrics[f"baseline_{m}_test_accuracy"] = scores.accuracy
         metrics[f"baseline_{m}_test_macro_f1"] = scores.macro_f1
@@ -187,8 +197,12 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
     return metrics
 
 
-def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
-    """With ``fusion.method: auto``: the ranked candidates as ``model_choice.csv`` and metrics."""
+def model_choice_section(model_dir: Path, out_dir: Path, test_macro_f1: float) -> dict[str, float]:
+    """With ``fusion.method: auto``: the ranked candidates as ``model_choice.csv`` and metrics.
+
+    ``selection_optimism`` is the winner's CV macro-F1 minus the shipped model's test
+    macro-F1: how much the choice flattered the model it chose (noise included).
+    """
     selection_file = Path(model_dir) / SELECTION_FILE
     if not selection_file.is_file():
         return {}
@@ -197,13 +211,18 @@ def model_choice_section(model_dir: Path, out_dir: Path) -> dict[str, float]:
              "members": ", ".join(f"{n} {w:.2f}" for n, w in r.get("members", {}).items())}
             for i, r in enumerate(selection["ranked"])]
     write_text(out_dir / "model_choice.csv", pd.DataFrame(rows).to_csv(index=False))
-    write_json(out_dir / "model_choice.json", {k: selection[k] for k in
-                                               ("winner", "verdict", "folds", "holdout", "rows",
-                                                "shipped") if k in selection})
+    winner_cv = selection["ranked"][0]["cv_macro_f1_mean"]
+    write_json(out_dir / "model_choice.json", {
+        **{k: selection[k] for k in ("winner", "verdict", "folds", "holdout", "rows", "shipped",
+                                     "calibration_rows", "temperature", "seconds")
+           if k in selection},
+        "winner_cv_macro_f1": winner_cv, "test_macro_f1": test_macro_f1,
+        "optimism": winner_cv - test_macro_f1})
     best = {}
     for r in selection["ranked"]:
         best.setdefault(r["kind"], r["cv_macro_f1_mean"])
-    return {f"cv_best_{kind}_macro_f1": value for kind, value in best.items()}
+    return {**{f"cv_best_{kind}_macro_f1": value for kind, value in best.items()},
+            "selection_optimism": winner_cv - test_macro_f1}
 
 
 def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
@@ -302,13 +321,15 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     metrics = {**classification_metrics(scores.labels, scores.probs),
                "test_samples": float(len(scores.labels))}
     calibration, calibrated = calibration_section(scores, float(meta.get("temperature", 1.0)), out_dir)
+    calibration.update({"calibration_temperature": float(meta.get("temperature", 1.0)),
+                        "calibration_rows": float(meta.get("calibration_rows", 0))})
     model_name = meta.get("chosen") or f"{cfg.fusion.method} fusion"
     per_class, report, cm = per_class_section(
         scores, fs.labels, out_dir, f"{model_name} — test macro-F1 {metrics['test_macro_f1']:.3f}")
     metrics.update({**calibration, **per_class, **extra_target_section(head, fs, modalities, out_dir)})
     if multimodal:
         metrics.update(subset_section(head, fs, out_dir))
-    metrics.update(model_choice_section(model_dir, out_dir))
+    metrics.update(model_choice_section(model_dir, out_dir, metrics["test_macro_f1"]))
     if multimodal and cfg.evaluate.unimodal_baselines:
         metrics.update(baseline_section(cfg, fs, model_dir, modalities, metrics["test_macro_f1"]))
         plot_fused_vs_single((meta.get("chosen") or cfg.fusion.method, metrics["test_macro_f1"]),

@@ -182,6 +182,23 @@ _CONTEXT_LABELS = {"git.commit": "code version (crossfuse's git commit, else its
                    "data.dvc_md5": "data version (DVC md5)", "run_id": "MLflow run"}
 
 
+def calibration_note(metrics: dict[str, float], choice: dict | None) -> str:
+    """What the temperature is and which rows it was fitted on, in one sentence.
+
+    >>> calibration_note({"calibration_temperature": 1.5, "calibration_rows": 60}, {"rows": 500})
+    'Temperature scaling: T = 1.50, fitted on 60 rows the shipped model never trained on (a calibration slice held out of every fit); the served model returns the calibrated probabilities.'
+    """
+    temperature, rows = metrics.get("calibration_temperature"), metrics.get("calibration_rows")
+    if temperature is None:
+        return "Temperature scaling; the served model returns the calibrated probabilities."
+    where = ("a calibration slice held out of every fit" if choice else
+             "the validation split, which it early-stopped on")
+    fitted = (f"fitted on {int(rows)} rows the shipped model never trained on ({where})" if rows
+              else "no held-out rows to fit it on, so it is left at 1")
+    return (f"Temperature scaling: T = {temperature:.2f}, {fitted}; the served model returns the "
+            f"calibrated probabilities.")
+
+
 def _section(title: str, note: str = "", tables: list[dict] | None = None,
              images: list[Path] | None = None, **more) -> dict:
     return {"title": title, "note": note, "tables": tables or [], "verdict": "", "bullets": [],
@@ -210,9 +227,11 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
             f"{choice['folds']}-fold stratified cross-validation"
         sections.append(_section(
             "Model choice (fusion.method: auto)",
-            f"Every candidate scored by {how} over the {choice['rows']} train+val rows (mean ± "
-            f"std of the folds' macro-F1); the winner ships "
-            f"{_SHIPPED[choice.get('shipped', 'bagged')]}.",
+            f"Every candidate scored by {how} over {choice['rows']} train+val rows (mean ± "
+            f"std of the folds' macro-F1), each fold at the epoch and settings the other folds "
+            f"chose; the winner ships {_SHIPPED[choice.get('shipped', 'bagged')]}. "
+            + (f"Selection optimism (the winner's CV macro-F1 minus its test macro-F1): "
+               f"{choice['optimism']:+.4f}." if "optimism" in choice else ""),
             [_table(_csv_rows(eval_dir / "model_choice.csv"))], verdict=choice["verdict"]))
     report = _read_json(eval_dir / "classification_report.json", {})
     per_class = [{"class": name, **stats} for name, stats in report.items() if isinstance(stats, dict)]
@@ -232,8 +251,7 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
                                  "splits; the dotted line is the epoch whose weights were kept.",
                                  images=[eval_dir / CURVES_FILE]))
     sections.append(_section(
-        "Calibration", "Temperature scaling fitted on the validation split; the served model "
-        "returns the calibrated probabilities.",
+        "Calibration", calibration_note(metrics, choice),
         [_table([{"": "before", "ECE": metrics.get("test_ece", ""),
                   "log loss": metrics.get("test_log_loss", "")},
                  {"": "after", "ECE": metrics.get("test_ece_calibrated", ""),

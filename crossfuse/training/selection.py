@@ -1,22 +1,19 @@
-"""``fusion.method: auto`` — choose the model by stratified cross-validation over train+val.
+"""``fusion.method: auto`` — choose the model by cross-fitting over train+val, honestly.
 
 The candidates are the configured fusion methods (``fusion.auto.candidates``), one head
 per modality alone (``unimodal:<m>``, the ``concat`` head on that modality) and a weighted
-ensemble of them. Each candidate is
-trained once per fold, early-stopped on the held-out fold, and scored by the macro-F1 of
-its out-of-fold predictions: mean ± std over folds. Above ``fusion.auto.holdout_above``
-rows only the first fold is held out (a single stratified holdout).
-
-Before its cross-validation each candidate gets a seeded Optuna search
-(:mod:`crossfuse.training.tuning`, regularisers included) on the first fold's split, with
-``fusion.auto.trials`` trials or, by default, a budget that shrinks as the data grows. The
-search sees the first fold's held-out rows, which the CV then scores too: a small optimism
-that every candidate shares alike.
+ensemble of them. :func:`crossfuse.training.crossfit.fold_plan` first sets a calibration
+slice aside (``fusion.auto.calibration_fraction``: no candidate ever trains on it; the
+shipped model's temperature is fitted there) and deals the rest into content-grouped,
+stratified folds. Each candidate is cross-fitted (:func:`crossfuse.training.crossfit.cross_fit`):
+one model per held-out fold, trained in lockstep, stopped early on the folds' mean, each
+fold scored at the epoch — and with a search (``fusion.auto.trials``), the setting — that
+the *other* folds chose. No number a candidate is ranked by was chosen on the rows it was
+scored on. Above ``fusion.auto.holdout_above`` rows a single model trains without folds 0
+and 1, is selected on fold 1 and scored on fold 0.
 
 The ensemble is Caruana et al.'s greedy selection with replacement (ICML 2004) over the
-candidates' out-of-fold probabilities: its first pick is the best single candidate, and
-the best prefix is kept, so on the rows it is selected on its score is never below that
-candidate's. To compete fairly it is scored nested: fold ``f``'s score uses weights
+candidates' out-of-fold probabilities, scored nested: fold ``f``'s score uses weights
 selected on the other folds. With a single holdout there is nothing to nest in, and the
 ensemble is left out.
 
@@ -25,10 +22,9 @@ The winner is the candidate with the highest mean; a tie goes to the simpler mod
 best single modality by more than one standard error of their fold-wise difference, or
 the single modality wins (:func:`rank`). What ships (``fusion.auto.ship``) is either
 ``bagged``, the average of the winner's fold models (for the ensemble: of its members'
-fold models, weighted), each early-stopped on data it did not train on, or ``refit``, the
-winner (each ensemble member) trained again on all of train+val for the median of its
-folds' best epochs. Either way its temperature is fitted on the out-of-fold predictions.
-The test split is never touched.
+fold models, weighted), or ``refit``, the winner (each ensemble member) trained again on
+every row outside the calibration slice for its folds' stopping epoch. The test split is
+never touched.
 
 Example
 -------
@@ -39,13 +35,12 @@ Example
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import statistics
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -53,10 +48,18 @@ from crossfuse.config import FusionConfig, RunConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionEnsemble, FusionHead
 from crossfuse.metrics import SplitScores, macro_f1, predict_split
-from crossfuse.progress import progress
-from crossfuse.training.folds import stratified_folds
-from crossfuse.training.loop import fit, fit_epochs
-from crossfuse.training.tuning import search, search_budget
+from crossfuse.training.crossfit import (
+    CALIBRATION,
+    FoldCallback,
+    FoldPlan,
+    combine_trials,
+    cross_fit,
+    fold_plan,
+    with_splits,
+)
+from crossfuse.training.loop import fit_epochs
+from crossfuse.training.search_progress import SearchProgress
+from crossfuse.training.tuning import search_budget, settings_to_try
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,10 @@ class Candidate:
     heads: list[FusionHead] = field(default_factory=list)
     best_epochs: list[int] = field(default_factory=list)
     members: dict[str, float] = field(default_factory=dict)
-    checkpoints: list[Path] = field(default_factory=list)
     searched: dict = field(default_factory=dict)  # the settings a search chose, if any
     settings: tuple[FusionConfig, TrainConfig] | None = None  # what each fold model trained with
+    seconds: float = 0.0  # wall time of its cross-fit (every setting tried)
+    tried: int = 1  # settings cross-fitted
 
     @property
     def kind(self) -> str:
@@ -105,6 +109,7 @@ class Candidate:
         return {"candidate": self.name, "kind": self.kind, "modalities": "+".join(self.modalities),
                 "cv_macro_f1_mean": self.mean, "cv_macro_f1_std": self.std,
                 "folds": [round(s, 6) for s in self.fold_scores],
+                "fit_seconds": round(self.seconds, 2), "settings_tried": self.tried,
                 **({"members": self.members} if self.members else {}),
                 **({"searched": self.searched} if self.searched else {})}
 
@@ -114,11 +119,27 @@ class Selection:
     """The ranked candidates (best first) and how they were compared."""
 
     ranked: list[Candidate]
-    folds: int
-    holdout: bool
-    rows: int
+    plan: FoldPlan
     labels: np.ndarray  # class of each train+val row, aligned with the candidates' ``oof``
-    seen: np.ndarray  # bool: the rows that were held out once (all of them unless holdout)
+    seconds: float = 0.0
+
+    @property
+    def folds(self) -> int:
+        return len(self.plan.scored)
+
+    @property
+    def holdout(self) -> bool:
+        return self.plan.holdout
+
+    @property
+    def rows(self) -> int:
+        """The rows the folds deal in: train+val less the calibration slice."""
+        return int((self.plan.folds != CALIBRATION).sum())
+
+    @property
+    def seen(self) -> np.ndarray:
+        """bool over train+val: the rows some fold was scored on."""
+        return np.isin(self.plan.folds, self.plan.scored)
 
     @property
     def winner(self) -> Candidate:
@@ -150,7 +171,8 @@ class Selection:
 
     def to_json(self) -> dict:
         return {"folds": self.folds, "holdout": self.holdout, "rows": self.rows,
-                "winner": self.winner.name, "modalities": self.winner.modalities,
+                "calibration_rows": int(len(self.plan.calibration_rows)),
+                "seconds": round(self.seconds, 2), "winner": self.winner.name, "modalities": self.winner.modalities,
                 "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked]}
 
 
@@ -163,36 +185,20 @@ def candidate_names(cfg: RunConfig, modalities: list[str]) -> list[str]:
     return names
 
 
-def fold_plan(fs: FeatureSet, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(train+val row numbers, their fold, the folds to hold out in turn)."""
-    rows = np.flatnonzero(fs.index["split"].isin(["train", "val"]).to_numpy())
-    auto = cfg.fusion.auto
-    folds = stratified_folds(fs.index["label_idx"].to_numpy()[rows], fs.index["id"].to_numpy()[rows],
-                             auto.folds, cfg.seed)
-    held_out = [0] if len(rows) > auto.holdout_above else list(range(auto.folds))
-    return rows, folds, held_out
-
-
-def fold_view(fs: FeatureSet, rows: np.ndarray, folds: np.ndarray, held_out: int) -> FeatureSet:
-    """The feature set with fold ``held_out`` as ``val`` and the other train+val rows as ``train``."""
-    split = fs.index["split"].to_numpy().copy()
-    split[rows] = np.where(folds == held_out, "val", "train")
-    return dataclasses.replace(fs, index=fs.index.assign(split=split))
-
-
 def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: TrainConfig, seed: int,
-                   plan: tuple[np.ndarray, np.ndarray, list[int]],
-                   checkpoint_dir: Path | None = None, trials: int = 0) -> Candidate:
-    """Train ``name`` once per held-out fold; collect fold scores and out-of-fold probabilities.
+                   plan: FoldPlan, trials: int = 1, on_epoch: FoldCallback | None = None
+                   ) -> Candidate:
+    """Cross-fit ``name`` with each setting to try; keep the honest fold scores and what ships.
 
     Fused candidates train with ``fusion.auto.modality_dropout`` on every modality that
     ``train.modality_dropout`` leaves unset: without it a placeholder is never trained, and
     a multiplicative method can answer nonsense for a row that lacks a modality. With
-    ``checkpoint_dir`` every fold fit keeps its per-epoch state there, so a killed run
-    resumes (finished folds come back from their last checkpoint at once). With ``trials``
-    a seeded Optuna search on the first fold's split picks the candidate's settings first.
+    ``trials`` > 1 the config's settings and ``trials - 1`` seeded draws are each
+    cross-fitted (:func:`crossfuse.training.tuning.settings_to_try`); each fold is scored
+    with the setting the other folds chose (:func:`crossfuse.training.crossfit.combine_trials`),
+    and the setting the folds' mean prefers ships.
     """
-    rows, folds, held_out = plan
+    started = time.perf_counter()
     unimodal = name.startswith(UNIMODAL)
     modalities = [name[len(UNIMODAL):]] if unimodal else fs.modalities
     method = UNIMODAL_METHOD if unimodal else name
@@ -200,25 +206,14 @@ def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: Train
         rates = {m: train.modality_dropout.get(m, fusion.auto.modality_dropout) for m in modalities}
         train = train.model_copy(update={"modality_dropout": rates})
     fusion = fusion.model_copy(update={"method": method})
-    searched = {}
-    if trials:
-        best = search(fold_view(fs, rows, folds, held_out[0]), fusion, train, seed, trials,
-                      fusion.search.epochs, modalities=modalities)
-        fusion, train, searched = best.fusion, best.train, best.params
-    oof = np.full((len(rows), len(fs.labels)), np.nan)
-    candidate = Candidate(name, modalities, [], oof, searched=searched, settings=(fusion, train))
-    for f in held_out:
-        view = fold_view(fs, rows, folds, f)
-        head, result = fit(view, fusion, train, seed + f, modalities=modalities,
-                           checkpoint_dir=checkpoint_dir)
-        scores = predict_split(head, view.split_inputs("val", modalities, head.spec.token_inputs))
-        oof[folds == f] = scores.probs
-        candidate.fold_scores.append(scores.macro_f1)
-        candidate.heads.append(head)
-        candidate.best_epochs.append(result.best_epoch)
-        if result.checkpoint is not None:
-            candidate.checkpoints.append(result.checkpoint)
-    return candidate
+    settings = settings_to_try(fusion, train, max(1, trials), seed)
+    fits = [cross_fit(fs, plan, f, t, seed, modalities, on_epoch) for f, t, _ in settings]
+    ship, oof, scores = combine_trials(fits, plan)
+    fusion, train, params = settings[ship]
+    return Candidate(name, modalities, scores, oof, heads=fits[ship].heads,
+                     best_epochs=[fits[ship].ship_epoch], searched=params if len(fits) > 1 else {},
+                     settings=(fusion, train), seconds=time.perf_counter() - started,
+                     tried=len(fits))
 
 
 def _score(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
@@ -284,32 +279,38 @@ def ensemble_candidate(candidates: list[Candidate], y: np.ndarray, folds: np.nda
 
 def select_model(fs: FeatureSet, cfg: RunConfig,
                  on_candidate: Callable[[Candidate], None] | None = None,
-                 checkpoint_dir: Path | None = None) -> Selection:
-    """Cross-validate every candidate (and their ensemble); rank them, best first."""
+                 on_progress: Callable[[str], None] | None = None) -> Selection:
+    """Cross-fit every candidate (and their ensemble); rank them, best first.
+
+    ``on_candidate`` sees each finished candidate; ``on_progress`` gets a progress line at
+    most every 10 s (:class:`crossfuse.training.search_progress.SearchProgress`).
+    """
+    started = time.perf_counter()
     plan = fold_plan(fs, cfg)
-    rows, folds, held_out = plan
     names = candidate_names(cfg, fs.modalities)
     trials = cfg.fusion.auto.trials
     if trials is None:
-        trials = search_budget(int((folds != held_out[0]).sum()))
+        trials = search_budget(int(plan.trains_on(plan.scored[0]).sum()))
+    report = SearchProgress(names, on_progress or log.info)
     candidates = []
-    for name in progress(names, desc=f"auto: {len(held_out)}-fold CV", unit="candidate"):
+    for name in names:
+        report.start(name, trials)
         candidates.append(cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan,
-                                         checkpoint_dir, trials))
-        log.info("candidate %s: CV macro-F1 %.4f ± %.4f", name, candidates[-1].mean,
-                 candidates[-1].std)
+                                         trials, on_epoch=report.epoch))
+        report.done()
+        log.info("candidate %s: CV macro-F1 %.4f ± %.4f (%.1f s)", name, candidates[-1].mean,
+                 candidates[-1].std, candidates[-1].seconds)
         if on_candidate:
             on_candidate(candidates[-1])
-    if cfg.fusion.auto.ensemble and len(candidates) > 1 and len(held_out) > 1:
-        y = fs.index["label_idx"].to_numpy()[rows]
+    y = fs.index["label_idx"].to_numpy()[plan.rows]
+    if cfg.fusion.auto.ensemble and len(candidates) > 1 and not plan.holdout:
         ranked = sorted(candidates, key=lambda c: -c.mean)
-        candidates.append(ensemble_candidate(ranked, y, folds, held_out,
+        candidates.append(ensemble_candidate(ranked, y, plan.folds, plan.scored,
                                              cfg.fusion.auto.ensemble_rounds))
         if on_candidate:
             on_candidate(candidates[-1])
-    return Selection(ranked=rank(candidates), folds=len(held_out), holdout=len(held_out) == 1,
-                     rows=len(rows), labels=fs.index["label_idx"].to_numpy()[rows],
-                     seen=np.isin(folds, held_out))
+    return Selection(ranked=rank(candidates), plan=plan, labels=y,
+                     seconds=time.perf_counter() - started)
 
 
 def rank(candidates: list[Candidate]) -> list[Candidate]:
@@ -348,16 +349,16 @@ def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | 
     return _assemble(candidate, by_name, lambda c: c.heads)
 
 
-def refit(candidate: Candidate, by_name: dict[str, Candidate], fs: FeatureSet,
+def refit(candidate: Candidate, by_name: dict[str, Candidate], fs: FeatureSet, plan: FoldPlan,
           seed: int) -> FusionHead | FusionEnsemble:
-    """What ships for ``candidate`` refitted: one model per (member) candidate on all train+val.
+    """What ships for ``candidate`` refitted: one model per (member) candidate on every row
+    outside the calibration slice.
 
     Each is trained with its candidate's settings for the median of its folds' best epochs
     (:func:`crossfuse.training.loop.fit_epochs`); there is no row left to early-stop on.
     """
-    split = fs.index["split"].to_numpy().copy()
-    split[np.isin(split, ["train", "val"])] = "train"
-    everything = dataclasses.replace(fs, index=fs.index.assign(split=split))
+    rows = plan.fit_rows()
+    everything = with_splits(fs, rows, np.full(len(rows), "train", dtype=object))
 
     def one(c: Candidate) -> list[FusionHead]:
         fusion, train = c.settings
@@ -386,12 +387,14 @@ def shipped(selection: Selection, fs: FeatureSet, cfg: RunConfig, candidate: Can
     candidate = candidate or selection.winner
     by_name = {c.name: c for c in selection.ranked}
     if cfg.fusion.auto.ship == "refit":
-        return refit(candidate, by_name, fs, cfg.seed)
+        return refit(candidate, by_name, fs, selection.plan, cfg.seed)
     return bagged(candidate, by_name)
 
 
-def out_of_fold_scores(selection: Selection) -> SplitScores:
-    """The winner's out-of-fold predictions on the rows that were held out, with their labels."""
-    probs = selection.winner.oof[selection.seen]
-    return SplitScores(labels=selection.labels[selection.seen],
-                       probs=probs / probs.sum(-1, keepdims=True))
+def calibration_scores(model: FusionHead | FusionEnsemble, fs: FeatureSet, plan: FoldPlan
+                       ) -> SplitScores:
+    """``model``'s predictions on the calibration slice: rows none of its members trained on."""
+    rows = plan.calibration_rows
+    view = with_splits(fs, rows, np.full(len(rows), "val", dtype=object))
+    return predict_split(model, view.split_inputs("val", list(model.spec.dims),
+                                                  model.spec.token_inputs))

@@ -1,7 +1,9 @@
 """Stage 4, train: search (optional) -> fit -> calibrate -> save the model folder.
 
 The model folder holds the head's weights and spec (:mod:`crossfuse.fusion.model`), the
-class names, the encoders, the validation-fitted temperature and the effective run
+class names, the encoders, the temperature (fitted on rows the shipped model never
+trained on: the validation split it early-stopped on, or with ``auto`` the calibration
+slice), the number of rows it was fitted on, and the effective run
 config (``run_config.json``: the config after any search), which the served model and
 the unimodal baselines read back.
 
@@ -38,7 +40,7 @@ from crossfuse.training.selection import (
     UNIMODAL,
     Candidate,
     Selection,
-    out_of_fold_scores,
+    calibration_scores,
     select_model,
     shipped,
 )
@@ -49,25 +51,27 @@ BASELINES_DIR = "baselines"
 
 
 def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
-    """Temperature scaling ``T`` for the primary target, fitted on the validation split."""
+    """Temperature scaling ``T`` for the primary target, fitted on the validation split (which
+    the head early-stopped on but never trained on)."""
     scores = predict_split(head, fs.split_inputs("val", list(head.spec.dims), head.spec.token_inputs))
     return fit_temperature(scores.labels, scores.probs)
 
 
 def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallback | None = None,
           on_trial: TrialCallback | None = None,
-          on_candidate: Callable[[Candidate], None] | None = None) -> TrainResult:
+          on_candidate: Callable[[Candidate], None] | None = None,
+          on_progress: Callable[[str], None] | None = None) -> TrainResult:
     """Train the configured fused model on ``features`` and save it to ``model_dir``.
 
     With ``fusion.search.trials > 0`` a seeded Optuna search on the validation split
     picks the hyper-parameters first (:mod:`crossfuse.training.tuning`). With
-    ``fusion.method: auto`` the model is chosen by cross-validation (:func:`train_auto`);
-    ``on_candidate`` then sees each candidate's result.
+    ``fusion.method: auto`` the model is chosen by cross-fitting (:func:`train_auto`);
+    ``on_candidate`` then sees each candidate's result and ``on_progress`` gets progress lines.
     """
     fs = read_feature_set(Path(features))
     write_reference(fs, Path(model_dir))  # what it learned from, for drift checks on new data
     if cfg.fusion.method == AUTO:
-        return train_auto(cfg, fs, Path(model_dir), on_candidate)
+        return train_auto(cfg, fs, Path(model_dir), on_candidate, on_progress)
     fusion, train_cfg, searched = cfg.fusion, cfg.train, {}
     if cfg.fusion.search.trials > 0:
         best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
@@ -79,7 +83,8 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
     result.temperature = validation_temperature(head, fs)
     effective = cfg.model_copy(update={"fusion": fusion, "train": train_cfg})
     save_fusion_head(head, Path(model_dir),
-                     extra=model_extras(fs, result.temperature, best_epoch=result.best_epoch))
+                     extra=model_extras(fs, result.temperature, best_epoch=result.best_epoch,
+                                        calibration_rows=len(fs.rows("val"))))
     write_text(Path(model_dir) / RUN_CONFIG_FILE, effective.to_json())
     write_json(Path(model_dir) / HISTORY_FILE, {"best_epoch": result.best_epoch,
                                                 "history": result.history})
@@ -94,31 +99,35 @@ def model_extras(fs: FeatureSet, temperature: float, **more) -> dict:
 
 
 def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
-               on_candidate: Callable[[Candidate], None] | None = None) -> TrainResult:
-    """Choose the model by cross-validation and save what ships (``fusion.auto.ship``).
+               on_candidate: Callable[[Candidate], None] | None = None,
+               on_progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Choose the model by cross-fitting and save what ships (``fusion.auto.ship``).
 
-    The unimodal candidates are saved too (``baselines/<m>/``): the evaluate stage scores
-    them on the test split beside the shipped model.
+    The shipped model's temperature is fitted on its own predictions for the calibration
+    slice, rows that none of its members (fold models, ensemble members, or the refit)
+    trained on. The unimodal candidates are saved too (``baselines/<m>/``): the evaluate
+    stage scores them on the test split beside the shipped model.
     """
-    selection: Selection = select_model(fs, cfg, on_candidate, Path(cfg.train.checkpoint_dir))
+    selection: Selection = select_model(fs, cfg, on_candidate, on_progress)
     winner = selection.winner
-    oof = out_of_fold_scores(selection)
-    temperature = fit_temperature(oof.labels, oof.probs)
-    extra = {"chosen": winner.name, "shipped": cfg.fusion.auto.ship}
-    save_fusion_head(shipped(selection, fs, cfg), model_dir,
-                     extra=model_extras(fs, temperature, **extra))
+    model = shipped(selection, fs, cfg)
+    held_out = calibration_scores(model, fs, selection.plan)  # what ships, on rows it never saw
+    temperature = fit_temperature(held_out.labels, held_out.probs)
+    extra = {"chosen": winner.name, "shipped": cfg.fusion.auto.ship,
+             "calibration_rows": len(held_out.labels),
+             "cv_macro_f1": winner.mean}
+    save_fusion_head(model, model_dir, extra=model_extras(fs, temperature, **extra))
     for c in selection.ranked:  # baselines are made the way the shipped model is: a fair pair
         if c.kind == "unimodal":
             save_fusion_head(shipped(selection, fs, cfg, c),
                              model_dir / BASELINES_DIR / c.name[len(UNIMODAL):],
                              extra=model_extras(fs, 1.0, chosen=c.name, shipped=cfg.fusion.auto.ship))
-    write_json(model_dir / SELECTION_FILE, {**selection.to_json(), "shipped": cfg.fusion.auto.ship})
+    write_json(model_dir / SELECTION_FILE, {**selection.to_json(), "shipped": cfg.fusion.auto.ship,
+                                            "temperature": temperature,
+                                            "calibration_rows": len(held_out.labels)})
     method = winner.name if winner.kind == "fused" else cfg.fusion.method
     effective = cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"method": method})})
     write_text(model_dir / RUN_CONFIG_FILE, effective.to_json())
-    for c in selection.ranked:  # the model is saved: the fold checkpoints are done
-        for checkpoint in c.checkpoints:
-            checkpoint.unlink(missing_ok=True)
     return TrainResult(method=winner.name, modalities=winner.modalities,
                        best_epoch=int(np.median(winner.best_epochs)) if winner.best_epochs else 0,
                        epochs_run=max(winner.best_epochs, default=0),

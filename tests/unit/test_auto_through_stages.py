@@ -8,6 +8,7 @@ not help; an explicit fused method must be refused by the gate for losing to tex
 from __future__ import annotations
 
 import csv
+import json
 
 import mlflow
 import numpy as np
@@ -76,6 +77,18 @@ def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images
                                   filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     assert {r.data.params["candidate"] for r in children} >= {"late", "mfb", "gmu", "concat",
                                                               "unimodal:image", "unimodal:text"}
+    # Each candidate's run spans its real fit time; the console ends with a leaderboard.
+    fitted = [r for r in children if r.data.params["candidate"] != "ensemble"]
+    for r in fitted:
+        assert r.info.end_time - r.info.start_time == pytest.approx(
+            1000 * r.data.metrics["fit_seconds"], abs=50)
+    assert "CV macro-F1" in out and "(choice took" in out
+    # How optimistic the choice was: the winner's CV score minus its test score, logged.
+    metrics = run.data.metrics
+    winner_cv = float(json.loads((tmp_path / "model" / "selection.json").read_text())
+                      ["ranked"][0]["cv_macro_f1_mean"])
+    assert metrics["selection/optimism"] == pytest.approx(winner_cv - metrics["test/macro_f1"])
+    assert metrics["calibration/rows"] > 0
     report = (tmp_path / "evaluation" / "report.html").read_text()
     assert "Model choice" in report and "fusion did not help on this data" in report
     # The data's warning travels: run tags, the version's audit tags, the report.

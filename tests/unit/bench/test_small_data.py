@@ -47,3 +47,7 @@ def test_bench_rows_cover_auto_methods_and_unimodal_heads():
     for fraction in (0.5, 1.0):
         assert next(s["model"] for s in fixed if s["fraction"] == fraction) == "concat"
     assert "| 50% |" in markdown_table(rows)
+    # Each row says how calibration did on test: ECE and log loss before and after.
+    for r in rows:
+        assert {"temperature", "ece_before", "ece_after", "log_loss_before", "log_loss_after"} <= set(r)
+        assert 0.25 <= r["temperature"] <= 20

@@ -131,7 +131,7 @@ def test_auto_saves_the_bagged_winner_and_the_unimodal_baselines(tmp_path):
     head, meta = load_fusion_head(tmp_path / "model")
     assert isinstance(head, FusionEnsemble) and len(head.members) == 3  # one per fold
     assert list(meta["dims"]) == ["text"] and meta["chosen"] == "unimodal:text"
-    assert 0.05 < meta["temperature"] < 20
+    assert 0.25 <= meta["temperature"] <= 20 and meta["calibration_rows"] > 0
     for m in ("image", "text"):
         assert load_fusion_head(tmp_path / "model" / BASELINES_DIR / m)[1]["dims"] == {
             m: fs.vectors[m].shape[1]}
@@ -154,12 +154,17 @@ def test_auto_refit_ships_one_model_trained_on_all_of_train_and_val(tmp_path):
     assert isinstance(head, FusionHead) and meta["shipped"] == "refit"
     assert result.method == meta["chosen"] == "concat"
     # The same as training concat, with the settings its folds used (modality dropout
-    # included), on every train+val row for the folds' median best epoch.
+    # included), on every train+val row outside the calibration slice for the folds'
+    # stopping epoch.
     from crossfuse.training.loop import fit_epochs
 
-    split = fs.index["split"].replace({"val": "train"})
+    selection = select_model(fs, cfg)
+    rows = selection.plan.fit_rows()
+    assert len(rows) < (fs.index["split"] != "test").sum()  # the calibration slice stays out
+    split = np.full(len(fs.index), "unused", dtype=object)
+    split[rows] = "train"
     everything = dataclasses.replace(fs, index=fs.index.assign(split=split))
-    winner = select_model(fs, cfg).winner
+    winner = selection.winner
     fusion, train_cfg = winner.settings
     assert fusion.method == "concat" and train_cfg.modality_dropout == {"image": 0.2, "text": 0.2}
     expected = fit_epochs(everything, fusion, train_cfg, cfg.seed, int(np.median(winner.best_epochs)))
@@ -191,3 +196,86 @@ def test_large_data_uses_a_single_holdout():
                                               "fusion.auto.unimodal=false"))
     assert selection.holdout and selection.folds == 1
     assert [len(c.fold_scores) for c in selection.ranked] == [1]
+
+
+def test_copies_never_land_in_two_folds_or_in_folds_and_calibration():
+    from crossfuse.training.crossfit import CALIBRATION, fold_plan
+
+    fs = noisy_image_features(n=300)
+    rng = np.random.default_rng(0)
+    # 40 samples appear two or three times under other ids: same content, same label.
+    hashes = np.array([f"h{i}" for i in range(len(fs.index))], dtype=object)
+    for original in rng.choice(200, 40, replace=False):
+        for copy in rng.choice(200, rng.integers(1, 3), replace=False):
+            hashes[copy] = hashes[original]
+            fs.index.loc[copy, "label_idx"] = fs.index.loc[original, "label_idx"]
+    fs.index["split"] = np.where(np.arange(300) < 255, "train", "test")
+    fs.index["hash_image"] = hashes
+    fs.index["hash_text"] = hashes
+    plan = fold_plan(fs, auto_config("fusion.auto.folds=5", "fusion.auto.calibration_fraction=0.2"))
+    groups = pd.Series(plan.folds, index=hashes[plan.rows])
+    assert (groups.groupby(level=0).nunique() == 1).all()  # one fold (or the slice) per content
+    assert (plan.folds == CALIBRATION).sum() > 0 and set(plan.folds) == {-1, 0, 1, 2, 3, 4}
+    for f in plan.scored:  # no model trains on its own fold or on the calibration slice
+        trains = plan.trains_on(f)
+        assert not trains[plan.folds == f].any() and not trains[plan.folds == CALIBRATION].any()
+
+
+def test_each_fold_is_scored_with_the_setting_the_other_folds_chose():
+    from crossfuse.training.crossfit import FoldFit, FoldPlan, combine_trials
+
+    plan = FoldPlan(rows=np.arange(6), folds=np.array([0, 0, 1, 1, 2, 2]), k=3, holdout=False)
+
+    def setting(choice, scores, value):
+        """A cross-fit whose fold f predicts class 0 with probability ``value[f]``."""
+        oof = np.array([[value[f], 1 - value[f]] for f in plan.folds])
+        return FoldFit([], 1, (float(np.mean(scores)), 0.0), oof, scores, choice, 1, 0.0)
+
+    # Setting 1 scores fold 0 best of all, but the other folds (1 and 2) prefer setting 0
+    # for fold 0: fold 0 must be scored with setting 0, whatever its own score says.
+    a = setting([(0.9, 0.0), (0.5, 0.0), (0.5, 0.0)], [0.6, 0.8, 0.8], [0.1, 0.2, 0.3])
+    b = setting([(0.4, 0.0), (0.7, 0.0), (0.7, 0.0)], [0.99, 0.7, 0.7], [0.7, 0.8, 0.9])
+    ship, oof, scores = combine_trials([a, b], plan)
+    assert scores == [0.6, 0.7, 0.7]
+    assert np.allclose(oof[:, 0], [0.1, 0.1, 0.8, 0.8, 0.9, 0.9])
+    assert ship == 1  # what ships is the setting the folds' mean prefers (0.797 over 0.733)
+
+
+def test_a_holdout_selects_on_one_fold_and_scores_on_another():
+    from crossfuse.training.crossfit import CALIBRATION, fold_plan
+
+    fs = noisy_image_features(n=200)
+    plan = fold_plan(fs, auto_config("fusion.auto.holdout_above=100"))
+    assert plan.holdout and plan.scored == [0]
+    trains = plan.trains_on(0)
+    assert not trains[np.isin(plan.folds, [0, 1, CALIBRATION])].any()
+    assert trains[np.isin(plan.folds, [2])].all()
+
+
+def test_the_temperature_is_fitted_on_what_ships_on_rows_none_of_it_trained_on(tmp_path):
+    from crossfuse.features.store import read_feature_set, write_feature_set
+    from crossfuse.training.calibration import apply_temperature, fit_temperature
+    from crossfuse.training.crossfit import CALIBRATION, with_splits
+
+    fs = noisy_image_features()
+    write_feature_set(tmp_path / "features", fs.index, fs.labels,
+                      {"image": {"name": "x", "cache_key": "x", "dim": 64},
+                       "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
+    cfg = auto_config("fusion.auto.candidates=[concat]", "fusion.auto.calibration_fraction=0.2")
+    train(cfg, tmp_path / "features", tmp_path / "model")
+    model, meta = load_fusion_head(tmp_path / "model")
+    plan = select_model(read_feature_set(tmp_path / "features"), cfg).plan
+    rows = plan.calibration_rows
+    assert meta["calibration_rows"] == len(rows) > 0
+    # No fold model of any candidate trained on a calibration row.
+    assert all(not plan.trains_on(f)[plan.folds == CALIBRATION].any() for f in plan.scored)
+    # T is the shipped (bagged) model's own: its predictions on exactly those rows.
+    held_out = with_splits(fs, rows, np.full(len(rows), "val", dtype=object))
+    probs = held_out.split_inputs("val", list(model.spec.dims))
+    from crossfuse.metrics import predict_split
+
+    scores = predict_split(model, probs)
+    assert meta["temperature"] == pytest.approx(fit_temperature(scores.labels, scores.probs), rel=1e-6)
+    # However sure the model is, a served probability is never exactly 0 or 1.
+    sure = apply_temperature(np.array([[1.0, 0.0], [1e-30, 1.0]]), 0.25)
+    assert (sure > 0).all() and (sure < 1).all() and (sure.argmax(-1) == [0, 1]).all()

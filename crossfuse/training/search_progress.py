@@ -1,0 +1,65 @@
+"""What the train stage says while ``auto`` chooses: candidate k of n, elapsed, an ETA.
+
+A line at most every ``every`` seconds (10 by default), so a pipeline log gets a
+heartbeat and not a flood; the estimate counts each candidate's settings-epochs done
+against their most, so it improves as early stopping cuts runs short.
+
+Example
+-------
+>>> lines = []
+>>> p = SearchProgress(["late", "unimodal:text"], lines.append, every=0.0, clock=iter(range(100)).__next__)
+>>> p.start("late", settings=1); p.epoch(30, 60); p.done()
+>>> lines[-1]
+'  auto: candidate 1/2 late done, 2 s elapsed, about 2 s left'
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+class SearchProgress:
+    """Throttled progress lines for a list of candidates (see the module)."""
+
+    def __init__(self, names: list[str], say: Callable[[str], None], every: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.names, self.say, self.every, self.clock = names, say, every, clock
+        self.started = self.last = clock()
+        self.index, self.name, self.fraction = -1, "", 0.0
+        self.settings, self.setting, self.seen_epoch = 1, 0, 0
+
+    def start(self, name: str, settings: int) -> None:
+        """Candidate ``name`` starts; it will cross-fit ``settings`` settings."""
+        self.index, self.name, self.fraction = self.index + 1, name, 0.0
+        self.settings, self.setting, self.seen_epoch = max(1, settings), 0, 0
+
+    def epoch(self, epoch: int, most: int) -> None:
+        """One lockstep epoch of the current setting is done (of at most ``most``)."""
+        if epoch < self.seen_epoch:  # a new setting started
+            self.setting += 1
+        self.seen_epoch = epoch
+        self.fraction = min(1.0, (self.setting + epoch / max(most, 1)) / self.settings)
+        self._maybe_say(f"candidate {self.index + 1}/{len(self.names)} {self.name}, "
+                        f"setting {self.setting + 1}/{self.settings}, epoch {epoch}")
+
+    def done(self) -> None:
+        """The current candidate is finished."""
+        self.fraction = 1.0
+        self._maybe_say(f"candidate {self.index + 1}/{len(self.names)} {self.name} done",
+                        force=self.index + 1 == len(self.names))
+
+    def _maybe_say(self, what: str, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = (self.index + self.fraction) / max(len(self.names), 1)
+        left = f", about {_clock_text(elapsed * (1 - done) / done)} left" if 0 < done < 1 else ""
+        self.say(f"  auto: {what}, {_clock_text(elapsed)} elapsed{left}")
