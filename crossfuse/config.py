@@ -182,12 +182,12 @@ class AutoConfig(_Section):
     calibration_fraction: float = Field(
         0.1, ge=0.0, lt=0.5, description="Share of each class's train+val rows (whole content "
         "groups) held out of every fit: the shipped model's temperature is fitted on its "
-        "predictions there. 0 = no slice, and no temperature (T = 1).")
+        "predictions there. 0, or a slice under 30 rows, = no slice and no temperature (T = 1).")
     trials: int | None = Field(
-        None, ge=0, description="Settings tried per candidate, each cross-fitted on every fold "
-        "(the config's own first, then seeded random draws); each scored fold takes the "
-        "setting the other folds chose. null scales with the data "
-        "(crossfuse.training.tuning.search_budget); 0 or 1 = the config's settings.")
+        None, ge=0, description="Optuna trials per candidate on the tuning fold (fold 0, "
+        "which is then never scored); null scales with the data: many cheap trials on small "
+        "data, a few on large (crossfuse.training.tuning.search_budget); 0 = the config's "
+        "settings.")
     ship: Literal["bagged", "refit"] = Field(
         "bagged", description="What ships: bagged = the winner's fold models averaged; refit = "
         "the winner trained again on all of train+val for its folds' median best epoch.")

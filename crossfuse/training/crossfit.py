@@ -2,25 +2,28 @@
 
 A :class:`FoldPlan` deals the train+val rows into a calibration slice (held out of every
 fit: the shipped model's temperature is fitted there) and ``k`` content-grouped,
-stratified folds. :func:`cross_fit` trains one model per held-out fold, epoch by epoch in
-lockstep, so after every epoch each model's score on its held-out fold is known at once:
+stratified folds. Fold 0 is the **tuning fold**: a candidate's search picks its settings
+there (:func:`crossfuse.training.tuning.search`), so fold 0 is never scored. Then
+:func:`cross_fit` trains one model per fold, epoch by epoch in lockstep, so after every
+epoch each model's score on its held-out fold is known at once:
 
-- **what ships** stops early on the mean over folds of the held-out macro-F1 (ties: the
-  lower mean loss), and keeps every fold model's weights at that epoch ``E*``;
-- **what is scored** never chose itself: fold ``f``'s out-of-fold predictions are taken at
-  the epoch that maximises the *other* folds' mean (leave-one-fold-out), so fold ``f``'s
-  own score never picks the epoch it is scored at. :func:`combine_trials` applies the
-  same rule across the settings a search tried.
+- training stops once the mean over folds of the held-out macro-F1 (ties: the lower mean
+  loss) has not improved for ``train.patience`` epochs; **what ships** is each fold model
+  at its own best epoch on data it did not train on (an honest test score follows later);
+- **what is scored**, folds ``1..k-1``, never chose itself: fold ``f``'s out-of-fold
+  predictions are taken at the epoch that maximises the *other* folds' mean
+  (leave-one-fold-out), so neither the settings nor the epoch fold ``f`` is scored with
+  were chosen on fold ``f``.
 
 Above ``fusion.auto.holdout_above`` rows one model is trained, without folds 0 and 1: it
-stops early (and a search chooses) on fold 1 and is scored on fold 0, which nothing chose on.
+is tuned and stopped early on fold 0 and scored on fold 1, which nothing chose on.
 
 Example
 -------
 >>> plan = fold_plan(fs, cfg)                                             # doctest: +SKIP
 >>> fit = cross_fit(fs, plan, FusionConfig(method="gmu"), TrainConfig(), seed=0)  # doctest: +SKIP
 >>> fit.fold_scores, fit.ship_epoch                                       # doctest: +SKIP
-([0.91, 0.88, 0.9, 0.93, 0.87], 17)
+([0.88, 0.9, 0.93, 0.87], 17)
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ from crossfuse.training.folds import content_groups, order_key, stratified_folds
 from crossfuse.training.loop import LOSS_MIN_DELTA, start_training, train_epoch
 
 CALIBRATION = -1  # the fold number of calibration rows: no model trains on them
+TUNING_FOLD = 0  # settings are searched here; never scored
+# Fewer rows than this and no slice is held out: they would fit T to noise and cost the
+# folds rows they need; the model ships uncalibrated (T = 1) and says so.
+MIN_CALIBRATION_ROWS = 30
 UNUSED = "unused"
 
 FoldCallback = Callable[[int, int], None]  # (epochs done, most epochs)
@@ -53,8 +60,8 @@ class FoldPlan:
     """Which train+val rows calibrate, which fold each other row is in, and who is scored.
 
     ``rows``: feature-set row numbers of train+val; ``folds``: each one's fold (``-1`` for
-    the calibration slice); ``k`` folds; ``holdout``: one model, selected on fold 1 and
-    scored on fold 0, instead of ``k`` models.
+    the calibration slice); ``k`` folds; ``holdout``: one model, tuned and stopped on fold 0
+    and scored on fold 1, instead of ``k`` models.
     """
 
     rows: np.ndarray
@@ -67,14 +74,24 @@ class FoldPlan:
         return self.rows[self.folds == CALIBRATION]
 
     @property
-    def scored(self) -> list[int]:
-        """The folds that are scored: all ``k``, or fold 0 alone in a holdout."""
-        return [0] if self.holdout else list(range(self.k))
+    def models(self) -> list[int]:
+        """The held-out fold of each model trained: all ``k``, or fold 1 alone in a holdout."""
+        return [TUNING_FOLD + 1] if self.holdout else list(range(self.k))
 
-    def trains_on(self, scored_fold: int) -> np.ndarray:
-        """bool ``[len(rows)]``: the rows the model scored on ``scored_fold`` trains on."""
-        kept = (self.folds != CALIBRATION) & (self.folds != scored_fold)
-        return kept & (self.folds != 1) if self.holdout else kept
+    @property
+    def scored(self) -> list[int]:
+        """The folds that are scored: every fold but the tuning fold."""
+        return [f for f in self.models if f != TUNING_FOLD]
+
+    def trains_on(self, held_out: int) -> np.ndarray:
+        """bool ``[len(rows)]``: the rows the model held out on ``held_out`` trains on."""
+        kept = (self.folds != CALIBRATION) & (self.folds != held_out)
+        return kept & (self.folds != TUNING_FOLD) if self.holdout else kept
+
+    def tuning_view_splits(self) -> np.ndarray:
+        """The split of each row for tuning: fold 0 ``val``, the rest ``train`` (calibration unused)."""
+        return np.where(self.folds == CALIBRATION, UNUSED,
+                        np.where(self.folds == TUNING_FOLD, "val", "train"))
 
     def fit_rows(self) -> np.ndarray:
         """Feature-set row numbers every final fit may use: train+val less the calibration slice."""
@@ -112,6 +129,8 @@ def fold_plan(fs: FeatureSet, cfg: RunConfig) -> FoldPlan:
     labels = fs.index["label_idx"].to_numpy()[rows]
     groups = content_groups(fs.index.iloc[rows])
     calibrate = calibration_slice(labels, groups, auto.calibration_fraction, cfg.seed)
+    if calibrate.sum() < MIN_CALIBRATION_ROWS:  # a temperature from a handful of rows is noise
+        calibrate[:] = False
     folds = np.full(len(rows), CALIBRATION, dtype=np.int64)
     rest = ~calibrate
     folds[rest] = stratified_folds(labels[rest], fs.index["id"].to_numpy()[rows][rest], auto.folds,
@@ -128,23 +147,23 @@ def with_splits(fs: FeatureSet, rows: np.ndarray, splits: np.ndarray) -> Feature
 
 @dataclass
 class FoldFit:
-    """One setting's cross-fit: the fold models that ship and the honest out-of-fold scores.
+    """One candidate's cross-fit: the fold models that ship and the honest out-of-fold scores.
 
-    ``oof`` ``[len(plan.rows), C]`` holds each scored fold's probabilities at its
-    leave-one-fold-out epoch (NaN elsewhere); ``choice`` holds, per scored fold, the value
-    that chose that epoch (the other folds' mean, or fold 1's score in a holdout): the
-    number a search compares settings by for that fold.
+    ``heads``: one model per fold in ``plan.models``, each at its own best epoch; ``oof``
+    ``[len(plan.rows), C]``: each scored fold's probabilities at its leave-one-fold-out
+    epoch (NaN elsewhere); ``fold_scores``: their macro-F1, one per scored fold.
     """
 
     heads: list[FusionHead]
-    ship_epoch: int
+    ship_epoch: int  # the median of the fold models' best epochs (a refit trains this long)
     ship_value: tuple[float, float]
     oof: np.ndarray
     fold_scores: list[float]
-    choice: list[tuple[float, float]]
     epochs_run: int
     seconds: float
-    history: list[float] = field(default_factory=list)  # the shipping criterion per epoch
+    history: list[float] = field(default_factory=list)  # the folds' mean macro-F1 per epoch
+    curves: dict[int, list[tuple[float, float]]] = field(default_factory=dict)  # fold: (F1, loss)/epoch
+    read_at: dict[int, int] = field(default_factory=dict)  # scored fold: the epoch it was read at
 
 
 def _better(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -166,9 +185,9 @@ def cross_fit(fs: FeatureSet, plan: FoldPlan, fusion: FusionConfig, train: Train
     """
     started = time.perf_counter()
     modalities = modalities or fs.modalities
-    scored = plan.scored
-    heads, states = [], []
-    for f in scored:
+    models = plan.models
+    heads = []
+    for f in models:
         view = with_splits(fs, plan.rows, np.where(plan.trains_on(f), "train", UNUSED))
         heads.append(start_training(view, fusion, train, seed + f, modalities))
     evaluated = with_splits(fs, plan.rows, np.where(plan.folds != CALIBRATION, "val", UNUSED))
@@ -177,16 +196,18 @@ def cross_fit(fs: FeatureSet, plan: FoldPlan, fusion: FusionConfig, train: Train
     fold_of = plan.folds[plan.folds != CALIBRATION]
     at = {f: fold_of == f for f in range(plan.k)}
     n_classes = len(fs.labels)
-    select_fold = 1 if plan.holdout else None
-
-    # Each model is scored after every epoch on its own fold (and, in a holdout, on fold 1).
-    watched = [[scored[i], select_fold] if plan.holdout else [scored[i]] for i in range(len(scored))]
+    # Each model is scored after every epoch on its own fold (and, in a holdout, on fold 0).
+    watched = [[f, TUNING_FOLD] if plan.holdout else [f] for f in models]
     views = [{fold: inputs.select(torch.from_numpy(np.flatnonzero(at[fold]))) for fold in folds}
              for folds in watched]
-    best_ship, ship_epoch, stale, history = (-1.0, math.inf), 0, 0, []
-    best_choice = [(-1.0, math.inf)] * len(scored)
-    oof_at = [np.full((int(at[f].sum()), n_classes), np.nan) for f in scored]
-    shipped_states = [None] * len(scored)
+    selects_on = [TUNING_FOLD if plan.holdout else f for f in models]
+    best_ship, stale, history = (-1.0, math.inf), 0, []
+    curves: dict[int, list[tuple[float, float]]] = {f: [] for f in range(plan.k)}
+    read_at = {f: 0 for f in plan.scored}
+    best_choice = {f: (-1.0, math.inf) for f in plan.scored}
+    best_own = [(-1.0, math.inf)] * len(models)
+    oof_at = {f: np.full((int(at[f].sum()), n_classes), np.nan) for f in plan.scored}
+    shipped_states, shipped_epochs = [None] * len(models), [0] * len(models)
     epoch = 0
     for epoch in range(1, train.epochs + 1):
         scores: dict[int, tuple[float, float]] = {}
@@ -197,19 +218,23 @@ def cross_fit(fs: FeatureSet, plan: FoldPlan, fusion: FusionConfig, train: Train
                 probs[fold] = predict_split(head, view).probs
                 scores[fold] = _fold_score(y[at[fold]], probs[fold], n_classes)
         if plan.holdout:
-            ship = scores[select_fold]
-            choices = [ship]
+            ship = scores[TUNING_FOLD]
+            choices = {f: ship for f in plan.scored}
         else:
             ship = _mean(scores.values())
-            choices = [_mean(s for g, s in scores.items() if g != f) for f in scored]
+            choices = {f: _mean(s for g, s in scores.items() if g != f) for f in plan.scored}
         history.append(ship[0])
-        for i, f in enumerate(scored):  # fold f's epoch is chosen without fold f's own score
-            if _better(choices[i], best_choice[i]):
-                best_choice[i] = choices[i]
-                oof_at[i] = probs[f]
+        for fold, score in scores.items():
+            curves[fold].append(score)
+        for f in plan.scored:  # scored: at an epoch chosen without fold f's own score
+            if _better(choices[f], best_choice[f]):
+                best_choice[f], oof_at[f], read_at[f] = choices[f], probs[f], epoch
+        for i in range(len(models)):  # shipped: each model at its own best epoch
+            if _better(scores[selects_on[i]], best_own[i]):
+                best_own[i], shipped_epochs[i] = scores[selects_on[i]], epoch
+                shipped_states[i] = copy.deepcopy(heads[i][0].state_dict())
         if _better(ship, best_ship):
-            best_ship, ship_epoch, stale = ship, epoch, 0
-            shipped_states = [copy.deepcopy(h[0].state_dict()) for h in heads]
+            best_ship, stale = ship, 0
         else:
             stale += 1
         if on_epoch:
@@ -219,15 +244,16 @@ def cross_fit(fs: FeatureSet, plan: FoldPlan, fusion: FusionConfig, train: Train
     oof = np.full((len(plan.rows), n_classes), np.nan)
     in_cv = np.flatnonzero(plan.folds != CALIBRATION)
     fold_scores = []
-    for i, f in enumerate(scored):
-        oof[in_cv[at[f]]] = oof_at[i]
-        fold_scores.append(macro_f1(y[at[f]], oof_at[i].argmax(-1), n_classes))
+    for f in plan.scored:
+        oof[in_cv[at[f]]] = oof_at[f]
+        fold_scores.append(macro_f1(y[at[f]], oof_at[f].argmax(-1), n_classes))
     shipped = []
     for (head, *_), state in zip(heads, shipped_states, strict=True):
         head.load_state_dict(state)
         shipped.append(head.eval())
-    return FoldFit(shipped, ship_epoch, best_ship, oof, fold_scores, best_choice, epoch,
-                   time.perf_counter() - started, history)
+    return FoldFit(shipped, int(np.median(shipped_epochs)), best_ship, oof, fold_scores,
+                   epoch, time.perf_counter() - started, history,
+                   {f: c for f, c in curves.items() if c}, read_at)
 
 
 def _fold_score(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float, float]:
@@ -238,25 +264,3 @@ def _fold_score(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float
 def _mean(values) -> tuple[float, float]:
     values = list(values)
     return (float(np.mean([v[0] for v in values])), float(np.mean([v[1] for v in values])))
-
-
-def combine_trials(fits: list[FoldFit], plan: FoldPlan) -> tuple[int, np.ndarray, list[float]]:
-    """Across the settings a search tried: (the index of the one that ships, the honest
-    out-of-fold probabilities ``[len(plan.rows), C]``, the honest fold scores).
-
-    What ships is the setting with the best shipping criterion. Scored fold ``f`` takes its
-    predictions from the setting whose ``choice`` for ``f`` is best (the earlier on a tie),
-    a number fold ``f``'s own rows never entered.
-    """
-    def rank(value: tuple[float, float], t: int) -> tuple[float, float, int]:
-        return value[0], -value[1], -t
-
-    ship = max(range(len(fits)), key=lambda t: rank(fits[t].ship_value, t))
-    oof = np.full_like(fits[0].oof, np.nan)
-    scores = []
-    for i, f in enumerate(plan.scored):
-        t = max(range(len(fits)), key=lambda t: rank(fits[t].choice[i], t))
-        rows = plan.folds == f
-        oof[rows] = fits[t].oof[rows]
-        scores.append(fits[t].fold_scores[i])
-    return ship, oof, scores

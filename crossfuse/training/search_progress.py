@@ -1,16 +1,16 @@
 """What the train stage says while ``auto`` chooses: candidate k of n, elapsed, an ETA.
 
 A line at most every ``every`` seconds (10 by default), so a pipeline log gets a
-heartbeat and not a flood; the estimate counts each candidate's settings-epochs done
+heartbeat and not a flood; the estimate counts each candidate's cross-fit epochs done
 against their most, so it improves as early stopping cuts runs short.
 
 Example
 -------
 >>> lines = []
 >>> p = SearchProgress(["late", "unimodal:text"], lines.append, every=0.0, clock=iter(range(100)).__next__)
->>> p.start("late", settings=1); p.epoch(30, 60); p.done()
->>> lines[-1]
-'  auto: candidate 1/2 late done, 2 s elapsed, about 2 s left'
+>>> p.start("late"); p.epoch(30, 60); p.done()
+>>> lines
+['  auto: candidate 1/2 late, epoch 30, 1 s elapsed, about 3 s left', '  auto: candidate 1/2 late done, 2 s elapsed, about 2 s left']
 """
 
 from __future__ import annotations
@@ -32,21 +32,15 @@ class SearchProgress:
         self.names, self.say, self.every, self.clock = names, say, every, clock
         self.started = self.last = clock()
         self.index, self.name, self.fraction = -1, "", 0.0
-        self.settings, self.setting, self.seen_epoch = 1, 0, 0
 
-    def start(self, name: str, settings: int) -> None:
-        """Candidate ``name`` starts; it will cross-fit ``settings`` settings."""
+    def start(self, name: str) -> None:
+        """Candidate ``name`` starts (its search, then its cross-fit)."""
         self.index, self.name, self.fraction = self.index + 1, name, 0.0
-        self.settings, self.setting, self.seen_epoch = max(1, settings), 0, 0
 
     def epoch(self, epoch: int, most: int) -> None:
-        """One lockstep epoch of the current setting is done (of at most ``most``)."""
-        if epoch < self.seen_epoch:  # a new setting started
-            self.setting += 1
-        self.seen_epoch = epoch
-        self.fraction = min(1.0, (self.setting + epoch / max(most, 1)) / self.settings)
-        self._maybe_say(f"candidate {self.index + 1}/{len(self.names)} {self.name}, "
-                        f"setting {self.setting + 1}/{self.settings}, epoch {epoch}")
+        """One lockstep epoch of the cross-fit is done (of at most ``most``)."""
+        self.fraction = min(1.0, epoch / max(most, 1))
+        self._maybe_say(f"candidate {self.index + 1}/{len(self.names)} {self.name}, epoch {epoch}")
 
     def done(self) -> None:
         """The current candidate is finished."""

@@ -5,12 +5,13 @@ per modality alone (``unimodal:<m>``, the ``concat`` head on that modality) and 
 ensemble of them. :func:`crossfuse.training.crossfit.fold_plan` first sets a calibration
 slice aside (``fusion.auto.calibration_fraction``: no candidate ever trains on it; the
 shipped model's temperature is fitted there) and deals the rest into content-grouped,
-stratified folds. Each candidate is cross-fitted (:func:`crossfuse.training.crossfit.cross_fit`):
-one model per held-out fold, trained in lockstep, stopped early on the folds' mean, each
-fold scored at the epoch — and with a search (``fusion.auto.trials``), the setting — that
-the *other* folds chose. No number a candidate is ranked by was chosen on the rows it was
-scored on. Above ``fusion.auto.holdout_above`` rows a single model trains without folds 0
-and 1, is selected on fold 1 and scored on fold 0.
+stratified folds. Each candidate's settings are searched on fold 0, the tuning fold
+(``fusion.auto.trials``), which is then never scored; the candidate is cross-fitted
+(:func:`crossfuse.training.crossfit.cross_fit`): one model per fold, trained in lockstep,
+each scored fold (1..k-1) read at the epoch the *other* folds chose. No number a
+candidate is ranked by was chosen on the rows it was scored on. Above
+``fusion.auto.holdout_above`` rows a single model trains without folds 0 and 1, is tuned
+and stopped on fold 0 and scored on fold 1.
 
 The ensemble is Caruana et al.'s greedy selection with replacement (ICML 2004) over the
 candidates' out-of-fold probabilities, scored nested: fold ``f``'s score uses weights
@@ -52,14 +53,13 @@ from crossfuse.training.crossfit import (
     CALIBRATION,
     FoldCallback,
     FoldPlan,
-    combine_trials,
     cross_fit,
     fold_plan,
     with_splits,
 )
 from crossfuse.training.loop import fit_epochs
 from crossfuse.training.search_progress import SearchProgress
-from crossfuse.training.tuning import search_budget, settings_to_try
+from crossfuse.training.tuning import search, search_budget
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Candidate:
     searched: dict = field(default_factory=dict)  # the settings a search chose, if any
     settings: tuple[FusionConfig, TrainConfig] | None = None  # what each fold model trained with
     seconds: float = 0.0  # wall time of its cross-fit (every setting tried)
-    tried: int = 1  # settings cross-fitted
+    tried: int = 1  # settings the search tried on the tuning fold
 
     @property
     def kind(self) -> str:
@@ -125,7 +125,8 @@ class Selection:
 
     @property
     def folds(self) -> int:
-        return len(self.plan.scored)
+        """``k``, or 1 for a holdout (of which fold 0 tunes and is never scored)."""
+        return 1 if self.plan.holdout else self.plan.k
 
     @property
     def holdout(self) -> bool:
@@ -171,6 +172,7 @@ class Selection:
 
     def to_json(self) -> dict:
         return {"folds": self.folds, "holdout": self.holdout, "rows": self.rows,
+                "scored_folds": self.plan.scored,
                 "calibration_rows": int(len(self.plan.calibration_rows)),
                 "seconds": round(self.seconds, 2), "winner": self.winner.name, "modalities": self.winner.modalities,
                 "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked]}
@@ -186,17 +188,15 @@ def candidate_names(cfg: RunConfig, modalities: list[str]) -> list[str]:
 
 
 def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: TrainConfig, seed: int,
-                   plan: FoldPlan, trials: int = 1, on_epoch: FoldCallback | None = None
+                   plan: FoldPlan, trials: int = 0, on_epoch: FoldCallback | None = None
                    ) -> Candidate:
-    """Cross-fit ``name`` with each setting to try; keep the honest fold scores and what ships.
+    """Search ``name``'s settings on the tuning fold, then cross-fit it; see the module.
 
     Fused candidates train with ``fusion.auto.modality_dropout`` on every modality that
     ``train.modality_dropout`` leaves unset: without it a placeholder is never trained, and
     a multiplicative method can answer nonsense for a row that lacks a modality. With
-    ``trials`` > 1 the config's settings and ``trials - 1`` seeded draws are each
-    cross-fitted (:func:`crossfuse.training.tuning.settings_to_try`); each fold is scored
-    with the setting the other folds chose (:func:`crossfuse.training.crossfit.combine_trials`),
-    and the setting the folds' mean prefers ships.
+    ``trials`` a seeded Optuna search picks the settings on the tuning fold (fold 0),
+    which is then never scored.
     """
     started = time.perf_counter()
     unimodal = name.startswith(UNIMODAL)
@@ -206,14 +206,16 @@ def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: Train
         rates = {m: train.modality_dropout.get(m, fusion.auto.modality_dropout) for m in modalities}
         train = train.model_copy(update={"modality_dropout": rates})
     fusion = fusion.model_copy(update={"method": method})
-    settings = settings_to_try(fusion, train, max(1, trials), seed)
-    fits = [cross_fit(fs, plan, f, t, seed, modalities, on_epoch) for f, t, _ in settings]
-    ship, oof, scores = combine_trials(fits, plan)
-    fusion, train, params = settings[ship]
-    return Candidate(name, modalities, scores, oof, heads=fits[ship].heads,
-                     best_epochs=[fits[ship].ship_epoch], searched=params if len(fits) > 1 else {},
-                     settings=(fusion, train), seconds=time.perf_counter() - started,
-                     tried=len(fits))
+    searched = {}
+    if trials:
+        tuning = with_splits(fs, plan.rows, plan.tuning_view_splits())
+        best = search(tuning, fusion, train, seed, trials, fusion.search.epochs,
+                      modalities=modalities)
+        fusion, train, searched = best.fusion, best.train, best.params
+    fit = cross_fit(fs, plan, fusion, train, seed, modalities, on_epoch)
+    return Candidate(name, modalities, fit.fold_scores, fit.oof, heads=fit.heads,
+                     best_epochs=[fit.ship_epoch], searched=searched, settings=(fusion, train),
+                     seconds=time.perf_counter() - started, tried=max(1, trials))
 
 
 def _score(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
@@ -290,11 +292,11 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
     names = candidate_names(cfg, fs.modalities)
     trials = cfg.fusion.auto.trials
     if trials is None:
-        trials = search_budget(int(plan.trains_on(plan.scored[0]).sum()))
+        trials = search_budget(int((plan.tuning_view_splits() == "train").sum()))
     report = SearchProgress(names, on_progress or log.info)
     candidates = []
     for name in names:
-        report.start(name, trials)
+        report.start(name)
         candidates.append(cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan,
                                          trials, on_epoch=report.epoch))
         report.done()

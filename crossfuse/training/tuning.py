@@ -91,36 +91,12 @@ def starting_params(fusion: FusionConfig, train: TrainConfig) -> dict:
 
 
 def search_budget(rows: int) -> int:
-    """Settings ``auto`` tries per candidate for ``rows`` training rows (each one a full
-    cross-fit): several on small data, where regularisers matter and fits are cheap; only
-    the config's own on large.
+    """Trials for ``rows`` training rows: many cheap trials on small data, a few on large.
 
-    >>> [search_budget(n) for n in (100, 400, 1200, 50000)]
-    [6, 3, 1, 1]
+    >>> [search_budget(n) for n in (100, 600, 2000, 50000)]
+    [12, 5, 2, 2]
     """
-    return int(min(6, max(1, round(1200 / max(rows, 1)))))
-
-
-def settings_to_try(fusion: FusionConfig, train: TrainConfig, trials: int, seed: int
-                    ) -> list[tuple[FusionConfig, TrainConfig, dict]]:
-    """The config itself, then ``trials - 1`` seeded random draws from the search space.
-
-    The draws depend on the seed alone, never on a score, so choosing among them per fold
-    cannot leak a fold's score into the settings it is scored with.
-
-    >>> [p["dropout"] for _, _, p in settings_to_try(FusionConfig(), TrainConfig(), 2, 0)][0]
-    0.2
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = [(fusion, train, starting_params(fusion, train))]
-    for _ in range(max(0, trials - 1)):
-        trial = study.ask()
-        f, t = suggest(trial, fusion, train)
-        out.append((f, t, dict(trial.params)))
-    return out
+    return int(min(12, max(2, round(3000 / max(rows, 1)))))
 
 
 def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, trials: int,

@@ -106,7 +106,8 @@ def test_auto_picks_the_modality_that_beats_every_fusion():
     assert [c.name for c in seen] == ["concat", "late", "unimodal:image", "unimodal:text", "ensemble"]
     assert selection.winner.name == "unimodal:text", [(c.name, c.mean) for c in selection.ranked]
     assert selection.verdict().startswith("fusion did not help on this data: text alone scored")
-    assert all(len(c.fold_scores) == 3 for c in selection.ranked)
+    # Fold 0 tunes each candidate's settings and is never scored: 2 of the 3 folds are.
+    assert all(len(c.fold_scores) == 2 for c in selection.ranked)
 
 
 def test_auto_prefers_fusion_when_both_modalities_are_needed(tmp_path):
@@ -125,7 +126,8 @@ def test_auto_saves_the_bagged_winner_and_the_unimodal_baselines(tmp_path):
     write_feature_set(tmp_path / "features", fs.index, fs.labels,
                       {"image": {"name": "x", "cache_key": "x", "dim": 64},
                        "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
-    cfg = auto_config("fusion.auto.candidates=[concat]", f"train.checkpoint_dir={tmp_path / 'ck'}")
+    cfg = auto_config("fusion.auto.candidates=[concat]", f"train.checkpoint_dir={tmp_path / 'ck'}",
+                      "fusion.auto.calibration_fraction=0.2")
     result = train(cfg, tmp_path / "features", tmp_path / "model")
     assert result.method == "unimodal:text" and result.modalities == ["text"]
     head, meta = load_fusion_head(tmp_path / "model")
@@ -148,7 +150,8 @@ def test_auto_refit_ships_one_model_trained_on_all_of_train_and_val(tmp_path):
                       {"image": {"name": "x", "cache_key": "x", "dim": 64},
                        "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
     cfg = auto_config("fusion.auto.candidates=[concat]", "fusion.auto.ensemble=false",
-                      "fusion.auto.unimodal=false", "fusion.auto.ship=refit", "fusion.auto.trials=0")
+                      "fusion.auto.unimodal=false", "fusion.auto.ship=refit", "fusion.auto.trials=0",
+                      "fusion.auto.calibration_fraction=0.2")
     result = train(cfg, tmp_path / "features", tmp_path / "model")
     head, meta = load_fusion_head(tmp_path / "model")
     assert isinstance(head, FusionHead) and meta["shipped"] == "refit"
@@ -195,7 +198,7 @@ def test_large_data_uses_a_single_holdout():
                                               "fusion.auto.holdout_above=100",
                                               "fusion.auto.unimodal=false"))
     assert selection.holdout and selection.folds == 1
-    assert [len(c.fold_scores) for c in selection.ranked] == [1]
+    assert [len(c.fold_scores) for c in selection.ranked] == [1]  # fold 1, scored; fold 0 chose
 
 
 def test_copies_never_land_in_two_folds_or_in_folds_and_calibration():
@@ -221,24 +224,27 @@ def test_copies_never_land_in_two_folds_or_in_folds_and_calibration():
         assert not trains[plan.folds == f].any() and not trains[plan.folds == CALIBRATION].any()
 
 
-def test_each_fold_is_scored_with_the_setting_the_other_folds_chose():
-    from crossfuse.training.crossfit import FoldFit, FoldPlan, combine_trials
+def test_no_scored_fold_chose_its_own_settings_or_epoch():
+    from crossfuse.config import FusionConfig, TrainConfig
+    from crossfuse.training.crossfit import TUNING_FOLD, cross_fit, fold_plan
 
-    plan = FoldPlan(rows=np.arange(6), folds=np.array([0, 0, 1, 1, 2, 2]), k=3, holdout=False)
-
-    def setting(choice, scores, value):
-        """A cross-fit whose fold f predicts class 0 with probability ``value[f]``."""
-        oof = np.array([[value[f], 1 - value[f]] for f in plan.folds])
-        return FoldFit([], 1, (float(np.mean(scores)), 0.0), oof, scores, choice, 1, 0.0)
-
-    # Setting 1 scores fold 0 best of all, but the other folds (1 and 2) prefer setting 0
-    # for fold 0: fold 0 must be scored with setting 0, whatever its own score says.
-    a = setting([(0.9, 0.0), (0.5, 0.0), (0.5, 0.0)], [0.6, 0.8, 0.8], [0.1, 0.2, 0.3])
-    b = setting([(0.4, 0.0), (0.7, 0.0), (0.7, 0.0)], [0.99, 0.7, 0.7], [0.7, 0.8, 0.9])
-    ship, oof, scores = combine_trials([a, b], plan)
-    assert scores == [0.6, 0.7, 0.7]
-    assert np.allclose(oof[:, 0], [0.1, 0.1, 0.8, 0.8, 0.9, 0.9])
-    assert ship == 1  # what ships is the setting the folds' mean prefers (0.797 over 0.733)
+    fs = noisy_image_features(n=300)
+    plan = fold_plan(fs, auto_config("fusion.auto.folds=4"))
+    assert plan.scored == [1, 2, 3] and TUNING_FOLD not in plan.scored
+    tuning = plan.tuning_view_splits()
+    assert set(tuning[plan.folds == TUNING_FOLD]) == {"val"}  # the search is scored on fold 0 alone
+    fusion, train_cfg = FusionConfig(method="concat", hidden_dim=16), TrainConfig(epochs=12, patience=3)
+    fit = cross_fit(fs, plan, fusion, train_cfg, 0)
+    # Each scored fold is read at the first epoch where the *other* folds' mean macro-F1 is
+    # best: its own curve plays no part (it may peak elsewhere).
+    for f in plan.scored:
+        others = [np.mean([fit.curves[g][e][0] for g in fit.curves if g != f])
+                  for e in range(fit.epochs_run)]
+        assert fit.read_at[f] == 1 + int(np.argmax(others))
+        # ...and its out-of-fold predictions are its own model's at that epoch, scored once.
+        assert not np.isnan(fit.oof[plan.folds == f]).any()
+    assert np.isnan(fit.oof[plan.folds == TUNING_FOLD]).all()  # the tuning fold is never scored
+    assert len(fit.heads) == plan.k and len(fit.fold_scores) == len(plan.scored)
 
 
 def test_a_holdout_selects_on_one_fold_and_scores_on_another():
@@ -246,36 +252,7 @@ def test_a_holdout_selects_on_one_fold_and_scores_on_another():
 
     fs = noisy_image_features(n=200)
     plan = fold_plan(fs, auto_config("fusion.auto.holdout_above=100"))
-    assert plan.holdout and plan.scored == [0]
-    trains = plan.trains_on(0)
+    assert plan.holdout and plan.models == plan.scored == [1]
+    trains = plan.trains_on(1)
     assert not trains[np.isin(plan.folds, [0, 1, CALIBRATION])].any()
-    assert trains[np.isin(plan.folds, [2])].all()
-
-
-def test_the_temperature_is_fitted_on_what_ships_on_rows_none_of_it_trained_on(tmp_path):
-    from crossfuse.features.store import read_feature_set, write_feature_set
-    from crossfuse.training.calibration import apply_temperature, fit_temperature
-    from crossfuse.training.crossfit import CALIBRATION, with_splits
-
-    fs = noisy_image_features()
-    write_feature_set(tmp_path / "features", fs.index, fs.labels,
-                      {"image": {"name": "x", "cache_key": "x", "dim": 64},
-                       "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
-    cfg = auto_config("fusion.auto.candidates=[concat]", "fusion.auto.calibration_fraction=0.2")
-    train(cfg, tmp_path / "features", tmp_path / "model")
-    model, meta = load_fusion_head(tmp_path / "model")
-    plan = select_model(read_feature_set(tmp_path / "features"), cfg).plan
-    rows = plan.calibration_rows
-    assert meta["calibration_rows"] == len(rows) > 0
-    # No fold model of any candidate trained on a calibration row.
-    assert all(not plan.trains_on(f)[plan.folds == CALIBRATION].any() for f in plan.scored)
-    # T is the shipped (bagged) model's own: its predictions on exactly those rows.
-    held_out = with_splits(fs, rows, np.full(len(rows), "val", dtype=object))
-    probs = held_out.split_inputs("val", list(model.spec.dims))
-    from crossfuse.metrics import predict_split
-
-    scores = predict_split(model, probs)
-    assert meta["temperature"] == pytest.approx(fit_temperature(scores.labels, scores.probs), rel=1e-6)
-    # However sure the model is, a served probability is never exactly 0 or 1.
-    sure = apply_temperature(np.array([[1.0, 0.0], [1e-30, 1.0]]), 0.25)
-    assert (sure > 0).all() and (sure < 1).all() and (sure.argmax(-1) == [0, 1]).all()
+    assert trains[plan.folds == 2].all()
