@@ -106,7 +106,9 @@ def calibration_slice(labels: np.ndarray, groups: list[str], fraction: float, se
     calibration row is never trained on.
 
     >>> calibration_slice(np.array([0] * 10 + [1] * 3), [str(i) for i in range(13)], 0.2, 0).sum()
-    np.int64(2)
+    np.int64(3)
+
+    (two of the ten rows of class 0; one of class 1's three, which keeps two for the folds)
     """
     chosen = np.zeros(len(labels), dtype=bool)
     members: dict[str, list[int]] = {}

@@ -52,8 +52,10 @@ def test_one_finished_mlflow_run_per_pipeline_run(env):
     first, second = runs(env)
     for run in (first, second):
         assert run.info.status == "FINISHED"
-        assert {"test_accuracy", "test_macro_f1", "baseline_text_test_macro_f1"} <= set(
-            run_metrics(run))
+        # auto's choice travels with the run: the best single modality's CV score beside the
+        # winner's, and how optimistic the choice was (a fused winner adds test baselines).
+        assert {"test_accuracy", "test_macro_f1", "cv_best_unimodal_macro_f1",
+                "selection_optimism"} <= set(run_metrics(run))
         arts = {a.path for a in env["client"].list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/confusion_matrix.png" in arts
     # Same data + config + seed: same metrics.

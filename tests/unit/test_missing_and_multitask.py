@@ -41,7 +41,8 @@ def test_missing_modalities_are_rejected_unless_allowed(holey, make_config, tmp_
 
 
 def test_missing_modalities_flow_to_features_and_predictions(holey, make_config, tmp_path):
-    cfg = make_config(holey, "validation.allow_missing_modalities=true",
+    # A fused method: this test is about one model answering with either modality missing.
+    cfg = make_config(holey, "validation.allow_missing_modalities=true", "fusion.method=concat",
                       "train.modality_dropout.text=0.3", "fusion.aux_weight=0.3")
     report = validate(cfg, holey, tmp_path / "v")
     preprocess(cfg, holey, tmp_path / "pre", rejected_lines=report.rejected_lines)
