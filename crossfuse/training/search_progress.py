@@ -55,5 +55,6 @@ class SearchProgress:
         self.last = now
         elapsed = now - self.started
         done = (self.index + self.fraction) / max(len(self.names), 1)
-        left = f", about {_clock_text(elapsed * (1 - done) / done)} left" if 0 < done < 1 else ""
+        # An estimate from the first tenth of the work is noise (an epoch-1 line said 72 min).
+        left = f", about {_clock_text(elapsed * (1 - done) / done)} left" if 0.1 <= done < 1 else ""
         self.say(f"  auto: {what}, {_clock_text(elapsed)} elapsed{left}")
