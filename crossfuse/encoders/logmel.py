@@ -1,7 +1,7 @@
 """``logmel``: the bundled audio encoder — log-mel filterbank statistics. NOT pretrained.
 
 No pretrained audio encoder we checked installs from PyPI with its weights and runs
-offline (README, Encoders), so the default is a fixed feature extractor built on
+offline (docs/models.md, Encoders), so the default is a fixed feature extractor built on
 ``transformers.audio_utils`` (the mel filterbank and STFT the Whisper and CLAP feature
 extractors use): 16 kHz input, 25 ms Hann windows every 10 ms, 64 Slaney mel
 bands, log10 power. The vector is, per band, the mean and standard deviation over time of
