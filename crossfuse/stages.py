@@ -259,7 +259,7 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
             mlflow.log_param("auto.winner", chosen["winner"])
             mlflow.set_tag("crossfuse.model_choice", chosen["verdict"])
             mlflow.log_artifact(str(selection), "train")
-            log_metrics({"selection/seconds": chosen["seconds"]})
+            log_metrics({"selection_seconds": chosen["seconds"]})
             say(leaderboard(chosen))
             say(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows, "
                 f"T={chosen['temperature']:.2f} fitted on {chosen['calibration_rows']} held-out "

@@ -45,6 +45,7 @@ from crossfuse.training.calibration import (
     expected_calibration_error,
     fit_temperature,
 )
+from crossfuse.training.crossfit import UNUSED
 from crossfuse.training.folds import order_key
 from crossfuse.training.loop import fit
 from crossfuse.training.selection import (
@@ -59,7 +60,6 @@ from crossfuse.training.selection import (
 
 log = logging.getLogger(__name__)
 
-UNUSED = "unused"
 REFIT = AUTO + ":refit"
 
 

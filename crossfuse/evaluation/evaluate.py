@@ -69,8 +69,8 @@ from crossfuse.registry.serving import FusionPredictor
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
 from crossfuse.training.loop import fit
 from crossfuse.training.selection import UNIMODAL_METHOD
-from crossfuse.training.tuning import search
 from crossfuse.training.train import BASELINES_DIR, SELECTION_FILE
+from crossfuse.training.tuning import search
 
 log = logging.getLogger(__name__)
 

@@ -185,8 +185,10 @@ _CONTEXT_LABELS = {"git.commit": "code version (crossfuse's git commit, else its
 def calibration_note(metrics: dict[str, float], choice: dict | None) -> str:
     """What the temperature is and which rows it was fitted on, in one sentence.
 
-    >>> calibration_note({"calibration_temperature": 1.5, "calibration_rows": 60}, {"rows": 500})
-    'Temperature scaling: T = 1.50, fitted on 60 rows the shipped model never trained on (a calibration slice held out of every fit); the served model returns the calibrated probabilities.'
+    >>> print(calibration_note({"calibration_temperature": 1.5, "calibration_rows": 60}, {"rows": 9}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    Temperature scaling: T = 1.50, fitted on 60 rows the shipped model never trained on (a
+    calibration slice held out of every fit); the served model returns the calibrated probabilities.
     """
     temperature, rows = metrics.get("calibration_temperature"), metrics.get("calibration_rows")
     if temperature is None:

@@ -136,7 +136,7 @@ def fold_plan(fs: FeatureSet, cfg: RunConfig) -> FoldPlan:
     folds = np.full(len(rows), CALIBRATION, dtype=np.int64)
     rest = ~calibrate
     folds[rest] = stratified_folds(labels[rest], fs.index["id"].to_numpy()[rows][rest], auto.folds,
-                                   cfg.seed, groups=[g for g, r in zip(groups, rest) if r])
+                                   cfg.seed, groups=[g for g, r in zip(groups, rest, strict=True) if r])
     return FoldPlan(rows, folds, auto.folds, holdout=int(rest.sum()) > auto.holdout_above)
 
 
@@ -217,8 +217,8 @@ def cross_fit(fs: FeatureSet, plan: FoldPlan, fusion: FusionConfig, train: Train
         for i, (head, data, targets, optimiser, generator) in enumerate(heads):
             train_epoch(head, data, targets, optimiser, generator, fusion, train)
             for fold, view in views[i].items():
-                probs[fold] = predict_split(head, view).probs
-                scores[fold] = _fold_score(y[at[fold]], probs[fold], n_classes)
+                held_out = predict_split(head, view)
+                probs[fold], scores[fold] = held_out.probs, (held_out.macro_f1, held_out.nll)
         if plan.holdout:
             ship = scores[TUNING_FOLD]
             choices = {f: ship for f in plan.scored}
@@ -256,11 +256,6 @@ def cross_fit(fs: FeatureSet, plan: FoldPlan, fusion: FusionConfig, train: Train
     return FoldFit(shipped, int(np.median(shipped_epochs)), best_ship, oof, fold_scores,
                    epoch, time.perf_counter() - started, history,
                    {f: c for f, c in curves.items() if c}, read_at)
-
-
-def _fold_score(y: np.ndarray, probs: np.ndarray, n_classes: int) -> tuple[float, float]:
-    nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).mean()) if len(y) else 0.0
-    return macro_f1(y, probs.argmax(-1), n_classes), nll
 
 
 def _mean(values) -> tuple[float, float]:

@@ -9,8 +9,9 @@ Example
 >>> lines = []
 >>> p = SearchProgress(["late", "unimodal:text"], lines.append, every=0.0, clock=iter(range(100)).__next__)
 >>> p.start("late"); p.epoch(30, 60); p.done()
->>> lines
-['  auto: candidate 1/2 late, epoch 30, 1 s elapsed, about 3 s left', '  auto: candidate 1/2 late done, 2 s elapsed, about 2 s left']
+>>> for line in lines: print(line)
+  auto: candidate 1/2 late, epoch 30, 1 s elapsed, about 3 s left
+  auto: candidate 1/2 late done, 2 s elapsed, about 2 s left
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ class Selection:
         return {"folds": self.folds, "holdout": self.holdout, "rows": self.rows,
                 "scored_folds": self.plan.scored,
                 "calibration_rows": int(len(self.plan.calibration_rows)),
-                "seconds": round(self.seconds, 2), "winner": self.winner.name, "modalities": self.winner.modalities,
+                "seconds": round(self.seconds, 2), "winner": self.winner.name,
+                "modalities": self.winner.modalities,
                 "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked]}
 
 

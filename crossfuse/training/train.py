@@ -114,8 +114,7 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
     held_out = calibration_scores(model, fs, selection.plan)  # what ships, on rows it never saw
     temperature = fit_temperature(held_out.labels, held_out.probs)
     extra = {"chosen": winner.name, "shipped": cfg.fusion.auto.ship,
-             "calibration_rows": len(held_out.labels),
-             "cv_macro_f1": winner.mean}
+             "calibration_rows": len(held_out.labels)}
     save_fusion_head(model, model_dir, extra=model_extras(fs, temperature, **extra))
     for c in selection.ranked:  # baselines are made the way the shipped model is: a fair pair
         if c.kind == "unimodal":
