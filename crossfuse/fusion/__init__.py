@@ -1,7 +1,7 @@
 """Fusion methods behind one interface (see :mod:`crossfuse.fusion.base`), by name.
 
 >>> sorted(FUSION_METHODS)
-['attention', 'concat', 'film', 'gmu', 'late', 'lowrank', 'mfb', 'tensor', 'transformer', 'xattn']
+['attention', 'concat', 'film', 'gmu', 'late', 'linear', 'lowrank', 'mfb', 'tensor', 'transformer', 'xattn']
 """
 
 from crossfuse.fusion import (  # noqa: F401  (importing a method's module registers it)
@@ -10,6 +10,7 @@ from crossfuse.fusion import (  # noqa: F401  (importing a method's module regis
     film,
     gmu,
     late,
+    linear,
     lowrank,
     mfb,
     tensor,

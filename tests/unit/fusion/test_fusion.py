@@ -71,9 +71,9 @@ def test_unknown_method_lists_the_available_ones():
         build_fusion_head(FusionSpec("nope", DIMS2, 2))
 
 
-def test_ten_methods_are_registered():
-    assert sorted(FUSION_METHODS) == ["attention", "concat", "film", "gmu", "late", "lowrank", "mfb",
-                                      "tensor", "transformer", "xattn"]
+def test_eleven_methods_are_registered():
+    assert sorted(FUSION_METHODS) == ["attention", "concat", "film", "gmu", "late", "linear",
+                                      "lowrank", "mfb", "tensor", "transformer", "xattn"]
 
 
 @pytest.mark.parametrize("method", sorted(FUSION_METHODS))
