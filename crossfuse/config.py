@@ -170,8 +170,12 @@ class AutoConfig(_Section):
     """``fusion.method: auto``: choose the model by stratified cross-validation over train+val."""
 
     candidates: list[str] = Field(
-        default_factory=lambda: ["late", "mfb", "gmu", "concat"],
-        description="Fusion methods tried (each with the fusion/train settings of this config).")
+        default_factory=lambda: ["linear", "late"],
+        description="Fusion methods tried (each with the fusion/train settings of this config); "
+                    "linear probes race first.")
+    race: bool = Field(True, description="Drop a network whose first setting trails the best "
+                                         "candidate so far on the tuning fold by more than twice "
+                                         "that fold's noise, before its search and cross-fit.")
     unimodal: bool = Field(True, description="Also try one head per modality alone.")
     ensemble: bool = Field(True, description="Also try a Caruana-style weighted ensemble of the "
                                              "candidates, selected on their out-of-fold predictions.")
@@ -184,13 +188,15 @@ class AutoConfig(_Section):
         "groups) held out of every fit: the shipped model's temperature is fitted on its "
         "predictions there. 0, or a slice under 30 rows, = no slice and no temperature (T = 1).")
     trials: int | None = Field(
-        None, ge=0, description="Optuna trials per candidate on the tuning fold (fold 0, "
-        "which is then never scored); null scales with the data: many cheap trials on small "
-        "data, a few on large (crossfuse.training.tuning.search_budget); 0 = the config's "
-        "settings.")
+        None, ge=0, description="Optuna trials per network candidate on the tuning fold (fold "
+        "0, which is then never scored); the best trial also sets the epochs every fold model "
+        "trains. null scales with the data: many cheap trials on small data, a few on large "
+        "(crossfuse.training.tuning.search_budget); 0 = the config's settings (one fit). "
+        "Linear probes tune their penalty instead.")
     ship: Literal["bagged", "refit"] = Field(
         "bagged", description="What ships: bagged = the winner's fold models averaged; refit = "
-        "the winner trained again on all of train+val for its folds' median best epoch.")
+        "the winner trained again on all of train+val (less the calibration slice) with the "
+        "same settings and epochs.")
     modality_dropout: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fused candidates train with this chance of losing each "
         "modality (where train.modality_dropout does not set one), so the chosen model answers "

@@ -273,16 +273,23 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
 
 
 def leaderboard(selection: dict) -> str:
-    """The candidates of ``selection.json``, best first: CV macro-F1 and fit seconds.
+    """The candidates of ``selection.json``, best first: CV macro-F1 and fit seconds; then
+    those the race screened out.
 
     >>> print(leaderboard({"ranked": [{"candidate": "gmu", "cv_macro_f1_mean": 0.9,
-    ...     "cv_macro_f1_std": 0.01, "fit_seconds": 3.25}], "seconds": 4.0}))
+    ...     "cv_macro_f1_std": 0.01, "fit_seconds": 3.25}], "seconds": 4.0,
+    ...     "screened_out": [{"candidate": "mfb", "tuning_macro_f1": 0.71, "threshold": 0.85,
+    ...                       "fit_seconds": 1.5}]}))
       1. gmu                     CV macro-F1 0.9000 ± 0.0100    3.2 s
+      -  mfb                     screened out: 0.7100 < 0.8500 on the tuning fold    1.5 s
       (choice took 4.0 s)
     """
     lines = [f"  {i}. {r['candidate']:22s}  CV macro-F1 {r['cv_macro_f1_mean']:.4f} ± "
              f"{r['cv_macro_f1_std']:.4f} {r.get('fit_seconds', 0.0):6.1f} s"
              for i, r in enumerate(selection["ranked"], 1)]
+    lines += [f"  -  {r['candidate']:22s}  screened out: {r['tuning_macro_f1']:.4f} < "
+              f"{r['threshold']:.4f} on the tuning fold {r['fit_seconds']:6.1f} s"
+              for r in selection.get("screened_out", [])]
     return "\n".join([*lines, f"  (choice took {selection['seconds']:.1f} s)"])
 
 

@@ -1,16 +1,15 @@
 """What the train stage says while ``auto`` chooses: candidate k of n, elapsed, an ETA.
 
 A line at most every ``every`` seconds (10 by default), so a pipeline log gets a
-heartbeat and not a flood; the estimate counts each candidate's cross-fit epochs done
-against their most, so it improves as early stopping cuts runs short.
+heartbeat and not a flood; the estimate counts candidates and their fold models done.
 
 Example
 -------
 >>> lines = []
 >>> p = SearchProgress(["late", "unimodal:text"], lines.append, every=0.0, clock=iter(range(100)).__next__)
->>> p.start("late"); p.epoch(30, 60); p.done()
+>>> p.start("late"); p.fold(2, 4); p.done()
 >>> for line in lines: print(line)
-  auto: candidate 1/2 late, epoch 30, 1 s elapsed, about 3 s left
+  auto: candidate 1/2 late, fold model 2/4, 1 s elapsed, about 3 s left
   auto: candidate 1/2 late done, 2 s elapsed, about 2 s left
 """
 
@@ -38,10 +37,11 @@ class SearchProgress:
         """Candidate ``name`` starts (its search, then its cross-fit)."""
         self.index, self.name, self.fraction = self.index + 1, name, 0.0
 
-    def epoch(self, epoch: int, most: int) -> None:
-        """One lockstep epoch of the cross-fit is done (of at most ``most``)."""
-        self.fraction = min(1.0, epoch / max(most, 1))
-        self._maybe_say(f"candidate {self.index + 1}/{len(self.names)} {self.name}, epoch {epoch}")
+    def fold(self, done: int, models: int) -> None:
+        """``done`` of the candidate's ``models`` fold models are trained."""
+        self.fraction = min(1.0, done / max(models, 1))
+        self._maybe_say(f"candidate {self.index + 1}/{len(self.names)} {self.name}, "
+                        f"fold model {done}/{models}")
 
     def done(self) -> None:
         """The current candidate is finished."""

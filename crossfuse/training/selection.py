@@ -1,17 +1,23 @@
 """``fusion.method: auto`` — choose the model by cross-fitting over train+val, honestly.
 
-The candidates are the configured fusion methods (``fusion.auto.candidates``), one head
-per modality alone (``unimodal:<m>``, the ``concat`` head on that modality) and a weighted
-ensemble of them. :func:`crossfuse.training.crossfit.fold_plan` first sets a calibration
-slice aside (``fusion.auto.calibration_fraction``: no candidate ever trains on it; the
-shipped model's temperature is fitted there) and deals the rest into content-grouped,
-stratified folds. Each candidate's settings are searched on fold 0, the tuning fold
-(``fusion.auto.trials``), which is then never scored; the candidate is cross-fitted
-(:func:`crossfuse.training.crossfit.cross_fit`): one model per fold, trained in lockstep,
-each scored fold (1..k-1) read at the epoch the *other* folds chose. No number a
-candidate is ranked by was chosen on the rows it was scored on. Above
-``fusion.auto.holdout_above`` rows a single model trains without folds 0 and 1, is tuned
-and stopped on fold 0 and scored on fold 1.
+The candidates are one linear probe per modality alone (``unimodal:<m>``), the configured
+fusion methods (``fusion.auto.candidates``: by default the ``linear`` probe of all
+modalities and the ``late`` network) and a weighted ensemble of them.
+:func:`crossfuse.training.crossfit.fold_plan` first sets a calibration slice aside
+(``fusion.auto.calibration_fraction``: no candidate ever trains on it; the shipped
+model's temperature is fitted there) and deals the rest into content-grouped, stratified
+folds. Fold 0 is the tuning fold: a probe's penalty
+(:func:`crossfuse.training.probe.tune_penalty`), or a network's settings and epoch count
+(an Optuna search, ``fusion.auto.trials``), are chosen there, and fold 0 is never scored.
+Each candidate is then cross-fitted (:func:`crossfuse.training.crossfit.cross_fit`): one
+model per fold with exactly those settings, so no number a candidate is ranked by was
+chosen on the rows it was scored on. Above ``fusion.auto.holdout_above`` rows a single
+model trains without folds 0 and 1, is tuned on fold 0 and scored on fold 1.
+
+Candidates race, cheapest first (:func:`candidate_names`): a network whose first
+setting scores below the best tuning-fold score so far by more than twice that fold's
+binomial noise (:func:`screen_threshold`) is dropped before its search and cross-fit
+(``fusion.auto.race``), and listed as screened out.
 
 The ensemble is Caruana et al.'s greedy selection with replacement (ICML 2004) over the
 candidates' out-of-fold probabilities, scored nested: fold ``f``'s score uses weights
@@ -24,8 +30,8 @@ best single modality by more than one standard error of their fold-wise differen
 the single modality wins (:func:`rank`). What ships (``fusion.auto.ship``) is either
 ``bagged``, the average of the winner's fold models (for the ensemble: of its members'
 fold models, weighted), or ``refit``, the winner (each ensemble member) trained again on
-every row outside the calibration slice for its folds' stopping epoch. The test split is
-never touched.
+every row outside the calibration slice with the same settings and epochs. The test
+split is never touched.
 
 Example
 -------
@@ -37,6 +43,7 @@ Example
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections import Counter
@@ -51,6 +58,7 @@ from crossfuse.fusion import FusionEnsemble, FusionHead
 from crossfuse.metrics import SplitScores, macro_f1, predict_split
 from crossfuse.training.crossfit import (
     CALIBRATION,
+    TUNING_FOLD,
     FoldCallback,
     FoldPlan,
     cross_fit,
@@ -58,6 +66,7 @@ from crossfuse.training.crossfit import (
     with_splits,
 )
 from crossfuse.training.loop import fit_epochs
+from crossfuse.training.probe import PROBE, fit_probe, tune_penalty
 from crossfuse.training.search_progress import SearchProgress
 from crossfuse.training.tuning import search, search_budget
 
@@ -66,7 +75,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 UNIMODAL = "unimodal:"
 ENSEMBLE = "ensemble"
-UNIMODAL_METHOD = "concat"  # on one modality: LayerNorm -> MLP, the plain single-modality head
+UNIMODAL_METHOD = PROBE  # one modality alone: a linear probe, the strongest simple model
 _SIMPLICITY = {"unimodal": 0, "fused": 1, "ensemble": 2}
 
 
@@ -83,7 +92,9 @@ class Candidate:
     fold_scores: list[float]
     oof: np.ndarray
     heads: list[FusionHead] = field(default_factory=list)
-    best_epochs: list[int] = field(default_factory=list)
+    epochs: int = 0  # what each fold model trained for (chosen on the tuning fold); 0 for a probe
+    penalty: float | None = None  # a linear probe's L2 penalty (chosen on the tuning fold)
+    tuning_score: float = 0.0  # macro-F1 of its chosen settings on the tuning fold
     members: dict[str, float] = field(default_factory=dict)
     searched: dict = field(default_factory=dict)  # the settings a search chose, if any
     settings: tuple[FusionConfig, TrainConfig] | None = None  # what each fold model trained with
@@ -122,6 +133,7 @@ class Selection:
     plan: FoldPlan
     labels: np.ndarray  # class of each train+val row, aligned with the candidates' ``oof``
     seconds: float = 0.0
+    screened: list[Screened] = field(default_factory=list)  # dropped by the race, not cross-fitted
 
     @property
     def folds(self) -> int:
@@ -176,28 +188,38 @@ class Selection:
                 "calibration_rows": int(len(self.plan.calibration_rows)),
                 "seconds": round(self.seconds, 2), "winner": self.winner.name,
                 "modalities": self.winner.modalities,
-                "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked]}
+                "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked],
+                "screened_out": [s.row() for s in self.screened]}
 
 
 def candidate_names(cfg: RunConfig, modalities: list[str]) -> list[str]:
-    """The configured fused candidates, then ``unimodal:<m>`` for each modality (if enabled)."""
+    """The candidates in the order they race: ``unimodal:<m>`` for each modality (if
+    enabled), the configured linear probe, then the configured networks.
+
+    The cheap probes go first, so the leader a network must keep up with is known early.
+
+    >>> candidate_names(RunConfig(), ["image", "text"])
+    ['unimodal:image', 'unimodal:text', 'linear', 'late']
+    """
     auto = cfg.fusion.auto
-    names = list(dict.fromkeys(auto.candidates)) if len(modalities) > 1 else []
-    if auto.unimodal or not names:
-        names += [UNIMODAL + m for m in modalities]
-    return names
+    fused = list(dict.fromkeys(auto.candidates)) if len(modalities) > 1 else []
+    names = [UNIMODAL + m for m in modalities] if auto.unimodal or not fused else []
+    return names + sorted(fused, key=lambda n: n != PROBE)
 
 
 def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: TrainConfig, seed: int,
-                   plan: FoldPlan, trials: int = 0, on_epoch: FoldCallback | None = None
-                   ) -> Candidate:
-    """Search ``name``'s settings on the tuning fold, then cross-fit it; see the module.
+                   plan: FoldPlan, trials: int = 0, on_fold: FoldCallback | None = None,
+                   prune_below: float | None = None) -> Candidate | Screened:
+    """Choose ``name``'s settings on the tuning fold, then cross-fit them; see the module.
 
-    Fused candidates train with ``fusion.auto.modality_dropout`` on every modality that
-    ``train.modality_dropout`` leaves unset: without it a placeholder is never trained, and
-    a multiplicative method can answer nonsense for a row that lacks a modality. With
-    ``trials`` a seeded Optuna search picks the settings on the tuning fold (fold 0),
-    which is then never scored.
+    A linear probe (``linear``, and every ``unimodal:<m>``) tunes its penalty
+    (:func:`crossfuse.training.probe.tune_penalty`). Any other method runs a seeded Optuna
+    search of ``trials`` trials (at least one: the config's settings) whose best trial
+    also gives the epoch count every fold model trains for. Fused candidates train with
+    ``fusion.auto.modality_dropout`` on every modality that ``train.modality_dropout``
+    leaves unset: without it a placeholder is never trained, and a multiplicative method
+    can answer nonsense for a row that lacks a modality. A network whose first setting
+    scores below ``prune_below`` on the tuning fold is dropped (:class:`Screened`).
     """
     started = time.perf_counter()
     unimodal = name.startswith(UNIMODAL)
@@ -207,16 +229,60 @@ def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: Train
         rates = {m: train.modality_dropout.get(m, fusion.auto.modality_dropout) for m in modalities}
         train = train.model_copy(update={"modality_dropout": rates})
     fusion = fusion.model_copy(update={"method": method})
-    searched = {}
-    if trials:
-        tuning = with_splits(fs, plan.rows, plan.tuning_view_splits())
-        best = search(tuning, fusion, train, seed, trials, fusion.search.epochs,
-                      modalities=modalities)
-        fusion, train, searched = best.fusion, best.train, best.params
-    fit = cross_fit(fs, plan, fusion, train, seed, modalities, on_epoch)
-    return Candidate(name, modalities, fit.fold_scores, fit.oof, heads=fit.heads,
-                     best_epochs=[fit.ship_epoch], searched=searched, settings=(fusion, train),
-                     seconds=time.perf_counter() - started, tried=max(1, trials))
+    tuning = with_splits(fs, plan.rows, plan.tuning_view_splits())
+    if method == PROBE:
+        tuned = tune_penalty(tuning, fusion, train, modalities)
+
+        def probe(view: FeatureSet, f: int) -> FusionHead:
+            if f == TUNING_FOLD:  # the tuning fit trained on exactly fold 0's training rows
+                return tuned.head
+            return fit_probe(view, fusion, train, modalities, tuned.penalty)
+        fit = cross_fit(fs, plan, modalities, probe, on_fold)
+        return Candidate(name, modalities, fit.fold_scores, fit.oof, heads=fit.heads,
+                         searched={"penalty": tuned.penalty}, settings=(fusion, train),
+                         penalty=tuned.penalty, tuning_score=tuned.value[0],
+                         seconds=time.perf_counter() - started, tried=tuned.fits)
+    best = search(tuning, fusion, train, seed, max(1, trials), fusion.search.epochs,
+                  modalities=modalities, prune_below=prune_below)
+    if best.pruned:
+        return Screened(name, best.value, prune_below, time.perf_counter() - started)
+    fusion, train, epochs = best.fusion, best.train, max(1, best.best_epoch)
+
+    def network(view: FeatureSet, f: int) -> FusionHead:
+        if f == TUNING_FOLD:  # the best trial: same rows, settings, seed and epochs
+            return best.head
+        return fit_epochs(view, fusion, train, seed + f, epochs, modalities)
+    fit = cross_fit(fs, plan, modalities, network, on_fold)
+    return Candidate(name, modalities, fit.fold_scores, fit.oof, heads=fit.heads, epochs=epochs,
+                     searched=best.params if trials else {}, settings=(fusion, train),
+                     tuning_score=best.value, seconds=time.perf_counter() - started,
+                     tried=best.trials)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A candidate dropped by the race: its first setting's tuning-fold macro-F1 trailed the
+    leader's by more than twice that fold's noise, so it was not cross-fitted."""
+
+    name: str
+    tuning_score: float
+    threshold: float
+    seconds: float
+
+    def row(self) -> dict:
+        return {"candidate": self.name, "screened_out": True,
+                "tuning_macro_f1": round(self.tuning_score, 6),
+                "threshold": round(self.threshold, 6), "fit_seconds": round(self.seconds, 2)}
+
+
+def screen_threshold(leader: float, rows: int) -> float:
+    """The tuning-fold macro-F1 a new candidate's first setting must reach to race on:
+    the leader's less two binomial standard errors on ``rows`` rows.
+
+    >>> round(screen_threshold(0.87, 284), 3)        # 0.87 on 284 rows: noise of about 0.02
+    0.83
+    """
+    return leader - 2 * math.sqrt(max(leader * (1 - leader), 1e-12) / max(rows, 1))
 
 
 def _score(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
@@ -295,16 +361,26 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
     if trials is None:
         trials = search_budget(int((plan.tuning_view_splits() == "train").sum()))
     report = SearchProgress(names, on_progress or log.info)
-    candidates = []
+    tuning_rows = int((plan.folds == TUNING_FOLD).sum())
+    candidates, screened = [], []
     for name in names:
         report.start(name)
-        candidates.append(cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan,
-                                         trials, on_epoch=report.epoch))
+        leader = max((c.tuning_score for c in candidates), default=None)
+        threshold = (screen_threshold(leader, tuning_rows)
+                     if cfg.fusion.auto.race and leader is not None else None)
+        result = cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan, trials,
+                                on_fold=report.fold, prune_below=threshold)
         report.done()
-        log.info("candidate %s: CV macro-F1 %.4f ± %.4f (%.1f s)", name, candidates[-1].mean,
-                 candidates[-1].std, candidates[-1].seconds)
+        if isinstance(result, Screened):
+            log.info("candidate %s screened out: tuning-fold macro-F1 %.4f < %.4f (%.1f s)",
+                     name, result.tuning_score, result.threshold, result.seconds)
+            screened.append(result)
+            continue
+        candidates.append(result)
+        log.info("candidate %s: CV macro-F1 %.4f ± %.4f (%.1f s)", name, result.mean, result.std,
+                 result.seconds)
         if on_candidate:
-            on_candidate(candidates[-1])
+            on_candidate(result)
     y = fs.index["label_idx"].to_numpy()[plan.rows]
     if cfg.fusion.auto.ensemble and len(candidates) > 1 and not plan.holdout:
         ranked = sorted(candidates, key=lambda c: -c.mean)
@@ -313,7 +389,7 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
         if on_candidate:
             on_candidate(candidates[-1])
     return Selection(ranked=rank(candidates), plan=plan, labels=y,
-                     seconds=time.perf_counter() - started)
+                     seconds=time.perf_counter() - started, screened=screened)
 
 
 def rank(candidates: list[Candidate]) -> list[Candidate]:
@@ -357,16 +433,18 @@ def refit(candidate: Candidate, by_name: dict[str, Candidate], fs: FeatureSet, p
     """What ships for ``candidate`` refitted: one model per (member) candidate on every row
     outside the calibration slice.
 
-    Each is trained with its candidate's settings for the median of its folds' best epochs
-    (:func:`crossfuse.training.loop.fit_epochs`); there is no row left to early-stop on.
+    Each is trained with its candidate's settings for the epochs its fold models trained
+    (:func:`crossfuse.training.loop.fit_epochs`), or a probe with its penalty; there is no
+    row left to early-stop on.
     """
     rows = plan.fit_rows()
     everything = with_splits(fs, rows, np.full(len(rows), "train", dtype=object))
 
     def one(c: Candidate) -> list[FusionHead]:
         fusion, train = c.settings
-        epochs = int(np.median(c.best_epochs))
-        return [fit_epochs(everything, fusion, train, seed, epochs, modalities=c.modalities)]
+        if c.penalty is not None:
+            return [fit_probe(everything, fusion, train, c.modalities, c.penalty)]
+        return [fit_epochs(everything, fusion, train, seed, c.epochs, modalities=c.modalities)]
     return _assemble(candidate, by_name, one)
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from crossfuse.atomic import write_json, write_text
 from crossfuse.config import RunConfig
 from crossfuse.features.reference import write_reference
@@ -128,7 +126,6 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
     effective = cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"method": method})})
     write_text(model_dir / RUN_CONFIG_FILE, effective.to_json())
     return TrainResult(method=winner.name, modalities=winner.modalities,
-                       best_epoch=int(np.median(winner.best_epochs)) if winner.best_epochs else 0,
-                       epochs_run=max(winner.best_epochs, default=0),
+                       best_epoch=winner.epochs, epochs_run=winner.epochs,
                        best_val_macro_f1=winner.mean, temperature=temperature,
                        searched={})

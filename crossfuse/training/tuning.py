@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
-from crossfuse.fusion import FUSION_METHODS
+from crossfuse.fusion import FUSION_METHODS, FusionHead
 from crossfuse.training.loop import fit
 
 TrialCallback = Callable[[int, dict, float], None]
@@ -45,6 +45,9 @@ class SearchResult:
     value: float
     params: dict
     trials: int
+    best_epoch: int = 0  # the best trial's early-stopped epoch on the validation split
+    head: FusionHead | None = None  # the best trial's model at that epoch
+    pruned: bool = False  # stopped after its first trial, which scored below ``prune_below``
 
 
 def suggest(trial, fusion: FusionConfig, train: TrainConfig) -> tuple[FusionConfig, TrainConfig]:
@@ -101,7 +104,8 @@ def search_budget(rows: int) -> int:
 
 def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, trials: int,
            epochs: int = 40, modalities: list[str] | None = None,
-           on_trial: TrialCallback | None = None) -> SearchResult:
+           on_trial: TrialCallback | None = None, prune_below: float | None = None
+           ) -> SearchResult:
     """Run ``trials`` seeded TPE trials; return the best configs (with the full epoch budget).
 
     Parameters
@@ -113,17 +117,26 @@ def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, 
     epochs: epoch budget per trial (early stopping still applies).
     modalities: restrict to these modalities (unimodal baselines).
     on_trial: called as ``on_trial(number, params, value)`` after each trial.
+    prune_below: stop after the first trial (the starting config) when it scores below
+        this: a race between methods drops one that clearly trails (``auto``).
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial_train = train.model_copy(update={"epochs": min(epochs, train.epochs)})
 
+    best: dict[str, FusionHead] = {}
+
     def objective(trial) -> float:
         f, t = suggest(trial, fusion, trial_train)
-        _, result = fit(fs, f, t, seed, modalities=modalities)
+        head, result = fit(fs, f, t, seed, modalities=modalities)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if not best or result.best_val_macro_f1 > trial.study.best_value:
+            best["head"] = head
         if on_trial:
             on_trial(trial.number, dict(trial.params), result.best_val_macro_f1)
+        if prune_below is not None and trial.number == 0 and result.best_val_macro_f1 < prune_below:
+            trial.study.stop()
         return result.best_val_macro_f1
 
     study = optuna.create_study(direction="maximize",
@@ -134,4 +147,6 @@ def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, 
     log.info("search %s: best val macro-F1 %.4f with %s", fusion.method, study.best_value,
              study.best_params)
     return SearchResult(fusion=best_fusion, train=best_train, value=study.best_value,
-                        params=dict(study.best_params), trials=trials)
+                        params=dict(study.best_params), trials=len(study.trials),
+                        best_epoch=int(study.best_trial.user_attrs["best_epoch"]),
+                        head=best["head"], pruned=len(study.trials) < trials)

@@ -100,10 +100,13 @@ def auto_config(*overrides):
 def test_auto_picks_the_modality_that_beats_every_fusion():
     fs = noisy_image_features()
     seen = []
-    selection = select_model(fs, auto_config("fusion.auto.candidates=[concat, late]"), seen.append)
+    selection = select_model(fs, auto_config("fusion.auto.candidates=[concat, late]",
+                                             "fusion.auto.race=false"), seen.append)
     names = [c.name for c in selection.ranked]
     assert sorted(names) == ["concat", "ensemble", "late", "unimodal:image", "unimodal:text"]
-    assert [c.name for c in seen] == ["concat", "late", "unimodal:image", "unimodal:text", "ensemble"]
+    # The cheap linear probes of each modality race first, then the networks.
+    assert [c.name for c in seen] == ["unimodal:image", "unimodal:text", "concat", "late", "ensemble"]
+    assert all(c.penalty is not None for c in seen if c.kind == "unimodal")
     assert selection.winner.name == "unimodal:text", [(c.name, c.mean) for c in selection.ranked]
     assert selection.verdict().startswith("fusion did not help on this data: text alone scored")
     # Fold 0 tunes each candidate's settings and is never scored: 2 of the 3 folds are.
@@ -157,8 +160,8 @@ def test_auto_refit_ships_one_model_trained_on_all_of_train_and_val(tmp_path):
     assert isinstance(head, FusionHead) and meta["shipped"] == "refit"
     assert result.method == meta["chosen"] == "concat"
     # The same as training concat, with the settings its folds used (modality dropout
-    # included), on every train+val row outside the calibration slice for the folds'
-    # stopping epoch.
+    # included), on every train+val row outside the calibration slice for the epochs its
+    # fold models trained.
     from crossfuse.training.loop import fit_epochs
 
     selection = select_model(fs, cfg)
@@ -170,7 +173,7 @@ def test_auto_refit_ships_one_model_trained_on_all_of_train_and_val(tmp_path):
     winner = selection.winner
     fusion, train_cfg = winner.settings
     assert fusion.method == "concat" and train_cfg.modality_dropout == {"image": 0.2, "text": 0.2}
-    expected = fit_epochs(everything, fusion, train_cfg, cfg.seed, int(np.median(winner.best_epochs)))
+    expected = fit_epochs(everything, fusion, train_cfg, cfg.seed, winner.epochs)
     for a, b in zip(expected.state_dict().values(), head.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -224,27 +227,53 @@ def test_copies_never_land_in_two_folds_or_in_folds_and_calibration():
         assert not trains[plan.folds == f].any() and not trains[plan.folds == CALIBRATION].any()
 
 
-def test_no_scored_fold_chose_its_own_settings_or_epoch():
-    from crossfuse.config import FusionConfig, TrainConfig
-    from crossfuse.training.crossfit import TUNING_FOLD, cross_fit, fold_plan
+def test_no_scored_fold_chose_its_own_settings_or_epochs():
+    from crossfuse.training.crossfit import TUNING_FOLD, fold_plan, with_splits
+    from crossfuse.training.loop import fit_epochs
+    from crossfuse.training.selection import cross_validate
 
     fs = noisy_image_features(n=300)
-    plan = fold_plan(fs, auto_config("fusion.auto.folds=4"))
+    cfg = auto_config("fusion.auto.folds=4", "fusion.auto.modality_dropout=0")
+    plan = fold_plan(fs, cfg)
     assert plan.scored == [1, 2, 3] and TUNING_FOLD not in plan.scored
     tuning = plan.tuning_view_splits()
-    assert set(tuning[plan.folds == TUNING_FOLD]) == {"val"}  # the search is scored on fold 0 alone
-    fusion, train_cfg = FusionConfig(method="concat", hidden_dim=16), TrainConfig(epochs=12, patience=3)
-    fit = cross_fit(fs, plan, fusion, train_cfg, 0)
-    # Each scored fold is read at the first epoch where the *other* folds' mean macro-F1 is
-    # best: its own curve plays no part (it may peak elsewhere).
-    for f in plan.scored:
-        others = [np.mean([fit.curves[g][e][0] for g in fit.curves if g != f])
-                  for e in range(fit.epochs_run)]
-        assert fit.read_at[f] == 1 + int(np.argmax(others))
-        # ...and its out-of-fold predictions are its own model's at that epoch, scored once.
-        assert not np.isnan(fit.oof[plan.folds == f]).any()
-    assert np.isnan(fit.oof[plan.folds == TUNING_FOLD]).all()  # the tuning fold is never scored
-    assert len(fit.heads) == plan.k and len(fit.fold_scores) == len(plan.scored)
+    assert set(tuning[plan.folds == TUNING_FOLD]) == {"val"}  # choices are scored on fold 0 alone
+    candidate = cross_validate(fs, "concat", cfg.fusion, cfg.train, cfg.seed, plan, trials=2)
+    fusion, train_cfg = candidate.settings
+    assert 1 <= candidate.epochs <= cfg.fusion.search.epochs
+    # Every scored fold's model is exactly the chosen settings trained for the chosen
+    # epochs on the other folds: no early stopping looked at the fold it is scored on.
+    for model, f in zip(candidate.heads, plan.models, strict=True):
+        view = with_splits(fs, plan.rows, np.where(plan.trains_on(f), "train", "unused"))
+        expected = fit_epochs(view, fusion, train_cfg, cfg.seed + f, candidate.epochs)
+        for a, b in zip(expected.state_dict().values(), model.state_dict().values(), strict=True):
+            assert torch.equal(a, b), f"fold {f}"
+        assert np.isnan(candidate.oof[plan.folds == f]).all() == (f == TUNING_FOLD)
+    assert len(candidate.fold_scores) == len(plan.scored)
+
+
+def test_a_network_that_clearly_trails_a_probe_is_screened_out(tmp_path):
+    from crossfuse.features.store import write_feature_set
+
+    fs = noisy_image_features(n=300)
+    write_feature_set(tmp_path / "features", fs.index, fs.labels,
+                      {"image": {"name": "x", "cache_key": "x", "dim": 64},
+                       "text": {"name": "y", "cache_key": "y", "dim": 6}}, fs.vectors)
+    # Text is linearly separable: its probe leads. A network that learns nothing in one
+    # epoch at lr 1e-7 is dropped after its first setting, before any search or cross-fit.
+    cfg = auto_config("fusion.auto.candidates=[linear, late]", "train.lr=1e-7",
+                      "fusion.search.epochs=1", "fusion.auto.trials=3")
+    selection = select_model(fs, cfg)
+    assert [s.name for s in selection.screened] == ["late"]
+    assert "late" not in [c.name for c in selection.ranked]
+    assert selection.screened[0].tuning_score < selection.screened[0].threshold
+    train(cfg, tmp_path / "features", tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / SELECTION_FILE).read_text())
+    assert [r["candidate"] for r in saved["screened_out"]] == ["late"]
+    # Without the race the same network is cross-fitted and ranked (and loses).
+    raced = select_model(fs, auto_config("fusion.auto.candidates=[linear, late]", "train.lr=1e-7",
+                                         "fusion.search.epochs=1", "fusion.auto.race=false"))
+    assert not raced.screened and "late" in [c.name for c in raced.ranked]
 
 
 def test_a_holdout_selects_on_one_fold_and_scores_on_another():
