@@ -121,6 +121,7 @@ class Candidate:
                 "cv_macro_f1_mean": self.mean, "cv_macro_f1_std": self.std,
                 "folds": [round(s, 6) for s in self.fold_scores],
                 "fit_seconds": round(self.seconds, 2), "settings_tried": self.tried,
+                **({"epochs": self.epochs} if self.epochs else {}),
                 **({"members": self.members} if self.members else {}),
                 **({"searched": self.searched} if self.searched else {})}
 

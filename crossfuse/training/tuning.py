@@ -149,4 +149,5 @@ def search(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int, 
     return SearchResult(fusion=best_fusion, train=best_train, value=study.best_value,
                         params=dict(study.best_params), trials=len(study.trials),
                         best_epoch=int(study.best_trial.user_attrs["best_epoch"]),
-                        head=best["head"], pruned=len(study.trials) < trials)
+                        head=best["head"],
+                        pruned=prune_below is not None and study.trials[0].value < prune_below)

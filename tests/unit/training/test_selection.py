@@ -274,6 +274,11 @@ def test_a_network_that_clearly_trails_a_probe_is_screened_out(tmp_path):
     raced = select_model(fs, auto_config("fusion.auto.candidates=[linear, late]", "train.lr=1e-7",
                                          "fusion.search.epochs=1", "fusion.auto.race=false"))
     assert not raced.screened and "late" in [c.name for c in raced.ranked]
+    # With no search (one setting, the config's) the race still applies.
+    once = select_model(fs, auto_config("fusion.auto.candidates=[linear, late]", "train.lr=1e-7",
+                                        "fusion.search.epochs=1", "fusion.auto.trials=0",
+                                        "fusion.auto.ensemble=false"))
+    assert [s.name for s in once.screened] == ["late"]
 
 
 def test_a_holdout_selects_on_one_fold_and_scores_on_another():
