@@ -105,7 +105,8 @@ def test_three_modalities_fuse_and_score_every_subset(av_data, tmp_path, tiny_te
 def test_auto_weighs_each_of_three_modalities_alone_and_fused(av_data, tmp_path, tiny_text_model,
                                                               tiny_image_model):
     evaluation = three_modalities(tmp_path, av_data, tiny_text_model, tiny_image_model,
-                                  "fusion.method=auto", "fusion.auto.candidates=[late, gmu]")
+                                  "fusion.method=auto", "fusion.auto.candidates=[late, gmu]",
+                                  "fusion.auto.race=false")  # both networks cross-fitted
     choice = pd.read_csv(evaluation / "model_choice.csv")
     assert {"unimodal:audio", "unimodal:text", "unimodal:image", "late", "gmu"} <= set(
         choice["candidate"])
