@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -35,7 +36,7 @@ from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.features.store import FeatureSet, SplitInputs
 from crossfuse.fusion import FusionHead, build_fusion_head
 from crossfuse.metrics import SplitScores, predict_split
-from crossfuse.training.loop import build_spec, seed_everything
+from crossfuse.training.loop import build_spec
 
 PROBE = "linear"
 # L2 penalties per row, strongest first: 1 (a near-constant model) down to 1e-4 (almost none).
@@ -102,15 +103,22 @@ def _fit_layer(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, layer: n
     optimiser.step(closure)
 
 
-def fit_probe(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modalities: list[str],
-              penalty: float, start: FusionHead | None = None) -> FusionHead:
-    """A ``linear`` head fitted on ``fs``'s train split (every target), in eval mode.
+@dataclass(frozen=True)
+class _Problem:
+    """One probe fit's fixed inputs, built once for every penalty tried on them."""
 
-    ``train.modality_dropout`` and ``train.label_smoothing`` apply; ``start`` (a probe of
-    the same spec) gives the starting weights, else zeros. Deterministic: no seed is drawn.
-    """
+    head: FusionHead  # a fresh probe; each fit works on a copy
+    x: torch.Tensor  # [N', sum D_m] normalised inputs, modality-dropout copies appended
+    rows: torch.Tensor  # [N'] the train row each came from
+    weights: torch.Tensor  # [N']
+    labels: dict[str, torch.Tensor]  # target -> [N] class ids of the train rows
+
+
+def _problem(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modalities: list[str]
+             ) -> _Problem:
     spec = build_spec(fs, probe_spec_config(fusion), modalities)
-    seed_everything(0)  # the head's construction draws init weights that the fit overwrites
+    # Nothing in a probe depends on its random init: placeholders and LayerNorms start at
+    # fixed values and the linear layers are overwritten by the fit.
     head = build_fusion_head(spec).eval()
     data = fs.split_inputs("train", modalities)
     if len(data) == 0:
@@ -119,6 +127,12 @@ def fit_probe(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modaliti
                                                 spec.dims, train.modality_dropout)
     train_rows = fs.rows("train")
     labels = {spec.target: data.labels, **{t: fs.labels_of(t)[train_rows] for t in spec.extra_targets}}
+    return _Problem(head, x, rows, weights, labels)
+
+
+def _solve(problem: _Problem, penalty: float, label_smoothing: float,
+           start: FusionHead | None = None) -> FusionHead:
+    head = copy.deepcopy(problem.head)
     for target, layer in head.fusion.decisions.items():
         with torch.no_grad():
             if start is not None:
@@ -126,8 +140,19 @@ def fit_probe(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modaliti
             else:
                 layer.weight.zero_()
                 layer.bias.zero_()
-        _fit_layer(x, labels[target][rows], weights, layer, penalty, train.label_smoothing)
+        _fit_layer(problem.x, problem.labels[target][problem.rows], problem.weights, layer,
+                   penalty, label_smoothing)
     return head
+
+
+def fit_probe(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modalities: list[str],
+              penalty: float, start: FusionHead | None = None) -> FusionHead:
+    """A ``linear`` head fitted on ``fs``'s train split (every target), in eval mode.
+
+    ``train.modality_dropout`` and ``train.label_smoothing`` apply; ``start`` (a probe of
+    the same spec) gives the starting weights, else zeros. Deterministic: no seed is drawn.
+    """
+    return _solve(_problem(fs, fusion, train, modalities), penalty, train.label_smoothing, start)
 
 
 @dataclass(frozen=True)
@@ -147,10 +172,11 @@ def tune_penalty(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modal
     A tie on macro-F1 goes to the lower loss. The path stops after :data:`PATIENCE`
     penalties without a better score.
     """
+    problem = _problem(fs, fusion, train, modalities)
     val = fs.split_inputs("val", modalities)
     best, head, stale, fits = None, None, 0, 0
     for penalty in PENALTIES:
-        head = fit_probe(fs, fusion, train, modalities, penalty, start=head)
+        head = _solve(problem, penalty, train.label_smoothing, start=head)
         fits += 1
         scores: SplitScores = predict_split(head, val)
         value = (scores.macro_f1, -scores.nll)

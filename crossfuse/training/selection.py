@@ -93,7 +93,6 @@ class Candidate:
     oof: np.ndarray
     heads: list[FusionHead] = field(default_factory=list)
     epochs: int = 0  # what each fold model trained for (chosen on the tuning fold); 0 for a probe
-    penalty: float | None = None  # a linear probe's L2 penalty (chosen on the tuning fold)
     tuning_score: float = 0.0  # macro-F1 of its chosen settings on the tuning fold
     members: dict[str, float] = field(default_factory=dict)
     searched: dict = field(default_factory=dict)  # the settings a search chose, if any
@@ -106,6 +105,11 @@ class Candidate:
         if self.name == ENSEMBLE:
             return ENSEMBLE
         return "unimodal" if self.name.startswith(UNIMODAL) else "fused"
+
+    @property
+    def penalty(self) -> float | None:
+        """A linear probe's L2 penalty (chosen on the tuning fold); None for a network."""
+        return self.searched.get("penalty")
 
     @property
     def mean(self) -> float:
@@ -241,7 +245,7 @@ def cross_validate(fs: FeatureSet, name: str, fusion: FusionConfig, train: Train
         fit = cross_fit(fs, plan, modalities, probe, on_fold)
         return Candidate(name, modalities, fit.fold_scores, fit.oof, heads=fit.heads,
                          searched={"penalty": tuned.penalty}, settings=(fusion, train),
-                         penalty=tuned.penalty, tuning_score=tuned.value[0],
+                         tuning_score=tuned.value[0],
                          seconds=time.perf_counter() - started, tried=tuned.fits)
     best = search(tuning, fusion, train, seed, max(1, trials), fusion.search.epochs,
                   modalities=modalities, prune_below=prune_below)
