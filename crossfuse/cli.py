@@ -27,14 +27,17 @@ not wait for torch and MLflow to load (there is no import cycle to dodge:
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from crossfuse.config import RunConfig, load_config
-from crossfuse.data.dvc import DvcFetchError
-from crossfuse.data.manifest import ManifestError
-from crossfuse.preflight import PreflightError
+from crossfuse.errors import UserError
+from crossfuse.preflight import require_store
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 DESCRIPTION = ("Multimodal data fusion for classification: validate, preprocess, extract, train, "
@@ -235,11 +238,7 @@ def _use_tracking(args: argparse.Namespace) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     uri = config_from_args(args).resolved().mlflow.tracking_uri
-    store = sqlite_file(uri)
-    if store is not None and not store.is_file():  # read-only: never create a store to list it
-        print(f"no MLflow store at {store} (mlflow.tracking_uri={uri}); run `make run` here, or "
-              f"point --set mlflow.tracking_uri / MLFLOW_TRACKING_URI at your store")
-        return 1
+    require_store(uri)  # read-only: never create a store to list it
     from crossfuse.registry.register import list_versions
 
     _use_tracking(args)
@@ -260,6 +259,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from crossfuse.registry.register import promote_by_hand
 
+    require_store(config_from_args(args).resolved().mlflow.tracking_uri)
     _use_tracking(args)
     tags = promote_by_hand(args.model, args.version, reason=args.reason)
     before = tags["crossfuse.compared_to"] or "none"
@@ -271,18 +271,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from crossfuse.data.dvc import fetch_dvc_data
 
-    try:
-        options = {}
-        for option in args.remote_option or []:
-            key, sep, value = option.partition("=")
-            if not sep:
-                raise ValueError(f"--remote-option {option!r} is not KEY=VALUE "
-                                 f"(e.g. endpointurl=http://minio:9000)")
-            options[key] = value
-        out = fetch_dvc_data(Path(args.dvc_file).read_text(), args.remote, Path(args.out), options)
-    except DvcFetchError as exc:
-        print(f"crossfuse: error: {exc}", file=sys.stderr)
-        return 1
+    options = {}
+    for option in args.remote_option or []:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise UserError(f"--remote-option {option!r} is not KEY=VALUE "
+                            f"(e.g. endpointurl=http://minio:9000)")
+        options[key] = value
+    dvc_file = Path(args.dvc_file)
+    if not dvc_file.is_file():
+        raise UserError(f"--dvc-file {dvc_file} does not exist; pass the .dvc file that pins the "
+                        f"data (data.dvc in a clone of the project)")
+    out = fetch_dvc_data(dvc_file.read_text(), args.remote, Path(args.out), options)
     print(f"fetched {args.dvc_file}'s data version from {args.remote} to {out}")
     return 0
 
@@ -308,9 +308,23 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a "did you mean" for a mistyped choice and no usage block on an error."""
+
+    def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            close = difflib.get_close_matches(wrong.group(1), choices, n=1, cutoff=0.5)
+            message = (f"{wrong.group(1)!r} is not a {self.prog} command"
+                       f"{f'; did you mean {close[0]!r}?' if close else ''} (choose from "
+                       f"{', '.join(choices)})")
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
 def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The bare ``crossfuse`` parser and its sub-command action, for commands to be added to."""
-    parser = argparse.ArgumentParser(prog="crossfuse", description=DESCRIPTION)
+    parser = Parser(prog="crossfuse", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"crossfuse {_version()}")
     return parser, parser.add_subparsers(dest="command", required=True)
 
@@ -444,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse ``argv`` with ``parser`` (default: the library's commands), run the command.
 
-    Errors a user can fix (bad data, config, paths) print one line and exit 2.
+    A :class:`~crossfuse.errors.UserError` (bad data, settings, paths, a missing model or
+    store) prints its message alone and exits 2; anything else is a bug: its traceback, a
+    line saying so, exit 1.
     """
     args = (parser or build_parser()).parse_args(argv)
     quiet = getattr(args, "verbose", None) is False  # `run` without -v: results only
@@ -452,9 +468,17 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ManifestError, FileNotFoundError, ValueError, PreflightError, DvcFetchError) as exc:
+    except UserError as exc:
         print(f"crossfuse: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("crossfuse: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"crossfuse: this is a bug in crossfuse {_version()}, not a problem with your data "
+              f"or settings: please report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

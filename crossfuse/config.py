@@ -14,6 +14,7 @@ Example
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crossfuse.errors import UserError
 
 MODALITIES = ("image", "text", "audio")
 
@@ -511,14 +514,14 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     {'fusion': {'method': 'late'}}
     """
     if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} is not key=value (e.g. fusion.method=late)")
+        raise ConfigError([f"--set {assignment!r} is not key=value (e.g. fusion.method=late)"])
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {assignment!r}: {part!r} is not a section")
+            raise ConfigError([f"--set {assignment!r}: {part!r} is not a section"])
     node[parts[-1]] = _parse_value(value)
 
 
@@ -543,8 +546,8 @@ def load_config(
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found (try configs/default.yaml)")
-        tree = yaml.safe_load(path.read_text()) or {}
+            raise UserError(f"config file {path} not found (try configs/default.yaml)")
+        tree = read_yaml(path)
     if env.get("MLFLOW_TRACKING_URI"):
         tree.setdefault("mlflow", {})["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
     for assignment in overrides or []:
@@ -559,7 +562,26 @@ def load_config(
     return cfg
 
 
-class ConfigError(ValueError):
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; a syntax error names the file, line and column."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{where}: YAML syntax error ({problem}); fix that line"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError([f"{path}: a config is a YAML mapping of sections (fusion:, train:, "
+                           f"...), not a {type(tree).__name__}"])
+    return tree
+
+
+class ConfigError(UserError, ValueError):
     """A config that cannot run; one line per bad key, each naming the key and the fix."""
 
     def __init__(self, problems: list[str]):
@@ -571,10 +593,27 @@ def _in_words(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"])
     got = error.get("input")
     if error["type"] == "extra_forbidden":
-        return f"{key}: no such key (crossfuse config lists them all)"
+        return f"{key}: no such key{did_you_mean(error['loc'])} (crossfuse config lists them all)"
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     message = error["msg"].removeprefix("Value error, ")
     return f"{key}: {message[0].lower() + message[1:]}{shown}"
+
+
+def did_you_mean(loc: tuple) -> str:
+    """``"; did you mean 'epochs'?"`` for a mistyped key at ``loc``, or "" when none is close.
+
+    >>> did_you_mean(("train", "epoch"))
+    "; did you mean 'train.epochs'?"
+    """
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        inner = field.annotation if field else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else ""
 
 
 def unknown_names(cfg: RunConfig) -> list[str]:

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from crossfuse.config import RunConfig
 from crossfuse.encoders import encoder_problem
+from crossfuse.errors import UserError
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """The run cannot start; the message lists each problem and what to do about it."""
 
 
@@ -49,6 +50,31 @@ def tracking_problem(uri: str, timeout: float = 5.0) -> str | None:
     if uri.startswith("sqlite:///"):
         return folder_problem(Path(uri[len("sqlite:///"):]).parent, "the MLflow SQLite database")
     return None
+
+
+def store_problem(uri: str) -> str | None:
+    """Why a command that only reads the tracking store cannot use ``uri``, or None.
+
+    A SQLite store must already exist (reading never creates one); a server must answer.
+
+    >>> store_problem("sqlite:////nowhere/mlflow.db")[:36]
+    'no MLflow store at /nowhere/mlflow.d'
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_file():
+            return None
+        return (f"no MLflow store at {path} (mlflow.tracking_uri={uri}); train a model first "
+                f"(`make run` here), or point --set mlflow.tracking_uri=... / "
+                f"MLFLOW_TRACKING_URI at your store")
+    return tracking_problem(uri)
+
+
+def require_store(uri: str) -> None:
+    """Raise :class:`PreflightError` when :func:`store_problem` finds one."""
+    problem = store_problem(uri)
+    if problem:
+        raise PreflightError(problem)
 
 
 def folder_problem(folder: Path, role: str) -> str | None:

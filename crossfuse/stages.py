@@ -45,6 +45,7 @@ from crossfuse.data.validation.report import (
     validation_tags,
     warnings_from_tags,
 )
+from crossfuse.errors import reported
 from crossfuse.stage_records import record_key, restore, store
 from crossfuse.tracking import data_version, log_metrics, stage_run
 
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@reported
 def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
                  ) -> tuple[str, ValidationReport]:
     """Validate ``cfg.data.path`` (pulled first with ``data.remote``); creates the MLflow run
@@ -84,7 +86,8 @@ def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
                  lambda: validate(cfg, Path(cfg.data.path), out_dir))
         report = ValidationReport.read(out_dir)
         log_dataset(cfg, version)
-        say(report.summary())
+        if report.can_continue:  # else the summary is the error's message
+            say(report.summary())
         log_metrics({"validation_rows": report.n_rows, "validation_valid": report.n_valid,
                             "validation_rejected": report.n_rejected})
         mlflow.set_tags(validation_tags(report))
@@ -141,6 +144,7 @@ def log_dataset(cfg: RunConfig, version: dict[str, str], context: str = "trainin
                      context=context)
 
 
+@reported
 def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
                    out_dir: Path) -> PreprocessResult:
     """Preprocess the validated dataset; rows validation rejected are skipped."""
@@ -165,6 +169,7 @@ def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
     return result
 
 
+@reported
 def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
                 part: tuple[int, int] | None = None) -> ExtractResult:
     """Encode the preprocessed samples (feature cache first); ``part`` = one pod's share.
@@ -183,6 +188,7 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
     return result
 
 
+@reported
 def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
                        out_dir: Path) -> ExtractResult:
     """Join the parts of a sharded extraction into the run's feature set."""
@@ -217,6 +223,7 @@ def log_extract_result(result: ExtractResult) -> None:
                 f"encoder's input and were truncated")
 
 
+@reported
 def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
     """Train the fused model, logging per-epoch curves; writes the model folder."""
     from crossfuse.training.train import SELECTION_FILE, train
@@ -301,6 +308,7 @@ EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diag
                         "training_curves.png", "misclassified.json", "request_example.json")
 
 
+@reported
 def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
                  out_dir: Path, preprocessed: Path | None = None) -> EvaluationResult:
     """Test metrics, calibration, robustness, importance, efficiency; the report, logged to the run."""
@@ -331,6 +339,7 @@ def request_example(evaluation_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+@reported
 def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                  evaluation_dir: Path) -> RegisterResult:
     """Register the model through the promotion gate; adds the decision to the report; finishes the run."""

@@ -23,8 +23,9 @@ from pathlib import Path
 from crossfuse import cli
 from crossfuse.config import RunConfig, load_config
 from crossfuse.data.dvc import materialise_data, pin_data_version
-from crossfuse.data.manifest import load_run_manifest
-from crossfuse.preflight import preflight
+from crossfuse.data.manifest import load_run_manifest, require_dataset_folder
+from crossfuse.errors import UserError
+from crossfuse.preflight import preflight, require_store
 from pipelines.console import QuietConsole
 
 log = logging.getLogger("crossfuse")
@@ -46,20 +47,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_quietly(cfg: RunConfig, command: str, what: str, verbose: bool, on_failure: str,
                 batch: bool = False) -> tuple[dict | None, Path]:
     """Run a DAG locally with the quiet console and its log file; (the outputs, or None when a
-    stage failed — said on stderr — and the log's path)."""
+    stage failed on a bug — said on stderr with its traceback above — and the log's path).
+
+    Raises :class:`~crossfuse.errors.UserError` with the stage's own message when a stage
+    stopped on a problem the user can fix.
+    """
     from pipelines.runner import run_local, run_stamp  # KFP's import is slow: only where it runs
 
     stamp = run_stamp()
     log_path = Path(cfg.pipeline.pipeline_root) / "logs" / f"{command}-{stamp}.log"
     print(f"crossfuse {command}: {cfg.data.path} {what}, MLflow at {cfg.mlflow.tracking_uri}; "
           f"full log: {log_path}", flush=True)
+    console = QuietConsole(log_path, verbose=verbose)
     try:
-        with QuietConsole(log_path, verbose=verbose):
+        with console:
             return run_local(cfg, stamp, batch=batch), log_path
-    except RuntimeError as exc:
-        print(f"\ncrossfuse {command} failed: {str(exc).splitlines()[0] if str(exc) else exc}\n"
-              f"The failing stage's last lines are above (all of it in {log_path}); the MLflow "
-              f"run is marked FAILED and {on_failure}.", file=sys.stderr)
+    except RuntimeError:
+        after = f"the MLflow run is marked FAILED and {on_failure}; full log: {log_path}"
+        if console.user_errors:
+            raise UserError("\n".join([*console.user_errors, f"({after})"])) from None
+        print(f"\ncrossfuse {command}: {', '.join(console.failed) or 'a stage'} failed on a bug "
+              f"in crossfuse, not on your data or settings: please report it with the traceback "
+              f"above; {after}.", file=sys.stderr)
         return None, log_path
 
 
@@ -138,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = cfg.model_copy(update={"predict": cfg.predict.model_copy(update={
         "model": model, "fail_on_drift": cfg.predict.fail_on_drift or args.fail_on_drift})}
                          ).resolved()
-    preflight(cfg)
+    predict_preflight(cfg, model)
     outputs, log_path = run_quietly(cfg, "predict", f"with {model}", args.verbose,
                                     "no predictions were written", batch=True)
     if outputs is None:
@@ -153,6 +162,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"drift found: exiting {DRIFT_EXIT} (--fail-on-drift)", file=sys.stderr)
         return DRIFT_EXIT
     return 0
+
+
+def predict_preflight(cfg: RunConfig, model: str) -> None:
+    """What would stop ``crossfuse predict``, before any work: the data folder and its
+    manifest, an existing tracking store (never a new, empty one), the model, the rest of
+    :func:`crossfuse.preflight.preflight`."""
+    import mlflow
+
+    from crossfuse.batch.model import resolve_model
+
+    require_dataset_folder(Path(cfg.data.path))
+    require_store(cfg.mlflow.tracking_uri)
+    preflight(cfg)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    resolve_model(model, cfg.model_name())
 
 
 def print_batch_summary(cfg: RunConfig, result: dict, predictions: Path,

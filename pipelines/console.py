@@ -8,9 +8,13 @@ Great Expectations' registration chatter, library warnings) into this process's 
 - shows a line when a stage starts and when it ends, with its duration and status;
 - shows the lines a stage says for people (:func:`crossfuse.console.say`), indented
   under it;
-- on a failure, shows the failing stage's last lines, so the reason is on screen.
+- keeps the problems a stage reports for the user to fix
+  (:func:`crossfuse.errors.say_error`) in :attr:`QuietConsole.user_errors`, for the command to
+  print as its one error message;
+- on any other failure (a bug), shows the failing stage's last lines: its traceback.
 
-With ``verbose`` everything is shown, as before.
+With ``verbose`` everything is shown, as before. Colour codes are dropped unless the
+console is a terminal.
 
 Example
 -------
@@ -29,6 +33,7 @@ from collections import deque
 from pathlib import Path
 
 from crossfuse.console import unmark
+from crossfuse.errors import unmark_error
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([^']+)'")
@@ -47,6 +52,8 @@ class QuietConsole(io.TextIOBase):
         self._started: dict[str, float] = {}
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.failed: list[str] = []
+        self.user_errors: list[str] = []  # what the stages said the user can fix
+        self._colour = bool(getattr(self.out, "isatty", lambda: False)())
 
     def __enter__(self) -> QuietConsole:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,11 +98,17 @@ class QuietConsole(io.TextIOBase):
         self.out.flush()
 
     def _line(self, raw: str) -> None:
-        if self.verbose:
-            said = unmark(raw)
-            self._show(raw if said is None else said)
-            return
         line = ANSI.sub("", raw).rstrip("\r")
+        if (error := unmark_error(line)) is not None:
+            self.user_errors.append(error)
+            if self.verbose:
+                self._show(error)
+            return
+        if self.verbose:
+            shown = raw if self._colour else line
+            said = unmark(shown)
+            self._show(shown if said is None else said)
+            return
         line = line.rsplit("\r", 1)[-1]  # a progress bar's last state
         if started := STARTED.search(line):
             name = started.group(1)
@@ -110,9 +123,10 @@ class QuietConsole(io.TextIOBase):
             self._show(f"{mark} {name} ({seconds:.0f} s){'' if status == 'SUCCESS' else ' ' + status}")
             if status != "SUCCESS":
                 self.failed.append(name)
-                self._show(f"  last lines of {name} (all of it in {self.log_path}):")
-                for kept in self._tail:
-                    self._show(f"  | {kept}")
+                if not self.user_errors:  # a bug: its traceback is what a maintainer needs
+                    self._show(f"  last lines of {name} (all of it in {self.log_path}):")
+                    for kept in self._tail:
+                        self._show(f"  | {kept}")
             return
         said = unmark(line)
         if said is not None:

@@ -28,6 +28,7 @@ import kfp
 from crossfuse.batch.model import default_model_spec, parse_model_spec
 from crossfuse.config import RunConfig
 from crossfuse.data.dvc import pin_data_version
+from crossfuse.errors import UserError
 from crossfuse.tracking import data_version
 from pipelines.runner import compile_pipeline
 
@@ -49,11 +50,11 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
     in the KFP experiment ``<model>-predictions``.
     """
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
-        raise ValueError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
+        raise UserError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
                          f"machine; a cluster run needs a tracking server its pods reach: set "
                          f"MLFLOW_TRACKING_URI=http://<server> (see `make mlflow-server`)")
     if not cfg.data.remote:
-        raise ValueError("data.remote is not set: cluster pods pull the data version data.dvc pins "
+        raise UserError("data.remote is not set: cluster pods pull the data version data.dvc pins "
                          "from a DVC remote; `dvc push` the data there and pass "
                          "--set data.remote=s3://<bucket>/<path> (or set it in the config)")
     cfg = pin_data_version(cfg)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from crossfuse.config import RunConfig
+from crossfuse.errors import UserError
 from crossfuse.fusion.model import RUN_CONFIG_FILE, SPEC_FILE
 from crossfuse.registry.register import CHAMPION
 
@@ -69,7 +70,7 @@ def parse_model_spec(spec: str, default_name: str) -> tuple[str, str | None, str
     if "/" in spec:
         name, version = spec.rsplit("/", 1)
         if not version.isdigit():
-            raise ValueError(f"model {spec!r}: a version is a number, as in NAME/3 (or use "
+            raise UserError(f"model {spec!r}: a version is a number, as in NAME/3 (or use "
                              f"NAME@ALIAS)")
         return name or default_name, None, version
     return spec or default_name, CHAMPION, None
@@ -93,7 +94,7 @@ def resolve_model(spec: str, default_name: str) -> ModelRef:
                      f"`crossfuse models --model {name}`")
         except MlflowException:
             known = "no model of that name is registered; train one with `make run`"
-        raise ValueError(f"model {name}{'@' + alias if alias else '/' + str(version)} not found: "
+        raise UserError(f"model {name}{'@' + alias if alias else '/' + str(version)} not found: "
                          f"{known}") from exc
     return ModelRef(name=name, version=str(mv.version), alias=alias or "", run_id=mv.run_id or "")
 
@@ -108,7 +109,7 @@ def fetch_model_dir(ref: ModelRef, out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=tmp))
         if not (local / MODEL_FOLDER / SPEC_FILE).is_file():
-            raise ValueError(f"{ref.uri} is not a crossfuse model (no {MODEL_FOLDER / SPEC_FILE})")
+            raise UserError(f"{ref.uri} is not a crossfuse model (no {MODEL_FOLDER / SPEC_FILE})")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         shutil.copytree(local / MODEL_FOLDER, out_dir)

@@ -34,6 +34,7 @@ import torch
 from safetensors import safe_open
 
 from crossfuse.atomic import atomic_path
+from crossfuse.errors import UserError
 from crossfuse.features.store import ENCODERS_FILE, INDEX_FILE
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import predict_proba
@@ -68,7 +69,7 @@ def feature_chunks(parts: list[Path], modalities: list[str], shard_size: int,
     encoders = json.loads((parts[0] / ENCODERS_FILE).read_text())
     missing = [m for m in modalities if m not in encoders]
     if missing:
-        raise ValueError(f"the features in {parts[0]} lack {missing}: extract them with the "
+        raise UserError(f"the features in {parts[0]} lack {missing}: extract them with the "
                          f"model's encoders")
     readers = [pq.ParquetFile(p / INDEX_FILE) for p in parts]
     batches = [r.iter_batches(batch_size=shard_size) for r in readers]
@@ -247,7 +248,7 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
             if writer is not None:
                 writer.close()
         if writer is None:
-            raise ValueError(f"no rows to score in {[str(p) for p in parts]}")
+            raise UserError(f"no rows to score in {[str(p) for p in parts]}")
     y = np.concatenate(ys) if ys else np.zeros(0, dtype=int)
     metrics = (labelled_metrics(y, np.concatenate(probs_labelled), temperature, labels)
                if len(y) else {})

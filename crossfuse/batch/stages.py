@@ -42,6 +42,7 @@ from crossfuse.config import RunConfig
 from crossfuse.console import say
 from crossfuse.data.dvc import materialise_data
 from crossfuse.data.validation.report import ValidationReport, require_valid, validation_tags
+from crossfuse.errors import reported
 from crossfuse.stage_records import tree_digest
 from crossfuse.tracking import data_version, log_metrics, stage_run
 
@@ -78,6 +79,7 @@ def batch_run_tags(cfg: RunConfig, ref: ModelRef) -> dict[str, str]:
             "mlflow.source.type": "PROJECT"}
 
 
+@reported
 def run_batch_validate(cfg: RunConfig, validation_dir: Path, model_dir: Path
                        ) -> tuple[str, RunConfig, ValidationReport]:
     """Resolve ``predict.model`` to a version, fetch its folder into ``model_dir``, create the
@@ -107,7 +109,8 @@ def run_batch_validate(cfg: RunConfig, validation_dir: Path, model_dir: Path
         say(f"scoring {data} with {ref.describe()}")
         report = validate(scoring, data, Path(validation_dir), model_labels=model_labels(model_dir))
         log_dataset(scoring, version, context="scoring")
-        say(report.summary())
+        if report.can_continue:  # else the summary is the error's message
+            say(report.summary())
         log_metrics({"batch_rows_in": report.n_rows, "batch_rows_rejected": report.n_rejected})
         mlflow.set_tags(validation_tags(report))
         for name in ("report.json", "rejects.csv"):
@@ -116,6 +119,7 @@ def run_batch_validate(cfg: RunConfig, validation_dir: Path, model_dir: Path
     return run.info.run_id, scoring, report
 
 
+@reported
 def run_batch_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path, model_dir: Path,
                          out_dir: Path) -> int:
     """Prepare the valid rows with the model's transforms (``cfg`` is the scoring config);
@@ -162,6 +166,7 @@ def _drift(cfg: RunConfig, model_dir: Path, rows, scored, labels: list[str]):
     return report, note
 
 
+@reported
 def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir: Path,
                     parts: list[Path], out_dir: Path) -> BatchResult:
     """Score the extracted parts, check drift, write ``predictions.parquet``, ``drift.json``,

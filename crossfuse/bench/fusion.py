@@ -29,6 +29,7 @@ import mlflow
 from crossfuse.config import RunConfig
 from crossfuse.data.preprocess import preprocess
 from crossfuse.data.validation import require_valid, validate
+from crossfuse.errors import UserError
 from crossfuse.evaluation.efficiency import inference_ms_per_sample, parameter_count
 from crossfuse.features.extract import extract
 from crossfuse.features.store import FeatureSet
@@ -97,7 +98,7 @@ def bench_fusion(fs: FeatureSet, cfg: RunConfig, methods: list[str] | None = Non
     methods = methods or sorted(FUSION_METHODS)
     unknown = [m for m in methods if m not in FUSION_METHODS]
     if unknown:
-        raise ValueError(f"unknown fusion methods {unknown}; available: {sorted(FUSION_METHODS)}")
+        raise UserError(f"unknown fusion methods {unknown}; available: {sorted(FUSION_METHODS)}")
     names = list(methods)
     if baselines and len(fs.modalities) > 1:
         names += [UNIMODAL_PREFIX + m for m in fs.modalities]

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from crossfuse.config import RunConfig
+from crossfuse.errors import UserError
 from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FUSION_METHODS
 from crossfuse.metrics import SplitScores, predict_split
@@ -70,7 +71,7 @@ def subsample(fs: FeatureSet, fraction: float, seed: int) -> FeatureSet:
     stay, keeping each split's share. Test rows are never touched.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"fractions must be in (0, 1], got {fraction}")
+        raise UserError(f"fractions must be in (0, 1], got {fraction}")
     split = fs.index["split"].to_numpy().copy()
     labeled = np.isin(split, ["train", "val"])
     for label in np.unique(fs.index["label_idx"].to_numpy()[labeled]):

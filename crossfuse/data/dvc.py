@@ -31,9 +31,10 @@ from pathlib import Path
 import yaml
 
 from crossfuse.config import RunConfig
+from crossfuse.errors import UserError
 
 
-class DvcFetchError(RuntimeError):
+class DvcFetchError(UserError, RuntimeError):
     """The pinned data could not be pulled; the message holds DVC's own reason."""
 
 
@@ -48,7 +49,7 @@ def pinned_output(dvc_file_text: str) -> dict:
     """The one output entry (md5, path, size, nfiles, ...) of a .dvc file's text."""
     outs = (yaml.safe_load(dvc_file_text) or {}).get("outs") or []
     if len(outs) != 1 or not outs[0].get("md5") or not outs[0].get("path"):
-        raise ValueError("the .dvc file must pin exactly one output with an md5 and a path")
+        raise UserError("the .dvc file must pin exactly one output with an md5 and a path")
     return dict(outs[0])
 
 
@@ -70,7 +71,7 @@ def fetch_pinned(output: dict, remote_url: str, out_dir: Path,
     name = Path(output["path"]).name
     out_dir = Path(out_dir)
     if out_dir.exists():
-        raise ValueError(f"{out_dir} exists; fetch into a new folder")
+        raise UserError(f"{out_dir} exists; fetch into a new folder")
     with tempfile.TemporaryDirectory(prefix="crossfuse-dvc-") as work:
         work = Path(work)
         _dvc(["init", "--no-scm", "-q"], work)
@@ -94,7 +95,7 @@ def pin_data_version(cfg: RunConfig) -> RunConfig:
         return cfg
     dvc_file = Path(cfg.data.dvc_file or f"{Path(cfg.data.path)}.dvc")
     if not dvc_file.is_file():
-        raise ValueError(f"data.remote={cfg.data.remote!r} is set, but {dvc_file} does not exist: "
+        raise UserError(f"data.remote={cfg.data.remote!r} is set, but {dvc_file} does not exist: "
                          f"track the data with `dvc add {cfg.data.path}` and `dvc push`, or set "
                          f"data.dvc_file to the .dvc file that pins the version")
     pinned = cfg.model_copy(deep=True)
@@ -113,7 +114,7 @@ def materialise_data(cfg: RunConfig) -> RunConfig:
     if not cfg.data.remote:
         return cfg
     if not cfg.data.pinned:
-        raise ValueError(f"data.remote={cfg.data.remote!r} is set but no version is pinned: start "
+        raise UserError(f"data.remote={cfg.data.remote!r} is set but no version is pinned: start "
                          f"the run with `crossfuse run` or `crossfuse submit`, which pin "
                          f"data.dvc_file's version, or set data.pinned")
     dest = Path(cfg.data.fetch_dir) / str(cfg.data.pinned["md5"]).removesuffix(".dir")

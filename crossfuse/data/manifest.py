@@ -38,12 +38,13 @@ from typing import NamedTuple
 import pandas as pd
 
 from crossfuse.config import RunConfig
+from crossfuse.errors import UserError
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED_COLUMNS = ("id", "label")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """The manifest cannot be read as a crossfuse dataset; the message says how to fix it."""
 
 
@@ -97,14 +98,8 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
     ManifestError: missing folder/file, a file that is not comma-separated UTF-8 text,
         a duplicated or missing column; the message names the cause and the fix.
     """
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise ManifestError(f"dataset folder {root} does not exist; pass --data with a folder "
-                            f"that holds {MANIFEST_NAME}")
-    if not path.is_file():
-        raise ManifestError(f"{path} not found: a dataset folder needs a {MANIFEST_NAME} with "
-                            f"columns id,label and one column per modality (image,text)")
+    path = require_dataset_folder(root)
+    root = path.parent
     raw = path.read_bytes()
     check_encoding(path, raw)
     # utf-8-sig drops a BOM; undecodable bytes become U+FFFD and are listed, so validation
@@ -211,6 +206,23 @@ def _check_header(path: Path, header: list[str]) -> None:
     if "" in seen:
         raise ManifestError(f"{path}: header column {seen['']} has no name; name it or "
                             f"remove the trailing comma")
+
+
+def require_dataset_folder(root: Path) -> Path:
+    """The manifest of dataset folder ``root``; :class:`ManifestError` with the fix when the
+    folder or its manifest is missing (or is not what it should be)."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.exists():
+        raise ManifestError(f"dataset folder {root} does not exist; pass --data with a folder "
+                            f"that holds {MANIFEST_NAME}")
+    if not root.is_dir():
+        raise ManifestError(f"--data {root} is a file, not a folder; pass the folder that holds "
+                            f"{MANIFEST_NAME}")
+    if not path.is_file():
+        raise ManifestError(f"{path} not found: a dataset folder needs a {MANIFEST_NAME} with "
+                            f"columns id,label and one column per modality (image,text)")
+    return path
 
 
 def load_run_manifest(cfg: RunConfig, labels_optional: bool = False) -> Manifest:

@@ -36,6 +36,7 @@ from crossfuse.config import RunConfig
 from crossfuse.data.audio import audio_problem, prepare_audio, read_waveform, snr_noise, write_waveform
 from crossfuse.data.images import pixel_noise, prepare_image
 from crossfuse.data.text import normalise_text, word_dropout
+from crossfuse.errors import UserError
 
 
 class Modality:
@@ -171,7 +172,7 @@ def get_modality(name: str) -> Modality:
     try:
         return MODALITY_REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown modality {name!r}; known: {list(MODALITY_REGISTRY)}") from None
+        raise UserError(f"unknown modality {name!r}; known: {list(MODALITY_REGISTRY)}") from None
 
 
 def media_modalities(names: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from crossfuse.encoders.errors import EncoderUnavailable
+from crossfuse.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def choose_backend(spec: str, encoder: Encoder) -> str:
     from crossfuse.encoders.onnx_backend import onnxruntime_available
 
     if spec not in BACKENDS:
-        raise ValueError(f"extract.backend={spec!r}; choose one of {list(BACKENDS)}")
+        raise UserError(f"extract.backend={spec!r}; choose one of {list(BACKENDS)}")
     if spec == "auto":
         usable = (encoder.device.type == "cpu" and "onnxruntime" in encoder.backends
                   and onnxruntime_available())

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from crossfuse.encoders.base import Encoder, EncoderUnavailable
+from crossfuse.errors import UserError
 
 
 def _fingerprint(ref: str) -> str:
@@ -75,7 +76,7 @@ class HFEncoder(Encoder):
         from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer
 
         if modality not in ("text", "image", "audio"):
-            raise ValueError(f"hf encoders support text, image and audio, not {modality!r}")
+            raise UserError(f"hf encoders support text, image and audio, not {modality!r}")
         self.name = name or f"hf:{ref}"
         self.modality = modality
         self.max_length = max_length

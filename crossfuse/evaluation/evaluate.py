@@ -39,6 +39,7 @@ from crossfuse.atomic import atomic_path, write_json, write_text
 from crossfuse.config import RunConfig
 from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import read_samples
+from crossfuse.errors import UserError
 from crossfuse.evaluation.efficiency import efficiency_metrics, inference_ms_per_sample, measure_serving
 from crossfuse.evaluation.examples import (
     write_misclassified,
@@ -86,7 +87,7 @@ def score_test_split(head: FusionHead, fs: FeatureSet, modalities: list[str]) ->
     """``head``'s predictions on the test split; an empty test split is an error."""
     scores = predict_split(head, fs.split_inputs("test", modalities, head.spec.token_inputs))
     if len(scores.labels) == 0:
-        raise ValueError("the test split is empty; add samples or change preprocess.split")
+        raise UserError("the test split is empty; add samples or change preprocess.split")
     return scores
 
 

@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 
 from crossfuse.atomic import atomic_path, atomic_save, write_json
+from crossfuse.errors import UserError
 from crossfuse.hashing import content_hash
 
 INDEX_FILE = "index.parquet"
@@ -229,7 +230,7 @@ def concat_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024
     first = sets[0]
     for other, path in zip(sets[1:], parts[1:], strict=True):
         if other.encoders != first.encoders or other.labels != first.labels:
-            raise ValueError(f"feature set {path} was made with other encoders or labels than "
+            raise UserError(f"feature set {path} was made with other encoders or labels than "
                              f"{parts[0]}; extract all parts with one config")
     index = pd.concat([s.index for s in sets], ignore_index=True)
     order = torch.from_numpy(index["line"].to_numpy().argsort(kind="stable"))

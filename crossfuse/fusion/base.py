@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from crossfuse.errors import UserError
+
 
 @dataclass(frozen=True)
 class FusionSpec:
@@ -125,7 +127,7 @@ def attention_heads(spec: FusionSpec) -> int:
     """The ``heads`` option (default 4), checked to divide ``hidden_dim``."""
     heads = spec.option("heads", 4)
     if spec.hidden_dim % heads:
-        raise ValueError(f"fusion.hidden_dim={spec.hidden_dim} must be divisible by the option "
+        raise UserError(f"fusion.hidden_dim={spec.hidden_dim} must be divisible by the option "
                          f"heads={heads}")
     return heads
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crossfuse.errors import UserError
 from crossfuse.fusion.base import FusionMethod, FusionSpec
 from crossfuse.fusion.registry import register_fusion
 
@@ -32,7 +33,7 @@ class FiLMFusion(FusionMethod):
         super().__init__(spec)
         self.target = spec.option("film_target", self.modalities[0])
         if self.target not in spec.dims:
-            raise ValueError(f"fusion option film_target={self.target!r} is not a modality of "
+            raise UserError(f"fusion option film_target={self.target!r} is not a modality of "
                              f"{self.modalities}")
         h = spec.hidden_dim
         self.conditioners = [m for m in self.modalities if m != self.target]

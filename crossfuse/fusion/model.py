@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from crossfuse import __version__
 from crossfuse.atomic import atomic_save, write_json
+from crossfuse.errors import UserError
 from crossfuse.fusion.base import FusionSpec
 from crossfuse.fusion.ensemble import ENSEMBLE, FusionEnsemble
 from crossfuse.fusion.head import FusionHead, upgrade_state_dict
@@ -65,7 +66,7 @@ def load_fusion_head(model_dir: Path) -> tuple[FusionHead | FusionEnsemble, dict
         head.load_state_dict(upgrade_state_dict(load_file(str(model_dir / WEIGHTS_FILE))))
     except RuntimeError as exc:
         saved = meta.get("crossfuse_version", "an earlier version")
-        raise ValueError(
+        raise UserError(
             f"{model_dir}: the {spec.method} head was saved by crossfuse {saved} and its weights "
             f"do not fit crossfuse {__version__}'s {spec.method} head; retrain it with "
             f"this version ({str(exc).splitlines()[0]})") from exc

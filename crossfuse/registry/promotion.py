@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from crossfuse.config import RegistryConfig
+from crossfuse.errors import UserError
 from crossfuse.metrics import macro_f1_batch
 
 ECE_METRIC = "test_ece_calibrated"
@@ -121,10 +122,10 @@ def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray
 
 
 def require_metric(metrics: dict[str, float], metric: str) -> None:
-    """Raise ``KeyError`` naming the choices when ``metric`` is not among ``metrics``."""
+    """Raise :class:`~crossfuse.errors.UserError` naming the choices unless ``metric`` is one."""
     if metric not in metrics:
-        raise KeyError(f"registry.metric={metric!r} is not an evaluation metric; choose one of "
-                       f"{sorted(metrics)}")
+        raise UserError(f"registry.metric={metric!r} is not an evaluation metric; choose one "
+                        f"of {sorted(metrics)}")
 
 
 def missing_one_metrics(metrics: dict[str, float]) -> dict[str, str]:

@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import json
 import logging
@@ -39,6 +40,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from crossfuse.config import RegistryConfig
+from crossfuse.errors import UserError
 from crossfuse.fusion.model import SPEC_FILE
 from crossfuse.registry.promotion import (
     BOOTSTRAP_METRICS,
@@ -227,14 +229,16 @@ def promote_by_hand(model_name: str, version: str, reason: str | None = None,
                     user: str | None = None) -> dict[str, str]:
     """Move ``champion`` to ``version`` without the gate, leaving the same audit tags.
 
-    Returns the tags written. Raises ``ValueError`` when the version does not exist.
+    Returns the tags written. Raises :class:`~crossfuse.errors.UserError` when the model or
+    the version does not exist.
     """
     client = MlflowClient()
+    require_model(client, model_name)
     try:
         mv = client.get_model_version(model_name, str(version))
     except MlflowException as exc:
-        raise ValueError(f"model {model_name!r} has no version {version!r}; see "
-                         f"`crossfuse models --model {model_name}`") from exc
+        raise UserError(f"model {model_name!r} has no version {version!r}; see "
+                        f"`crossfuse models --model {model_name}`") from exc
     previous = champion_metrics(client, model_name)
     client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     user = user or getpass.getuser()
@@ -247,11 +251,36 @@ def promote_by_hand(model_name: str, version: str, reason: str | None = None,
     return tags
 
 
+def registered_names(client: MlflowClient) -> list[str]:
+    """Every registered model's name, sorted (all pages)."""
+    names, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=1000, page_token=token)
+        names += [m.name for m in page]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def require_model(client: MlflowClient, name: str) -> None:
+    """Raise :class:`~crossfuse.errors.UserError` naming the close names unless ``name`` is
+    a registered model."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        known = registered_names(client)
+        close = difflib.get_close_matches(name, known, n=1)
+        raise UserError(f"no registered model {name!r} in this store"
+                        f"{f'; did you mean {close[0]!r}?' if close else ''} (registered: "
+                        f"{', '.join(known) or 'none yet; train one with `make run`'})") from None
+
+
 def list_versions(model_name: str | None = None) -> list[dict]:
     """Every version (of one model, or of all), newest first: aliases, decision, metrics, reason."""
     client = MlflowClient()
-    names = [model_name] if model_name else sorted(m.name for m in
-                                                   client.search_registered_models())
+    names = [model_name] if model_name else registered_names(client)
+    if model_name:
+        require_model(client, model_name)
     rows = []
     for name in names:
         # search results carry no aliases; the registered model has them all

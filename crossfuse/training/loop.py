@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from crossfuse.config import FusionConfig, TrainConfig
+from crossfuse.errors import UserError
 from crossfuse.features.store import FeatureSet, SplitInputs
 from crossfuse.fusion import FUSION_METHODS, FusionHead, FusionSpec, build_fusion_head
 from crossfuse.metrics import predict_split
@@ -225,7 +226,7 @@ def fit_epochs(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: i
     modalities = modalities or fs.modalities
     head, data_tr, targets, optimiser, generator = start_training(fs, fusion, train, seed, modalities)
     if len(data_tr) == 0:
-        raise ValueError("need train samples to fit; add samples or change preprocess.split")
+        raise UserError("need train samples to fit; add samples or change preprocess.split")
     for _ in range(max(1, epochs)):
         train_epoch(head, data_tr, targets, optimiser, generator, fusion, train)
     head.eval()
@@ -260,7 +261,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     head, data_tr, targets, optimiser, generator = start_training(fs, fusion, train, seed, modalities)
     data_va = fs.split_inputs("val", modalities, head.spec.token_inputs)
     if len(data_tr) == 0 or len(data_va) == 0:
-        raise ValueError(f"need train and val samples, got {len(data_tr)} train / {len(data_va)} "
+        raise UserError(f"need train and val samples, got {len(data_tr)} train / {len(data_va)} "
                          f"val; add samples or change preprocess.split")
     # The key hashes the whole index: only for checkpointed training, not every trial/baseline.
     key = checkpoint_key(fs, fusion, train, seed, modalities) if checkpoint_dir else ""

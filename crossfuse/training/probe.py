@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from crossfuse.config import FusionConfig, TrainConfig
+from crossfuse.errors import UserError
 from crossfuse.features.store import FeatureSet, SplitInputs
 from crossfuse.fusion import FusionHead, build_fusion_head
 from crossfuse.metrics import SplitScores, predict_split
@@ -122,7 +123,7 @@ def _problem(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, modalitie
     head = build_fusion_head(spec).eval()
     data = fs.split_inputs("train", modalities)
     if len(data) == 0:
-        raise ValueError("need train samples to fit; add samples or change preprocess.split")
+        raise UserError("need train samples to fit; add samples or change preprocess.split")
     x, rows, weights = _with_dropped_modalities(normalised_inputs(head, data), data.present,
                                                 spec.dims, train.modality_dropout)
     train_rows = fs.rows("train")

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from crossfuse.console import say
+from crossfuse.errors import say_error
 from pipelines.console import QuietConsole
 
 KFP_START = "12:00:00.001 - INFO - Executing task \x1b[96m'validate'\x1b[0m\n"
@@ -55,3 +56,29 @@ def test_verbose_shows_everything(tmp_path):
         say("a result")
     assert "Got executor_input" in screen.getvalue() and "a result" in screen.getvalue()
     assert "::crossfuse::" not in screen.getvalue()
+
+
+def test_a_problem_the_user_can_fix_is_kept_as_the_message_not_the_traceback(tmp_path):
+    screen = io.StringIO()
+    with QuietConsole(tmp_path / "run.log", out=screen) as console:
+        sys.stdout.write(KFP_START)
+        say_error("validation FAILED for sample: 3 rows in = 2 valid + 1 rejected\n"
+                  "  line 4 (id='s2') column 'image': empty file")
+        print("Traceback (most recent call last):\nValidationFailed: validation FAILED")
+        sys.stdout.write(KFP_FAIL.replace("train", "validate"))
+    shown = screen.getvalue()
+    assert console.user_errors == ["validation FAILED for sample: 3 rows in = 2 valid + 1 rejected",
+                              "  line 4 (id='s2') column 'image': empty file"]
+    assert "✗ validate (" in shown and "Traceback" not in shown and "line 4" not in shown
+    assert "Traceback" in (tmp_path / "run.log").read_text()
+
+
+def test_colour_codes_reach_only_a_terminal(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for screen, coloured in ((io.StringIO(), False), (Terminal(), True)):
+        with QuietConsole(tmp_path / "run.log", verbose=True, out=screen):
+            sys.stdout.write(KFP_END)
+        assert ("\x1b[" in screen.getvalue()) is coloured

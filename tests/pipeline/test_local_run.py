@@ -8,13 +8,16 @@ validation, leaves its MLflow run FAILED, and moves no alias.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from conftest import build_config, top_level
 from mlflow.tracking import MlflowClient
 
 from crossfuse.tracking import run_metrics
+from pipelines.cli import main
 from pipelines.runner import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
@@ -69,14 +72,23 @@ def test_second_run_reuses_cached_features(env):
     assert run_metrics(second)["features_text_cache_hits"] == 60
 
 
-def test_bad_data_stops_at_validation_and_moves_no_alias(env, tmp_path):
+def test_bad_data_stops_at_validation_with_one_message_and_moves_no_alias(env, tmp_path, capsys):
+    """`crossfuse run` on a broken image: the row-level reason as the error, no traceback."""
     bad = tmp_path / "bad"
     shutil.copytree(env["cfg"].data.path, bad)
     (bad / "images" / "s00002.png").write_bytes(b"")
     cfg = env["cfg"].model_copy(deep=True)
     cfg.data.path = str(bad)
-    with pytest.raises(RuntimeError, match="validate"):
-        run_local(cfg)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    capsys.readouterr()
+    assert main(["run", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert "✗ validate" in out and "validation FAILED" not in out  # said once, as the error
+    assert err.startswith("crossfuse: error: validation FAILED for sample: 60 rows in")
+    assert "line 4 (id='s00002') column 'image'" in err and "empty" in err
+    assert "the MLflow run is marked FAILED and no registry alias moved" in err
+    assert "Traceback" not in out + err and "\x1b[" not in out + err
     last = runs(env)[-1]
     assert last.info.status == "FAILED"
     assert "line 4" in last.data.tags["crossfuse.error"] and "empty" in last.data.tags[
@@ -84,6 +96,8 @@ def test_bad_data_stops_at_validation_and_moves_no_alias(env, tmp_path):
     name = cfg.model_name()
     assert str(env["client"].get_model_version_by_alias(name, "champion").version) == "1"
     assert str(env["client"].get_model_version_by_alias(name, "challenger").version) == "2"
+    log = next((Path(cfg.pipeline.pipeline_root) / "logs").glob("run-*.log")).read_text()
+    assert "Traceback" in log  # the task's whole story stays in the log file
 
 
 def test_extraction_parts_are_merged_into_one_feature_set(env):

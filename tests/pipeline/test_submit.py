@@ -14,6 +14,7 @@ import yaml
 from kfp_server_api.models import V2beta1Run
 
 from crossfuse.config import RunConfig, load_config
+from crossfuse.errors import UserError
 from pipelines.cli import main
 from pipelines.submit import submit
 
@@ -111,14 +112,14 @@ def test_submit_batch_sends_the_batch_pipeline_with_its_model(kfp_api, capsys):
 
 def test_a_local_tracking_store_is_refused(kfp_api):
     host, requests = kfp_api
-    with pytest.raises(ValueError, match="needs a tracking server its pods reach"):
+    with pytest.raises(UserError, match="needs a tracking server its pods reach"):
         submit(load_config("configs/default.yaml", env={}), host)
     assert requests == []  # refused before anything was sent
 
 
 def test_a_run_without_a_dvc_remote_is_refused(kfp_api):
     host, requests = kfp_api
-    with pytest.raises(ValueError, match="data.remote is not set"):
+    with pytest.raises(UserError, match="data.remote is not set"):
         submit(config("data.remote=null"), host)
     assert requests == []
 

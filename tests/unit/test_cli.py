@@ -1,5 +1,6 @@
 """The crossfuse command: config printing, data generation, clear errors."""
 
+import pytest
 import yaml
 
 from pipelines.cli import main
@@ -57,10 +58,103 @@ def test_config_errors_are_one_line_per_key_and_name_the_valid_choices(capsys):
             "efficientnet-lite0 or hf:<model id or folder>") in err
 
 
-def test_models_reads_and_never_creates_a_store(tmp_path, capsys, monkeypatch):
+def user_error(capsys, argv: list[str]) -> str:
+    """Run a command that must stop on a user's mistake: exit 2, the message alone (at most
+    three lines, no traceback). Returns stderr."""
+    import pytest
+
+    try:
+        code = main(argv)
+    except SystemExit as done:  # argparse's own errors
+        code = done.code
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert "Traceback" not in out + err and "\x1b[" not in out + err
+    assert 1 <= len(err.strip().splitlines()) <= 3, err
+    if not err.startswith("crossfuse"):
+        pytest.fail(f"not crossfuse's message: {err}")
+    return err
+
+
+@pytest.fixture
+def in_empty_folder(tmp_path, monkeypatch):
+    """The working directory is an empty folder; no tracking URI from the environment."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["models"]) == 1
-    out = capsys.readouterr().out
-    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in out
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    return tmp_path
+
+
+def test_models_reads_and_never_creates_a_store(in_empty_folder, capsys):
+    err = user_error(capsys, ["models"])
+    assert f"no MLflow store at {in_empty_folder / 'mlflow.db'}" in err and "make run" in err
+    assert list(in_empty_folder.iterdir()) == []  # nothing written
+
+
+def test_an_unknown_model_is_named_with_the_close_ones(in_empty_folder, capsys):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{in_empty_folder / 'mlflow.db'}")
+    MlflowClient().create_registered_model("crossfuse-sample")
+    capsys.readouterr()  # the new store's own log lines
+    err = user_error(capsys, ["models", "--model", "crossfuse-sampel"])
+    assert "no registered model 'crossfuse-sampel'" in err
+    assert "did you mean 'crossfuse-sample'?" in err
+    err = user_error(capsys, ["promote", "--model", "nope", "--version", "1"])
+    assert "no registered model 'nope'" in err and "registered: crossfuse-sample" in err
+
+
+@pytest.mark.parametrize("data", ["missing", "empty"])
+def test_predict_checks_the_data_folder_first_and_creates_no_store(data, in_empty_folder, capsys):
+    (in_empty_folder / "empty").mkdir()
+    err = user_error(capsys, ["predict", "--data", data])
+    assert ("does not exist; pass --data" in err if data == "missing"
+            else "empty/manifest.csv not found" in err)
+    assert not (in_empty_folder / "mlflow.db").exists()
+
+
+def test_predict_needs_an_existing_store_and_model(in_empty_folder, sample_dataset, capsys):
+    err = user_error(capsys, ["predict", "--data", str(sample_dataset)])
+    assert "no MLflow store at" in err
+    assert not (in_empty_folder / "mlflow.db").exists()  # never a new, empty store
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{in_empty_folder / 'mlflow.db'}")
+    MlflowClient().create_registered_model("crossfuse-other")
+    capsys.readouterr()
+    err = user_error(capsys, ["predict", "--data", str(sample_dataset)])
+    assert "model crossfuse-data@champion not found" in err and "make run" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["rn"], "'rn' is not a crossfuse command; did you mean 'run'?"),
+    (["bench", "smal-data"], "did you mean 'small-data'?"),
+    (["config", "--set", "train.epoch=3"], "train.epoch: no such key; did you mean 'train.epochs'?"),
+    (["config", "--set", "fusion.auto.candidate=[late]"], "did you mean 'fusion.auto.candidates'?"),
+])
+def test_a_typo_gets_a_did_you_mean(argv, words, capsys):
+    assert words in user_error(capsys, argv)
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("fusion:\n  method: late\n train:\n  epochs: 3\n")
+    err = user_error(capsys, ["config", "--config", str(config)])
+    assert f"{config}:3:2: YAML syntax error" in err
+    config.write_text("- just\n- a list\n")
+    assert "a config is a YAML mapping" in user_error(capsys, ["config", "--config", str(config)])
+
+
+def test_a_bug_keeps_its_traceback_and_says_it_is_one(tmp_path, capsys, monkeypatch):
+    import crossfuse.data.sample
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr(crossfuse.data.sample, "generate_sample_dataset", broken)
+    assert main(["data", "generate", "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ValueError: an internal mistake" in err
+    assert "this is a bug in crossfuse" in err

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from crossfuse.config import ConfigError, RunConfig, config_summary, load_config
+from crossfuse.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def test_unknown_modality_is_an_error():
 
 
 def test_missing_config_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(UserError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml", env={})
 
 

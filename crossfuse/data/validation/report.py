@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from crossfuse.atomic import atomic_path, write_json
+from crossfuse.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def warnings_from_tags(tags: dict[str, str]) -> list[str]:
     return [tags[k] for k in sorted(tags) if k.startswith(WARNING_TAG)]
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(UserError, RuntimeError):
     """Raised by :func:`require_valid`; its message is the report's summary."""
 
     def __init__(self, report: ValidationReport):

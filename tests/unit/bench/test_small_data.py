@@ -6,6 +6,7 @@ from conftest import xor_features
 
 from crossfuse.bench.small_data import bench_small_data, markdown_table, subsample, summarise
 from crossfuse.config import load_config
+from crossfuse.errors import UserError
 
 
 def test_subsample_keeps_test_and_each_class_share():
@@ -20,7 +21,7 @@ def test_subsample_keeps_test_and_each_class_share():
         assert int((cls & np.isin(after, ["train", "val"])).sum()) == int(np.ceil(0.25 * labeled))
     assert (subsample(fs, 0.25, seed=0).index["split"] == small.index["split"]).all()
     assert not (subsample(fs, 0.25, seed=1).index["split"] == small.index["split"]).all()
-    with pytest.raises(ValueError, match="fractions must be in"):
+    with pytest.raises(UserError, match="fractions must be in"):
         subsample(fs, 0.0, seed=0)
 
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from crossfuse.data.dvc import DvcFetchError, fetch_dvc_data, materialise_data, pin_data_version
+from crossfuse.errors import UserError
 
 
 def dvc(*args, cwd):
@@ -47,7 +48,7 @@ def test_a_version_the_remote_lacks_is_a_clear_error(pushed, tmp_path):
 
 
 def test_the_dvc_file_must_pin_one_output(tmp_path):
-    with pytest.raises(ValueError, match="exactly one output"):
+    with pytest.raises(UserError, match="exactly one output"):
         fetch_dvc_data("outs: []\n", str(tmp_path), tmp_path / "x")
 
 
@@ -79,7 +80,7 @@ def test_pin_copies_the_dvc_output_and_keeps_the_dataset_name(make_config, pushe
 
 def test_pin_without_the_dvc_file_names_it_and_the_fix(make_config, tmp_path):
     cfg = make_config(tmp_path / "data", "data.remote=s3://bucket/x")
-    with pytest.raises(ValueError, match=r"data\.dvc does not exist: track the data with `dvc add"):
+    with pytest.raises(UserError, match=r"data\.dvc does not exist: track the data with `dvc add"):
         pin_data_version(cfg)
 
 
@@ -104,7 +105,7 @@ def test_materialise_pulls_the_pinned_version_once(make_config, pushed, tmp_path
 
 
 def test_an_unpinned_remote_config_is_refused(make_config, tmp_path):
-    with pytest.raises(ValueError, match="no version is pinned"):
+    with pytest.raises(UserError, match="no version is pinned"):
         materialise_data(make_config(tmp_path / "data", "data.remote=s3://bucket/x"))
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from crossfuse.errors import UserError
 from crossfuse.fusion import (
     FUSION_METHODS,
     FusionSpec,
@@ -98,7 +99,7 @@ def test_a_row_with_every_modality_missing_stays_finite(method):
 
 
 def test_transformer_heads_must_divide_hidden_dim():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(UserError, match="divisible"):
         build_fusion_head(FusionSpec("transformer", DIMS2, 3, hidden_dim=18))
 
 
@@ -111,7 +112,7 @@ def test_incompatible_saved_weights_say_to_retrain(tmp_path):
     meta["hidden_dim"] = 32                      # as if the architecture had changed since
     del meta["aux_heads"]                        # and an older spec lacked a field
     (tmp_path / "fusion_spec.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="weights do not fit .* retrain it"):
+    with pytest.raises(UserError, match="weights do not fit .* retrain it"):
         load_fusion_head(tmp_path)
 
 

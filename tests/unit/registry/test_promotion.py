@@ -3,6 +3,7 @@
 import pytest
 
 from crossfuse.config import RegistryConfig
+from crossfuse.errors import UserError
 from crossfuse.registry.promotion import decide_promotion, missing_one_metrics
 
 CHAMPION = {"test_macro_f1": 0.88, "test_log_loss": 0.40, "test_ece_calibrated": 0.030,
@@ -63,7 +64,7 @@ def test_no_champion_and_champion_without_a_guardrail_metric():
 
 
 def test_unknown_metric_is_explained():
-    with pytest.raises(KeyError, match="registry.metric='test_f2' is not an evaluation metric"):
+    with pytest.raises(UserError, match="registry.metric='test_f2' is not an evaluation metric"):
         decide_promotion(challenger(), CHAMPION, "3", RegistryConfig(metric="test_f2"))
 
 

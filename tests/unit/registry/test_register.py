@@ -7,6 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from crossfuse.config import RegistryConfig, load_config
+from crossfuse.errors import UserError
 from crossfuse.fusion import FusionSpec, build_fusion_head, save_fusion_head
 from crossfuse.registry.register import list_versions, promote_by_hand, register
 from crossfuse.registry.serving import RUN_CONFIG_FILE
@@ -56,7 +57,7 @@ def test_champion_moves_only_through_the_gate(registry):
 
 
 def test_unknown_metric_registers_nothing(registry):
-    with pytest.raises(KeyError, match="registry.metric"):
+    with pytest.raises(UserError, match="registry.metric"):
         registry({"test_macro_f1": 0.5}, RegistryConfig(metric="test_f2"))
     assert MlflowClient().search_model_versions("name='m'") == []
 
@@ -75,7 +76,7 @@ def test_promote_by_hand_and_list(registry, capsys):
     rows = list_versions("m")
     assert [(r["version"], r["aliases"], r["decision"]) for r in rows] == [
         (2, "challenger,champion", "promoted by hand"), (1, "", "promoted")]
-    with pytest.raises(ValueError, match="has no version '9'"):
+    with pytest.raises(UserError, match="has no version '9'"):
         promote_by_hand("m", "9")
 
     # The same through the command line, against the same store.

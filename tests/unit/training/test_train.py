@@ -5,6 +5,7 @@ import torch
 from conftest import xor_features
 
 from crossfuse.config import FusionConfig, TrainConfig
+from crossfuse.errors import UserError
 from crossfuse.training.loop import fit, fit_epochs
 
 
@@ -64,7 +65,7 @@ def test_fit_epochs_trains_exactly_as_fit_does_for_that_many_epochs():
 def test_empty_validation_split_is_explained():
     fs = xor_features()
     fs.index["split"] = fs.index["split"].replace({"val": "train"})
-    with pytest.raises(ValueError, match="need train and val samples"):
+    with pytest.raises(UserError, match="need train and val samples"):
         fit(fs, FusionConfig(method="concat"), TrainConfig(epochs=1), seed=0)
 
 
