@@ -180,11 +180,11 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
 
     with stage_run(cfg, run_id, "extract" if part is None else f"extract-{part[0]}"):
         result = extract(cfg, Path(preprocessed), Path(out_dir), part=part)
+        where = "" if part is None or part[1] == 1 else f"part {part[0] + 1}/{part[1]}, "
+        for line in extract_lines(result):
+            say(f"{where}{line}")
         if part is None:
             log_extract_result(result)
-        else:
-            say(f"extract part {part[0] + 1}/{part[1]}: {result.n_samples} samples, "
-                f"encoded {result.encoded}")
     return result
 
 
@@ -198,29 +198,48 @@ def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
         result = merge_features(cfg, [Path(p) for p in parts], Path(out_dir))
         mlflow.log_param("extract.parts", len(parts))
         log_extract_result(result)
+        say(f"feature set: {result.n_samples} rows, "
+            + ", ".join(f"{m} {d}-d" for m, d in result.dims.items())
+            + (f" ({len(parts)} parts merged)" if len(parts) > 1 else ""))
     return result
 
 
-def log_extract_result(result: ExtractResult) -> None:
-    """Print and log cache hits, encodings and truncations per modality."""
+def extract_lines(result: ExtractResult) -> list[str]:
+    """Where each modality's vectors came from, in words; the rows add up.
+
+    >>> from crossfuse.features.extract import ExtractResult
+    >>> extract_lines(ExtractResult(720, {"text": 384}, {"text": 0}, {"text": 594},
+    ...                             runtime={"text": "torch on cpu"}, seconds={"text": 1.4}))
+    ['text: 720 rows = 0 from the feature cache + 594 encoded (torch on cpu, 424/s) + 126 without text']
+    """
+    lines = []
     for m in result.dims:
-        runtime = result.runtime.get(m, "")
-        rate = (f", {result.encoded[m] / result.seconds[m]:.0f}/s"
-                if result.encoded[m] and result.seconds.get(m) else "")
-        say(f"extract {m}: {result.cache_hits[m]}/{result.n_samples} from the feature "
-            f"cache, {result.encoded[m]} encoded" + (f" ({runtime}{rate})" if runtime else ""))
+        hits, encoded = result.cache_hits[m], result.encoded[m]
+        how = ", ".join(filter(None, [
+            result.runtime.get(m, ""),
+            f"{encoded / result.seconds[m]:.0f}/s" if encoded and result.seconds.get(m) else ""]))
+        missing = result.n_samples - hits - encoded
+        lines.append(f"{m}: {result.n_samples} rows = {hits} from the feature cache + {encoded} "
+                     f"encoded{f' ({how})' if how else ''}"
+                     + (f" + {missing} without {m}" if missing else ""))
+        if result.truncated.get(m):
+            lines.append(f"{m}: {result.truncated[m]} of {result.n_samples} items were longer "
+                         f"than the encoder's input and were truncated")
+    return lines
+
+
+def log_extract_result(result: ExtractResult) -> None:
+    """Log cache hits, encodings, rates and truncations per modality to the MLflow run."""
+    for m in result.dims:
         log_metrics({f"features_{m}_cache_hits": result.cache_hits[m],
                      f"features_{m}_encoded": result.encoded[m]})
         if result.encoded[m] and result.seconds.get(m):
             log_metrics({f"features_{m}_items_per_s": result.encoded[m] / result.seconds[m]})
         mlflow.log_param(f"features.{m}.dim", result.dims[m])
-        if runtime:
-            mlflow.log_param(f"features.{m}.runtime", runtime)
+        if result.runtime.get(m):
+            mlflow.log_param(f"features.{m}.runtime", result.runtime[m])
     for m, n in result.truncated.items():
         log_metrics({f"features_{m}_truncated": n})
-        if n:
-            say(f"extract {m}: {n} of {result.n_samples} items were longer than the "
-                f"encoder's input and were truncated")
 
 
 @reported
@@ -305,7 +324,8 @@ EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diag
                         "robustness.csv", "importance.png", "importance.csv", "efficiency.json",
                         "classification_report.json", "metrics.json", "predictions.parquet",
                         "model_choice.csv", "model_choice.json", "fused_vs_single.png",
-                        "training_curves.png", "misclassified.json", "request_example.json")
+                        "training_curves.png", "misclassified.json", "request_example.json",
+                        "data.json")
 
 
 @reported
@@ -321,7 +341,9 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
                                                   if k in ("git.commit", "data.dvc_md5")}}
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir,
                           preprocessed=preprocessed, context=context,
-                          data_warnings=warnings_from_tags(run.data.tags))
+                          data_warnings=warnings_from_tags(run.data.tags),
+                          intake={k: v for k, v in run.data.metrics.items()
+                                  if k in ("rows_in", "rows_used", "rows_rejected")})
         log_metrics(result.metrics)
         say(headline(result.metrics))
         per_target = sorted(out_dir.glob("*_matrix_*.png")) + sorted(out_dir.glob("*_report_*.json"))

@@ -49,6 +49,7 @@ from crossfuse.evaluation.examples import (
 from crossfuse.evaluation.importance import importance_metrics, modality_importance, plot_importance
 from crossfuse.evaluation.modality_subsets import plot_subset_heatmap, subset_metrics
 from crossfuse.evaluation.report import (
+    DATA_FILE,
     DATA_WARNINGS_FILE,
     FUSED_VS_SINGLE_FILE,
     render_report,
@@ -64,7 +65,14 @@ from crossfuse.evaluation.robustness import (
 from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import FUSION_METHODS, FusionHead, load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
-from crossfuse.metrics import SplitScores, classification_metrics, metric_name, predict_split
+from crossfuse.metrics import (
+    SplitScores,
+    bootstrap_scores,
+    classification_metrics,
+    interval,
+    metric_name,
+    predict_split,
+)
 from crossfuse.plots import plot_confusion, plot_fused_vs_single
 from crossfuse.registry.serving import FusionPredictor
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
@@ -89,6 +97,20 @@ def score_test_split(head: FusionHead, fs: FeatureSet, modalities: list[str]) ->
     if len(scores.labels) == 0:
         raise UserError("the test split is empty; add samples or change preprocess.split")
     return scores
+
+
+def data_section(fs: FeatureSet, intake: dict[str, float] | None, out_dir: Path) -> None:
+    """``data.json``: rows in, used and rejected (``intake``, from the run), the rows of each
+    split and each class's rows per split, for the report's data section."""
+    index = fs.index
+    splits = [s for s in ("train", "val", "test") if (index["split"] == s).any()]
+    counts = pd.crosstab(index["label_idx"], index["split"]).reindex(
+        index=range(len(fs.labels)), columns=splits, fill_value=0)
+    write_json(out_dir / DATA_FILE, {
+        "intake": {k: int(v) for k, v in (intake or {}).items()},
+        "splits": {s: int((index["split"] == s).sum()) for s in splits},
+        "classes": [{"class": name, **{s: int(counts.loc[i, s]) for s in splits}}
+                    for i, name in enumerate(fs.labels)]})
 
 
 def calibration_section(scores: SplitScores, temperature: float, out_dir: Path
@@ -164,8 +186,9 @@ def subset_section(head: FusionHead, fs: FeatureSet, out_dir: Path) -> dict[str,
 
 
 def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities: list[str],
-                     fused_macro_f1: float) -> dict[str, float]:
-    """One unimodal model per modality, scored on the same test split; the fusion gain.
+                     fused: SplitScores) -> dict[str, float]:
+    """One unimodal model per modality, scored on the same test split; the fusion gain with
+    its paired bootstrap interval (:func:`gain_interval`).
 
     With ``fusion.method: auto`` these are the cross-validated unimodal candidates the model
     folder keeps (``baselines/<m>/``). Otherwise each is the configured method on one
@@ -177,7 +200,7 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
     config_file = Path(model_dir) / RUN_CONFIG_FILE
     used = RunConfig.from_json(config_file.read_text()) if config_file.is_file() else cfg
     method = used.fusion.method if used.fusion.method in FUSION_METHODS else UNIMODAL_METHOD
-    metrics, best = {}, 0.0
+    metrics, best = {}, None
     for m in modalities:
         saved = Path(model_dir) / BASELINES_DIR / m
         if saved.is_dir():
@@ -193,9 +216,33 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
         scores = score_test_split(head, fs, [m])
         metrics[f"baseline_{m}_test_accuracy"] = scores.accuracy
         metrics[f"baseline_{m}_test_macro_f1"] = scores.macro_f1
-        best = max(best, scores.macro_f1)
-    metrics["fusion_gain_macro_f1"] = fused_macro_f1 - best
-    return metrics
+        if best is None or scores.macro_f1 > best.macro_f1:
+            best = scores
+    metrics["fusion_gain_macro_f1"] = fused.macro_f1 - best.macro_f1
+    return {**metrics, **gain_interval(fused, best, len(fs.labels), cfg.registry.bootstrap,
+                                       cfg.seed)}
+
+
+def headline_interval(scores: SplitScores, num_classes: int, resamples: int, seed: int
+                      ) -> dict[str, float]:
+    """The 95% bootstrap interval of test macro-F1 (over the test rows); {} with 0 resamples."""
+    if resamples == 0:
+        return {}
+    low, high = interval(bootstrap_scores(scores.labels, [scores.predicted], num_classes,
+                                          resamples=resamples, seed=seed)[:, 0])
+    return {"test_macro_f1_ci_low": low, "test_macro_f1_ci_high": high}
+
+
+def gain_interval(fused: SplitScores, single: SplitScores, num_classes: int, resamples: int,
+                  seed: int) -> dict[str, float]:
+    """The fusion gain's 95% paired bootstrap interval: fused minus the best single modality,
+    both scored on the same resampled test rows; {} with 0 resamples."""
+    if resamples == 0:
+        return {}
+    drawn = bootstrap_scores(fused.labels, [fused.predicted, single.predicted], num_classes,
+                             resamples=resamples, seed=seed)
+    low, high = interval(drawn[:, 0] - drawn[:, 1])
+    return {"fusion_gain_macro_f1_ci_low": low, "fusion_gain_macro_f1_ci_high": high}
 
 
 def model_choice_section(model_dir: Path, out_dir: Path, test_macro_f1: float) -> dict[str, float]:
@@ -302,12 +349,14 @@ def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarra
 
 def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
              preprocessed: Path | None = None, context: dict[str, str] | None = None,
-             data_warnings: list[str] | None = None) -> EvaluationResult:
+             data_warnings: list[str] | None = None,
+             intake: dict[str, float] | None = None) -> EvaluationResult:
     """Evaluate the trained model in ``model_dir`` on the test split of ``features``.
 
     ``preprocessed`` (the preprocess stage's folder) enables the raw-input noise
     sweeps, the raw-input latency and peak memory; ``context`` heads the HTML report;
-    ``data_warnings`` (validation's) get a section of their own near its top.
+    ``data_warnings`` (validation's) get a section of their own near its top; ``intake``
+    (``rows_in``, ``rows_used``, ``rows_rejected``) heads its data section.
     """
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     preprocessed = None if preprocessed is None else Path(preprocessed)
@@ -319,7 +368,9 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     samples = read_samples(preprocessed)[0] if preprocessed is not None else None
 
     scores = score_test_split(head, fs, modalities)
+    data_section(fs, intake, out_dir)
     metrics = {**classification_metrics(scores.labels, scores.probs),
+               **headline_interval(scores, len(fs.labels), cfg.registry.bootstrap, cfg.seed),
                "test_samples": float(len(scores.labels))}
     calibration, calibrated = calibration_section(scores, float(meta.get("temperature", 1.0)), out_dir)
     calibration.update({"calibration_temperature": float(meta.get("temperature", 1.0)),
@@ -332,7 +383,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
         metrics.update(subset_section(head, fs, out_dir))
     metrics.update(model_choice_section(model_dir, out_dir, metrics["test_macro_f1"]))
     if multimodal and cfg.evaluate.unimodal_baselines:
-        metrics.update(baseline_section(cfg, fs, model_dir, modalities, metrics["test_macro_f1"]))
+        metrics.update(baseline_section(cfg, fs, model_dir, modalities, scores))
         plot_fused_vs_single((meta.get("chosen") or cfg.fusion.method, metrics["test_macro_f1"]),
                              single_modality_scores(metrics), out_dir / FUSED_VS_SINGLE_FILE)
     metrics.update(robustness_section(cfg, head, fs, model_dir, out_dir, samples, preprocessed))

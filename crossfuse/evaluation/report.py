@@ -28,10 +28,13 @@ from markupsafe import Markup
 
 from crossfuse.atomic import write_json, write_text
 from crossfuse.evaluation.examples import CURVES_FILE, MISCLASSIFIED_FILE
+from crossfuse.evaluation.labels import metric_label
+from crossfuse.training.selection import CHOICE_RULE
 
 REPORT_FILE = "report.html"
 CONTEXT_FILE = "report_context.json"
 DATA_WARNINGS_FILE = "data_warnings.json"
+DATA_FILE = "data.json"
 FUSED_VS_SINGLE_FILE = "fused_vs_single.png"
 HEADLINE = ["test_accuracy", "test_macro_f1", "test_micro_f1", "test_auroc_ovr", "test_auprc_ovr",
             "test_log_loss", "test_log_loss_calibrated", "test_ece", "test_ece_calibrated",
@@ -98,18 +101,43 @@ def _read_json(path: Path, default):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
+def ci_words(metrics: dict[str, float], name: str, signed: bool = False) -> str:
+    """`` (95% CI 0.7600 to 0.8600)`` for metric ``name``'s bootstrap interval, or ""."""
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    if low is None or high is None:
+        return ""
+    fmt = "+.4f" if signed else ".4f"
+    return f" (95% CI {low:{fmt}} to {high:{fmt}})"
+
+
+def gain_is_uncertain(metrics: dict[str, float]) -> bool:
+    """The fusion gain's interval includes 0: these test rows cannot tell it from no gain."""
+    low, high = metrics.get("fusion_gain_macro_f1_ci_low"), metrics.get("fusion_gain_macro_f1_ci_high")
+    return low is not None and high is not None and low <= 0 <= high
+
+
 def headline(metrics: dict[str, float]) -> str:
-    """One line: test macro-F1 beside the best single modality's, and the gain in words.
+    """One line: test macro-F1 beside the best single modality's, and the gain in words,
+    each with its 95% bootstrap interval when the metrics hold one.
 
     >>> headline({"test_macro_f1": 0.8, "baseline_text_test_macro_f1": 0.85,
     ...           "baseline_image_test_macro_f1": 0.6, "fusion_gain_macro_f1": -0.05})
     'test macro-F1 0.8000; best single modality text 0.8500: fusion LOST 0.0500 to it'
+    >>> headline({"test_macro_f1": 0.8, "test_macro_f1_ci_low": 0.7, "test_macro_f1_ci_high": 0.9,
+    ...           "baseline_text_test_macro_f1": 0.79, "fusion_gain_macro_f1": 0.01,
+    ...           "fusion_gain_macro_f1_ci_low": -0.03, "fusion_gain_macro_f1_ci_high": 0.05})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    'test macro-F1 0.8000 (95% CI 0.7000 to 0.9000); best single modality text 0.7900: fusion
+    gained +0.0100 (95% CI -0.0300 to +0.0500), an interval that includes 0'
     """
-    line = f"test macro-F1 {metrics['test_macro_f1']:.4f}"
+    line = f"test macro-F1 {metrics['test_macro_f1']:.4f}{ci_words(metrics, 'test_macro_f1')}"
     found = best_single_modality(metrics)
     if found:
         best, score, gain = found
         verdict = f"fusion gained {gain:+.4f}" if gain >= 0 else f"fusion LOST {-gain:.4f} to it"
+        verdict += ci_words(metrics, "fusion_gain_macro_f1", signed=True)
+        if gain_is_uncertain(metrics):
+            verdict += ", an interval that includes 0"
         line += f"; best single modality {best} {score:.4f}: {verdict}"
     return line
 
@@ -161,9 +189,51 @@ def _gain(metrics: dict[str, float]) -> dict | None:
         words = f"fusion scored exactly what {best} alone scored"
     else:
         words = f"fusion LOST {-gain:.4f} to {best} alone"
-    return {"css": "good" if gain > 0 else "bad",
-            "sentence": f"Test macro-F1 {metrics['test_macro_f1']:.4f}; {best} alone "
-                        f"{score:.4f}: {words}."}
+    words += ci_words(metrics, "fusion_gain_macro_f1", signed=True)
+    rows = int(metrics.get("test_samples", 0))
+    doubt = (f" That interval includes 0: on these {rows} test rows the gain cannot be told "
+             f"from none." if gain_is_uncertain(metrics) else "")
+    return {"css": "good" if gain > 0 and not doubt else "bad" if gain < 0 else "neutral",
+            "sentence": f"Test macro-F1 {metrics['test_macro_f1']:.4f}"
+                        f"{ci_words(metrics, 'test_macro_f1')}; {best} alone {score:.4f}: "
+                        f"{words}.{doubt}"}
+
+
+def metric_rows(metrics: dict[str, float], names: list[str]) -> list[dict]:
+    """Table rows of ``names`` (those present): the measure in words, its value (with its
+    interval when there is one) and the MLflow metric's name."""
+    rows = []
+    for name in names:
+        if name not in metrics:
+            continue
+        rows.append({"measure": metric_label(name), "value": metrics[name], "MLflow metric": name})
+        if f"{name}_ci_low" in metrics:
+            signed = "+.4f" if name.startswith("fusion_gain") else ".4f"
+            rows.append({"measure": metric_label(f"{name}_ci"),
+                         "value": f"{metrics[name + '_ci_low']:{signed}} to "
+                                  f"{metrics[name + '_ci_high']:{signed}}",
+                         "MLflow metric": f"{name}_ci_low / _ci_high"})
+    return rows
+
+
+def data_rows(data: dict) -> tuple[str, list[dict]]:
+    """The data section's sentence and its class-balance table (``data.json``).
+
+    >>> data_rows({"intake": {"rows_in": 10, "rows_used": 9, "rows_rejected": 1},
+    ...            "splits": {"train": 6, "test": 3}, "classes": [{"class": "a", "train": 6,
+    ...            "test": 3}]})[0]  # doctest: +NORMALIZE_WHITESPACE
+    '10 rows in = 9 used + 1 rejected (every rejected row and its reason: validation/rejects.csv).
+    Split: train 6, test 3.'
+    """
+    intake, splits = data.get("intake", {}), data.get("splits", {})
+    sentence = ""
+    if intake:
+        sentence = (f"{intake['rows_in']} rows in = {intake['rows_used']} used + "
+                    f"{intake['rows_rejected']} rejected (every rejected row and its reason: "
+                    f"validation/rejects.csv). ")
+    sentence += "Split: " + ", ".join(f"{s} {n}" for s, n in splits.items()) + "."
+    rows = [{**c, "all": sum(c.get(s, 0) for s in splits)} for c in data.get("classes", [])]
+    return sentence, rows
 
 
 _SHIPPED = {"bagged": "as the average of its fold models",
@@ -171,7 +241,8 @@ _SHIPPED = {"bagged": "as the average of its fold models",
 
 _CURVE_SECTIONS = (
     ("Missing modalities", "modality_subsets",
-     "The model trained once, scored with only these modalities present."),
+     "This model, scored with only these modalities present (the rest masked as missing): "
+     "not the single-modality baselines above, which were each trained on one modality alone."),
     ("Noise robustness", "robustness",
      "Macro-F1 as one modality gets noisier (0 = clean, 1 = maximum); AUC = area under the curve."),
     ("Modality importance", "importance",
@@ -201,6 +272,41 @@ def calibration_note(metrics: dict[str, float], choice: dict | None) -> str:
             f"calibrated probabilities.")
 
 
+_CHOICE_COLUMNS = {"rank": "rank", "candidate": "candidate", "modalities": "modalities",
+                   "cv_macro_f1_mean": "CV macro-F1", "cv_macro_f1_std": "± (folds' std)",
+                   "fit_seconds": "fit seconds", "epochs": "epochs",
+                   "settings_tried": "settings tried", "searched": "chosen settings",
+                   "members": "ensemble weights"}
+
+
+def choice_table(rows: list[dict]) -> dict:
+    """The ranked candidates with headers in words and settings rounded to 3 digits."""
+    columns = [c for c in _CHOICE_COLUMNS if any(c in r and r[c] == r[c] for r in rows)]
+    shown = [{_CHOICE_COLUMNS[c]: settings_words(r[c]) if c == "searched" else r.get(c)
+              for c in columns} for r in rows]
+    return _table(shown, [_CHOICE_COLUMNS[c] for c in columns])
+
+
+def settings_words(value) -> str:
+    """A candidate's searched settings (a dict, or its text in a CSV) as ``key=value`` pairs,
+    numbers to 3 significant digits.
+
+    >>> settings_words("{'lr': 0.0012345678, 'dropout': 0.25, 'hidden_dim': 128}")
+    'lr=0.00123, dropout=0.25, hidden_dim=128'
+    """
+    import ast
+
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    if not isinstance(value, dict):
+        return "" if value is None or value != value else str(value)
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in value.items())
+
+
 def _section(title: str, note: str = "", tables: list[dict] | None = None,
              images: list[Path] | None = None, **more) -> dict:
     return {"title": title, "note": note, "tables": tables or [], "verdict": "", "bullets": [],
@@ -211,6 +317,11 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
     """The report's sections below the answer, in reading order; a section whose files are
     absent is left out."""
     sections = []
+    data = _read_json(eval_dir / DATA_FILE, None)
+    if data:
+        sentence, rows = data_rows(data)
+        sections.append(_section("Data", sentence + " Rows per class and split:",
+                                 [_table(rows, ["class", *data["splits"], "all"])]))
     if decision:
         sections.append(_section(
             "Promotion", f"model {decision.get('model_name', '')} v{decision.get('version', '')};"
@@ -232,9 +343,10 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
             f"Every candidate scored by {how} over {choice['rows']} train+val rows (mean ± "
             f"std of the folds' macro-F1), each fold at the epoch and settings the other folds "
             f"chose; the winner ships {_SHIPPED[choice.get('shipped', 'bagged')]}. "
+            + CHOICE_RULE + " "
             + (f"Selection optimism (the winner's CV macro-F1 minus its test macro-F1): "
                f"{choice['optimism']:+.4f}." if "optimism" in choice else ""),
-            [_table(_csv_rows(eval_dir / "model_choice.csv"))], verdict=choice["verdict"]))
+            [choice_table(_csv_rows(eval_dir / "model_choice.csv"))], verdict=choice["verdict"]))
     report = _read_json(eval_dir / "classification_report.json", {})
     per_class = [{"class": name, **stats} for name, stats in report.items() if isinstance(stats, dict)]
     if per_class:
@@ -266,8 +378,7 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
                     if k.startswith("robustness_")]
         if rows:
             sections.append(_section(title, note, [_table(rows)], [eval_dir / f"{stem}.png"]))
-    efficiency = [{"measure": k[len("efficiency_"):], "value": v}
-                  for k, v in sorted(metrics.items()) if k.startswith("efficiency_")]
+    efficiency = metric_rows(metrics, sorted(k for k in metrics if k.startswith("efficiency_")))
     if efficiency:
         sections.append(_section("Efficiency", "", [_table(efficiency)]))
     for path in sorted(eval_dir.glob("confusion_matrix_*.png")):
@@ -275,8 +386,7 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
     extra = sorted({k for k in metrics if k.startswith("test_") and k not in HEADLINE
                     and not k.startswith(("test_precision_", "test_recall_", "test_f1_"))})
     if extra:
-        sections.append(_section("Other test metrics", "", [_table(
-            [{"metric": k, "value": metrics[k]} for k in extra])]))
+        sections.append(_section("Other test metrics", "", [_table(metric_rows(metrics, extra))]))
     return sections
 
 
@@ -302,9 +412,8 @@ def render_report(eval_dir: Path, context: dict[str, str], decision: dict | None
     context = {**_read_json(saved, {}), **context}
     if out is None:
         write_json(saved, context)
-    headline_rows = [{"metric": k, "value": metrics[k]} for k in HEADLINE if k in metrics]
-    headline_rows += [{"metric": k, "value": v} for k, v in sorted(metrics.items())
-                      if k.startswith("baseline_")]
+    headline_rows = metric_rows(metrics, HEADLINE + sorted(k for k in metrics
+                                                          if k.startswith("baseline_")))
     subtitle = " · ".join(f"{k} {context[k]}" for k in ("fusion", "modalities", "model")
                           if context.get(k))
     page = _template().render(

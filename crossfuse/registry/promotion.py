@@ -34,7 +34,7 @@ import numpy as np
 
 from crossfuse.config import RegistryConfig
 from crossfuse.errors import UserError
-from crossfuse.metrics import macro_f1_batch
+from crossfuse.metrics import BOOTSTRAP_SCORES, bootstrap_scores, interval
 
 ECE_METRIC = "test_ece_calibrated"
 FUSION_GAIN = "fusion_gain_macro_f1"
@@ -84,10 +84,7 @@ class PairedBootstrap:
     resamples: int
 
 
-BOOTSTRAP_METRICS = {
-    "test_macro_f1": lambda y, p, k: macro_f1_batch(y, p, k),
-    "test_accuracy": lambda y, p, k: (np.atleast_2d(y) == np.atleast_2d(p)).mean(axis=1)}
-_DRAW_CELLS = 1 << 22  # resampled rows scored at once: bounds memory on a large test split
+BOOTSTRAP_METRICS = BOOTSTRAP_SCORES
 
 
 def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, num_classes: int,
@@ -96,7 +93,7 @@ def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray
     """Resample the test rows with replacement; score both models' predictions on each draw.
 
     ``y``, ``challenger``, ``champion``: class ids ``[N]`` of the same rows, in the same order.
-    Every draw is scored at once from confusion counts (:func:`crossfuse.metrics.macro_f1_batch`),
+    Every draw is scored at once from confusion counts (:func:`crossfuse.metrics.bootstrap_scores`),
     in blocks of draws; the draws and percentiles are those of scoring them one by one.
 
     >>> y = np.arange(100) % 2
@@ -106,19 +103,12 @@ def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray
     >>> paired_bootstrap(y, y, y, 2, resamples=200).low
     0.0
     """
-    score = BOOTSTRAP_METRICS[metric]
-    y, challenger, champion = (np.asarray(a) for a in (y, challenger, champion))
-    rng = np.random.default_rng(seed)
-    block = max(1, _DRAW_CELLS // max(len(y), 1))
-    gains = []
-    for start in range(0, resamples, block):
-        draws = rng.integers(0, len(y), size=(min(block, resamples - start), len(y)))
-        gains.append(score(y[draws], challenger[draws], num_classes)
-                     - score(y[draws], champion[draws], num_classes))
-    gains = np.concatenate(gains)
-    gain = float(score(y, challenger, num_classes)[0] - score(y, champion, num_classes)[0])
-    return PairedBootstrap(metric, gain, float(np.percentile(gains, 2.5)),
-                           float(np.percentile(gains, 97.5)), len(y), resamples)
+    score = BOOTSTRAP_SCORES[metric]
+    drawn = bootstrap_scores(y, [challenger, champion], num_classes, metric, resamples, seed)
+    gain = float(score(np.asarray(y), np.asarray(challenger), num_classes)[0]
+                 - score(np.asarray(y), np.asarray(champion), num_classes)[0])
+    low, high = interval(drawn[:, 0] - drawn[:, 1])
+    return PairedBootstrap(metric, gain, low, high, len(y), resamples)
 
 
 def require_metric(metrics: dict[str, float], metric: str) -> None:

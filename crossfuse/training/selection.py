@@ -77,6 +77,11 @@ UNIMODAL = "unimodal:"
 ENSEMBLE = "ensemble"
 UNIMODAL_METHOD = PROBE  # one modality alone: a linear probe, the strongest simple model
 _SIMPLICITY = {"unimodal": 0, "fused": 1, "ensemble": 2}
+CHOICE_RULE = ("The winner has the highest mean CV macro-F1, except that a fused model or the "
+               "ensemble wins only if it beats the best single modality, fold by fold, by more "
+               "than one standard error. A tie goes to the simpler model: a single modality, "
+               "then a fused model in the order tried (the linear probe first), then the "
+               "ensemble.")
 
 
 @dataclass

@@ -149,6 +149,7 @@ def _bootstrap_one_draw_at_a_time(y, challenger, champion, k, metric, resamples,
 def test_vectorised_bootstrap_equals_scoring_each_draw(metric, n, k, seed, monkeypatch):
     import numpy as np
 
+    import crossfuse.metrics
     import crossfuse.registry.promotion as promotion
 
     rng = np.random.default_rng(seed)
@@ -156,7 +157,7 @@ def test_vectorised_bootstrap_equals_scoring_each_draw(metric, n, k, seed, monke
     challenger = np.where(rng.random(n) < 0.8, y, rng.integers(0, k, n))
     champion = np.where(rng.random(n) < 0.7, y, rng.integers(0, k, n))
     # Small blocks too: the draws must not depend on how many are scored at once.
-    monkeypatch.setattr(promotion, "_DRAW_CELLS", 3 * n + 1)
+    monkeypatch.setattr(crossfuse.metrics, "_DRAW_CELLS", 3 * n + 1)
     b = promotion.paired_bootstrap(y, challenger, champion, k, metric, resamples=300, seed=seed)
     assert (b.gain, b.low, b.high) == _bootstrap_one_draw_at_a_time(
         y, challenger, champion, k, metric, 300, seed)
