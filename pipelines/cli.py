@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from crossfuse import cli
@@ -32,6 +33,7 @@ log = logging.getLogger("crossfuse")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     cfg = pin_data_version(cli.config_from_args(args)).resolved()
     preflight(cfg)  # fail fast on an unreachable MLflow, a missing encoder, an unwritable folder
     cfg = materialise_data(cfg)  # with data.remote: pull the pinned version once, here
@@ -40,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     "no registry alias moved")
     if outputs is None:
         return 1
-    print_run_summary(cfg, outputs, log_path)
+    print_run_summary(cfg, outputs, log_path, started)
     return 0
 
 
@@ -72,12 +74,15 @@ def run_quietly(cfg: RunConfig, command: str, what: str, verbose: bool, on_failu
         return None, log_path
 
 
-def print_run_summary(cfg: RunConfig, outputs: dict, log_path: Path | None = None) -> None:
-    """Print the registered version, the champion, the headline test metrics, where the report
-    is and the run's URL in the MLflow UI; log the run's log file to the run."""
+def print_run_summary(cfg: RunConfig, outputs: dict, log_path: Path | None = None,
+                      started: float | None = None) -> None:
+    """Print the result in words (test macro-F1 with its interval beside the best single
+    modality, the model choice, whether the version was promoted), where the report is,
+    the run's link in the MLflow UI and the total time; log the run's log file to the run."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from crossfuse.evaluation.report import decision_words, headline
     from crossfuse.tracking import run_metrics
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -89,21 +94,28 @@ def print_run_summary(cfg: RunConfig, outputs: dict, log_path: Path | None = Non
     metrics = run_metrics(run)
     if log_path is not None and log_path.is_file():
         client.log_artifact(mv.run_id, str(log_path), "logs")
-    print(f"\nMLflow run {mv.run_id} ({cfg.mlflow.tracking_uri})")
-    for key in sorted(metrics):
-        if key.startswith(("test_accuracy", "test_macro_f1", "baseline_", "fusion_gain")):
-            print(f"  {key:34s} {metrics[key]:.4f}")
+    rows = int(metrics.get("test_samples", 0))
+    print(f"\nresult on {rows} test rows: {headline(metrics)}")
     if "crossfuse.model_choice" in run.data.tags:
         print(f"model choice: {run.data.tags['crossfuse.model_choice']}")
-    gain = metrics.get("fusion_gain_macro_f1")
-    if gain is not None and gain < 0:
-        print(f"fusion did not help on the test split: the best single modality scored "
-              f"{-gain:.4f} macro-F1 more than the fused model")
-    print(f"model {name} v{version}: {mv.tags.get('crossfuse.reason', '')}")
-    champion = outputs.get("champion_version")
-    print(f"  champion -> {'v' + str(champion) if champion else 'none yet'}, challenger -> v{version}")
+    print(decision_words({"model_name": name, "version": version,
+                          "promoted": outputs.get("promoted"),
+                          "champion_version": outputs.get("champion_version"),
+                          "reason": mv.tags.get("crossfuse.reason", "")}))
     print(f"report: {report_location(run.info.artifact_uri)}")
     print(f"review: {ui_url(cfg.mlflow.tracking_uri, run.info.experiment_id, mv.run_id)}")
+    if started is not None:
+        print(f"done in {duration_words(time.monotonic() - started)}")
+
+
+def duration_words(seconds: float) -> str:
+    """``'4 min 36 s'``, ``'52 s'``.
+
+    >>> duration_words(276.4), duration_words(52.2)
+    ('4 min 36 s', '52 s')
+    """
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def report_location(artifact_uri: str) -> str:
@@ -117,18 +129,68 @@ def report_location(artifact_uri: str) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page: on the tracking server itself, or under `make ui` for a local store.
+    """The run's page: on the tracking server itself, or under ``crossfuse ui`` for a local
+    store (``make ui`` for the working directory's ``mlflow.db``).
 
     ``workflowType=machine_learning`` opens MLflow 3's UI on training runs; without it the
     UI remembers the browser's last mode, GenAI (traces) by default.
 
-    >>> ui_url("sqlite:///mlflow.db", "1", "abc")
+    >>> ui_url(f"sqlite:///{Path.cwd() / 'mlflow.db'}", "1", "abc")
     '`make ui`, then http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning'
+    >>> ui_url("sqlite:////data/m.db", "1", "abc")  # doctest: +NORMALIZE_WHITESPACE
+    '`crossfuse ui --set mlflow.tracking_uri=sqlite:////data/m.db`, then
+    http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning'
     """
     page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"`make ui`, then http://127.0.0.1:5000/{page}"
+    default = tracking_uri in ("sqlite:///mlflow.db", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    start = "`make ui`" if default else f"`crossfuse ui --set mlflow.tracking_uri={tracking_uri}`"
+    return f"{start}, then http://127.0.0.1:{UI_PORT}/{page}"
+
+
+UI_PORT = 5000
+
+
+def latest_run(tracking_uri: str, experiment: str | None = None):
+    """The most recent training pipeline run in the store (of ``experiment`` if named), or
+    None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = ([client.get_experiment_by_name(experiment)] if experiment
+                   else client.search_experiments())
+    ids = [e.experiment_id for e in experiments if e is not None]
+    if not ids:
+        return None
+    from crossfuse.tracking import PIPELINE_SOURCE
+
+    runs = client.search_runs(ids, f"tags.`mlflow.source.name` = '{PIPELINE_SOURCE}'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    cfg = cli.config_from_args(args).resolved()
+    uri = cfg.mlflow.tracking_uri
+    require_store(uri)
+    run = latest_run(uri, args.experiment)
+    page = (f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            f"?workflowType=machine_learning" if run else "#/?workflowType=machine_learning")
+    if uri.startswith(("http://", "https://")):
+        print(f"latest run: {uri.rstrip('/')}/{page}")
+        return 0
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {uri} at {base}; the latest run: {base}/{page}" if run else
+          f"MLflow UI for {uri} at {base} (no pipeline run in this store yet)", flush=True)
+    if args.print_url:
+        return 0
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    return subprocess.call([str(mlflow_cli) if mlflow_cli.is_file() else "mlflow", "ui",
+                            "--backend-store-uri", uri, "--host", "127.0.0.1",
+                            "--port", str(args.port)])
 
 
 DRIFT_EXIT = 3  # `crossfuse predict --fail-on-drift` when a drift figure crossed its threshold
@@ -269,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: predict.model, else the config's @champion)")
     cli.add_config_args(sub_run)
     sub_run.set_defaults(func=cmd_submit)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on this store, opened at the latest run")
+    ui.add_argument("--port", type=int, default=UI_PORT)
+    ui.add_argument("--experiment", help="the latest run of this experiment (default: any)")
+    ui.add_argument("--print-url", action="store_true", help="print the link; start no server")
+    cli.add_config_args(ui)
+    ui.set_defaults(func=cmd_ui)
 
     cli.add_library_commands(sub)
     return parser

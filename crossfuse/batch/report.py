@@ -8,6 +8,7 @@ Example
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from crossfuse.config import DriftConfig
 from crossfuse.monitoring.drift import DriftReport
 
 BATCH_REPORT_FILE = "report.html"
+PREDICTIONS_CHART = "predictions.png"
 
 
 @dataclass
@@ -35,7 +37,10 @@ class BatchSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     drift_note: str = ""
     facts: dict[str, str] = field(default_factory=dict)
-    rows_in_training: int = 0
+    rows_in_training: int | None = 0  # None: not known (the model kept no training rows)
+    labelled_in_training: int = 0  # labelled rows left out of the metrics
+    chart: Path | None = None  # predicted classes and confidence (PNG)
+    least_confident: list[dict] = field(default_factory=list)
 
     @property
     def flagged(self) -> list[str]:
@@ -75,18 +80,36 @@ def drift_tables(drift: DriftReport, limits: DriftConfig) -> list[dict]:
     ]
 
 
-def metric_table(metrics: dict[str, float], rows_in_training: int = 0) -> dict:
-    """The labelled rows' headline metrics (the evaluate stage's, computed the same way)."""
+def metric_table(metrics: dict[str, float], rows_in_training: int | None = 0,
+                 labelled_in_training: int = 0) -> dict:
+    """The headline metrics of the labelled rows the model never trained on (the evaluate
+    stage's, computed the same way)."""
     names = ["accuracy", "macro_f1", "micro_f1", "auroc_ovr", "log_loss", "ece_calibrated",
              "samples"]
     rows = [[n, f"{metrics[f'labelled_{n}']:.4f}" if n != "samples"
              else str(int(metrics[f"labelled_{n}"]))] for n in names if f"labelled_{n}" in metrics]
-    note = "Computed as the evaluate stage computes its test metrics."
-    if rows_in_training:
-        note += (f" {rows_in_training} scored rows are in the model's training data (same "
-                 f"content): metrics on them are not a test.")
-    return {"title": "Metrics on the labelled rows", "note": note, "columns": ["metric", "value"],
-            "rows": rows}
+    note = "Computed as the evaluate stage computes its test metrics"
+    if rows_in_training is None:
+        note += (", on every labelled row: whether the model trained on some of them is not "
+                 "known (it kept no record of its training rows).")
+    elif labelled_in_training:
+        note += (f", on the labelled rows the model never trained on: {labelled_in_training} "
+                 f"labelled rows are in its training data (same content; in_training in the "
+                 f"predictions) and are left out, since a score on them is not a test.")
+    else:
+        note += "; none of these rows is in the model's training data."
+    return {"title": "Metrics on the labelled rows the model never saw", "note": note,
+            "columns": ["metric", "value"], "rows": rows}
+
+
+def confidence_table(rows: list[dict]) -> dict:
+    """The least confident predictions, for a person to check first."""
+    return {"title": "Least confident predictions",
+            "note": "The rows whose predicted class has the lowest calibrated probability; "
+                    "line = the manifest line.",
+            "columns": ["id", "line", "predicted", "confidence"],
+            "rows": [[r["id"], str(r["line"]), r["predicted"], f"{r['confidence']:.1%}"]
+                     for r in rows]}
 
 
 def report_data(s: BatchSummary) -> dict:
@@ -99,9 +122,14 @@ def report_data(s: BatchSummary) -> dict:
     else:
         headline = "No drift: every figure is within its threshold"
     tables = drift_tables(s.drift, s.thresholds) if s.drift else []
+    if s.least_confident:
+        tables.insert(0, confidence_table(s.least_confident))
     if s.metrics:
-        tables.insert(0, metric_table(s.metrics, s.rows_in_training))
+        tables.insert(0, metric_table(s.metrics, s.rows_in_training, s.labelled_in_training))
+    chart = (base64.b64encode(s.chart.read_bytes()).decode("ascii")
+             if s.chart is not None and s.chart.is_file() else "")
     return {"dataset": s.dataset, "model": s.model, "flagged": s.flagged, "headline": headline,
+            "chart": chart,
             "rows": f"{s.rows_in} rows in = {s.rows_scored} scored + {s.rows_rejected} rejected "
                     f"(rejected rows and why: validation/rejects.csv)",
             "facts": ", ".join(f"{k} {v}" for k, v in s.facts.items()), "tables": tables}

@@ -151,8 +151,9 @@ class DriftSample:
 
 @dataclass
 class ScoreResult:
-    """What :func:`score` did: rows scored, their predicted class ids, the labelled rows'
-    metrics (empty when none is labelled) and the drift sample."""
+    """What :func:`score` did: rows scored, their predicted class ids and calibrated
+    confidences, the metrics of the labelled rows the model never trained on (empty when
+    there are none), the drift sample and the least confident rows."""
 
     n_scored: int
     n_labelled: int
@@ -160,6 +161,12 @@ class ScoreResult:
     metrics: dict[str, float]
     drift: DriftSample
     n_in_training: int = 0
+    n_labelled_in_training: int = 0
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    least_confident: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+LEAST_CONFIDENT = 10  # rows the report lists for a person to look at
 
 
 def labelled_metrics(y: np.ndarray, probs: np.ndarray, temperature: float, labels: list[str]
@@ -207,8 +214,9 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
     ``labelled``: the batch has labels (some rows may lack one); the labelled rows are
     scored with :func:`labelled_metrics`. ``shard_size``: the features' ``extract.shard_size``.
     ``drift_samples`` caps the vectors kept per modality for the drift test. ``trained``
-    (content hashes of the model's training rows per modality) counts the rows the model was
-    trained on (:func:`in_training`): their labelled metrics are not a test.
+    (content hashes of the model's training rows per modality) marks the rows the model was
+    trained on (:func:`in_training`, the predictions' ``in_training`` column; empty when
+    unknown): they are left out of the labelled metrics, which would not be a test on them.
     """
     head, meta = load_fusion_head(Path(model_dir))
     labels, modalities = meta["labels"], list(meta["dims"])
@@ -218,15 +226,20 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drift = DriftSample(drift_samples, seed)
-    predicted, ys, probs_labelled = [], [], []
-    n = n_in_training = 0
+    predicted, confidence, ys, probs_labelled, doubtful = [], [], [], [], []
+    n = n_in_training = n_labelled_in_training = 0
     with atomic_path(out_dir / PREDICTIONS_FILE) as tmp:
         writer = None
         try:
             for chunk in feature_chunks(parts, modalities, shard_size, token_inputs):
                 probs = predict_proba(head, chunk.vectors, chunk.present, chunk.tokens).numpy()
-                frame = _prediction_rows(chunk, probs, apply_temperature(probs, temperature),
-                                         labels, modalities, labelled, model_version)
+                calibrated = apply_temperature(probs, temperature)
+                frame = _prediction_rows(chunk, probs, calibrated, labels, modalities, labelled,
+                                         model_version)
+                seen = (in_training(chunk.index, trained) if trained is not None
+                        else np.zeros(len(frame), dtype=bool))
+                frame.insert(len(frame.columns) - 1, "in_training", pd.array(
+                    seen if trained is not None else [pd.NA] * len(frame), dtype="boolean"))
                 if targets:
                     with torch.inference_mode():
                         logits = head.eval().forward_all(chunk.vectors, chunk.present, chunk.tokens)
@@ -236,14 +249,17 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
                 writer = writer or pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
                 predicted.append(probs.argmax(-1))
+                confidence.append(calibrated.max(-1))
+                doubtful.append(least_confident(frame, calibrated.max(-1)))
                 if labelled:
                     known = chunk.index["label"].to_numpy() != ""
+                    n_labelled_in_training += int((known & seen).sum())
+                    known &= ~seen  # a row the model trained on is not a test
                     ys.append(chunk.index["label_idx"].to_numpy()[known].astype(int))
                     probs_labelled.append(probs[known])
                 drift.add(chunk)
                 n += len(frame)
-                if trained:
-                    n_in_training += int(in_training(chunk.index, trained).sum())
+                n_in_training += int(seen.sum())
         finally:
             if writer is not None:
                 writer.close()
@@ -253,7 +269,24 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
     metrics = (labelled_metrics(y, np.concatenate(probs_labelled), temperature, labels)
                if len(y) else {})
     return ScoreResult(n_scored=n, n_labelled=len(y), predicted=np.concatenate(predicted),
-                       metrics=metrics, drift=drift, n_in_training=n_in_training)
+                       metrics=metrics, drift=drift, n_in_training=n_in_training,
+                       n_labelled_in_training=n_labelled_in_training,
+                       confidence=np.concatenate(confidence),
+                       least_confident=least_confident(pd.concat(doubtful, ignore_index=True)))
+
+
+def least_confident(frame: pd.DataFrame, confidence: np.ndarray | None = None,
+                    limit: int = LEAST_CONFIDENT) -> pd.DataFrame:
+    """The ``limit`` rows of ``frame`` with the lowest calibrated confidence (``id``, ``line``,
+    ``predicted``, ``confidence``), least confident first; ties keep file order.
+
+    >>> f = pd.DataFrame({"id": ["a", "b", "c"], "line": [2, 3, 4], "predicted": ["x", "y", "x"]})
+    >>> least_confident(f, np.array([0.9, 0.4, 0.6]), limit=2)["id"].tolist()
+    ['b', 'c']
+    """
+    if confidence is not None:
+        frame = frame[["id", "line", "predicted"]].assign(confidence=confidence)
+    return frame.sort_values("confidence", kind="stable").head(limit).reset_index(drop=True)
 
 
 def _prediction_rows(chunk: Chunk, probs: np.ndarray, calibrated: np.ndarray, labels: list[str],

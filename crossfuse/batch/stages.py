@@ -171,9 +171,10 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                     parts: list[Path], out_dir: Path) -> BatchResult:
     """Score the extracted parts, check drift, write ``predictions.parquet``, ``drift.json``,
     ``metrics.json`` and ``report.html`` into ``out_dir``, log them; ends the run."""
-    from crossfuse.batch.report import BATCH_REPORT_FILE, BatchSummary, render_batch_report
+    from crossfuse.batch.report import BATCH_REPORT_FILE, PREDICTIONS_CHART, BatchSummary, render_batch_report
     from crossfuse.batch.score import PREDICTIONS_FILE, score
     from crossfuse.features.extract import combined_result
+    from crossfuse.plots import plot_predictions
     from crossfuse.stages import log_extract_result
 
     out_dir, model_dir = Path(out_dir), Path(model_dir)
@@ -197,6 +198,9 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                    **scored.metrics, **(drift.metrics if drift else {})}
         if trained is not None:
             metrics["batch_rows_in_training"] = scored.n_in_training
+            metrics["batch_rows_labelled_in_training"] = scored.n_labelled_in_training
+        chart = plot_predictions(labels, scored.predicted, scored.confidence,
+                                 out_dir / PREDICTIONS_CHART)
         if drift:
             metrics["drift_flagged"] = len(drift.flagged)
         log_metrics(metrics)
@@ -210,19 +214,25 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                                rows_in=report.n_rows, rows_scored=scored.n_scored,
                                rows_rejected=report.n_rejected, drift=drift,
                                thresholds=cfg.drift, metrics=scored.metrics, drift_note=note,
-                               rows_in_training=scored.n_in_training,
+                               rows_in_training=None if trained is None else scored.n_in_training,
+                               labelled_in_training=scored.n_labelled_in_training, chart=chart,
+                               least_confident=scored.least_confident.to_dict("records"),
                                facts={"MLflow run": run.info.run_id,
                                       "data": run.data.tags.get("data.dvc_md5")
                                       or run.data.tags.get("data.content_sha256", "")})
         page = render_batch_report(out_dir / BATCH_REPORT_FILE, summary)
-        for name in (PREDICTIONS_FILE, "metrics.json", "drift.json", BATCH_REPORT_FILE):
+        for name in (PREDICTIONS_FILE, "metrics.json", "drift.json", BATCH_REPORT_FILE,
+                     PREDICTIONS_CHART):
             mlflow.log_artifact(str(out_dir / name), BATCH_ARTIFACTS)
         say(f"rows in {report.n_rows} = scored {scored.n_scored} + rejected {report.n_rejected}"
-            + (f"; {scored.n_labelled} labelled: macro-F1 {scored.metrics['labelled_macro_f1']:.4f}, "
-               f"accuracy {scored.metrics['labelled_accuracy']:.4f}" if scored.metrics else ""))
+            + (f"; {scored.n_labelled} labelled rows the model never trained on: macro-F1 "
+               f"{scored.metrics['labelled_macro_f1']:.4f}, accuracy "
+               f"{scored.metrics['labelled_accuracy']:.4f}" if scored.metrics else ""))
         if scored.n_in_training:
             say(f"  {scored.n_in_training} of the {scored.n_scored} rows are in the model's "
-                f"training data (same content): metrics on them are not a test")
+                f"training data (same content; in_training in the predictions)"
+                + (f": their {scored.n_labelled_in_training} labels are left out of the "
+                   f"metrics" if scored.n_labelled_in_training else ""))
         say(f"drift: {'; '.join(drift.flagged) if drift and drift.flagged else verdict}"
             + (f" ({note})" if note else ""))
         link_to_model_version(ref, run.info.run_id, run.info.experiment_id, verdict)

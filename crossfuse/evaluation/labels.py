@@ -6,6 +6,11 @@
 'this model, only image present (the rest masked as missing): macro-F1'
 >>> metric_label("efficiency_peak_rss_mb")
 'serving: peak memory (MB)'
+>>> metric_label("efficiency_text_encoder_parameters"), metric_label("importance_drop_text")
+('text encoder: parameters', 'text importance: macro-F1 lost when dropped')
+>>> metric_label("robustness_image_pixel_noise_auc")
+'image robustness to pixel noise: area under macro-F1 against noise level'
+
 """
 
 from __future__ import annotations
@@ -43,10 +48,10 @@ _PATTERNS = [
     (r"present_(.+)_test_(macro_f1|accuracy)",
      lambda m, s: f"this model, only {m.replace('_and_', '+')} present (the rest masked as "
                   f"missing): {s}"),
-    (r"efficiency_(.+)_encoder_parameters", lambda m, _: f"{m} encoder: parameters"),
-    (r"robustness_(.+)_(features|raw)_auc",
-     lambda m, kind: f"{m} noise robustness ({'feature' if kind == 'features' else 'raw input'} "
-                     f"noise): area under macro-F1"),
+    (r"efficiency_(.+)_encoder_parameters", lambda m: f"{m} encoder: parameters"),
+    (r"robustness_([^_]+)_(.+)_auc",
+     lambda m, kind: f"{m} robustness to {'feature noise' if kind == 'features' else kind.replace('_', ' ')}"
+                     f": area under macro-F1 against noise level"),
     (r"importance_(drop|permutation)_(.+)",
      lambda how, m: f"{m} importance: macro-F1 lost when "
                     f"{'dropped' if how == 'drop' else 'shuffled'}"),
@@ -60,6 +65,5 @@ def metric_label(name: str) -> str:
     for pattern, words in _PATTERNS:
         found = re.fullmatch(pattern, name)
         if found:
-            first, second = found.groups()
-            return words(first, _SCORES.get(second, second))
+            return words(*(_SCORES.get(g, g) for g in found.groups()))
     return name.replace("_", " ")

@@ -142,6 +142,31 @@ def headline(metrics: dict[str, float]) -> str:
     return line
 
 
+def decision_words(decision: dict) -> str:
+    """The registration's outcome in one sentence.
+
+    >>> decision_words({"model_name": "m", "version": "2", "promoted": False,
+    ...                 "champion_version": "1", "reason": "no gain"})
+    'm v2 was not promoted; the champion stays v1 (no gain)'
+    """
+    model = f"{decision['model_name']} v{decision['version']}"
+    if decision.get("promoted"):
+        return f"{model} was promoted to champion ({decision.get('reason', '')})"
+    champion = decision.get("champion_version")
+    stays = f"the champion stays v{champion}" if champion else "there is no champion yet"
+    return f"{model} was not promoted; {stays} ({decision.get('reason', '')})"
+
+
+def run_description(metrics: dict[str, float], decision: dict, verdict: str = "") -> str:
+    """What the MLflow run and model version show first (Markdown): the decision and why,
+    the headline metric with its interval, how the model was chosen, where the report is."""
+    lines = [f"**{decision_words(decision)}**", "", headline(metrics) + "."]
+    if verdict:
+        lines += ["", f"Model choice: {verdict}."]
+    lines += ["", "The whole evaluation: artifact `evaluation/report.html` of this run."]
+    return "\n".join(lines)
+
+
 def single_modality_scores(metrics: dict[str, float]) -> dict[str, float]:
     """``{modality: test macro-F1}`` of the single-modality baselines in ``metrics``."""
     return {k[len("baseline_"):-len("_test_macro_f1")]: v for k, v in metrics.items()

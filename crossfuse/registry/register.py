@@ -96,6 +96,13 @@ def _write_decision(client: MlflowClient, name: str, version: str, run_id: str |
             client.set_tag(run_id, key, value)
 
 
+def describe(result: RegisterResult, text: str) -> None:
+    """Put ``text`` (Markdown) where the MLflow UI shows it first: the description of the
+    active run and of the registered version."""
+    mlflow.set_tag("mlflow.note.content", text)
+    MlflowClient().update_model_version(result.model_name, result.version, description=text)
+
+
 def _pip_requirements() -> list[str]:
     try:
         return [r for r in (requires("crossfuse") or []) if "extra ==" not in r]
@@ -247,6 +254,9 @@ def promote_by_hand(model_name: str, version: str, reason: str | None = None,
             "crossfuse.compared_to": previous[1] if previous else "",
             "crossfuse.decided_by": user, "crossfuse.decided_at": _now()}
     _write_decision(client, model_name, str(mv.version), mv.run_id, tags)
+    client.update_model_version(model_name, str(mv.version), description=(
+        f"**Promoted to champion by hand** by {user} at {tags['crossfuse.decided_at']}: "
+        f"{tags['crossfuse.reason']}\n\n{mv.description or ''}").strip())
     log.info("champion of %s -> v%s (by hand): %s", model_name, mv.version, tags["crossfuse.reason"])
     return tags
 

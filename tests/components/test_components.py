@@ -143,6 +143,24 @@ def test_register_sets_aliases_and_tags(pipeline_run):
     assert json.loads(mv.tags["crossfuse.gate"])[0]["detail"] == "no champion yet"
     run_tags = client.get_run(pipeline_run["run_id"]).data.tags
     assert run_tags["crossfuse.decision"] == "promoted"  # the run carries the decision too
+    # What the UI shows first on the version and on the run: the decision, why, the headline
+    # metric with its interval; the gate's raw JSON stays in a tag.
+    assert mv.description.startswith(f"**{name} v1 was promoted to champion (no champion yet")
+    assert "test macro-F1" in mv.description and "(95% CI " in mv.description
+    assert "[{" not in mv.description
+    note = run_tags["mlflow.note.content"]
+    assert note.startswith(mv.description) and "crossfuse pipeline on sample" in note
+
+
+def test_ui_opens_on_the_latest_training_run(pipeline_run, capsys):
+    from pipelines.cli import main
+
+    uri = pipeline_run["cfg"].mlflow.tracking_uri
+    assert main(["ui", "--print-url", "--set", f"mlflow.tracking_uri={uri}"]) == 0
+    out = capsys.readouterr().out
+    run = MlflowClient().get_run(pipeline_run["run_id"])
+    assert (f"the latest run: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+            f"{run.info.run_id}?workflowType=machine_learning") in out
 
 
 def test_the_registered_model_is_code_and_weights_with_an_example_request(pipeline_run, tmp_path):
@@ -234,14 +252,19 @@ def test_served_model_matches_pipeline_predictions(pipeline_run):
     assert (out[prob_cols].to_numpy() - preds[prob_cols].to_numpy()).__abs__().max() < 1e-4
 
 
-def test_failed_stage_marks_run_failed(pipeline_run, tmp_path):
+def test_failed_stage_marks_run_failed(pipeline_run, tmp_path, capsys):
+    from crossfuse.errors import ERROR_MARK, UserError
+
     cfg = pipeline_run["cfg"].model_copy(deep=True)
     cfg.data.path = str(tmp_path / "missing")
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         validate.python_func(config_json=cfg.to_json(),
                              validation=artifact(Artifact, tmp_path, "v"),
                              data_docs=artifact(HTML, tmp_path, "d"),
                              metrics=artifact(Metrics, tmp_path, "m"))
+    # The task says the problem for the run's console, which shows it instead of a traceback.
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith(ERROR_MARK)]
+    assert said and "does not exist; pass --data" in said[-1]
     runs = MlflowClient().search_runs(
         [MlflowClient().get_experiment_by_name(cfg.experiment_name()).experiment_id],
         order_by=["attributes.start_time DESC"], max_results=1)

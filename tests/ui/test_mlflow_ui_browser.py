@@ -84,7 +84,12 @@ def test_the_run_link_opens_a_training_run_with_its_dataset_source_and_descripti
     # Training runs, not the GenAI traces overview.
     assert "Detect Issues" not in body and "Token Usage" not in body
     cfg = ui["cfg"]
-    assert f"crossfuse pipeline on {cfg.data.dataset_name()}" in body  # the description
+    # The description opens on the answer: the decision, then the headline with its interval.
+    name = cfg.model_name()
+    assert f"{name} v{ui['result'].version} was promoted to champion" in body
+    assert "(95% CI " in body
+    assert body.index("was promoted to champion") < body.index(
+        f"crossfuse pipeline on {cfg.data.dataset_name()}")  # then what ran
     assert "multimodal_fusion" in body  # the source: the pipeline, not executor_main.py
     datasets = page.get_by_text("Datasets", exact=True).first
     assert datasets.is_visible()
@@ -112,3 +117,4 @@ def test_the_model_version_page_shows_the_aliases_and_the_decision(ui):
     assert "champion" in body and "challenger" in body
     assert "crossfuse.decision" in body and "promoted" in body
     assert "crossfuse.reason" in body
+    assert f"{name} v{version} was promoted to champion" in body  # the version's description

@@ -158,3 +158,16 @@ def test_a_bug_keeps_its_traceback_and_says_it_is_one(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ValueError: an internal mistake" in err
     assert "this is a bug in crossfuse" in err
+
+
+def test_the_review_hint_names_the_command_for_the_store_the_run_used(tmp_path, monkeypatch):
+    from pipelines.cli import duration_words, ui_url
+
+    monkeypatch.chdir(tmp_path)
+    page = "#/experiments/1/runs/abc?workflowType=machine_learning"
+    assert ui_url(f"sqlite:///{tmp_path / 'mlflow.db'}", "1", "abc") == (
+        f"`make ui`, then http://127.0.0.1:5000/{page}")
+    assert ui_url("sqlite:////data/team.db", "1", "abc").startswith(
+        "`crossfuse ui --set mlflow.tracking_uri=sqlite:////data/team.db`, then ")
+    assert ui_url("http://mlflow:5000", "1", "abc") == f"http://mlflow:5000/{page}"
+    assert (duration_words(276.4), duration_words(52.2)) == ("4 min 36 s", "52 s")

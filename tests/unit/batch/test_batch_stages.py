@@ -79,11 +79,20 @@ def test_test_rows_score_as_evaluate_scored_them(trained, sample_dataset):
     assert run.data.metrics["batch/rows_in_training"] == 0      # test rows: none trained on
     assert "drift/label_shift" in run.data.metrics
     logged = {f.path for f in client.list_artifacts(result.run_id, "batch")}
-    assert {"batch/predictions.parquet", "batch/report.html", "batch/drift.json"} <= logged
+    assert {"batch/predictions.parquet", "batch/report.html", "batch/drift.json",
+            "batch/predictions.png"} <= logged
     version = client.get_model_version("crossfuse-sample", "1")
     assert version.tags["crossfuse.batch.last_run"] == result.run_id
+    assert not predictions["in_training"].any()
     page = Path(result.report).read_text()
-    assert "Metrics on the labelled rows" in page and "Embedding drift" in page
+    assert "Metrics on the labelled rows the model never saw" in page and "Embedding drift" in page
+    assert "none of these rows is in the model&#39;s training data" in page
+    # What a person checks first: the classes and confidence drawn, the least sure rows listed.
+    assert 'alt="predicted classes and confidence"' in page
+    confidence = predictions.filter(like="p_").max(axis=1)
+    least = predictions.loc[confidence.sort_values(kind="stable").index[:3], "id"]
+    assert "Least confident predictions" in page
+    assert page.index(f">{least.iloc[0]}</td>") < page.index(f">{least.iloc[2]}</td>")
 
 
 def test_unlabelled_and_bad_rows_are_each_scored_or_rejected(trained, sample_dataset):
@@ -105,11 +114,19 @@ def test_unlabelled_and_bad_rows_are_each_scored_or_rejected(trained, sample_dat
     assert "not one of the model's classes" in " ".join(rejects["reason"])
     assert set(predictions["id"]) | set(rejects["id"]) == set(manifest["id"])
     metrics = json.loads((root / "mixed-out" / "predictions" / "metrics.json").read_text())
-    assert metrics["batch_rows_labelled"] == metrics["labelled_samples"] == 38
     index = pd.read_parquet(root / "train" / "features" / "index.parquet")
     learned = set(index.loc[index["split"].isin(["train", "val"]), "id"])
     assert metrics["batch_rows_in_training"] == len(learned & set(predictions["id"])) > 0
-    assert "training data (same content)" in Path(result.report).read_text()
+    assert set(predictions.loc[predictions["in_training"], "id"]) == learned & set(predictions["id"])
+    # Headline metrics on the labelled rows the model never trained on, and only those.
+    labelled = predictions["label"] != ""
+    unseen = labelled & ~predictions["in_training"]
+    assert metrics["batch_rows_labelled"] == metrics["labelled_samples"] == unseen.sum() > 0
+    assert metrics["batch_rows_labelled_in_training"] == (labelled & predictions["in_training"]).sum()
+    assert metrics["batch_rows_labelled"] + metrics["batch_rows_labelled_in_training"] == 38
+    assert metrics["labelled_accuracy"] == pytest.approx(
+        (predictions.loc[unseen, "label"] == predictions.loc[unseen, "predicted"]).mean())
+    assert "are left out, since a score on them is not a test" in Path(result.report).read_text()
 
     unlabelled = subset(sample_dataset, root / "unlabelled", manifest.drop(columns=["label"])
                         .drop(index=[20, 21]))
