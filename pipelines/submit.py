@@ -51,12 +51,12 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
     """
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
         raise UserError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
-                         f"machine; a cluster run needs a tracking server its pods reach: set "
-                         f"MLFLOW_TRACKING_URI=http://<server> (see `make mlflow-server`)")
+                        f"machine; a cluster run needs a tracking server its pods reach: set "
+                        f"MLFLOW_TRACKING_URI=http://<server> (see `make mlflow-server`)")
     if not cfg.data.remote:
         raise UserError("data.remote is not set: cluster pods pull the data version data.dvc pins "
-                         "from a DVC remote; `dvc push` the data there and pass "
-                         "--set data.remote=s3://<bucket>/<path> (or set it in the config)")
+                        "from a DVC remote; `dvc push` the data there and pass "
+                        "--set data.remote=s3://<bucket>/<path> (or set it in the config)")
     cfg = pin_data_version(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "pipeline.yaml", cfg, batch=batch)

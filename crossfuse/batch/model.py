@@ -71,7 +71,7 @@ def parse_model_spec(spec: str, default_name: str) -> tuple[str, str | None, str
         name, version = spec.rsplit("/", 1)
         if not version.isdigit():
             raise UserError(f"model {spec!r}: a version is a number, as in NAME/3 (or use "
-                             f"NAME@ALIAS)")
+                            f"NAME@ALIAS)")
         return name or default_name, None, version
     return spec or default_name, CHAMPION, None
 
@@ -95,7 +95,7 @@ def resolve_model(spec: str, default_name: str) -> ModelRef:
         except MlflowException:
             known = "no model of that name is registered; train one with `make run`"
         raise UserError(f"model {name}{'@' + alias if alias else '/' + str(version)} not found: "
-                         f"{known}") from exc
+                        f"{known}") from exc
     return ModelRef(name=name, version=str(mv.version), alias=alias or "", run_id=mv.run_id or "")
 
 

@@ -70,7 +70,7 @@ def feature_chunks(parts: list[Path], modalities: list[str], shard_size: int,
     missing = [m for m in modalities if m not in encoders]
     if missing:
         raise UserError(f"the features in {parts[0]} lack {missing}: extract them with the "
-                         f"model's encoders")
+                        f"model's encoders")
     readers = [pq.ParquetFile(p / INDEX_FILE) for p in parts]
     batches = [r.iter_batches(batch_size=shard_size) for r in readers]
     for k in range(max(-(-r.metadata.num_rows // shard_size) for r in readers)):

@@ -96,8 +96,8 @@ def pin_data_version(cfg: RunConfig) -> RunConfig:
     dvc_file = Path(cfg.data.dvc_file or f"{Path(cfg.data.path)}.dvc")
     if not dvc_file.is_file():
         raise UserError(f"data.remote={cfg.data.remote!r} is set, but {dvc_file} does not exist: "
-                         f"track the data with `dvc add {cfg.data.path}` and `dvc push`, or set "
-                         f"data.dvc_file to the .dvc file that pins the version")
+                        f"track the data with `dvc add {cfg.data.path}` and `dvc push`, or set "
+                        f"data.dvc_file to the .dvc file that pins the version")
     pinned = cfg.model_copy(deep=True)
     pinned.data.pinned = pinned_output(dvc_file.read_text())
     pinned.data.name = cfg.data.dataset_name()
@@ -115,8 +115,8 @@ def materialise_data(cfg: RunConfig) -> RunConfig:
         return cfg
     if not cfg.data.pinned:
         raise UserError(f"data.remote={cfg.data.remote!r} is set but no version is pinned: start "
-                         f"the run with `crossfuse run` or `crossfuse submit`, which pin "
-                         f"data.dvc_file's version, or set data.pinned")
+                        f"the run with `crossfuse run` or `crossfuse submit`, which pin "
+                        f"data.dvc_file's version, or set data.pinned")
     dest = Path(cfg.data.fetch_dir) / str(cfg.data.pinned["md5"]).removesuffix(".dir")
     if not dest.is_dir():
         print(f"pulling data version {dest.name} from {cfg.data.remote}", flush=True)

@@ -231,7 +231,7 @@ def concat_feature_sets(parts: list[Path], out_dir: Path, shard_size: int = 1024
     for other, path in zip(sets[1:], parts[1:], strict=True):
         if other.encoders != first.encoders or other.labels != first.labels:
             raise UserError(f"feature set {path} was made with other encoders or labels than "
-                             f"{parts[0]}; extract all parts with one config")
+                            f"{parts[0]}; extract all parts with one config")
     index = pd.concat([s.index for s in sets], ignore_index=True)
     order = torch.from_numpy(index["line"].to_numpy().argsort(kind="stable"))
     vectors = {m: torch.cat([s.vectors[m] for s in sets])[order] for m in first.vectors}

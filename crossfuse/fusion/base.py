@@ -128,7 +128,7 @@ def attention_heads(spec: FusionSpec) -> int:
     heads = spec.option("heads", 4)
     if spec.hidden_dim % heads:
         raise UserError(f"fusion.hidden_dim={spec.hidden_dim} must be divisible by the option "
-                         f"heads={heads}")
+                        f"heads={heads}")
     return heads
 
 

@@ -34,7 +34,7 @@ class FiLMFusion(FusionMethod):
         self.target = spec.option("film_target", self.modalities[0])
         if self.target not in spec.dims:
             raise UserError(f"fusion option film_target={self.target!r} is not a modality of "
-                             f"{self.modalities}")
+                            f"{self.modalities}")
         h = spec.hidden_dim
         self.conditioners = [m for m in self.modalities if m != self.target]
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in spec.dims.items()})

@@ -262,7 +262,7 @@ def fit(fs: FeatureSet, fusion: FusionConfig, train: TrainConfig, seed: int,
     data_va = fs.split_inputs("val", modalities, head.spec.token_inputs)
     if len(data_tr) == 0 or len(data_va) == 0:
         raise UserError(f"need train and val samples, got {len(data_tr)} train / {len(data_va)} "
-                         f"val; add samples or change preprocess.split")
+                        f"val; add samples or change preprocess.split")
     # The key hashes the whole index: only for checkpointed training, not every trial/baseline.
     key = checkpoint_key(fs, fusion, train, seed, modalities) if checkpoint_dir else ""
     ckpt = Path(checkpoint_dir) / f"{key}.pt" if checkpoint_dir else None
