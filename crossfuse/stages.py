@@ -47,7 +47,7 @@ from crossfuse.data.validation.report import (
 )
 from crossfuse.errors import reported
 from crossfuse.stage_records import record_key, restore, store
-from crossfuse.tracking import data_version, log_metrics, stage_run
+from crossfuse.tracking import data_version, log_metrics, run_metrics, stage_run
 
 if TYPE_CHECKING:
     from crossfuse.data.preprocess import PreprocessResult
@@ -205,26 +205,34 @@ def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
 
 
 def extract_lines(result: ExtractResult) -> list[str]:
-    """Where each modality's vectors came from, in words; the rows add up.
+    """Where each modality's vectors came from, in words; the rows add up. ``encoded`` counts
+    distinct items (rows with the same content are encoded once).
 
     >>> from crossfuse.features.extract import ExtractResult
-    >>> extract_lines(ExtractResult(720, {"text": 384}, {"text": 0}, {"text": 594},
-    ...                             runtime={"text": "torch on cpu"}, seconds={"text": 1.4}))
-    ['text: 720 rows = 0 from the feature cache + 594 encoded (torch on cpu, 424/s) + 126 without text']
+    >>> extract_lines(ExtractResult(720, {"text": 384}, {"text": 0}, {"text": 580},
+    ...                             runtime={"text": "torch on cpu"}, seconds={"text": 1.4},
+    ...                             present={"text": 600}))  # doctest: +NORMALIZE_WHITESPACE
+    ['text: 720 rows = 0 from the feature cache + 600 encoded now (580 distinct; torch on cpu,
+      414/s) + 120 without text']
     """
     lines = []
     for m in result.dims:
-        hits, encoded = result.cache_hits[m], result.encoded[m]
-        how = ", ".join(filter(None, [
-            result.runtime.get(m, ""),
-            f"{encoded / result.seconds[m]:.0f}/s" if encoded and result.seconds.get(m) else ""]))
-        missing = result.n_samples - hits - encoded
-        lines.append(f"{m}: {result.n_samples} rows = {hits} from the feature cache + {encoded} "
-                     f"encoded{f' ({how})' if how else ''}"
+        hits, distinct = result.cache_hits[m], result.encoded[m]
+        have = result.present.get(m, hits + distinct)  # older results: no missing count
+        fresh = have - hits
+        how = "; ".join(filter(None, [
+            f"{distinct} distinct" if distinct != fresh else "",
+            ", ".join(filter(None, [
+                result.runtime.get(m, ""),
+                f"{distinct / result.seconds[m]:.0f}/s" if distinct and result.seconds.get(m)
+                else ""]))]))
+        missing = result.n_samples - have
+        lines.append(f"{m}: {result.n_samples} rows = {hits} from the feature cache + {fresh} "
+                     f"encoded now{f' ({how})' if how else ''}"
                      + (f" + {missing} without {m}" if missing else ""))
         if result.truncated.get(m):
-            lines.append(f"{m}: {result.truncated[m]} of {result.n_samples} items were longer "
-                         f"than the encoder's input and were truncated")
+            lines.append(f"{m}: {result.truncated[m]} of {have} items were longer than the "
+                         f"encoder's input and were truncated")
     return lines
 
 
@@ -342,7 +350,7 @@ def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
         result = evaluate(cfg, Path(features), Path(model_dir), out_dir,
                           preprocessed=preprocessed, context=context,
                           data_warnings=warnings_from_tags(run.data.tags),
-                          intake={k: v for k, v in run.data.metrics.items()
+                          intake={k: v for k, v in run_metrics(run).items()
                                   if k in ("rows_in", "rows_used", "rows_rejected")})
         log_metrics(result.metrics)
         say(headline(result.metrics))

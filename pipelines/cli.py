@@ -200,6 +200,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
     import shutil
 
+    started = time.monotonic()
+
     from crossfuse.batch.model import default_model_spec  # torch and MLflow: only where it runs
 
     # The model defaults to the config's own (named after its training data, not --data's).
@@ -220,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         predictions = Path(shutil.copyfile(predictions, args.out))
     print_batch_summary(cfg, result, predictions, log_path)
+    print(f"done in {duration_words(time.monotonic() - started)}")
     if result["flagged"] and cfg.predict.fail_on_drift:
         print(f"drift found: exiting {DRIFT_EXIT} (--fail-on-drift)", file=sys.stderr)
         return DRIFT_EXIT

@@ -307,9 +307,19 @@ _CHOICE_COLUMNS = {"rank": "rank", "candidate": "candidate", "modalities": "moda
 def choice_table(rows: list[dict]) -> dict:
     """The ranked candidates with headers in words and settings rounded to 3 digits."""
     columns = [c for c in _CHOICE_COLUMNS if any(c in r and r[c] == r[c] for r in rows)]
-    shown = [{_CHOICE_COLUMNS[c]: settings_words(r[c]) if c == "searched" else r.get(c)
-              for c in columns} for r in rows]
+    shown = [{_CHOICE_COLUMNS[c]: _choice_cell(c, r.get(c)) for c in columns} for r in rows]
     return _table(shown, [_CHOICE_COLUMNS[c] for c in columns])
+
+
+def _choice_cell(column: str, value):
+    """A model-choice cell: whole numbers as such, seconds to 0.1, settings in words."""
+    if column == "searched":
+        return settings_words(value)
+    if not isinstance(value, float) or value != value:
+        return value
+    if column in ("rank", "epochs", "settings_tried"):
+        return int(value)
+    return f"{value:.1f}" if column == "fit_seconds" else value
 
 
 def settings_words(value) -> str:

@@ -55,6 +55,7 @@ class ExtractResult:
     truncated: dict[str, int] = field(default_factory=dict)  # items cut to the encoder's length
     runtime: dict[str, str] = field(default_factory=dict)  # e.g. "onnxruntime on cpu"
     seconds: dict[str, float] = field(default_factory=dict)  # spent encoding (cache misses)
+    present: dict[str, int] = field(default_factory=dict)  # rows that have the modality
 
 
 def _item_hashes(samples, modality: str, root: Path) -> list[str]:
@@ -287,7 +288,9 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
                                       for m, blocks in done.items()
                                       if blocks[0].truncated is not None},
                            runtime={m: f"{meta[m]['backend']} on {meta[m]['device']}" for m in meta},
-                           seconds={m: round(v, 3) for m, v in total("seconds").items()})
+                           seconds={m: round(v, 3) for m, v in total("seconds").items()},
+                           present={m: int(sum(f.present.sum() for f in blocks))
+                                    for m, blocks in done.items()})
     write_json(Path(out_dir) / RESULT_FILE, asdict(result))
     return result
 
@@ -311,4 +314,4 @@ def combined_result(parts: list[Path]) -> ExtractResult:
         n_samples=sum(r["n_samples"] for r in results), dims=results[0]["dims"],
         runtime=results[0].get("runtime", {}),
         **{k: {m: sum(r.get(k, {}).get(m, 0) for r in results) for m in results[0].get(k, {})}
-           for k in ("cache_hits", "encoded", "truncated", "seconds")})
+           for k in ("cache_hits", "encoded", "truncated", "seconds", "present")})

@@ -228,6 +228,8 @@ def test_report_is_one_html_page_in_kfp_and_mlflow(pipeline_run, tmp_path):
     assert page.count('src="data:image/png;base64,') >= 7 and page.count("src=") == page.count(
         'src="data:image/png;base64,')
     assert page.index("fusion gained") < page.index("<h2>Test metrics</h2>")
+    # The data it rests on, from the run: rows in, used and rejected, and the split sizes.
+    assert "<h2>Data</h2>" in page and "60 rows in = 60 used + 0 rejected" in page
     # In MLflow the register stage re-renders it with the promotion decision.
     local = mlflow.artifacts.download_artifacts(run_id=pipeline_run["run_id"],
                                                 artifact_path="evaluation/report.html",

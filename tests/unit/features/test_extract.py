@@ -150,3 +150,28 @@ def test_extraction_in_blocks_equals_one_block(sample_dataset, make_config, tmp_
         torch.testing.assert_close(a.vectors[m], b.vectors[m], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a.tokens[m][0], b.tokens[m][0], rtol=1e-5, atol=1e-6)
         assert torch.equal(a.tokens[m][1], b.tokens[m][1])
+
+
+def test_the_extract_summary_adds_up_with_copies_and_missing_items(sample_dataset, make_config,
+                                                                   tmp_path):
+    import pandas as pd
+
+    from crossfuse.stages import extract_lines
+
+    root = tmp_path / "copies"
+    shutil.copytree(sample_dataset, root)
+    frame = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    frame.loc[1:3, "text"] = frame.loc[0, "text"]      # three copies of row 0's text
+    frame.loc[4:5, "text"] = ""                          # two rows without text
+    frame.to_csv(root / "manifest.csv", index=False)
+    cfg = make_config(root)
+    preprocess(cfg, root, tmp_path / "pre")
+    first = extract(cfg, tmp_path / "pre", tmp_path / "f1")
+    assert first.present["text"] == 58 and first.encoded["text"] == 55  # 58 rows, 55 texts
+    text = next(line for line in extract_lines(first) if line.startswith("text:"))
+    assert text.startswith("text: 60 rows = 0 from the feature cache + 58 encoded now "
+                           "(55 distinct; ") and text.endswith(" + 2 without text")
+    second = extract(cfg, tmp_path / "pre", tmp_path / "f2")
+    text = next(line for line in extract_lines(second) if line.startswith("text:"))
+    assert text.startswith("text: 60 rows = 58 from the feature cache + 0 encoded now")
+    assert text.endswith(" + 2 without text")
