@@ -136,7 +136,7 @@ def plot_predictions(labels: list[str], predicted: np.ndarray, confidence: np.nd
     left.set_ylabel("rows")
     left.set_title("predicted class", fontsize=10)
     right.hist(confidence, bins=np.linspace(0, 1, 21), color=GAIN_COLOURS["single"])
-    right.set_xlabel("confidence (calibrated probability of the predicted class)")
+    right.set_xlabel("calibrated probability of the predicted class", fontsize=9)
     right.set_ylabel("rows")
     right.set_title("confidence", fontsize=10)
     return save_figure(fig, path)

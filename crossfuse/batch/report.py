@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from crossfuse.atomic import write_text
 from crossfuse.config import DriftConfig
+from crossfuse.evaluation.labels import metric_label
 from crossfuse.monitoring.drift import DriftReport
 
 BATCH_REPORT_FILE = "report.html"
@@ -86,7 +87,8 @@ def metric_table(metrics: dict[str, float], rows_in_training: int | None = 0,
     stage's, computed the same way)."""
     names = ["accuracy", "macro_f1", "micro_f1", "auroc_ovr", "log_loss", "ece_calibrated",
              "samples"]
-    rows = [[n, f"{metrics[f'labelled_{n}']:.4f}" if n != "samples"
+    rows = [[metric_label(f"test_{n}").replace("test rows", "rows"),
+             f"{metrics[f'labelled_{n}']:.4f}" if n != "samples"
              else str(int(metrics[f"labelled_{n}"]))] for n in names if f"labelled_{n}" in metrics]
     note = "Computed as the evaluate stage computes its test metrics"
     if rows_in_training is None:

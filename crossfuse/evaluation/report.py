@@ -209,11 +209,11 @@ def _gain(metrics: dict[str, float]) -> dict | None:
         return None
     best, score, gain = found
     if gain > 0:
-        words = f"fusion gained {gain:+.4f} over {best} alone"
+        words = f"fusion gained {gain:+.4f}"
     elif gain == 0:
-        words = f"fusion scored exactly what {best} alone scored"
+        words = "fusion scored exactly the same"
     else:
-        words = f"fusion LOST {-gain:.4f} to {best} alone"
+        words = f"fusion LOST {-gain:.4f} to it"
     words += ci_words(metrics, "fusion_gain_macro_f1", signed=True)
     rows = int(metrics.get("test_samples", 0))
     doubt = (f" That interval includes 0: on these {rows} test rows the gain cannot be told "

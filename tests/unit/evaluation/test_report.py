@@ -29,7 +29,7 @@ def test_a_fusion_that_lost_says_so_in_red_before_any_table(tmp_path):
                 "champion_version": "2", "reason": "fusion lost to one modality alone", "checks": []}
     page = render_report(folder, {"dataset": "d", "git.commit": "abc"}, decision).read_text()
     positions = order_of(page, "Not promoted: m v3 is the challenger; the champion stays v2.",
-                         "fusion LOST 0.0893 to text alone", "<h2>Test metrics</h2>",
+                         "text alone 0.8393: fusion LOST 0.0893 to it", "<h2>Test metrics</h2>",
                          "<h2>Promotion</h2>", "<h2>Run</h2>")
     assert positions == sorted(positions)
     assert '<p class="bad"><b>Test macro-F1 0.7500; text alone 0.8393' in page
@@ -89,7 +89,7 @@ def test_the_report_says_whether_to_trust_it_data_intervals_and_the_rule(tmp_pat
     assert "<td>cat</td>" in page and '<td class="num">405</td>' in page  # cat, all splits
     # Uncertainty: the headline and the gain with their intervals, and the doubt in words.
     assert "Test macro-F1 0.7500 (95% CI 0.6800 to 0.8100)" in page
-    assert "fusion gained +0.0103 over text alone (95% CI -0.0310 to +0.0520)" in page
+    assert "text alone 0.7397: fusion gained +0.0103 (95% CI -0.0310 to +0.0520)" in page
     assert "That interval includes 0: on these 149 test rows the gain cannot be told" in page
     assert '<p class="good">' not in page  # a gain that may be none is not shown as a win
     # Ties: the rule that picked one is stated; settings are rounded, not 16 digits.
