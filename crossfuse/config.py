@@ -93,6 +93,10 @@ class ValidationConfig(_Section):
         "ids. error: a group that spans splits (leakage) or has conflicting labels rejects its "
         "rows; drop: keep each group's first row, reject the rest (all of a conflicting "
         "group); keep: only warn.")
+    allow_class_loss: bool = Field(
+        False, description="A class of the manifest whose rows were all rejected (on_error="
+        "drop) is named as a warning; the gate refuses to promote such a model unless this "
+        "is true.")
 
 
 class SplitConfig(_Section):

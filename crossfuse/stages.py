@@ -376,6 +376,7 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
     import pandas as pd
 
     from crossfuse.evaluation.report import REPORT_FILE, render_report, run_description
+    from crossfuse.registry.promotion import data_hold
     from crossfuse.registry.register import describe, register
 
     evaluation_dir = Path(evaluation_dir)
@@ -385,7 +386,8 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
         data_tags = {k: v for k, v in run.data.tags.items() if k.startswith("crossfuse.validation.")}
         result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id,
                           pd.read_parquet(predictions) if predictions.is_file() else None,
-                          data_tags=data_tags, input_example=request_example(evaluation_dir))
+                          data_tags=data_tags, input_example=request_example(evaluation_dir),
+                          hold=data_hold(data_tags, cfg.validation.allow_class_loss))
         mlflow.set_tag("crossfuse.model_version", result.version)
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
         mlflow.log_dict(decision, "registration.json")

@@ -3,8 +3,10 @@
 A row's key hashes what the model would see: for each modality column of the run, the
 bytes of the media file (path modalities) or the normalised text; a missing cell counts
 as missing. Two rows with one key are one sample twice. Validation reports such groups
-when they span splits (leakage) or disagree on the label; the hash split keeps each
-group in one split.
+when they span splits (leakage) or disagree on the label. Rows that share a media file
+(the same picture under two captions) are not copies, but the model would still see the
+picture in training and in test: :func:`sharing_groups` joins both kinds, and the split
+keeps each group in one split.
 
 Example
 -------
@@ -58,6 +60,59 @@ def _file_bytes(root: Path, relative: str) -> bytes | None:
         return resolve_media(root, relative).read_bytes()
     except (OSError, ValueError, RuntimeError):  # missing, a folder, outside, a symlink loop
         return None
+
+
+def media_keys(frame: pd.DataFrame, root: Path, modalities: list[str]) -> list[list[str]]:
+    """Per row, a key per media file it names (the file's bytes hashed with its modality):
+    rows that share a picture (or recording) share a key, whatever their other columns."""
+    media = [m for m in modalities if get_modality(m).media]
+    keys = []
+    for _, row in frame.iterrows():
+        found = []
+        for m in media:
+            value = str(row.get(m, "") or "")
+            data = _file_bytes(root, value) if value else None
+            if data is not None:
+                found.append(f"{m}:{hashlib.sha256(data).hexdigest()}")
+        keys.append(found)
+    return keys
+
+
+def sharing_groups(content: list[str | None], media: list[list[str]]) -> list[str | None]:
+    """A group key per row: rows holding the same content, or sharing any media file, are
+    one group (joined transitively); None for a row that shares nothing.
+
+    The key is the smallest content or media key among the group's rows, so it does not
+    depend on row order.
+
+    >>> sharing_groups(["c1", "c2", "c3", "c1"], [["m1"], ["m1"], ["m3"], []])
+    ['c1', 'c1', None, 'c1']
+    """
+    parent = list(range(len(content)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for row, keys in enumerate(media):
+        for key in [*keys, *([content[row]] if content[row] else [])]:
+            if key in first:
+                parent[root(row)] = root(first[key])
+            else:
+                first[key] = row
+    members: dict[int, list[int]] = {}
+    for row in range(len(content)):
+        members.setdefault(root(row), []).append(row)
+    out: list[str | None] = [None] * len(content)
+    for rows in members.values():
+        if len(rows) > 1:
+            key = min(k for r in rows for k in [*media[r], *([content[r]] if content[r] else [])])
+            for r in rows:
+                out[r] = key
+    return out
 
 
 def duplicate_groups(keys: list[str | None]) -> list[list[int]]:

@@ -177,6 +177,9 @@ def read_records(path: Path, text: str) -> tuple[list[str], list[Record]]:
 
 
 def _rows(path: Path, text: str):
+    # csv's default limit (131,072 characters a field) would stop the whole file on one long
+    # text; no field can be longer than the file, and validation rejects long texts by row.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""))
     previous = 0
     try:

@@ -35,10 +35,10 @@ import pandas as pd
 
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig
-from crossfuse.data.content import content_keys
+from crossfuse.data.content import content_keys, media_keys
 from crossfuse.data.manifest import ManifestError, load_run_manifest, resolve_media
 from crossfuse.data.modalities import Modality, get_modality
-from crossfuse.data.splits import SPLITS, row_splits, split_problem
+from crossfuse.data.splits import SPLITS, grouped_splits, split_problem
 from crossfuse.progress import progress
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,13 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     manifest = load_run_manifest(cfg, labels_optional=scoring)
     frame = manifest.frame.reset_index(drop=True)
     frame["line"] = manifest.lines
-    # Splits from the whole manifest, as validation computed them: duplicate groups must
-    # be hashed together even when some of their rows were rejected.
-    frame["split"] = SCORE_SPLIT if scoring else row_splits(
-        frame, cfg.preprocess.split, content_keys(frame, manifest.root, cfg.modalities))
+    # Splits of the rows that are used, as validation computed them: a rejected row must
+    # not take a class's only val or test row with it, and rows sharing content or a media
+    # file stay in one split.
     frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)
+    frame["split"] = SCORE_SPLIT if scoring else grouped_splits(
+        frame, cfg.preprocess.split, content_keys(frame, manifest.root, cfg.modalities),
+        media_keys(frame, manifest.root, cfg.modalities))
     bad = [] if scoring else [(line, why) for line, v in zip(frame["line"], frame["split"], strict=True)
                               if (why := split_problem(v))]
     if bad:

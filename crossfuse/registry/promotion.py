@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from crossfuse.config import RegistryConfig
+from crossfuse.data.validation.report import CLASSES_LOST_TAG
 from crossfuse.errors import UserError
 from crossfuse.metrics import BOOTSTRAP_SCORES, bootstrap_scores, interval
 
@@ -109,6 +110,23 @@ def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray
                  - score(np.asarray(y), np.asarray(champion), num_classes)[0])
     low, high = interval(drawn[:, 0] - drawn[:, 1])
     return PairedBootstrap(metric, gain, low, high, len(y), resamples)
+
+
+def data_hold(data_tags: dict[str, str], allow_class_loss: bool) -> str | None:
+    """Why the data forbids promoting, whatever the metrics: classes the training data lost
+    (validation's tag), unless ``validation.allow_class_loss``; else None.
+
+    >>> data_hold({CLASSES_LOST_TAG: "cat"}, False)[:52]
+    'classes lost from the training data: cat (all their '
+    >>> data_hold({CLASSES_LOST_TAG: "cat"}, True) is None
+    True
+    """
+    lost = data_tags.get(CLASSES_LOST_TAG)
+    if not lost or allow_class_loss:
+        return None
+    return (f"classes lost from the training data: {lost} (all their rows rejected); the model "
+            f"cannot predict them. Fix those rows, or set validation.allow_class_loss=true to "
+            f"promote a model without them")
 
 
 def require_metric(metrics: dict[str, float], metric: str) -> None:

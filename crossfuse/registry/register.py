@@ -44,6 +44,7 @@ from crossfuse.errors import UserError
 from crossfuse.fusion.model import SPEC_FILE
 from crossfuse.registry.promotion import (
     BOOTSTRAP_METRICS,
+    Check,
     Decision,
     PairedBootstrap,
     decide_promotion,
@@ -188,8 +189,11 @@ def bootstrap_against(ours: pd.DataFrame | None, theirs: pd.DataFrame | None, ga
 def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: dict[str, float],
              run_id: str, predictions: pd.DataFrame | None = None,
              data_tags: dict[str, str] | None = None,
-             input_example: dict | None = None) -> RegisterResult:
+             input_example: dict | None = None, hold: str | None = None) -> RegisterResult:
     """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run).
+
+    ``hold``: a reason the data gives never to promote this version, whatever its metrics
+    (classes the training data lost); it becomes a failed check of the gate.
 
     ``metrics`` are the evaluation's; the gate compares them with the champion's.
     ``predictions`` (the evaluation's ``predictions.parquet``) lets the gate compare both
@@ -211,6 +215,9 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
         paired = bootstrap_against(predictions, champion_predictions(client, model_name), gate,
                                    labels) if pairable else None
         decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate, paired)
+        if hold:
+            decision = Decision(False, hold, [*decision.checks,
+                                              Check("data", None, None, None, False, hold)])
         mv = mlflow.register_model(info.model_uri, model_name)
         client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
         if decision.promote:

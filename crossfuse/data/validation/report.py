@@ -47,6 +47,7 @@ class ValidationReport:
     class_counts: dict[str, int] = field(default_factory=dict)
     on_error: str = "fail"
     warnings: list[str] = field(default_factory=list)  # not failures: carried to tags and report
+    classes_lost: list[str] = field(default_factory=list)  # in the manifest, none of it kept
 
     @property
     def rejected_lines(self) -> set[int]:
@@ -118,10 +119,11 @@ class ValidationReport:
                    issues=[RowIssue(**i) for i in d["issues"]],
                    table_failures=d["table_failures"], expectations=d["expectations"],
                    class_counts=d["class_counts"], on_error=d.get("on_error", "fail"),
-                   warnings=d.get("warnings", []))
+                   warnings=d.get("warnings", []), classes_lost=d.get("classes_lost", []))
 
 
 WARNING_TAG = "crossfuse.validation.warning."
+CLASSES_LOST_TAG = "crossfuse.validation.classes_lost"
 MAX_WARNING_TAGS = 20
 
 
@@ -134,6 +136,8 @@ def validation_tags(report: ValidationReport) -> dict[str, str]:
     """
     tags = {"crossfuse.validation.rejected": str(report.n_rejected),
             "crossfuse.validation.warnings": str(len(report.warnings))}
+    if report.classes_lost:
+        tags[CLASSES_LOST_TAG] = ", ".join(report.classes_lost)[:4000]
     for i, text in enumerate(report.warnings[:MAX_WARNING_TAGS], start=1):
         tags[f"{WARNING_TAG}{i:02d}"] = text[:4000]
     return tags

@@ -28,12 +28,13 @@ validation passed: 720 rows, 720 valid, 0 rejected
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 from crossfuse.config import RunConfig
-from crossfuse.data.content import content_keys
+from crossfuse.data.content import content_keys, media_keys
 from crossfuse.data.manifest import ManifestError, load_run_manifest
-from crossfuse.data.splits import row_splits
+from crossfuse.data.splits import grouped_splits
 from crossfuse.data.validation.checks import (
     check_class_sizes,
     check_media,
@@ -52,6 +53,29 @@ from crossfuse.data.validation.integrity import (
 from crossfuse.data.validation.report import ValidationReport
 
 log = logging.getLogger(__name__)
+
+
+def classes_lost(labels: list[str], kept_labels: list[str]) -> list[str]:
+    """Classes the manifest has that none of the kept rows has.
+
+    >>> classes_lost(["a", "b", "b", ""], ["a"])
+    ['b']
+    """
+    return sorted({label for label in labels if label} - set(kept_labels))
+
+
+def lost_classes_warning(cfg: RunConfig, lost: list[str], labels: list[str]) -> str:
+    """The warning that names the classes the kept rows no longer have."""
+    counts = Counter(labels)
+    named = ", ".join(f"{label!r} ({counts[label]} rows)" for label in lost[:10])
+    more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+    gate = ("the gate will still promote it (validation.allow_class_loss=true)"
+            if cfg.validation.allow_class_loss else
+            "the gate will not promote a model that lacks them unless "
+            "validation.allow_class_loss=true")
+    return (f"classes lost: {named}{more} are in the manifest but none of their rows is used "
+            f"(every rejected row and why: rejects.csv); the model cannot predict them, and "
+            f"{gate}")
 
 
 def validate(cfg: RunConfig, data_root: Path, out_dir: Path,
@@ -87,16 +111,27 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path,
         checked += found.issues + check_model_labels(frame, lines, model_labels)
     else:
         keys = content_keys(frame, manifest.root, cfg.modalities)
-        splits = row_splits(frame, cfg.preprocess.split, keys)
+        media = media_keys(frame, manifest.root, cfg.modalities)
         checked += check_splits(frame, lines)
-        found += check_duplicates(cfg, frame, lines, keys, splits)
+        # Copies of one sample are one group, so computed splits never part them: this
+        # only finds copies that a split column parts, or that disagree on the label.
+        found += check_duplicates(cfg, frame, lines, keys,
+                                  grouped_splits(frame, cfg.preprocess.split, keys, media))
         checked += found.issues
     issues, table_failures, summaries = run_gx_suite(cfg, frame, lines, out_dir / "data_docs",
                                                      row_checks=checked, labelled=not scoring)
     issues += checked
     failures, warnings = table_failures + found.failures, list(found.warnings)
     if not scoring:
-        coverage = check_split_coverage(cfg, frame, lines, splits, {i.line for i in issues})
+        # The split of the rows that are left, as preprocess will compute it.
+        rejected = {issue.line for issue in issues}
+        kept = [row for row, line in enumerate(lines) if line not in rejected]
+        splits = [""] * len(lines)
+        for row, split in zip(kept, grouped_splits(frame.iloc[kept], cfg.preprocess.split,
+                                                   [keys[r] for r in kept],
+                                                   [media[r] for r in kept]), strict=True):
+            splits[row] = split
+        coverage = check_split_coverage(cfg, frame, lines, splits, rejected)
         issues += coverage.issues
         failures += coverage.failures
         warnings += coverage.warnings
@@ -104,11 +139,15 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path,
     valid_labels = [label for label, line in zip(frame["label"], lines, strict=True)
                     if line not in bad]
     class_counts, size_failures = check_class_sizes(cfg, valid_labels)
+    lost = [] if scoring else classes_lost(frame["label"].tolist(), valid_labels)
+    if lost:
+        warnings.append(lost_classes_warning(cfg, lost, frame["label"].tolist()))
     report = ValidationReport(dataset=cfg.data.dataset_name(), n_rows=len(frame),
                               issues=sorted(issues, key=lambda i: (i.line, i.column)),
                               table_failures=failures + ([] if scoring else size_failures),
                               expectations=summaries, class_counts=class_counts,
-                              on_error=cfg.validation.on_error, warnings=warnings)
+                              on_error=cfg.validation.on_error, warnings=warnings,
+                              classes_lost=lost)
     report.write(out_dir)
     log.info("validated %s: %d rows, %d valid, %d rejected", report.dataset, report.n_rows,
              report.n_valid, report.n_rejected)

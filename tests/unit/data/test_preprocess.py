@@ -54,8 +54,10 @@ def _splits_after_adding_a_row(sample_dataset, make_config, tmp_path, *overrides
     before = read_samples(tmp_path / "a")[0].set_index("id")
     bigger = tmp_path / "bigger"
     shutil.copytree(sample_dataset, bigger)
+    # A new picture: a row that shared one with an existing row would join its group.
+    Image.new("RGB", (64, 64), (9, 200, 40)).save(bigger / "images" / "new1.png")
     with open(bigger / "manifest.csv", "a") as f:
-        f.write("new1,images/s00001.png,A fox waited at noon.,circle-day\n")
+        f.write("new1,images/new1.png,A fox waited at noon.,circle-day\n")
     preprocess(make_config(bigger, *overrides), bigger, tmp_path / "b")
     after = read_samples(tmp_path / "b")[0].set_index("id")
     return before, after

@@ -283,6 +283,16 @@ def test_text_length_limit(dataset, make_config, tmp_path):
                                  for i in report.issues)
 
 
+def test_a_text_beyond_the_csv_field_limit_is_one_row_reject(dataset, make_config, tmp_path):
+    """csv's own limit is 131,072 characters a field: such a row is a long text, not a
+    broken file."""
+    set_cell(dataset, "text", "word " * 40_000)  # 200,000 characters
+    report = validate(make_config(dataset, "validation.on_error=drop"), dataset, tmp_path / "v")
+    assert report.can_continue and report.table_failures == []
+    assert [(i.line, i.column) for i in report.issues] == [(LINE, "text")]
+    assert "max_text_chars" in report.issues[0].reason or "length" in report.issues[0].reason
+
+
 def test_labels_and_ids_are_trimmed_and_nfc_normalised(dataset, make_config, tmp_path):
     from crossfuse.data.manifest import load_manifest
 

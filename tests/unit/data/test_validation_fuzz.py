@@ -111,3 +111,44 @@ def test_validate_never_raises_and_counts_add_up(small_dataset, make_config, man
         assert saved["n_rows"] == report.n_rows and (out / "rejects.csv").is_file()
         if report.n_rows == 0:  # an unreadable manifest says why
             assert report.table_failures
+
+
+share_edit = st.tuples(st.integers(0, ROWS - 1), st.integers(0, 5), st.text(
+    alphabet="abcdefgh ", min_size=3, max_size=20))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(shares=st.lists(share_edit, min_size=1, max_size=8),
+       media_edits=st.lists(media_edit, max_size=2))
+def test_rows_sharing_media_never_cross_splits_and_counts_add_up(small_dataset, make_config,
+                                                                 shares, media_edits):
+    """Extra rows that show an existing row's picture under any caption and any class (some
+    pictures broken too): after validation drops what it must, every picture's rows sit in
+    one split, and every row in is either used or rejected."""
+    import pandas as pd
+
+    from crossfuse.data.preprocess import preprocess, read_samples
+
+    with tempfile.TemporaryDirectory() as work:
+        root = Path(work) / "ds"
+        shutil.copytree(small_dataset, root)
+        frame = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+        labels = sorted(set(frame["label"]))
+        extra = pd.DataFrame([{"id": f"share{i}", "image": frame["image"].iloc[row],
+                               "text": f"shared {i}: {caption}", "label": labels[label]}
+                              for i, (row, label, caption) in enumerate(shares)])
+        pd.concat([frame, extra]).to_csv(root / "manifest.csv", index=False)
+        for edit in media_edits:
+            edit_media(root, edit)
+        cfg = make_config(root, "validation.on_error=drop")
+        report = validate(cfg, root, Path(work) / "v")
+        assert report.n_rows == len(frame) + len(extra) == report.n_valid + report.n_rejected
+        if not report.can_continue:
+            return
+        result = preprocess(cfg, root, Path(work) / "pre", rejected_lines=report.rejected_lines)
+        assert result.n_samples + report.n_rejected == report.n_rows
+        samples = read_samples(Path(work) / "pre")[0]
+        used = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False).set_index(
+            "id").loc[samples["id"], "image"].to_numpy()
+        assert (samples.assign(source=used).groupby("source")["split"].nunique() == 1).all()

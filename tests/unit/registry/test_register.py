@@ -30,7 +30,7 @@ def registry(tmp_path):
             mlflow.log_metrics(metrics)
             return register(gate, "m", model_dir, metrics, run.info.run_id)
 
-    add.uri = uri
+    add.uri, add.model_dir = uri, model_dir
     return add
 
 
@@ -130,3 +130,19 @@ def test_a_first_fused_model_that_loses_to_one_modality_gets_no_champion_alias(r
     tags = client.get_model_version("m", "1").tags
     assert tags["crossfuse.decision"] == "not promoted"
     assert tags["crossfuse.reason"].startswith("fusion lost to one modality alone")
+
+
+def test_a_model_that_lost_a_class_is_never_promoted_unless_allowed(registry):
+    from crossfuse.data.validation.report import CLASSES_LOST_TAG
+    from crossfuse.registry.promotion import data_hold
+
+    tags = {CLASSES_LOST_TAG: "square-day"}
+    with mlflow.start_run() as run:
+        first = register(RegistryConfig(), "m", registry.model_dir, {"test_macro_f1": 0.9},
+                         run.info.run_id, data_tags=tags, hold=data_hold(tags, False))
+    assert not first.promoted and first.champion_version == ""
+    assert "classes lost from the training data: square-day" in first.reason
+    version = MlflowClient().get_model_version("m", first.version)
+    assert version.tags[CLASSES_LOST_TAG] == "square-day"
+    assert not json.loads(version.tags["crossfuse.gate"])[-1]["passed"]
+    assert data_hold(tags, allow_class_loss=True) is None and data_hold({}, False) is None
