@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,11 +72,11 @@ class ValidationConfig(_Section):
     on_error: Literal["fail", "drop"] = Field(
         "fail", description="fail: any bad row stops the run before preprocessing; drop: bad "
                             "rows go to rejects.csv and the run goes on with the rest.")
-    min_text_chars: int = Field(1, description="Shorter text (after trimming) is a bad row.")
-    max_text_chars: int = Field(2000, description="Longer text is a bad row.")
-    min_samples_per_class: int = Field(3, description="A class with fewer valid rows stops the "
+    min_text_chars: int = Field(1, ge=0, description="Shorter text (after trimming) is a bad row.")
+    max_text_chars: int = Field(2000, ge=1, description="Longer text is a bad row.")
+    min_samples_per_class: int = Field(3, ge=1, description="A class with fewer valid rows stops the "
                                        "run (it cannot reach train, val and test).")
-    max_image_pixels: int = Field(50_000_000, description="Larger images (width x height) are "
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) are "
                                   "bad rows: a guard against decompression bombs.")
     min_audio_seconds: float = Field(0.05, ge=0, description="Shorter audio is a bad row.")
     max_audio_seconds: float = Field(600.0, gt=0, description="Longer audio is a bad row.")
@@ -100,9 +101,9 @@ class ValidationConfig(_Section):
 
 
 class SplitConfig(_Section):
-    train: float = Field(0.7, description="Share of rows in train (without a split column).")
-    val: float = Field(0.15, description="Share in validation: early stopping, calibration.")
-    test: float = Field(0.15, description="Share in test: the reported metrics and the gate.")
+    train: float = Field(0.7, gt=0, lt=1, description="Share of rows in train (without a split column).")
+    val: float = Field(0.15, gt=0, lt=1, description="Share in validation: early stopping, calibration.")
+    test: float = Field(0.15, gt=0, lt=1, description="Share in test: the reported metrics and the gate.")
     salt: str = Field("crossfuse", description="Hash salt; change it to draw a different split.")
     strategy: Literal["stratified", "hash"] = Field(
         "stratified", description="Without a split column: stratified puts each class's rows "
@@ -118,7 +119,7 @@ class SplitConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    image_size: int = Field(224, description="Images are resized to this square size (pixels).")
+    image_size: int = Field(224, ge=8, description="Images are resized to this square size (pixels).")
     lowercase_text: bool = Field(False, description="Lowercase text before encoding.")
     image_noise: float = Field(0.0, ge=0, description="A benchmark setting: Gaussian noise of "
                                "this std (pixels in [0, 1]) added to every image at "
@@ -136,12 +137,12 @@ class ExtractConfig(_Section):
         {"image": "efficientnet-lite0", "text": "minilm"},
         description="Modality -> encoder: a bundled name (efficientnet-lite0, minilm) or "
                     "hf:<local folder> for any transformers model. The modalities a run uses.")
-    batch_size: int = Field(32, description="Items per encoder forward pass.")
-    shard_size: int = Field(1024, description="Items per feature-store shard file.")
+    batch_size: int = Field(32, ge=1, description="Items per encoder forward pass.")
+    shard_size: int = Field(1024, ge=1, description="Items per feature-store shard file.")
     cache_dir: str = Field(".cache/crossfuse/features", description="The content-addressed "
                            "feature cache (item bytes + encoder + settings -> vector).")
     token_sequences: bool = Field(False, description="Also store token sequences (for xattn).")
-    max_tokens: int = Field(32, description="Tokens kept per sample and modality (text "
+    max_tokens: int = Field(32, ge=1, description="Tokens kept per sample and modality (text "
                                             "truncated; images: a sqrt(n) x sqrt(n) grid).")
     hf_offline: bool = Field(True, description="Never reach a model hub (HF_HUB_OFFLINE).")
     trust_remote_code: bool = Field(False, description="Let hf: models run the Python code "
@@ -169,8 +170,8 @@ class ExtractConfig(_Section):
 
 
 class SearchConfig(_Section):
-    trials: int = Field(0, description="Optuna trials on the validation split; 0 = no search.")
-    epochs: int = Field(40, description="Epoch budget of each trial.")
+    trials: int = Field(0, ge=0, description="Optuna trials on the validation split; 0 = no search.")
+    epochs: int = Field(40, ge=1, description="Epoch budget of each trial.")
 
 
 class AutoConfig(_Section):
@@ -187,7 +188,7 @@ class AutoConfig(_Section):
     ensemble: bool = Field(True, description="Also try a Caruana-style weighted ensemble of the "
                                              "candidates, selected on their out-of-fold predictions.")
     folds: int = Field(5, ge=2, description="Cross-validation folds over train+val.")
-    holdout_above: int = Field(5000, description="Above this many train+val rows, one fold is held "
+    holdout_above: int = Field(5000, ge=1, description="Above this many train+val rows, one fold is held "
                                                  "out instead of all k (a single holdout).")
     ensemble_rounds: int = Field(25, ge=1, description="Greedy selection steps (with replacement).")
     calibration_fraction: float = Field(
@@ -214,11 +215,11 @@ class FusionConfig(_Section):
     method: str = Field("auto", description="A fusion method, or auto: choose by cross-validation "
                                               "among fusion.auto.candidates, unimodal heads and "
                                               "their ensemble.")
-    hidden_dim: int = Field(256, description="Width of the fusion head's hidden layer.")
-    dropout: float = Field(0.2, description="Dropout in the fusion head.")
+    hidden_dim: int = Field(256, ge=1, description="Width of the fusion head's hidden layer.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout in the fusion head.")
     options: dict[str, int | float | str] = Field(
         default_factory=dict, description="Method-specific settings, e.g. rank, factor, heads.")
-    aux_weight: float = Field(0.0, description="Weight of per-modality auxiliary heads' loss; "
+    aux_weight: float = Field(0.0, ge=0, description="Weight of per-modality auxiliary heads' loss; "
                                                "0 turns them off.")
     bottleneck: int = Field(0, ge=0, description="Project each modality to this many dimensions "
                             "(LayerNorm -> Linear -> GELU) before fusing, so a wide encoder cannot "
@@ -231,16 +232,16 @@ class FusionConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(60, description="Most epochs of one fit.")
-    batch_size: int = Field(64, description="Samples per optimiser step.")
-    lr: float = Field(1e-3, description="AdamW learning rate.")
-    weight_decay: float = Field(1e-4, description="AdamW weight decay.")
-    patience: int = Field(10, description="Stop after this many epochs without a better "
+    epochs: int = Field(60, ge=1, description="Most epochs of one fit.")
+    batch_size: int = Field(64, ge=1, description="Samples per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    patience: int = Field(10, ge=1, description="Stop after this many epochs without a better "
                           "validation macro-F1; the best epoch's weights are kept.")
     modality_dropout: dict[str, float] = Field(
         default_factory=dict, description="Per modality, the probability a training sample "
                                           "loses it (one modality always stays).")
-    extra_target_weight: float = Field(0.5, description="Loss weight of each extra target's "
+    extra_target_weight: float = Field(0.5, ge=0, description="Loss weight of each extra target's "
                                        "head (multi-task).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy label "
                                    "smoothing (Szegedy et al. 2016): softer targets for small data.")
@@ -257,13 +258,13 @@ class TrainConfig(_Section):
 
 
 class RobustnessConfig(_Section):
-    levels: int = Field(11, description="Noise levels evenly spaced from 0 to 1 (inclusive).")
+    levels: int = Field(11, ge=2, description="Noise levels evenly spaced from 0 to 1 (inclusive).")
     features: bool = Field(True, description="Gaussian noise on the encoded features, "
                                              "std = level x the feature's train-split std.")
     raw: bool = Field(True, description="Noise on the raw input, then re-encoded: pixel noise "
                                         "(std = level, pixels in [0, 1]) and word dropout "
                                         "(each word dropped with probability = level).")
-    raw_max_samples: int = Field(256, description="Test samples re-encoded per raw level "
+    raw_max_samples: int = Field(256, ge=0, description="Test samples re-encoded per raw level "
                                                   "(the first ones in test order).")
 
     @field_validator("levels")
@@ -278,10 +279,10 @@ class EvaluateConfig(_Section):
     unimodal_baselines: bool = Field(True, description="Score one model per modality alone on "
                                      "the same split, beside the fused one (fusion gain).")
     robustness: RobustnessConfig = Field(RobustnessConfig(), description="Noise sweeps.")
-    permutation_repeats: int = Field(5, description="Shuffles per modality for permutation "
+    permutation_repeats: int = Field(5, ge=1, description="Shuffles per modality for permutation "
                                                     "importance; 0 turns it off.")
     efficiency: bool = Field(True, description="Measure parameters, latency and peak memory.")
-    efficiency_samples: int = Field(64, description="Raw test samples timed end to end.")
+    efficiency_samples: int = Field(64, ge=0, description="Raw test samples timed end to end.")
 
 
 class DriftConfig(_Section):
@@ -320,15 +321,32 @@ class MlflowConfig(_Section):
 
 class GuardrailConfig(_Section):
     max_ece_increase: float | None = Field(
-        0.02, description="The challenger's calibrated test ECE may exceed the champion's by at "
+        0.02, ge=0, description="The challenger's calibrated test ECE may exceed the champion's by at "
                           "most this much; null turns the guardrail off.")
     max_missing_modality_drop: float | None = Field(
-        0.02, description="With any one modality missing, the challenger's test macro-F1 may "
+        0.02, ge=0, description="With any one modality missing, the challenger's test macro-F1 may "
                           "fall below the champion's by at most this much; null turns it off.")
     min_fusion_gain: float | None = Field(
-        0.0, description="A fused model's test macro-F1 minus its best unimodal baseline's "
+        0.0, ge=-1, le=1, description="A fused model's test macro-F1 minus its best unimodal baseline's "
                          "(fusion_gain_macro_f1) must be at least this, champion or not: a fused "
                          "model that loses to one modality is never promoted. Null turns it off.")
+
+
+TEST_SCORES = ("macro_f1", "accuracy", "micro_f1", "auroc_ovr", "auprc_ovr", "log_loss",
+               "log_loss_calibrated", "ece", "ece_calibrated")
+_GATE_METRIC = re.compile(
+    rf"test_(?:.+_)?(?:{'|'.join(TEST_SCORES)})|test_(?:precision|recall|f1)_.+"
+    r"|fusion_gain_macro_f1|(?:baseline|present)_.+_test_(?:macro_f1|accuracy)"
+    r"|robustness_.+_auc|importance_(?:drop|permutation)_.+|efficiency_.+")
+
+
+def is_gate_metric(name: str) -> bool:
+    """Whether the evaluate stage logs a metric of this name (for some data).
+
+    >>> is_gate_metric("test_macro_f1"), is_gate_metric("test_f1_cat"), is_gate_metric("test_f2")
+    (True, True, False)
+    """
+    return _GATE_METRIC.fullmatch(name) is not None
 
 
 class RegistryConfig(_Section):
@@ -336,7 +354,7 @@ class RegistryConfig(_Section):
     metric: str = Field("test_macro_f1", description="The primary metric the gate compares.")
     greater_is_better: bool | None = Field(
         None, description="Direction of `metric`; null infers it (loss/ece/error: lower).")
-    margin: float = Field(0.0, description="The challenger must beat the champion's primary "
+    margin: float = Field(0.0, ge=-1, le=1, description="The challenger must beat the champion's primary "
                                            "metric by more than this.")
     guardrails: GuardrailConfig = Field(GuardrailConfig(), description="Checks a challenger "
                                         "must also pass to be promoted.")
@@ -345,6 +363,16 @@ class RegistryConfig(_Section):
                                 "champion's predictions cover the same test rows: promote only "
                                 "when the 95% interval of the gain clears `margin`. 0 compares "
                                 "the two numbers alone.")
+
+    @field_validator("metric")
+    @classmethod
+    def _a_logged_metric(cls, v: str) -> str:
+        if not is_gate_metric(v):
+            raise ValueError(f"{v!r} is not a metric the evaluation logs; choose one of "
+                             f"{', '.join(f'test_{n}' for n in TEST_SCORES)} or "
+                             f"fusion_gain_macro_f1 (per class: test_f1_<class>; docs/mlflow.md "
+                             f"lists every metric)")
+        return v
 
     def higher_is_better(self) -> bool:
         """Whether a larger ``metric`` is better (explicit, or inferred from its name).
@@ -379,8 +407,8 @@ class StageResources(_Section):
     memory_request: str | None = Field(None, description='e.g. "4G"')
     memory_limit: str | None = Field(None, description="Memory limit; the pod is killed above it.")
     accelerator_type: str | None = Field(None, description='e.g. "nvidia.com/gpu"')
-    accelerator_limit: int | None = Field(None, description="Accelerators per pod.")
-    retries: int = Field(0, description="Retries of the step after a pod failure.")
+    accelerator_limit: int | None = Field(None, ge=1, description="Accelerators per pod.")
+    retries: int = Field(0, ge=0, description="Retries of the step after a pod failure.")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description='Node labels the pod needs, e.g. {"pool": "gpu"}.')
     tolerations: list[Toleration] = Field(
@@ -430,7 +458,7 @@ class ServingConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = Field(0, description="One seed for splits, training and noise: same data + "
+    seed: int = Field(0, ge=0, description="One seed for splits, training and noise: same data + "
                       "config + seed = same metrics.")
     data: DataConfig = Field(DataConfig(), description="The dataset and its version.")
     validation: ValidationConfig = Field(ValidationConfig(), description="What a valid row "

@@ -54,6 +54,30 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _range(field) -> str:
+    """The bounds a numeric field's schema sets, in words.
+
+    >>> from pydantic import Field, BaseModel
+    >>> class M(BaseModel):
+    ...     a: int = Field(1, ge=1)
+    ...     b: float = Field(0.2, ge=0, lt=1)
+    >>> _range(M.model_fields["a"]), _range(M.model_fields["b"])
+    (' ≥ 1', ' in [0, 1)')
+    """
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in field.metadata
+              if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}
+    low = next(((k, v) for k, v in bounds.items() if k in ("Ge", "Gt")), None)
+    high = next(((k, v) for k, v in bounds.items() if k in ("Le", "Lt")), None)
+    if low and high:
+        return (f" in {'[' if low[0] == 'Ge' else '('}{low[1]}, "
+                f"{high[1]}{']' if high[0] == 'Le' else ')'}")
+    if low:
+        return f" {'≥' if low[0] == 'Ge' else '>'} {low[1]}"
+    if high:
+        return f" {'≤' if high[0] == 'Le' else '<'} {high[1]}"
+    return ""
+
+
 def _default(field) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
@@ -79,7 +103,8 @@ def _rows(model: type[BaseModel], prefix: str) -> tuple[list[str], list[tuple[ty
             nested.append((annotation, f"{key}."))
             continue
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {description} |")
+        rows.append(f"| `{key}` | {_type_name(annotation)}{_range(field)} | {_default(field)} | "
+                    f"{description} |")
     return rows, nested
 
 

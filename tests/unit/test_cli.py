@@ -171,3 +171,16 @@ def test_the_review_hint_names_the_command_for_the_store_the_run_used(tmp_path, 
         "`crossfuse ui --set mlflow.tracking_uri=sqlite:////data/team.db`, then ")
     assert ui_url("http://mlflow:5000", "1", "abc") == f"http://mlflow:5000/{page}"
     assert (duration_words(276.4), duration_words(52.2)) == ("4 min 36 s", "52 s")
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("train.epochs=-1", "train.epochs: input should be greater than or equal to 1"),
+    ("train.batch_size=0", "train.batch_size: input should be greater than or equal to 1"),
+    ("preprocess.image_size=0", "preprocess.image_size: input should be greater than or equal to 8"),
+    ("train.lr=-1", "train.lr: input should be greater than 0"),
+    ("fusion.dropout=1.5", "fusion.dropout: input should be less than 1"),
+    ("validation.min_samples_per_class=0", "validation.min_samples_per_class: input should be"),
+    ("registry.metric=test_nonexistent", "'test_nonexistent' is not a metric the evaluation logs"),
+])
+def test_settings_out_of_range_stop_at_load(setting, words, capsys):
+    assert words in user_error(capsys, ["config", "--set", setting])

@@ -64,8 +64,13 @@ def test_no_champion_and_champion_without_a_guardrail_metric():
 
 
 def test_unknown_metric_is_explained():
-    with pytest.raises(UserError, match="registry.metric='test_f2' is not an evaluation metric"):
-        decide_promotion(challenger(), CHAMPION, "3", RegistryConfig(metric="test_f2"))
+    with pytest.raises(UserError, match="registry.metric='test_f1_zebra' is not an evaluation"):
+        decide_promotion(challenger(), CHAMPION, "3", RegistryConfig(metric="test_f1_zebra"))
+    # A name the evaluation never logs is refused when the config loads, before any work.
+    from crossfuse.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="'test_f2' is not a metric the evaluation logs"):
+        load_config(None, ["registry.metric=test_f2"], env={})
 
 
 def test_missing_one_of_three_modalities():
