@@ -44,6 +44,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from crossfuse.config import RunConfig
 from crossfuse.data.modalities import Modality, get_modality
+from crossfuse.data.validation.checks import text_problem
 from crossfuse.encoders import build_encoder, pad_tokens, place_encoder
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
@@ -196,7 +197,9 @@ class FusionPredictor:
         rows = [r for r, v in enumerate(values) if not _is_missing(v)]
         declared = get_modality(modality)
         if not declared.media:
-            return rows, [declared.prepare(values[r], self.cfg) for r in rows], []
+            problems = [f"row {r}, column {modality!r}: {why}" for r in rows
+                        if (why := text_problem(values[r], self.cfg))]
+            return rows, [declared.prepare(values[r], self.cfg) for r in rows], problems
         items, problems = [], []
         for r in rows:
             try:

@@ -160,6 +160,16 @@ def test_a_row_with_no_modality_is_refused(server):
             "row 1: every modality is missing")
 
 
+def test_the_served_model_refuses_the_texts_training_refuses(server):
+    url, data = server
+    image = b64(data / "images" / "s00000.png")
+    refused(post(url, [{"text": "A fox.", "image": image}, {"text": "   ", "image": image}]),
+            "row 1, column 'text': text is only whitespace")  # validation's own words
+    refused(post(url, [{"text": "word " * 1000, "image": image}]),
+            "row 0, column 'text': text length outside [validation.min_text_chars, "
+            "max_text_chars]: 5,000 characters")
+
+
 def test_a_number_for_text_is_a_wrong_type(server):
     url, _ = server
     refused(post(url, [{"text": 12345, "image": None}]), "row 0, column 'text'", "expected a string")

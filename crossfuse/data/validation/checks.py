@@ -60,8 +60,30 @@ def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
         for idx, value in enumerate(frame["text"]):
             if value and not value.strip():
                 issues.append(RowIssue(lines[idx], str(frame.iloc[idx]["id"]), "text",
-                                       "text is only whitespace"))
+                                       WHITESPACE_TEXT))
     return issues
+
+
+WHITESPACE_TEXT = "text is only whitespace"
+TEXT_LENGTH = "text length outside [validation.min_text_chars, max_text_chars]"
+
+
+def text_problem(value: str, cfg: RunConfig) -> str | None:
+    """Why one text would be rejected by validation (the same words), or None; the served
+    model refuses what training refuses. An empty text is a missing one, not a problem.
+
+    >>> from crossfuse.config import load_config
+    >>> text_problem("   ", load_config(None, env={}))
+    'text is only whitespace'
+    """
+    if not value:
+        return None
+    if not value.strip():
+        return WHITESPACE_TEXT
+    v = cfg.validation
+    if not v.min_text_chars <= len(value) <= v.max_text_chars:
+        return f"{TEXT_LENGTH}: {len(value):,} characters, allowed {v.min_text_chars}..{v.max_text_chars:,}"
+    return None
 
 
 def check_media(cfg: RunConfig, frame: pd.DataFrame, root: Path,

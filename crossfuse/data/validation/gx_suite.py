@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from crossfuse.config import RunConfig
+from crossfuse.data.validation.checks import TEXT_LENGTH
 from crossfuse.data.validation.report import RowIssue
 
 # The media/encoding checks run in Python; their findings enter the suite as one column
@@ -60,8 +61,7 @@ def expectation_suite(cfg: RunConfig, columns: list[str], labelled: bool = True)
 _REASONS = {
     "expect_column_values_to_be_unique": "duplicate id",
     "expect_column_values_to_be_in_set": "label not in validation.labels",
-    "expect_column_value_lengths_to_be_between": "text length outside "
-                                                 "[validation.min_text_chars, max_text_chars]",
+    "expect_column_value_lengths_to_be_between": TEXT_LENGTH,
 }
 
 
