@@ -34,6 +34,7 @@ import base64
 import binascii
 import io
 import os
+import re
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -69,6 +70,44 @@ def _is_missing(value) -> bool:
         (isinstance(value, str) and value == "")
 
 
+EXCERPT = 60  # characters of a client's value quoted back: a 5 MB body is never echoed
+
+
+def excerpt(value: str) -> str:
+    """``value`` quoted for a message, cut to :data:`EXCERPT` characters.
+
+    >>> excerpt("x" * 100)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… (100 characters)"
+    """
+    return repr(value) if len(value) <= EXCERPT else f"{value[:EXCERPT]!r}… ({len(value):,} characters)"
+
+
+_DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_STANDARD = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+def media_bytes(value: str) -> bytes | None:
+    """A file's bytes from base64: standard or URL-safe, padded or not, bare or as a
+    ``data:<type>;base64,`` URI; None when it is none of those.
+
+    >>> media_bytes("data:image/png;base64,aGk"), media_bytes("aGk="), media_bytes("a path.png")
+    (b'hi', b'hi', None)
+    """
+    text = _DATA_URI.sub("", value.strip(), count=1) if value[:5].lower() == "data:" else value
+    text = "".join(text.split())  # line-wrapped base64
+    # Standard base64 must be padded (unpadded, "/etc/passwd" would decode); URL-safe base64
+    # may drop its padding, as JWT-style encoders do.
+    try:
+        if len(text) % 4 == 0 and _STANDARD.fullmatch(text):
+            return base64.b64decode(text)
+        if _URL_SAFE.fullmatch(text):
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        pass
+    return None
+
+
 def decode_media(value: str, modality: Modality, cfg: RunConfig, media_root: Path | None):
     """A request's media (image, audio): base64 file bytes, or (only under ``media_root``) a path.
 
@@ -77,10 +116,7 @@ def decode_media(value: str, modality: Modality, cfg: RunConfig, media_root: Pat
     never depends on whether a file outside ``media_root`` exists.
     """
     what = modality.name
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raw = None
+    raw = media_bytes(value)
     if raw is not None:
         problem = modality.check(io.BytesIO(raw), f"(the request's {what})", cfg)
         if problem is None:
@@ -98,7 +134,7 @@ def decode_media(value: str, modality: Modality, cfg: RunConfig, media_root: Pat
     if not path.is_relative_to(media_root):
         raise outside
     if not path.is_file():
-        raise ValueError(f"no file {value!r} under serving.media_root")
+        raise ValueError(f"no file {excerpt(value)} under serving.media_root")
     problem = modality.check(path, value, cfg)
     if problem is not None:
         raise ValueError(f"{problem[0]}: {problem[1]}")
@@ -108,9 +144,15 @@ def decode_media(value: str, modality: Modality, cfg: RunConfig, media_root: Pat
 def check_request(frame: pd.DataFrame, modalities: list[str]) -> list[str]:
     """What is wrong with a request's columns and value types, one message per problem."""
     problems = []
+    twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if twice:
+        return [f"column(s) {twice} appear more than once in the request; send each once"]
     unknown = [str(c) for c in frame.columns if c not in modalities]
     if unknown:
-        problems.append(f"unknown column(s) {unknown}: this model reads {modalities}")
+        hint = ("; the body looks like JSON: send it with Content-Type: application/json"
+                if any(c.lstrip().startswith(("{", "[", '"')) for c in unknown) else "")
+        shown = [c if len(c) <= EXCERPT else f"{c[:EXCERPT]}…" for c in unknown]
+        problems.append(f"unknown column(s) {shown}: this model reads {modalities}{hint}")
     usable = [m for m in modalities if m in frame.columns]
     for row in range(len(frame)):
         values = {m: frame[m].iat[row] for m in usable}
@@ -273,9 +315,12 @@ class CrossfusePyfunc(mlflow.pyfunc.PythonModel):
         # runs, so a misspelt column arrives as an absent one: require every column (null
         # where a modality is missing) to name the mistake instead of serving a guess.
         absent = [m for m in self.predictor.modalities if m not in frame.columns]
-        if absent or frame.empty:
-            raise InvalidInput([f"the request has no column(s) {absent or self.predictor.modalities} "
-                                f"(or no rows): this model reads {self.predictor.modalities}; "
-                                f"send each, null where a modality is missing (unknown columns "
-                                f"are dropped by the server)"])
+        if absent:
+            raise InvalidInput([f"the request has no column(s) {absent}: this model reads "
+                                f"{self.predictor.modalities}; send each, null where a modality "
+                                f"is missing (unknown columns are dropped by the server; a JSON "
+                                f"body sent as text/csv arrives like this too: send JSON with "
+                                f"Content-Type: application/json)"])
+        if len(frame) == 0:
+            raise InvalidInput(["the request has no rows: send one row per sample"])
         return self.predictor.predict(frame)

@@ -170,6 +170,37 @@ def test_the_served_model_refuses_the_texts_training_refuses(server):
             "max_text_chars]: 5,000 characters")
 
 
+def test_images_arrive_as_data_uris_or_url_safe_base64_too(server):
+    url, data = server
+    raw = (data / "images" / "s00000.png").read_bytes()
+    plain = post(url, [{"text": "A fox.", "image": base64.b64encode(raw).decode()}])
+    for image in (f"data:image/png;base64,{base64.b64encode(raw).decode()}",
+                  base64.urlsafe_b64encode(raw).decode().rstrip("=")):
+        assert post(url, [{"text": "A fox.", "image": image}]) == plain
+
+
+def test_request_mistakes_are_named_and_a_huge_value_is_not_echoed(server):
+    from crossfuse.registry.serving import InvalidInput
+
+    url, data = server
+    # A JSON body sent as CSV: MLflow reads the JSON text as column names.
+    body = json.dumps({"dataframe_records": [{"text": "A fox.", "image": None}]}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body,
+                                     headers={"Content-Type": "text/csv"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=120)
+    answer = json.loads(err.value.read())["message"]
+    assert "a JSON body sent as text/csv arrives like this too" in answer
+    # 5 MB that is neither base64 nor a file: the reason, and a short excerpt at most.
+    message = refused(post(url, [{"text": "A fox.", "image": "%" * 5_000_000}]), "row 0")
+    assert len(message) < 2_000
+    model = mlflow.pyfunc.load_model(str(Path(data).parent / "pyfunc"))
+    predictor = model.unwrap_python_model().predictor
+    twice = pd.DataFrame([["A fox.", "A cat."]], columns=["text", "text"])
+    with pytest.raises(InvalidInput, match=r"column\(s\) \['text'\] appear more than once"):
+        predictor.predict(twice)
+
+
 def test_a_number_for_text_is_a_wrong_type(server):
     url, _ = server
     refused(post(url, [{"text": 12345, "image": None}]), "row 0, column 'text'", "expected a string")
