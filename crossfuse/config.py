@@ -78,6 +78,11 @@ class ValidationConfig(_Section):
                                        "run (it cannot reach train, val and test).")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Larger images (width x height) are "
                                   "bad rows: a guard against decompression bombs.")
+    min_image_side: int = Field(16, ge=1, description="Images with a side shorter than this "
+                                "(pixels) are used, upscaled, and counted in a warning.")
+    max_aspect_ratio: float = Field(10.0, ge=1, description="Images longer than this many "
+                                    "times their width (or wider than tall) are used, squashed "
+                                    "to a square, and counted in a warning.")
     min_audio_seconds: float = Field(0.05, ge=0, description="Shorter audio is a bad row.")
     max_audio_seconds: float = Field(600.0, gt=0, description="Longer audio is a bad row.")
     max_audio_channels: int = Field(8, ge=1, description="Audio with more channels is a bad row "

@@ -78,8 +78,11 @@ def audio_problem(source, relative: str, min_seconds: float, max_seconds: float,
     if not np.isfinite(samples).all():
         return "audio not finite", (f"audio file {relative} holds NaN or infinite samples "
                                     f"({int((~np.isfinite(samples)).sum())} of {samples.size})")
-    if float(np.abs(samples).max()) < SILENCE:
-        return "audio silent", f"audio file {relative} is silent (every sample is 0)"
+    peak = float(np.abs(samples).max())
+    if peak < SILENCE:
+        loudest = "every sample is 0" if peak == 0 else f"its loudest sample is {peak:.1e}"
+        return "audio silent", (f"audio file {relative} is silent ({loudest}, under {SILENCE:g} "
+                                f"of full scale); record it louder or leave the cell empty")
     return None
 
 

@@ -111,13 +111,16 @@ def load_manifest(root: Path, modalities: list[str] | None = None,
     malformed = [(i, r.fields) for i, r in enumerate(records) if r.fields != len(header)]
     if extra_columns_file:
         frame = _join_extra_columns(frame, root, extra_columns_file)
+    found = [c for c in frame.columns if c != "label" or not labels_optional]
     if labels_optional and "label" not in frame.columns:
         frame["label"] = ""
     needed = list(REQUIRED_COLUMNS) + list(modalities or []) + list(extra_targets or [])
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise ManifestError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}. "
-                            f"Rename or add them (required: id, label, and one per modality).")
+        required = ("id and one per modality the model reads, empty where a row lacks it; a "
+                    "label is optional" if labels_optional else "id, label, and one per modality")
+        raise ManifestError(f"{path}: missing column(s) {missing}; found {found}. Rename or add "
+                            f"them (required: {required}).")
     for column in ["id", "label", *(extra_targets or [])]:
         frame[column] = [canonical(v) for v in frame[column]]
     return Manifest(root=root.resolve(), path=path.resolve(), frame=frame, lines=lines,
@@ -222,6 +225,10 @@ def require_dataset_folder(root: Path) -> Path:
     if not root.is_dir():
         raise ManifestError(f"--data {root} is a file, not a folder; pass the folder that holds "
                             f"{MANIFEST_NAME}")
+    if path.is_dir():
+        raise ManifestError(f"{path} is a folder, not a file: a dataset folder needs a "
+                            f"{MANIFEST_NAME} file with columns id,label and one column per "
+                            f"modality")
     if not path.is_file():
         raise ManifestError(f"{path} not found: a dataset folder needs a {MANIFEST_NAME} with "
                             f"columns id,label and one column per modality (image,text)")

@@ -106,7 +106,10 @@ def test_auto_registers_the_text_model_and_says_fusion_did_not_help(noise_images
     # traces), a run that says what ran and where from, the dataset as the run's input.
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert run.data.tags["mlflow.note.content"].startswith("crossfuse pipeline on noise")
+    # The description opens with the decision, then says what ran.
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"**{result.model_name} v{result.version} was promoted to champion")
+    assert "fusion did not help" in note and "crossfuse pipeline on noise" in note
     assert run.data.tags["mlflow.source.name"] == "crossfuse pipeline (pipelines/multimodal_fusion.py)"
     [used] = run.inputs.dataset_inputs
     assert used.dataset.name == "noise"

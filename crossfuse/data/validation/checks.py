@@ -38,13 +38,38 @@ def check_media_file(root: Path, relative: str, modality: str, cfg: RunConfig
         return "media path unusable", (f"{modality} path {relative!r} cannot be resolved: "
                                        f"{type(exc).__name__}: {exc}")
     try:
+        if path.is_dir():
+            return (f"{modality} path is a folder", f"{modality} path {relative!r} is a folder, "
+                    f"not a file; name the {modality} file inside it")
         if not path.is_file():
-            return f"{modality} not found", f"{modality} file {relative} not found under {root}"
+            return f"{modality} not found", (f"{modality} file {relative!r} not found under "
+                                             f"{root}{path_hint(root, relative)}")
         if path.stat().st_size == 0:
-            return f"{modality} empty", f"{modality} file {relative} is empty (0 bytes)"
+            return f"{modality} empty", f"{modality} file {relative!r} is empty (0 bytes)"
     except OSError as exc:  # permissions, a name too long for the filesystem
-        return f"{modality} unreadable", f"{modality} file {relative} cannot be read: {exc}"
+        return f"{modality} unreadable", f"{modality} file {relative!r} cannot be read: {exc}"
     return get_modality(modality).check(path, relative, cfg)
+
+
+def path_hint(root: Path, relative: str) -> str:
+    r"""Why a media path that is not there may be mistyped: Windows separators, spaces at
+    its ends, or another letter case of a file that is there; "" when none applies.
+
+    >>> path_hint(Path("/nowhere"), "images\\a.png")
+    "; write paths with '/', not '\\' (images/a.png)"
+    >>> path_hint(Path("/nowhere"), "images/a.png ")
+    '; the path ends or starts with spaces'
+    """
+    if "\\" in relative:
+        return f"; write paths with '/', not '\\' ({relative.replace(chr(92), '/')})"
+    if relative != relative.strip():
+        return "; the path ends or starts with spaces"
+    folder = (Path(root) / relative).parent
+    try:
+        near = [p.name for p in folder.iterdir() if p.name.lower() == Path(relative).name.lower()]
+    except OSError:
+        return ""
+    return f"; did you mean {near[0]!r} (letter case)?" if near else ""
 
 
 def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
@@ -65,6 +90,7 @@ def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
 
 
 WHITESPACE_TEXT = "text is only whitespace"
+MAX_NAMED = 10  # classes a message names before it says how many more
 TEXT_LENGTH = "text length outside [validation.min_text_chars, max_text_chars]"
 
 
@@ -137,7 +163,58 @@ def check_class_sizes(cfg: RunConfig, labels: list[str]) -> tuple[dict[str, int]
                         f"rows ({', '.join(sorted(counts)) or 'none'}): a classifier needs at "
                         f"least two labels")
     if small:
-        failures.append(f"classes with fewer than validation.min_samples_per_class="
-                        f"{cfg.validation.min_samples_per_class} samples: {small}; add samples "
+        shown = ", ".join(f"{k!r} ({n})" for k, n in list(small.items())[:MAX_NAMED])
+        more = f" and {len(small) - MAX_NAMED} more" if len(small) > MAX_NAMED else ""
+        failures.append(f"{len(small)} class{'es' if len(small) != 1 else ''} with fewer than "
+                        f"validation.min_samples_per_class={cfg.validation.min_samples_per_class} "
+                        f"samples: {shown}{more} (all in report.json's class_counts); add samples "
                         f"or remove these classes")
     return dict(sorted(counts.items())), failures
+
+
+def image_shape_warnings(cfg: RunConfig, frame: pd.DataFrame, root: Path, lines: list[int],
+                         rejected: set[int]) -> list[str]:
+    """Warnings (not rejects) for the kept rows' images that are tiny (a side under
+    ``validation.min_image_side``) or extreme in shape (beyond ``max_aspect_ratio``): the
+    model still gets them, upscaled or squashed to a square, and the run says how many."""
+    from PIL import Image
+
+    if "image" not in cfg.modalities or "image" not in frame.columns:
+        return []
+    v = cfg.validation
+    small, long = [], []
+    for line, rel in zip(lines, frame["image"], strict=True):
+        if not rel or line in rejected:
+            continue
+        try:
+            with Image.open(resolve_media(root, rel)) as img:
+                width, height = img.size
+        except (OSError, ValueError, ManifestError):
+            continue  # validation's media check has said why
+        if min(width, height) < v.min_image_side:
+            small.append((line, f"{width}x{height}"))
+        if max(width, height) > v.max_aspect_ratio * min(width, height):
+            long.append((line, f"{width}x{height}"))
+    size, out = cfg.preprocess.image_size, []
+    if small:
+        out.append(shape_warning(small, f"a side under validation.min_image_side="
+                                        f"{v.min_image_side} px", f"upscaled to {size} px square"))
+    if long:
+        out.append(shape_warning(long, f"longer than validation.max_aspect_ratio="
+                                       f"{v.max_aspect_ratio:g} times the other side",
+                                 f"squashed to {size} px square"))
+    return out
+
+
+def shape_warning(found: list[tuple[int, str]], what: str, how: str) -> str:
+    """One warning for the images ``found`` ((line, WxH), ...): how many, which, what is done.
+
+    >>> shape_warning([(2, "1x1")], "a side under 16 px", "upscaled")
+    '1 image has a side under 16 px (line 2: 1x1): it is used, upscaled'
+    """
+    one = len(found) == 1
+    named = ", ".join(f"line {line}: {size}" for line, size in found[:MAX_NAMED])
+    more = f" and {len(found) - MAX_NAMED} more" if len(found) > MAX_NAMED else ""
+    verb = ("has" if one else "have") if what.startswith("a side") else ("is" if one else "are")
+    return (f"{len(found)} image{'' if one else 's'} {verb} {what} ({named}{more}): "
+            f"{'it is' if one else 'they are'} used, {how}")

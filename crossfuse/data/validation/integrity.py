@@ -147,10 +147,17 @@ def check_split_coverage(cfg: RunConfig, frame: pd.DataFrame, lines: list[int],
              and frame.iloc[i]["label"]]
     counts = Counter((frame.iloc[i]["label"], splits[i]) for i in valid)
     classes = sorted({frame.iloc[i]["label"] for i in valid})
-    for label in classes:
+    short = [label for label in classes if any(counts[(label, s)] == 0 for s in SPLITS)]
+    if len(short) > MAX_LINES_NAMED and cfg.validation.on_error != "drop":
+        named = ", ".join(repr(label) for label in short[:MAX_LINES_NAMED])
+        found.failures.append(
+            f"{len(short)} classes lack train, val or test rows ({named} and "
+            f"{len(short) - MAX_LINES_NAMED} more): add "
+            f"rows of them, assign splits in a split column, or set validation.on_error=drop "
+            f"to train without them")
+        return found
+    for label in short:
         lacking = [s for s in SPLITS if counts[(label, s)] == 0]
-        if not lacking:
-            continue
         have = ", ".join(f"{counts[(label, s)]} {s}" for s in SPLITS)
         meaning = ("the model could never predict it" if "train" in lacking
                    else "it would never be measured" if "test" in lacking

@@ -81,8 +81,12 @@ class ValidationReport:
         """A readable multi-line summary: counts, table failures, the first bad rows, the fix."""
         head = ("passed" if self.success else
                 "passed with rows dropped" if self.can_continue else "FAILED")
-        lines = [f"validation {head} for {self.dataset}: {self.n_rows} rows in = "
-                 f"{self.n_valid} valid + {self.n_rejected} rejected (on_error={self.on_error})"]
+        if self.n_rows == 0 and self.table_failures:  # the manifest could not be read
+            lines = [f"validation {head} for {self.dataset}: its manifest could not be read as "
+                     f"a dataset, so no row was checked"]
+        else:
+            lines = [f"validation {head} for {self.dataset}: {self.n_rows} rows in = "
+                     f"{self.n_valid} valid + {self.n_rejected} rejected (on_error={self.on_error})"]
         lines += [f"  table: {msg}" for msg in self.table_failures]
         lines += [f"  warning: {msg}" for msg in self.warnings]
         for issue in self.issues[:max_rows]:

@@ -41,6 +41,7 @@ from crossfuse.data.validation.checks import (
     check_model_labels,
     check_some_modality,
     check_text,
+    image_shape_warnings,
 )
 from crossfuse.data.validation.gx_suite import run_gx_suite
 from crossfuse.data.validation.integrity import (
@@ -136,6 +137,7 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path,
         failures += coverage.failures
         warnings += coverage.warnings
     bad = {i.line for i in issues}
+    warnings += image_shape_warnings(cfg, frame, manifest.root, lines, bad)
     valid_labels = [label for label, line in zip(frame["label"], lines, strict=True)
                     if line not in bad]
     class_counts, size_failures = check_class_sizes(cfg, valid_labels)

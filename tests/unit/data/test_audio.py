@@ -70,6 +70,14 @@ def test_each_bad_audio_file_is_named_with_its_reason(tmp_path, name, make, kind
     assert name in found[1]  # the message names the file
 
 
+def test_silence_says_how_loud_the_loudest_sample_was(tmp_path):
+    write(tmp_path / "faint.wav", np.full(RATE, 5e-7), subtype="FLOAT")  # 16-bit PCM: 0
+    write(tmp_path / "zero.wav", np.zeros(RATE))
+    faint = check_media_file(tmp_path, "faint.wav", "audio", config())
+    assert faint[0] == "audio silent" and "its loudest sample is 5.0e-07" in faint[1], faint
+    assert "every sample is 0" in check_media_file(tmp_path, "zero.wav", "audio", config())[1]
+
+
 def test_a_path_out_of_the_dataset_is_refused(tmp_path):
     write(tmp_path / "ok.wav", tone())
     found = check_media_file(tmp_path / "sub", "../ok.wav", "audio", config())

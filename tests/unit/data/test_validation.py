@@ -102,6 +102,14 @@ ROW_CASES = [
      [], "image", "image unreadable", "cannot be read"),
     ("missing media file", lambda r: image_path(r).unlink(), [], "image", "image not found",
      "not found under"),
+    ("image path that is a folder", lambda r: (image_path(r).unlink(), image_path(r).mkdir()), [],
+     "image", "image path is a folder", "is a folder, not a file"),
+    ("image path with backslashes", lambda r: set_cell(
+        r, "image", manifest(r).loc[ROW, "image"].replace("/", "\\")), [], "image",
+     "image not found", "write paths with '/', not '\\' (images/s00003.png)"),
+    ("image path with a trailing space", lambda r: set_cell(
+        r, "image", manifest(r).loc[ROW, "image"] + " "), [], "image", "image not found",
+     "'images/s00003.png ' not found under"),
     ("zero-byte image", lambda r: image_path(r).write_bytes(b""), [], "image", "image empty",
      "is empty (0 bytes)"),
     ("truncated image", lambda r: image_path(r).write_bytes(
@@ -419,3 +427,36 @@ def test_missing_split_cells_are_rejected_by_row_not_at_preprocess(dataset, make
     assert "did you mean 'train'?" in report.issues[1].reason
     result = preprocess(cfg, dataset, tmp_path / "pre", rejected_lines=report.rejected_lines)
     assert result.n_samples == 58  # everything else goes on
+
+
+def test_a_manifest_that_is_a_folder_is_called_one(dataset, make_config, tmp_path):
+    (dataset / "manifest.csv").unlink()
+    (dataset / "manifest.csv").mkdir()
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    assert "manifest.csv is a folder, not a file" in report.table_failures[0]
+    assert "its manifest could not be read as a dataset" in report.summary()  # not "0 rows in"
+
+
+def test_a_thousand_single_row_classes_are_summarised_not_listed(dataset, make_config, tmp_path):
+    frame = manifest(dataset)
+    frame["label"] = [f"class-{i:04d}" for i in range(len(frame))]
+    write_manifest(dataset, frame)
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    summary = report.summary()
+    assert not report.can_continue and len(summary.splitlines()) <= 6, summary
+    assert "60 classes with fewer than validation.min_samples_per_class=3 samples" in summary
+    assert "and 50 more" in summary
+
+
+def test_tiny_and_extreme_images_are_used_and_counted_in_a_warning(dataset, make_config,
+                                                                   tmp_path):
+    frame = manifest(dataset)
+    for row, size in ((0, (1, 1)), (1, (2000, 10)), (2, (8, 8))):
+        Image.new("RGB", size, "red").save(dataset / frame.loc[row, "image"])
+    report = validate(make_config(dataset), dataset, tmp_path / "v")
+    assert report.success  # used, not rejected
+    assert ("3 images have a side under validation.min_image_side=16 px (line 2: 1x1, line 3: "
+            "2000x10, line 4: 8x8): they are used, upscaled") in report.warnings[0]
+    assert report.warnings[1] == ("1 image is longer than validation.max_aspect_ratio=10 times the "
+                                  "other side (line 3: 2000x10): it is used, squashed to 32 px "
+                                  "square")
