@@ -193,7 +193,7 @@ class AutoConfig(_Section):
     ensemble: bool = Field(True, description="Also try a Caruana-style weighted ensemble of the "
                                              "candidates, selected on their out-of-fold predictions.")
     folds: int = Field(5, ge=2, description="Cross-validation folds over train+val.")
-    holdout_above: int = Field(5000, ge=1, description="Above this many train+val rows, one fold is held "
+    holdout_above: int = Field(5000, ge=0, description="Above this many train+val rows, one fold is held "
                                                  "out instead of all k (a single holdout).")
     ensemble_rounds: int = Field(25, ge=1, description="Greedy selection steps (with replacement).")
     calibration_fraction: float = Field(
@@ -284,7 +284,7 @@ class EvaluateConfig(_Section):
     unimodal_baselines: bool = Field(True, description="Score one model per modality alone on "
                                      "the same split, beside the fused one (fusion gain).")
     robustness: RobustnessConfig = Field(RobustnessConfig(), description="Noise sweeps.")
-    permutation_repeats: int = Field(5, ge=1, description="Shuffles per modality for permutation "
+    permutation_repeats: int = Field(5, ge=0, description="Shuffles per modality for permutation "
                                                     "importance; 0 turns it off.")
     efficiency: bool = Field(True, description="Measure parameters, latency and peak memory.")
     efficiency_samples: int = Field(64, ge=0, description="Raw test samples timed end to end.")
