@@ -318,9 +318,11 @@ class CrossfusePyfunc(mlflow.pyfunc.PythonModel):
         if absent:
             raise InvalidInput([f"the request has no column(s) {absent}: this model reads "
                                 f"{self.predictor.modalities}; send each, null where a modality "
-                                f"is missing (unknown columns are dropped by the server; a JSON "
-                                f"body sent as text/csv arrives like this too: send JSON with "
-                                f"Content-Type: application/json)"])
+                                f"is missing, as dataframe_records or dataframe_split with "
+                                f"columns (unknown columns are dropped by the server, and so are "
+                                f"the unnamed columns of an 'inputs' array; a JSON body sent as "
+                                f"text/csv arrives like this too: send JSON with Content-Type: "
+                                f"application/json)"])
         if len(frame) == 0:
             raise InvalidInput(["the request has no rows: send one row per sample"])
         return self.predictor.predict(frame)

@@ -194,6 +194,13 @@ def test_request_mistakes_are_named_and_a_huge_value_is_not_echoed(server):
     # 5 MB that is neither base64 nor a file: the reason, and a short excerpt at most.
     message = refused(post(url, [{"text": "A fox.", "image": "%" * 5_000_000}]), "row 0")
     assert len(message) < 2_000
+    # Rows without column names (MLflow's "inputs" form) are explained too.
+    body = json.dumps({"inputs": [["A fox.", None]]}).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=120)
+    assert "the unnamed columns of an 'inputs' array" in json.loads(err.value.read())["message"]
     model = mlflow.pyfunc.load_model(str(Path(data).parent / "pyfunc"))
     predictor = model.unwrap_python_model().predictor
     twice = pd.DataFrame([["A fox.", "A cat."]], columns=["text", "text"])
