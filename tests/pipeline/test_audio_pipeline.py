@@ -1,5 +1,10 @@
-"""End to end with audio: the KFP local runner's whole DAG on a generated image + audio dataset,
-then the registered model answering a request with a base64 WAV."""
+"""End to end with audio: every stage on a generated image + audio dataset, registered in a real
+MLflow registry, then the registered model answering a request with a base64 WAV.
+
+The stages run in this process (:func:`crossfuse.stages.run_in_process`, what each KFP task
+calls); the components pass folders whatever their modalities, and the KFP local runner itself
+is covered by ``test_local_run.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,11 @@ import base64
 import mlflow
 import pandas as pd
 import pytest
-from conftest import build_config
+from conftest import build_config, run_stages
 from mlflow.tracking import MlflowClient
 
 from crossfuse.data.sample import generate_sample_dataset
 from crossfuse.tracking import run_metrics
-from pipelines.runner import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
@@ -28,8 +32,8 @@ def test_image_and_audio_pipeline_registers_a_model_that_hears(tmp_path, tiny_te
                        "train.modality_dropout={image: 0.3, audio: 0.3}",
                        "evaluate.efficiency=false", name="av")
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    outputs = run_local(cfg)
-    assert outputs["version"] == "1"
+    _, result = run_stages(cfg, tmp_path / "stages")
+    assert result.version == "1"
     client = MlflowClient()
     version = client.get_model_version(cfg.model_name(), "1")
     metrics = run_metrics(client.get_run(version.run_id))

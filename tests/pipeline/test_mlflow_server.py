@@ -1,4 +1,10 @@
-"""The pipeline against a real `mlflow server` (SQLite backend, proxied artifacts) over HTTP."""
+"""The pipeline's stages against a real `mlflow server` (SQLite backend, proxied artifacts)
+over HTTP.
+
+The stages run in this process (:func:`crossfuse.stages.run_in_process`, the code each KFP
+task calls): what is under test is the tracking and registry traffic over HTTP; the KFP
+local runner itself is covered by ``test_local_run.py``.
+"""
 
 import json
 import sys
@@ -7,9 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import build_config, free_port, http_server
-
-from pipelines.runner import run_local
+from conftest import build_config, free_port, http_server, run_stages
 
 pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
 
@@ -35,7 +39,9 @@ def server_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_mod
                            "train.epochs=10", f"mlflow.tracking_uri={base}",
                            "evaluate.unimodal_baselines=false", "evaluate.efficiency=false",
                            name="served")
-        outputs = run_local(cfg)
+        _, result = run_stages(cfg, root / "stages")
+        outputs = {"version": result.version, "champion_version": result.champion_version,
+                   "promoted": result.promoted}
         yield {"base": base, "cfg": cfg, "outputs": outputs, "root": root}
 
 
