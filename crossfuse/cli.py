@@ -221,15 +221,6 @@ def cmd_bench_stages(args: argparse.Namespace) -> int:
     return 0
 
 
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI, else None.
-
-    >>> sqlite_file("sqlite:///mlflow.db"), sqlite_file("http://127.0.0.1:5000")
-    (PosixPath('mlflow.db'), None)
-    """
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def _use_tracking(args: argparse.Namespace) -> None:
     import mlflow
 

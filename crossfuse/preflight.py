@@ -34,6 +34,15 @@ class PreflightError(UserError, RuntimeError):
     """The run cannot start; the message lists each problem and what to do about it."""
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None.
+
+    >>> sqlite_file("sqlite:///mlflow.db"), sqlite_file("http://127.0.0.1:5000")
+    (PosixPath('mlflow.db'), None)
+    """
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def tracking_problem(uri: str, timeout: float = 5.0) -> str | None:
     """Why the tracking store at ``uri`` is not usable, or None."""
     if uri.startswith(("http://", "https://")):
@@ -47,8 +56,8 @@ def tracking_problem(uri: str, timeout: float = 5.0) -> str | None:
             return (f"MLflow tracking server {uri} is unreachable ({reason}); start it "
                     f"(`mlflow server --host 127.0.0.1 --port 5000`) or set MLFLOW_TRACKING_URI "
                     f"/ --set mlflow.tracking_uri=sqlite:///mlflow.db to track locally")
-    if uri.startswith("sqlite:///"):
-        return folder_problem(Path(uri[len("sqlite:///"):]).parent, "the MLflow SQLite database")
+    if (database := sqlite_file(uri)) is not None:
+        return folder_problem(database.parent, "the MLflow SQLite database")
     return None
 
 
@@ -60,8 +69,7 @@ def store_problem(uri: str) -> str | None:
     >>> store_problem("sqlite:////nowhere/mlflow.db")[:36]
     'no MLflow store at /nowhere/mlflow.d'
     """
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+    if (path := sqlite_file(uri)) is not None:
         if path.is_file():
             return None
         return (f"no MLflow store at {path} (mlflow.tracking_uri={uri}); train a model first "

@@ -220,12 +220,11 @@ def extract_lines(result: ExtractResult) -> list[str]:
         hits, distinct = result.cache_hits[m], result.encoded[m]
         have = result.present.get(m, hits + distinct)  # older results: no missing count
         fresh = have - hits
-        how = "; ".join(filter(None, [
-            f"{distinct} distinct" if distinct != fresh else "",
-            ", ".join(filter(None, [
-                result.runtime.get(m, ""),
-                f"{distinct / result.seconds[m]:.0f}/s" if distinct and result.seconds.get(m)
-                else ""]))]))
+        runtime = result.runtime.get(m, "")
+        if distinct and result.seconds.get(m):
+            runtime += f"{', ' if runtime else ''}{distinct / result.seconds[m]:.0f}/s"
+        copies = f"{distinct} distinct" if distinct != fresh else ""
+        how = "; ".join(part for part in (copies, runtime) if part)
         missing = result.n_samples - have
         lines.append(f"{m}: {result.n_samples} rows = {hits} from the feature cache + {fresh} "
                      f"encoded now{f' ({how})' if how else ''}"

@@ -250,7 +250,7 @@ def score(model_dir: Path, parts: list[Path], out_dir: Path, labelled: bool, sha
                 writer.write_table(table)
                 predicted.append(probs.argmax(-1))
                 confidence.append(calibrated.max(-1))
-                doubtful.append(least_confident(frame, calibrated.max(-1)))
+                doubtful.append(least_confident(frame, confidence[-1]))
                 if labelled:
                     known = chunk.index["label"].to_numpy() != ""
                     n_labelled_in_training += int((known & seen).sum())

@@ -10,7 +10,7 @@ keeps each group in one split.
 
 Example
 -------
->>> keys = content_keys(frame, root, ["image", "text"])        # doctest: +SKIP
+>>> keys, media = row_keys(frame, root, ["image", "text"])     # doctest: +SKIP
 >>> duplicate_groups(keys)                                      # doctest: +SKIP
 [[3, 17]]
 """
@@ -29,30 +29,38 @@ from crossfuse.data.text import normalise_text
 MISSING = b"\x00missing"
 
 
-def content_keys(frame: pd.DataFrame, root: Path, modalities: list[str]) -> list[str | None]:
-    """One sha256 hex key per row; None for a row whose media cannot be read or that is empty.
+def row_keys(frame: pd.DataFrame, root: Path, modalities: list[str]
+             ) -> tuple[list[str | None], list[list[str]]]:
+    """(content keys, media keys) of every row, each media file read once.
 
-    Media that cannot be read (missing, outside the folder, unreadable) give no key:
-    validation rejects those rows for their own reason.
+    A row's content key is one sha256 hex key over all its modalities; None for a row that
+    is empty or whose media cannot be read (missing, outside the folder, unreadable:
+    validation rejects those rows for their own reason). Its media keys name each media
+    file it holds by its bytes (``image:<sha256>``), so rows that share a picture share a
+    key whatever their other columns.
     """
-    return [_row_key(row, root, modalities) for _, row in frame.iterrows()]
+    keys = [_row_keys(row, root, modalities) for _, row in frame.iterrows()]
+    return [k for k, _ in keys], [m for _, m in keys]
 
 
-def _row_key(row: pd.Series, root: Path, modalities: list[str]) -> str | None:
-    digest, has_content = hashlib.sha256(), False
+def _row_keys(row: pd.Series, root: Path, modalities: list[str]) -> tuple[str | None, list[str]]:
+    digest, has_content, unreadable, files = hashlib.sha256(), False, False, []
     for m in modalities:
         value = str(row.get(m, "") or "")
         if not value:
-            part = MISSING
+            part = hashlib.sha256(MISSING)
         elif get_modality(m).media:
-            part = _file_bytes(root, value)
-            if part is None:
-                return None
+            data = _file_bytes(root, value)
+            if data is None:
+                unreadable = True
+                continue
+            part = hashlib.sha256(data)
+            files.append(f"{m}:{part.hexdigest()}")
         else:
-            part = normalise_text(value).encode("utf-8")
-        has_content |= part is not MISSING
-        digest.update(m.encode() + b"\x00" + hashlib.sha256(part).digest())
-    return digest.hexdigest() if has_content else None
+            part = hashlib.sha256(normalise_text(value).encode("utf-8"))
+        has_content |= bool(value)
+        digest.update(m.encode() + b"\x00" + part.digest())
+    return (digest.hexdigest() if has_content and not unreadable else None), files
 
 
 def _file_bytes(root: Path, relative: str) -> bytes | None:
@@ -60,22 +68,6 @@ def _file_bytes(root: Path, relative: str) -> bytes | None:
         return resolve_media(root, relative).read_bytes()
     except (OSError, ValueError, RuntimeError):  # missing, a folder, outside, a symlink loop
         return None
-
-
-def media_keys(frame: pd.DataFrame, root: Path, modalities: list[str]) -> list[list[str]]:
-    """Per row, a key per media file it names (the file's bytes hashed with its modality):
-    rows that share a picture (or recording) share a key, whatever their other columns."""
-    media = [m for m in modalities if get_modality(m).media]
-    keys = []
-    for _, row in frame.iterrows():
-        found = []
-        for m in media:
-            value = str(row.get(m, "") or "")
-            data = _file_bytes(root, value) if value else None
-            if data is not None:
-                found.append(f"{m}:{hashlib.sha256(data).hexdigest()}")
-        keys.append(found)
-    return keys
 
 
 def sharing_groups(content: list[str | None], media: list[list[str]]) -> list[str | None]:
@@ -96,9 +88,10 @@ def sharing_groups(content: list[str | None], media: list[list[str]]) -> list[st
             i = parent[i]
         return i
 
+    keys = [[*files, *([key] if key else [])] for key, files in zip(content, media, strict=True)]
     first: dict[str, int] = {}
-    for row, keys in enumerate(media):
-        for key in [*keys, *([content[row]] if content[row] else [])]:
+    for row, found in enumerate(keys):
+        for key in found:
             if key in first:
                 parent[root(row)] = root(first[key])
             else:
@@ -109,9 +102,9 @@ def sharing_groups(content: list[str | None], media: list[list[str]]) -> list[st
     out: list[str | None] = [None] * len(content)
     for rows in members.values():
         if len(rows) > 1:
-            key = min(k for r in rows for k in [*media[r], *([content[r]] if content[r] else [])])
+            smallest = min(k for r in rows for k in keys[r])
             for r in rows:
-                out[r] = key
+                out[r] = smallest
     return out
 
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig
-from crossfuse.data.content import content_keys, media_keys
+from crossfuse.data.content import row_keys
 from crossfuse.data.manifest import ManifestError, load_run_manifest, resolve_media
 from crossfuse.data.modalities import Modality, get_modality
 from crossfuse.data.splits import SPLITS, grouped_splits, split_problem
@@ -109,8 +109,7 @@ def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,
     # file stay in one split.
     frame = frame[~frame["line"].isin(rejected_lines)].reset_index(drop=True)
     frame["split"] = SCORE_SPLIT if scoring else grouped_splits(
-        frame, cfg.preprocess.split, content_keys(frame, manifest.root, cfg.modalities),
-        media_keys(frame, manifest.root, cfg.modalities))
+        frame, cfg.preprocess.split, *row_keys(frame, manifest.root, cfg.modalities))
     bad = [] if scoring else [(line, why) for line, v in zip(frame["line"], frame["split"], strict=True)
                               if (why := split_problem(v))]
     if bad:

@@ -74,6 +74,7 @@ from crossfuse.metrics import (
     predict_split,
 )
 from crossfuse.plots import plot_confusion, plot_fused_vs_single
+from crossfuse.registry.promotion import paired_bootstrap
 from crossfuse.registry.serving import FusionPredictor
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
 from crossfuse.training.loop import fit
@@ -239,10 +240,9 @@ def gain_interval(fused: SplitScores, single: SplitScores, num_classes: int, res
     both scored on the same resampled test rows; {} with 0 resamples."""
     if resamples == 0:
         return {}
-    drawn = bootstrap_scores(fused.labels, [fused.predicted, single.predicted], num_classes,
-                             resamples=resamples, seed=seed)
-    low, high = interval(drawn[:, 0] - drawn[:, 1])
-    return {"fusion_gain_macro_f1_ci_low": low, "fusion_gain_macro_f1_ci_high": high}
+    paired = paired_bootstrap(fused.labels, fused.predicted, single.predicted, num_classes,
+                              resamples=resamples, seed=seed)
+    return {"fusion_gain_macro_f1_ci_low": paired.low, "fusion_gain_macro_f1_ci_high": paired.high}
 
 
 def model_choice_section(model_dir: Path, out_dir: Path, test_macro_f1: float) -> dict[str, float]:

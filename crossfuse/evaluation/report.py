@@ -101,13 +101,24 @@ def _read_json(path: Path, default):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
-def ci_words(metrics: dict[str, float], name: str, signed: bool = False) -> str:
-    """`` (95% CI 0.7600 to 0.8600)`` for metric ``name``'s bootstrap interval, or ""."""
+def interval_text(metrics: dict[str, float], name: str) -> str:
+    """``0.7600 to 0.8600`` for metric ``name``'s bootstrap interval (a gain signed), or "".
+
+    >>> interval_text({"fusion_gain_macro_f1_ci_low": -0.01, "fusion_gain_macro_f1_ci_high": 0.05},
+    ...               "fusion_gain_macro_f1")
+    '-0.0100 to +0.0500'
+    """
     low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
     if low is None or high is None:
         return ""
-    fmt = "+.4f" if signed else ".4f"
-    return f" (95% CI {low:{fmt}} to {high:{fmt}})"
+    fmt = "+.4f" if name.startswith("fusion_gain") else ".4f"
+    return f"{low:{fmt}} to {high:{fmt}}"
+
+
+def ci_words(metrics: dict[str, float], name: str) -> str:
+    """`` (95% CI 0.7600 to 0.8600)`` for metric ``name``'s bootstrap interval, or ""."""
+    text = interval_text(metrics, name)
+    return f" (95% CI {text})" if text else ""
 
 
 def gain_is_uncertain(metrics: dict[str, float]) -> bool:
@@ -135,7 +146,7 @@ def headline(metrics: dict[str, float]) -> str:
     if found:
         best, score, gain = found
         verdict = f"fusion gained {gain:+.4f}" if gain >= 0 else f"fusion LOST {-gain:.4f} to it"
-        verdict += ci_words(metrics, "fusion_gain_macro_f1", signed=True)
+        verdict += ci_words(metrics, "fusion_gain_macro_f1")
         if gain_is_uncertain(metrics):
             verdict += ", an interval that includes 0"
         line += f"; best single modality {best} {score:.4f}: {verdict}"
@@ -214,7 +225,7 @@ def _gain(metrics: dict[str, float]) -> dict | None:
         words = "fusion scored exactly the same"
     else:
         words = f"fusion LOST {-gain:.4f} to it"
-    words += ci_words(metrics, "fusion_gain_macro_f1", signed=True)
+    words += ci_words(metrics, "fusion_gain_macro_f1")
     rows = int(metrics.get("test_samples", 0))
     doubt = (f" That interval includes 0: on these {rows} test rows the gain cannot be told "
              f"from none." if gain_is_uncertain(metrics) else "")
@@ -232,11 +243,8 @@ def metric_rows(metrics: dict[str, float], names: list[str]) -> list[dict]:
         if name not in metrics:
             continue
         rows.append({"measure": metric_label(name), "value": metrics[name], "MLflow metric": name})
-        if f"{name}_ci_low" in metrics:
-            signed = "+.4f" if name.startswith("fusion_gain") else ".4f"
-            rows.append({"measure": metric_label(f"{name}_ci"),
-                         "value": f"{metrics[name + '_ci_low']:{signed}} to "
-                                  f"{metrics[name + '_ci_high']:{signed}}",
+        if interval := interval_text(metrics, name):
+            rows.append({"measure": metric_label(f"{name}_ci"), "value": interval,
                          "MLflow metric": f"{name}_ci_low / _ci_high"})
     return rows
 
@@ -376,8 +384,9 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
         sections.append(_section(
             "Model choice (fusion.method: auto)",
             f"Every candidate scored by {how} over {choice['rows']} train+val rows (mean ± "
-            f"std of the folds' macro-F1), each fold at the epoch and settings the other folds "
-            f"chose; the winner ships {_SHIPPED[choice.get('shipped', 'bagged')]}. "
+            f"std of the folds' macro-F1), each fold model trained with the settings and "
+            f"epochs tuned on fold 0, which is never scored; the winner ships "
+            f"{_SHIPPED[choice.get('shipped', 'bagged')]}. "
             + CHOICE_RULE + " "
             + (f"Selection optimism (the winner's CV macro-F1 minus its test macro-F1): "
                f"{choice['optimism']:+.4f}." if "optimism" in choice else ""),

@@ -85,9 +85,6 @@ class PairedBootstrap:
     resamples: int
 
 
-BOOTSTRAP_METRICS = BOOTSTRAP_SCORES
-
-
 def paired_bootstrap(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, num_classes: int,
                      metric: str = "test_macro_f1", resamples: int = 1000, seed: int = 0
                      ) -> PairedBootstrap:

@@ -42,8 +42,8 @@ from mlflow.types import ColSpec, Schema
 from crossfuse.config import RegistryConfig
 from crossfuse.errors import UserError
 from crossfuse.fusion.model import SPEC_FILE
+from crossfuse.metrics import BOOTSTRAP_SCORES
 from crossfuse.registry.promotion import (
-    BOOTSTRAP_METRICS,
     Check,
     Decision,
     PairedBootstrap,
@@ -172,7 +172,7 @@ def bootstrap_against(ours: pd.DataFrame | None, theirs: pd.DataFrame | None, ga
     None (compare the numbers alone) unless both exist, cover exactly the same ids with the
     same labels, the metric can be computed from predictions, and ``gate.bootstrap`` > 0.
     """
-    if ours is None or theirs is None or gate.bootstrap == 0 or gate.metric not in BOOTSTRAP_METRICS:
+    if ours is None or theirs is None or gate.bootstrap == 0 or gate.metric not in BOOTSTRAP_SCORES:
         return None
     pair = ours.merge(theirs, on="id", suffixes=("", "_champion"))
     if len(pair) != len(ours) or len(pair) != len(theirs) or \
@@ -211,7 +211,7 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
         champion = champion_metrics(client, model_name)
         labels = json.loads((Path(model_dir) / SPEC_FILE).read_text())["labels"]
         pairable = (champion is not None and predictions is not None and gate.bootstrap > 0
-                    and gate.metric in BOOTSTRAP_METRICS)  # else no download: nothing to pair
+                    and gate.metric in BOOTSTRAP_SCORES)  # else no download: nothing to pair
         paired = bootstrap_against(predictions, champion_predictions(client, model_name), gate,
                                    labels) if pairable else None
         decision: Decision = decide_promotion(metrics, *(champion or (None, None)), gate, paired)

@@ -17,7 +17,7 @@ import pandas as pd
 from crossfuse.config import RunConfig
 from crossfuse.data.manifest import Manifest, ManifestError, resolve_media
 from crossfuse.data.modalities import get_modality, media_modalities
-from crossfuse.data.validation.report import RowIssue
+from crossfuse.data.validation.report import RowIssue, named
 
 
 def check_media_file(root: Path, relative: str, modality: str, cfg: RunConfig
@@ -90,7 +90,6 @@ def check_text(cfg: RunConfig, manifest: Manifest) -> list[RowIssue]:
 
 
 WHITESPACE_TEXT = "text is only whitespace"
-MAX_NAMED = 10  # classes a message names before it says how many more
 TEXT_LENGTH = "text length outside [validation.min_text_chars, max_text_chars]"
 
 
@@ -163,11 +162,10 @@ def check_class_sizes(cfg: RunConfig, labels: list[str]) -> tuple[dict[str, int]
                         f"rows ({', '.join(sorted(counts)) or 'none'}): a classifier needs at "
                         f"least two labels")
     if small:
-        shown = ", ".join(f"{k!r} ({n})" for k, n in list(small.items())[:MAX_NAMED])
-        more = f" and {len(small) - MAX_NAMED} more" if len(small) > MAX_NAMED else ""
+        shown = named([f"{k!r} ({n})" for k, n in small.items()])
         failures.append(f"{len(small)} class{'es' if len(small) != 1 else ''} with fewer than "
                         f"validation.min_samples_per_class={cfg.validation.min_samples_per_class} "
-                        f"samples: {shown}{more} (all in report.json's class_counts); add samples "
+                        f"samples: {shown} (all in report.json's class_counts); add samples "
                         f"or remove these classes")
     return dict(sorted(counts.items())), failures
 
@@ -213,8 +211,7 @@ def shape_warning(found: list[tuple[int, str]], what: str, how: str) -> str:
     '1 image has a side under 16 px (line 2: 1x1): it is used, upscaled'
     """
     one = len(found) == 1
-    named = ", ".join(f"line {line}: {size}" for line, size in found[:MAX_NAMED])
-    more = f" and {len(found) - MAX_NAMED} more" if len(found) > MAX_NAMED else ""
     verb = ("has" if one else "have") if what.startswith("a side") else ("is" if one else "are")
-    return (f"{len(found)} image{'' if one else 's'} {verb} {what} ({named}{more}): "
+    return (f"{len(found)} image{'' if one else 's'} {verb} {what} "
+            f"({named([f'line {line}: {size}' for line, size in found])}): "
             f"{'it is' if one else 'they are'} used, {how}")

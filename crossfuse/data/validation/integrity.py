@@ -22,9 +22,8 @@ from crossfuse.config import RunConfig
 from crossfuse.data.content import duplicate_groups
 from crossfuse.data.manifest import Manifest, case_variants
 from crossfuse.data.splits import SPLITS, has_split_column, split_problem
-from crossfuse.data.validation.report import RowIssue
+from crossfuse.data.validation.report import MAX_NAMED, RowIssue, named
 
-MAX_LINES_NAMED = 10
 ROW = "row"  # the column of an issue about the whole row
 
 
@@ -41,11 +40,6 @@ class Findings:
         self.failures += other.failures
         self.warnings += other.warnings
         return self
-
-
-def _named(lines: list[int]) -> str:
-    shown = ", ".join(str(n) for n in lines[:MAX_LINES_NAMED])
-    return shown + (f" and {len(lines) - MAX_LINES_NAMED} more" if len(lines) > MAX_LINES_NAMED else "")
 
 
 def _lines_of(value: str, labels: list[str], lines: list[int]) -> list[int]:
@@ -85,7 +79,7 @@ def check_label_case(cfg: RunConfig, manifest: Manifest) -> Findings:
         return found
     labels = manifest.frame["label"].tolist()
     for variants in case_variants(labels).values():
-        where = "; ".join(f"{v!r} on lines {_named(_lines_of(v, labels, manifest.lines))}"
+        where = "; ".join(f"{v!r} on lines {named(_lines_of(v, labels, manifest.lines))}"
                           for v in variants)
         found.failures.append(f"labels that differ only by case are separate classes unless "
                               f"merged: {where}. Fix the spelling, or set "
@@ -110,8 +104,8 @@ def check_duplicates(cfg: RunConfig, frame: pd.DataFrame, lines: list[int],
         labels = sorted({frame.iloc[i]["label"] for i in group})
         spans = sorted({splits[i] for i in group})
         conflict, leak = len(labels) > 1, len(spans) > 1
-        what = (f"the same content on lines {_named(group_lines)} (ids "
-                f"{', '.join(repr(str(frame.iloc[i]['id'])) for i in group[:MAX_LINES_NAMED])})")
+        what = (f"the same content on lines {named(group_lines)} (ids "
+                f"{', '.join(repr(str(frame.iloc[i]['id'])) for i in group[:MAX_NAMED])})")
         if conflict:
             what += f" with different labels {labels}"
         if leak:
@@ -148,13 +142,11 @@ def check_split_coverage(cfg: RunConfig, frame: pd.DataFrame, lines: list[int],
     counts = Counter((frame.iloc[i]["label"], splits[i]) for i in valid)
     classes = sorted({frame.iloc[i]["label"] for i in valid})
     short = [label for label in classes if any(counts[(label, s)] == 0 for s in SPLITS)]
-    if len(short) > MAX_LINES_NAMED and cfg.validation.on_error != "drop":
-        named = ", ".join(repr(label) for label in short[:MAX_LINES_NAMED])
+    if len(short) > MAX_NAMED and cfg.validation.on_error != "drop":
         found.failures.append(
-            f"{len(short)} classes lack train, val or test rows ({named} and "
-            f"{len(short) - MAX_LINES_NAMED} more): add "
-            f"rows of them, assign splits in a split column, or set validation.on_error=drop "
-            f"to train without them")
+            f"{len(short)} classes lack train, val or test rows ({named([repr(c) for c in short])}"
+            f"): add rows of them, assign splits in a split column, or set "
+            f"validation.on_error=drop to train without them")
         return found
     for label in short:
         lacking = [s for s in SPLITS if counts[(label, s)] == 0]

@@ -19,6 +19,18 @@ from pathlib import Path
 from crossfuse.atomic import atomic_path, write_json
 from crossfuse.errors import UserError
 
+MAX_NAMED = 10  # lines, classes or files a message names before it says how many more
+
+
+def named(items: list) -> str:
+    """The first :data:`MAX_NAMED` of ``items``, then how many more.
+
+    >>> named(list(range(12)))
+    '0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more'
+    """
+    shown = ", ".join(str(item) for item in items[:MAX_NAMED])
+    return shown + (f" and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else "")
+
 
 @dataclass(frozen=True)
 class RowIssue:

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from crossfuse.config import RunConfig
-from crossfuse.data.content import content_keys, media_keys
+from crossfuse.data.content import row_keys
 from crossfuse.data.manifest import ManifestError, load_run_manifest
 from crossfuse.data.splits import grouped_splits
 from crossfuse.data.validation.checks import (
@@ -51,7 +51,7 @@ from crossfuse.data.validation.integrity import (
     check_split_coverage,
     check_splits,
 )
-from crossfuse.data.validation.report import ValidationReport
+from crossfuse.data.validation.report import ValidationReport, named
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,12 @@ def classes_lost(labels: list[str], kept_labels: list[str]) -> list[str]:
 def lost_classes_warning(cfg: RunConfig, lost: list[str], labels: list[str]) -> str:
     """The warning that names the classes the kept rows no longer have."""
     counts = Counter(labels)
-    named = ", ".join(f"{label!r} ({counts[label]} rows)" for label in lost[:10])
-    more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
     gate = ("the gate will still promote it (validation.allow_class_loss=true)"
             if cfg.validation.allow_class_loss else
             "the gate will not promote a model that lacks them unless "
             "validation.allow_class_loss=true")
-    return (f"classes lost: {named}{more} are in the manifest but none of their rows is used "
+    return (f"classes lost: {named([f'{c!r} ({counts[c]} rows)' for c in lost])} are in the "
+            f"manifest but none of their rows is used "
             f"(every rejected row and why: rejects.csv); the model cannot predict them, and "
             f"{gate}")
 
@@ -111,8 +110,7 @@ def validate(cfg: RunConfig, data_root: Path, out_dir: Path,
     if scoring:
         checked += found.issues + check_model_labels(frame, lines, model_labels)
     else:
-        keys = content_keys(frame, manifest.root, cfg.modalities)
-        media = media_keys(frame, manifest.root, cfg.modalities)
+        keys, media = row_keys(frame, manifest.root, cfg.modalities)
         checked += check_splits(frame, lines)
         # Copies of one sample are one group, so computed splits never part them: this
         # only finds copies that a split column parts, or that disagree on the label.
