@@ -304,6 +304,10 @@ class DriftConfig(_Section):
                               "smallest p-value is 1 / (permutations + 1)).")
     max_samples: int = Field(500, ge=10, description="Rows per side in the MMD test (a seeded "
                              "draw above it), so its cost does not grow with the data.")
+    require_embeddings: bool = Field(
+        True, description="`crossfuse predict --fail-on-drift` also fails when the embeddings "
+        "could not be compared (the model's training vectors are not in the feature cache or "
+        "on storage.root): the verdict is then 'not checked', never 'none'.")
 
 
 class PredictConfig(_Section):
@@ -405,7 +409,8 @@ class Toleration(_Section):
 
 
 class StageResources(_Section):
-    """Kubernetes resources of one pipeline step on a cluster (the local runner ignores them)."""
+    """Kubernetes resources of one pipeline step on a cluster (the local runner ignores all but
+    the retries)."""
 
     cpu_request: str | None = Field(None, description='e.g. "2" or "500m"')
     cpu_limit: str | None = Field(None, description="CPU limit.")
@@ -413,7 +418,10 @@ class StageResources(_Section):
     memory_limit: str | None = Field(None, description="Memory limit; the pod is killed above it.")
     accelerator_type: str | None = Field(None, description='e.g. "nvidia.com/gpu"')
     accelerator_limit: int | None = Field(None, ge=1, description="Accelerators per pod.")
-    retries: int = Field(0, ge=0, description="Retries of the step after a pod failure.")
+    retries: int = Field(0, ge=0, description="Retries of the step after a pod failure (the "
+                         "local runner retries too); a retried train resumes from its checkpoint.")
+    retry_backoff_seconds: int = Field(30, ge=0, description="Wait before the first retry "
+                                       "(doubling after each).")
     node_selector: dict[str, str] = Field(
         default_factory=dict, description='Node labels the pod needs, e.g. {"pool": "gpu"}.')
     tolerations: list[Toleration] = Field(
@@ -447,13 +455,36 @@ class PipelineConfig(_Section):
         "output from here instead of recomputing it; null turns records off.")
     caching: bool = Field(False, description="KFP step caching. Off: every step logs to the "
                                              "run's MLflow run, a cached step would not; "
-                                             "features are cached by content anyway.")
+                                             "features, checkpoints and stage records are kept "
+                                             "by content (storage.root) anyway.")
 
     @field_validator("resources")
     @classmethod
     def _known_stages(cls, v: dict[str, StageResources]) -> dict[str, StageResources]:
         _refuse_unknown(v, STAGES, "pipeline.resources: unknown steps")
         return {**_default_resources(), **v}  # a step you configure replaces its default
+
+
+class StorageConfig(_Section):
+    root: str | None = Field(
+        None, description="Where run state that a later task, retry or run reads is kept: the "
+        "feature cache (with the encoders' ONNX exports and the noised-input features), training "
+        "checkpoints and stage records. Unset: the local folders extract.cache_dir, "
+        "train.checkpoint_dir and pipeline.stage_cache_dir (one machine). An fsspec URL "
+        "(s3://bucket/prefix, gs://..., abfs://..., file:///mnt/shared) or a local path, e.g. "
+        "a volume every pod mounts: each task works in a local copy (storage.work_dir) and "
+        "reads from and writes to <root>/features, <root>/checkpoints and <root>/stages.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options for storage.root, e.g. "
+        "{endpoint_url: http://minio:9000} for S3-compatible storage. Credentials come from the "
+        "environment (pipeline.secret_env on a cluster), never from here.")
+    work_dir: str | None = Field(
+        None, description="With storage.root set: the task's local working copy of the state. "
+        "Unset: a new temporary folder per task process (a pod's own disk), removed at exit.")
+    heartbeat_seconds: float = Field(
+        30.0, gt=0, description="How often a running stage stamps its MLflow run "
+        "(crossfuse.heartbeat); `crossfuse runs gc` marks RUNNING runs whose stamp is older "
+        "than its --stale-minutes KILLED.")
 
 
 class ServingConfig(_Section):
@@ -486,6 +517,8 @@ class RunConfig(_Section):
     pipeline: PipelineConfig = Field(PipelineConfig(), description="The KFP pipeline: local "
                                      "outputs, cluster resources.")
     serving: ServingConfig = Field(ServingConfig(), description="The served model.")
+    storage: StorageConfig = Field(StorageConfig(), description="Run state shared by tasks, "
+                                   "retries and runs: a local folder or an object store.")
 
     @property
     def modalities(self) -> list[str]:
@@ -528,6 +561,10 @@ class RunConfig(_Section):
         if data.pipeline.stage_cache_dir:
             data.pipeline.stage_cache_dir = absolute(data.pipeline.stage_cache_dir)
         data.mlflow.tracking_uri = _absolute_sqlite_uri(data.mlflow.tracking_uri, base)
+        if data.storage.root and "://" not in data.storage.root:
+            data.storage.root = absolute(data.storage.root)
+        if data.storage.work_dir:
+            data.storage.work_dir = absolute(data.storage.work_dir)
         return data
 
 

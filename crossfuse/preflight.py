@@ -8,7 +8,7 @@ Checked, all at once so one message lists every problem with its fix:
 - every configured encoder can be built here (known name, packages installed, ``hf:``
   model on disk) — without loading it;
 - every output folder (pipeline root, feature cache, checkpoints, local MLflow
-  artifacts) can be created and written.
+  artifacts) can be created and written; a ``storage.root`` takes a write.
 
 Example
 -------
@@ -104,12 +104,13 @@ def problems(cfg: RunConfig, folders: bool = True) -> list[str]:
     ``folders`` False skips the output folders (a pipeline step in a container
     writes only its own KFP artifacts).
     """
-    found = [tracking_problem(cfg.mlflow.tracking_uri)]
+    found = [tracking_problem(cfg.mlflow.tracking_uri), storage_problem(cfg)]
     found += [encoder_problem(name, modality, offline=cfg.extract.hf_offline)
               for modality, name in cfg.extract.encoders.items()]
-    outputs = {"pipeline output (pipeline.pipeline_root)": cfg.pipeline.pipeline_root,
-               "feature cache (extract.cache_dir)": cfg.extract.cache_dir,
-               "checkpoint (train.checkpoint_dir)": cfg.train.checkpoint_dir}
+    outputs = {"pipeline output (pipeline.pipeline_root)": cfg.pipeline.pipeline_root}
+    if not cfg.storage.root:  # else each task's working copy is a folder of its own
+        outputs["feature cache (extract.cache_dir)"] = cfg.extract.cache_dir
+        outputs["checkpoint (train.checkpoint_dir)"] = cfg.train.checkpoint_dir
     if cfg.data.remote:
         outputs["pulled data (data.fetch_dir)"] = cfg.data.fetch_dir
     if "://" not in cfg.mlflow.artifact_root:  # remote stores are the server's business
@@ -117,6 +118,27 @@ def problems(cfg: RunConfig, folders: bool = True) -> list[str]:
     if folders:
         found += [folder_problem(Path(path), role) for role, path in outputs.items()]
     return [p for p in found if p]
+
+
+def storage_problem(cfg: RunConfig) -> str | None:
+    """Why ``storage.root`` cannot hold run state, or None: it must be listable and take a
+    write (a probe object, deleted again)."""
+    if not cfg.storage.root:
+        return None
+    from crossfuse.storage import filesystem
+
+    probe = None
+    try:
+        fs, root = filesystem(cfg.storage.root, cfg.storage.options)
+        probe = f"{root}/.crossfuse-probe-{uuid.uuid4().hex[:8]}"
+        fs.pipe_file(probe, b"ok")
+        fs.rm_file(probe)
+        return None
+    except Exception as exc:  # any backend's error: the message is what a user can act on
+        return (f"storage.root {cfg.storage.root} cannot be written ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); check that the bucket or folder exists, its credentials in "
+                f"the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, on a cluster "
+                f"through pipeline.secret_env) and storage.options (e.g. endpoint_url)")
 
 
 def preflight(cfg: RunConfig, folders: bool = True) -> None:

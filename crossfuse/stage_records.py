@@ -11,8 +11,9 @@ cache already does per item for extract. The key is a sha256 over
   validate, of ``preprocess`` only the split);
 - every file under each input folder: relative path and bytes.
 
-Records are written complete or not at all (a temporary folder, then a rename) and are
-restored as hard links where the file system allows (no copy of the pixels), else copies.
+Records are written complete or not at all (a temporary folder, then a rename; on a storage
+root, the files, then a ``.done`` marker: :mod:`crossfuse.storage`) and are restored as hard
+links where the file system allows (no copy of the pixels), else copies.
 Stages only read their inputs, so a linked file is never changed in place.
 
 Example
@@ -32,10 +33,11 @@ import uuid
 from functools import cache
 from pathlib import Path
 
+from crossfuse import storage
 from crossfuse.config import RunConfig
 
 LATER_SECTIONS = ("fusion", "train", "evaluate", "drift", "predict", "mlflow", "registry",
-                  "pipeline", "serving")
+                  "pipeline", "serving", "storage")
 # Of an early section, the keys a stage reads when it does not read the rest.
 ONLY_KEYS = {"validate": {"preprocess": ("split",)}}  # validation checks the split column
 
@@ -83,6 +85,7 @@ def record_key(stage: str, cfg: RunConfig, inputs: list[Path]) -> str:
     settings = json.loads(cfg.to_json())
     for section in LATER_SECTIONS:
         settings.pop(section, None)
+    settings["extract"].pop("cache_dir")  # where vectors are kept, not what they are
     for section, keys in ONLY_KEYS.get(stage, {}).items():
         settings[section] = {k: settings[section][k] for k in keys}
     h = hashlib.sha256()
@@ -104,7 +107,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def restore(root: Path, stage: str, key: str, out_dir: Path) -> bool:
     """Fill ``out_dir`` from the record ``key`` of ``stage``; False when there is none."""
     record = Path(root) / stage / key
-    if not record.is_dir():
+    if not storage.pull_folder(record):
         return False
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -116,12 +119,12 @@ def restore(root: Path, stage: str, key: str, out_dir: Path) -> bool:
 def store(root: Path, stage: str, key: str, out_dir: Path) -> None:
     """Keep ``out_dir`` as the record ``key`` of ``stage`` (an existing record is kept)."""
     record = Path(root) / stage / key
-    if record.is_dir():
-        return
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
-    shutil.copytree(out_dir, tmp, copy_function=_link_or_copy)
-    try:
-        os.rename(tmp, record)
-    except OSError:  # another run stored the same record first
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not record.is_dir():
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.parent / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+        shutil.copytree(out_dir, tmp, copy_function=_link_or_copy)
+        try:
+            os.rename(tmp, record)
+        except OSError:  # another run stored the same record first
+            shutil.rmtree(tmp, ignore_errors=True)
+    storage.push_folder(record)  # on a storage root: the files, then the marker

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from crossfuse import storage
 from crossfuse.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class OnnxNetwork:
         network = network.eval()
         path = (Path(export_dir) / f"{name}-{weights_hash(network)}-torch"
                 f"{torch.__version__.split('+')[0]}-opset{OPSET}.onnx")
-        if path.is_file():
+        if path.is_file() or storage.pull(path):  # made by an earlier task or run
             return cls(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = torch.randn((PROBE_ROWS, *item_shape), generator=torch.Generator().manual_seed(0))
@@ -118,6 +119,7 @@ class OnnxNetwork:
                     f"the ONNX export of {name} disagrees with PyTorch (min cosine {agreement:.6f}"
                     f" < {MIN_COSINE}); use --set extract.backend=torch")
         log.info("exported %s to %s (min cosine to PyTorch %.6f)", name, path, agreement)
+        storage.push(path)
         return cls(path)
 
 

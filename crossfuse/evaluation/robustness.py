@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from crossfuse import storage
 from crossfuse.data.modalities import get_modality
 from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionHead
@@ -122,7 +123,7 @@ def noised_features(predictor, modality: str, clean: list, clean_hashes: list[st
                                    float(level), seed, step, clean_hashes,
                                    predictor.head.spec.token_inputs]))
     path = None if cache_dir is None else Path(cache_dir) / "noised" / f"{key[:32]}.safetensors"
-    if path is not None and path.is_file():
+    if path is not None and (path.is_file() or storage.pull(path)):
         from safetensors.torch import load_file
 
         saved = load_file(str(path))
@@ -133,6 +134,7 @@ def noised_features(predictor, modality: str, clean: list, clean_hashes: list[st
     if path is not None:
         atomic_save({"vectors": vectors, **({"tokens": tokens[0], "mask": tokens[1]}
                                             if tokens is not None else {})}, path)
+        storage.push(path)
     return vectors, tokens
 
 

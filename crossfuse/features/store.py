@@ -8,7 +8,9 @@ tensors with ``n`` rows (``vectors`` ``[n, dim]``, or ``tokens`` ``[n, L, dim]``
 ``mask`` ``[n, L]``) and, in its metadata, the content hashes of its ``n`` items.
 An item (a normalised text, a preprocessed image file) is encoded once per encoder,
 whatever dataset or run it comes from. Shards are written to a temporary
-name and renamed, so a reader never sees half a shard.
+name and renamed, so a reader never sees half a shard. With ``storage.root`` set the cache
+lives there (:mod:`crossfuse.storage`): a cache opens by fetching the shards the task's disk
+lacks, and each new shard is sent as soon as it is written.
 
 **A feature set** (the extract stage's output, the train stage's input)::
 
@@ -38,6 +40,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
+from crossfuse import storage
 from crossfuse.atomic import atomic_path, atomic_save, write_json
 from crossfuse.errors import UserError
 from crossfuse.hashing import content_hash
@@ -64,6 +67,7 @@ class FeatureCache:
         self._scan()
 
     def _scan(self) -> None:
+        storage.pull(self.dir)  # on a storage root: the shards this task's disk lacks
         if not self.dir.is_dir():
             return
         for shard in sorted(self.dir.glob("*.safetensors")):
@@ -94,6 +98,7 @@ class FeatureCache:
         path = self.dir / f"{uuid.uuid4().hex}.safetensors"
         atomic_save(tensors, path, metadata={"hashes": json.dumps(hashes),
                                              "cache_key": self.cache_key})
+        storage.push(path)
         for row, h in enumerate(hashes):
             self._where.setdefault(h, (path, row))
 

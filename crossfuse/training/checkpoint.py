@@ -3,7 +3,8 @@
 A checkpoint holds the head's and optimiser's state, the shuffling/dropout RNG states,
 the best state so far, the early-stopping counters and the epoch history. It is
 written atomically (a ``kill -9`` mid-write leaves the previous one intact) and
-loaded with ``torch.load(weights_only=True)``. Its file name is a key over what
+loaded with ``torch.load(weights_only=True)``; with ``storage.root`` set it is sent there
+after every epoch, so a retry on another pod resumes too. Its file name is a key over what
 determines training — the feature set's index (content hashes, splits, labels),
 the encoders, the fusion and train config, the seed and the modalities — so a
 rerun of the same training resumes, and anything else starts afresh.
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from crossfuse import storage
 from crossfuse.atomic import atomic_path
 from crossfuse.config import FusionConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
@@ -47,10 +49,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write ``state`` (tensors, numbers, lists and dicts of them) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    storage.push(path, replace=True)  # on a storage root, a retry on another pod resumes
 
 
 def load_checkpoint(path: Path, key: str) -> dict | None:
     """The state saved under ``key`` at ``path``, or None (absent, another training, unreadable)."""
+    storage.pull(path)
     if not Path(path).is_file():
         return None
     try:

@@ -20,6 +20,8 @@ def test_a_runnable_config_has_no_problems(sample_dataset, make_config):
     (lambda tmp: f"extract.cache_dir={tmp / 'a-file'}", ["feature cache (extract.cache_dir)"]),
     (lambda tmp: ("data.remote=s3://bucket/x", f"data.fetch_dir={tmp / 'a-file'}"),
      ["pulled data (data.fetch_dir)"]),
+    (lambda tmp: f"storage.root={(tmp / 'a-file' / 'state').as_uri()}",
+     ["storage.root file://", "cannot be written", "storage.options"]),
 ])
 def test_each_problem_is_named_with_its_fix(override, words, sample_dataset, make_config,
                                             tmp_path):

@@ -65,7 +65,8 @@ def test_a_changed_file_or_preprocess_setting_is_recomputed(sample_dataset, make
 def test_the_key_ignores_later_stages_and_follows_early_ones(make_config, sample_dataset):
     base = make_config(sample_dataset)
     key = record_key("preprocess", base, [sample_dataset])
-    for later in ("fusion.method=gmu", "train.epochs=3", "evaluate.permutation_repeats=0"):
+    for later in ("fusion.method=gmu", "train.epochs=3", "evaluate.permutation_repeats=0",
+                  "extract.cache_dir=/elsewhere", "storage.root=s3://bucket/state"):
         assert record_key("preprocess", make_config(sample_dataset, later), [sample_dataset]) == key
     for early in ("seed=1", "preprocess.lowercase_text=true", "validation.on_error=drop"):
         assert record_key("preprocess", make_config(sample_dataset, early),
