@@ -56,6 +56,7 @@ from crossfuse.config import FusionConfig, RunConfig, TrainConfig
 from crossfuse.features.store import FeatureSet
 from crossfuse.fusion import FusionEnsemble, FusionHead
 from crossfuse.metrics import SplitScores, macro_f1, predict_split
+from crossfuse.training.candidate_checkpoints import CandidateCheckpoints
 from crossfuse.training.crossfit import (
     CALIBRATION,
     TUNING_FOLD,
@@ -144,6 +145,7 @@ class Selection:
     labels: np.ndarray  # class of each train+val row, aligned with the candidates' ``oof``
     seconds: float = 0.0
     screened: list[Screened] = field(default_factory=list)  # dropped by the race, not cross-fitted
+    resumed: int = 0  # candidates taken from a killed run's checkpoints
 
     @property
     def folds(self) -> int:
@@ -199,7 +201,8 @@ class Selection:
                 "seconds": round(self.seconds, 2), "winner": self.winner.name,
                 "modalities": self.winner.modalities,
                 "verdict": self.verdict(), "ranked": [c.row() for c in self.ranked],
-                "screened_out": [s.row() for s in self.screened]}
+                "screened_out": [s.row() for s in self.screened],
+                "resumed_candidates": self.resumed}
 
 
 def candidate_names(cfg: RunConfig, modalities: list[str]) -> list[str]:
@@ -358,11 +361,14 @@ def ensemble_candidate(candidates: list[Candidate], y: np.ndarray, folds: np.nda
 
 def select_model(fs: FeatureSet, cfg: RunConfig,
                  on_candidate: Callable[[Candidate], None] | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> Selection:
+                 on_progress: Callable[[str], None] | None = None,
+                 checkpoints: CandidateCheckpoints | None = None) -> Selection:
     """Cross-fit every candidate (and their ensemble); rank them, best first.
 
     ``on_candidate`` sees each finished candidate; ``on_progress`` gets a progress line at
     most every 10 s (:class:`crossfuse.training.search_progress.SearchProgress`).
+    ``checkpoints``: keep each finished candidate there, and take those a killed run
+    finished from there (:mod:`crossfuse.training.candidate_checkpoints`).
     """
     started = time.perf_counter()
     plan = fold_plan(fs, cfg)
@@ -378,8 +384,12 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
         leader = max((c.tuning_score for c in candidates), default=None)
         threshold = (screen_threshold(leader, tuning_rows)
                      if cfg.fusion.auto.race and leader is not None else None)
-        result = cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan, trials,
-                                on_fold=report.fold, prune_below=threshold)
+        result = checkpoints.load(name, threshold) if checkpoints else None
+        if result is None:
+            result = cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan, trials,
+                                    on_fold=report.fold, prune_below=threshold)
+            if checkpoints:
+                checkpoints.save(name, threshold, result)
         report.done()
         if isinstance(result, Screened):
             log.info("candidate %s screened out: tuning-fold macro-F1 %.4f < %.4f (%.1f s)",
@@ -399,7 +409,8 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
         if on_candidate:
             on_candidate(candidates[-1])
     return Selection(ranked=rank(candidates), plan=plan, labels=y,
-                     seconds=time.perf_counter() - started, screened=screened)
+                     seconds=time.perf_counter() - started, screened=screened,
+                     resumed=checkpoints.resumed if checkpoints else 0)
 
 
 def rank(candidates: list[Candidate]) -> list[Candidate]:

@@ -21,9 +21,11 @@ Example
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from crossfuse import storage
 from crossfuse.atomic import write_json, write_text
 from crossfuse.config import RunConfig
 from crossfuse.features.reference import write_reference
@@ -32,6 +34,7 @@ from crossfuse.fusion import FusionHead, save_fusion_head
 from crossfuse.fusion.model import HISTORY_FILE, RUN_CONFIG_FILE
 from crossfuse.metrics import predict_split
 from crossfuse.training.calibration import fit_temperature
+from crossfuse.training.candidate_checkpoints import CandidateCheckpoints
 from crossfuse.training.loop import EpochCallback, TrainResult, fit
 from crossfuse.training.selection import (
     AUTO,
@@ -43,6 +46,8 @@ from crossfuse.training.selection import (
     shipped,
 )
 from crossfuse.training.tuning import TrialCallback, search
+
+log = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
 BASELINES_DIR = "baselines"
@@ -87,6 +92,7 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
     write_json(Path(model_dir) / HISTORY_FILE, {"best_epoch": result.best_epoch,
                                                 "history": result.history})
     result.checkpoint.unlink(missing_ok=True)  # the model is saved: the checkpoint is done
+    storage.remove(result.checkpoint)
     return result
 
 
@@ -106,7 +112,11 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
     trained on. The unimodal candidates are saved too (``baselines/<m>/``): the evaluate
     stage scores them on the test split beside the shipped model.
     """
-    selection: Selection = select_model(fs, cfg, on_candidate, on_progress)
+    checkpoints = CandidateCheckpoints(cfg, fs)
+    selection: Selection = select_model(fs, cfg, on_candidate, on_progress, checkpoints)
+    if selection.resumed:
+        log.warning("auto resumed %d finished candidates from %s", selection.resumed,
+                    checkpoints.dir)
     winner = selection.winner
     model = shipped(selection, fs, cfg)
     held_out = calibration_scores(model, fs, selection.plan)  # what ships, on rows it never saw
@@ -125,6 +135,7 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
     method = winner.name if winner.kind == "fused" else cfg.fusion.method
     effective = cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"method": method})})
     write_text(model_dir / RUN_CONFIG_FILE, effective.to_json())
+    checkpoints.clear()  # the model is saved
     return TrainResult(method=winner.name, modalities=winner.modalities,
                        best_epoch=winner.epochs, epochs_run=winner.epochs,
                        best_val_macro_f1=winner.mean, temperature=temperature,
