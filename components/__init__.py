@@ -6,6 +6,7 @@ lightweight component's source, not its module, to the container.
 """
 
 from components.batch import batch_preprocess, batch_score, batch_validate
+from components.close_run import close_run
 from components.evaluate import evaluate
 from components.extract import extract, merge_features
 from components.preprocess import preprocess
@@ -13,5 +14,5 @@ from components.register import register
 from components.train import train
 from components.validate import validate
 
-__all__ = ["batch_preprocess", "batch_score", "batch_validate", "evaluate", "extract",
+__all__ = ["batch_preprocess", "batch_score", "batch_validate", "close_run", "evaluate", "extract",
            "merge_features", "preprocess", "register", "train", "validate"]

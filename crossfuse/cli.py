@@ -259,6 +259,36 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_gc(args: argparse.Namespace) -> int:
+    """End the RUNNING runs whose stages stopped stamping their heartbeat: KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    from crossfuse.tracking import mark_killed, stale_runs
+
+    cfg = config_from_args(args).resolved()
+    require_store(cfg.mlflow.tracking_uri)
+    _use_tracking(args)
+    client = MlflowClient()
+    if args.experiment:
+        found = client.get_experiment_by_name(args.experiment)
+        if found is None:
+            raise UserError(f"no experiment {args.experiment!r} in {cfg.mlflow.tracking_uri}")
+        experiments = [found]
+    else:
+        experiments = client.search_experiments()
+    stale_seconds = args.stale_minutes * 60
+    stale = stale_runs(client, [e.experiment_id for e in experiments], stale_seconds)
+    for run in stale:
+        if not args.dry_run:
+            mark_killed(client, run, stale_seconds)
+        print(f"{'would mark' if args.dry_run else 'marked'} KILLED: run {run.info.run_id} "
+              f"({run.info.run_name}), no heartbeat for over {args.stale_minutes:g} min")
+    print(f"{len(stale)} stale RUNNING run{'s' if len(stale) != 1 else ''} in "
+          f"{len(experiments)} experiment{'s' if len(experiments) != 1 else ''} "
+          f"({cfg.mlflow.tracking_uri})")
+    return 0
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from crossfuse.data.dvc import fetch_dvc_data
 
@@ -330,7 +360,8 @@ def _version() -> str:
 
 
 def add_library_commands(sub: argparse._SubParsersAction) -> None:
-    """``data``, ``bench``, ``models``, ``promote`` and ``config``: the commands that need no KFP."""
+    """``data``, ``bench``, ``models``, ``promote``, ``runs`` and ``config``: the commands that need
+    no KFP."""
     data = sub.add_parser("data", help="dataset helpers")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     gen = data_sub.add_parser("generate", help="write the deterministic sample dataset")
@@ -430,6 +461,18 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("--reason", help="why; stored on the version and its run")
     add_config_args(promote)
     promote.set_defaults(func=cmd_promote)
+
+    runs = sub.add_parser("runs", help="pipeline runs in the tracking store")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    gc = runs_sub.add_parser("gc", help="mark RUNNING runs whose tasks stopped their heartbeat "
+                                        "(a killed pod) KILLED")
+    gc.add_argument("--stale-minutes", type=float, default=15.0,
+                    help="no heartbeat for this long means killed (default 15; above the "
+                         "longest wait for a pod between two stages)")
+    gc.add_argument("--experiment", help="one experiment (default: all)")
+    gc.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    add_config_args(gc)
+    gc.set_defaults(func=cmd_runs_gc)
 
     show = sub.add_parser("config", help="print the resolved run config")
     show.add_argument("--data")

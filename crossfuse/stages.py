@@ -47,7 +47,16 @@ from crossfuse.data.validation.report import (
 )
 from crossfuse.errors import reported
 from crossfuse.stage_records import record_key, restore, store
-from crossfuse.tracking import data_version, log_metrics, run_metrics, stage_run
+from crossfuse.storage import attach
+from crossfuse.tracking import (
+    KFP_RUN_TAG,
+    RUN_TOKEN_TAG,
+    data_version,
+    log_metrics,
+    run_metrics,
+    run_tags,
+    stage_run,
+)
 
 if TYPE_CHECKING:
     from crossfuse.data.preprocess import PreprocessResult
@@ -64,20 +73,23 @@ log = logging.getLogger(__name__)
 
 
 @reported
-def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path
-                 ) -> tuple[str, ValidationReport]:
+def run_validate(cfg: RunConfig, run_id: str | None, out_dir: Path, kfp_run: str = "",
+                 run_token: str = "") -> tuple[str, ValidationReport]:
     """Validate ``cfg.data.path`` (pulled first with ``data.remote``); creates the MLflow run
     when ``run_id`` is None.
 
     Returns (run id, report). Raises :class:`crossfuse.data.validation.ValidationFailed`
     (and marks the run FAILED) when the data does not pass.
     """
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.data.validation.validate import validate
     from crossfuse.preflight import preflight
 
     out_dir = Path(out_dir)
     preflight(cfg, folders=False)  # before MLflow's client retries an unreachable server for minutes
-    with stage_run(cfg, run_id, "validate") as run:
+    tags = {**run_tags(cfg), **({KFP_RUN_TAG: kfp_run} if kfp_run else {}),
+            **({RUN_TOKEN_TAG: run_token} if run_token else {})}
+    with stage_run(cfg, run_id, "validate", tags=tags) as run:
         cfg = materialise_data(cfg)
         version = data_version(Path(cfg.data.path), cfg.data.pinned, cfg.data.remote)
         mlflow.set_tags(version)
@@ -148,6 +160,7 @@ def log_dataset(cfg: RunConfig, version: dict[str, str], context: str = "trainin
 def run_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path,
                    out_dir: Path) -> PreprocessResult:
     """Preprocess the validated dataset; rows validation rejected are skipped."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.data.preprocess import preprocess, preprocess_result
 
     with stage_run(cfg, run_id, "preprocess"):
@@ -176,6 +189,7 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
 
     A part logs nothing to MLflow: :func:`run_merge_features` logs the totals once.
     """
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.features.extract import extract
 
     with stage_run(cfg, run_id, "extract" if part is None else f"extract-{part[0]}"):
@@ -192,6 +206,7 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
 def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
                        out_dir: Path) -> ExtractResult:
     """Join the parts of a sharded extraction into the run's feature set."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.features.extract import merge_features
 
     with stage_run(cfg, run_id, "extract"):
@@ -252,6 +267,7 @@ def log_extract_result(result: ExtractResult) -> None:
 @reported
 def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
     """Train the fused model, logging per-epoch curves; writes the model folder."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.training.train import SELECTION_FILE, train
 
     model_dir = Path(model_dir)
@@ -292,7 +308,11 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
             mlflow.log_param("auto.winner", chosen["winner"])
             mlflow.set_tag("crossfuse.model_choice", chosen["verdict"])
             mlflow.log_artifact(str(selection), "train")
-            log_metrics({"selection_seconds": chosen["seconds"]})
+            log_metrics({"selection_seconds": chosen["seconds"],
+                         "selection_resumed_candidates": chosen.get("resumed_candidates", 0)})
+            if chosen.get("resumed_candidates"):
+                say(f"auto: {chosen['resumed_candidates']} candidates taken from the checkpoints "
+                    f"of an interrupted run, the rest fitted now")
             say(leaderboard(chosen))
             say(f"model choice ({chosen['folds']}-fold CV over {chosen['rows']} train+val rows, "
                 f"T={chosen['temperature']:.2f} fitted on {chosen['calibration_rows']} held-out "
@@ -339,6 +359,7 @@ EVALUATION_ARTIFACTS = ("report.html", "confusion_matrix.png", "reliability_diag
 def run_evaluate(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
                  out_dir: Path, preprocessed: Path | None = None) -> EvaluationResult:
     """Test metrics, calibration, robustness, importance, efficiency; the report, logged to the run."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.evaluation.evaluate import evaluate
     from crossfuse.evaluation.report import headline
 
@@ -372,6 +393,7 @@ def request_example(evaluation_dir: Path) -> dict | None:
 def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                  evaluation_dir: Path) -> RegisterResult:
     """Register the model through the promotion gate; adds the decision to the report; finishes the run."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     import pandas as pd
 
     from crossfuse.evaluation.report import REPORT_FILE, render_report, run_description
@@ -387,7 +409,8 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
                           pd.read_parquet(predictions) if predictions.is_file() else None,
                           data_tags=data_tags, input_example=request_example(evaluation_dir),
                           hold=data_hold(data_tags, cfg.validation.allow_class_loss))
-        mlflow.set_tag("crossfuse.model_version", result.version)
+        mlflow.set_tags({"crossfuse.model_version": result.version,
+                         "crossfuse.champion_version": result.champion_version})
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}
         mlflow.log_dict(decision, "registration.json")
         about = run.data.tags.get("mlflow.note.content", "")  # what the pipeline ran

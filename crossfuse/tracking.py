@@ -250,6 +250,11 @@ def stage_cost(stage: str, seconds: float) -> dict[str, float]:
             f"stage_{stage}_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+TERMINAL_FAILURES = ("FAILED", "KILLED")
+HEARTBEAT_TAG = "crossfuse.heartbeat"  # unix seconds, stamped while a stage runs
+FAILED_TAG = "crossfuse.failed_stage"  # set before the status, and never removed
+
+
 @contextlib.contextmanager
 def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = False,
               run_name: str | None = None, tags: dict[str, str] | None = None
@@ -257,9 +262,12 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
     """Open (or, without ``run_id``, create) the pipeline's MLflow run for one stage.
 
     A new run is named ``run_name`` (default ``<dataset>-<fusion method>``) and tagged
-    ``tags`` (default :func:`run_tags`). On success the run is left RUNNING, or FINISHED
-    when ``final``; on an exception it is marked FAILED with ``crossfuse.failed_stage`` and
-    ``crossfuse.error`` tags.
+    ``tags`` (default :func:`run_tags`). While the stage runs, a thread stamps
+    ``crossfuse.heartbeat`` every ``storage.heartbeat_seconds`` (``crossfuse runs gc`` marks
+    a RUNNING run whose stamp is stale KILLED: a task killed by the kernel cannot say so).
+    On success the run is left RUNNING, or FINISHED when ``final``; on an exception it is
+    marked FAILED with ``crossfuse.failed_stage`` and ``crossfuse.error`` tags. A run that
+    another task marked FAILED or KILLED stays so (:func:`end_stage`).
     """
     configure(cfg)
     if run_id:
@@ -269,13 +277,129 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
                                tags=tags if tags is not None else run_tags(cfg))
         mlflow.log_params(config_summary(cfg))
     started = time.perf_counter()
-    try:
-        yield run
-    except BaseException as exc:
-        mlflow.set_tags({"crossfuse.failed_stage": stage,
-                         "crossfuse.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        mlflow.end_run("FAILED")
-        raise
-    log_metrics(stage_cost(stage, time.perf_counter() - started))
-    mlflow.set_tag(f"crossfuse.stage.{stage}", "done")
+    with heartbeat(run.info.run_id, cfg.storage.heartbeat_seconds):
+        try:
+            yield run
+        except BaseException as exc:
+            mlflow.set_tags({FAILED_TAG: stage,
+                             "crossfuse.error": f"{type(exc).__name__}: {exc}"[:5000]})
+            mlflow.end_run("FAILED")
+            raise
+        log_metrics(stage_cost(stage, time.perf_counter() - started))
+        mlflow.set_tag(f"crossfuse.stage.{stage}", "done")
+    end_stage(run.info.run_id, final)
+
+
+def end_stage(run_id: str, final: bool) -> None:
+    """Leave the active run RUNNING (FINISHED when ``final``), unless a task marked it failed.
+
+    Resuming a run sets it RUNNING, and MLflow has no conditional write: an extract part
+    finishing after its sibling failed would revive the run. A failing task sets
+    ``crossfuse.failed_stage`` *before* the FAILED status, so reading the tag after our own
+    status write finds every failure whose status write we could have overwritten.
+    """
+    client = MlflowClient()
     mlflow.end_run("FINISHED" if final else "RUNNING")
+    run = client.get_run(run_id)
+    if FAILED_TAG in run.data.tags and run.info.status not in TERMINAL_FAILURES:
+        client.set_terminated(run_id, "FAILED")
+
+
+@contextlib.contextmanager
+def heartbeat(run_id: str, every: float) -> Iterator[None]:
+    """Stamp ``crossfuse.heartbeat`` on ``run_id`` now and every ``every`` seconds until the
+    block ends (a daemon thread; a failed stamp is logged, never raised)."""
+    import logging
+    import threading
+
+    stop = threading.Event()
+    client = MlflowClient()
+
+    def beat() -> None:
+        while True:
+            try:
+                client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+            except Exception as exc:  # the tracking server is briefly away: the next beat
+                logging.getLogger(__name__).warning("heartbeat not recorded: %s", exc)
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=beat, name="crossfuse-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def stale_runs(client: MlflowClient, experiment_ids: list[str], stale_seconds: float,
+               now: float | None = None) -> list:
+    """RUNNING runs whose last heartbeat (or, without one, start) is older than
+    ``stale_seconds``: their task was killed without a word (an OOM-killed pod)."""
+    now = time.time() if now is None else now
+    runs = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=5000)
+    stale = []
+    for run in runs:
+        beat = run.data.tags.get(HEARTBEAT_TAG)
+        last = float(beat) if beat else run.info.start_time / 1000
+        if now - last > stale_seconds:
+            stale.append(run)
+    return stale
+
+
+def mark_killed(client: MlflowClient, run, stale_seconds: float) -> None:
+    """End a stale run as KILLED, saying why on the run."""
+    client.set_tag(run.info.run_id, FAILED_TAG, run.data.tags.get(FAILED_TAG, "unknown"))
+    client.set_tag(run.info.run_id, "crossfuse.error",
+                   f"no heartbeat for over {stale_seconds / 60:g} min: the task was killed "
+                   f"(out of memory, node lost or cancelled); `crossfuse runs gc` ended it")
+    client.set_terminated(run.info.run_id, "KILLED")
+
+
+KFP_RUN_TAG = "crossfuse.kfp_run"  # the KFP run (job id) an MLflow pipeline run belongs to
+RUN_TOKEN_TAG = "crossfuse.run_token"  # the name its caller gave the run (crossfuse run)
+
+
+def registration_of(cfg: RunConfig, run_token: str) -> dict:
+    """{version, champion_version, promoted} of the pipeline run its caller named
+    ``run_token``, read from its MLflow run (the register stage tags them)."""
+    configure(cfg)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.experiment_name())
+    runs = client.search_runs([experiment.experiment_id],
+                              f"tags.`{RUN_TOKEN_TAG}` = '{run_token}'") if experiment else []
+    if len(runs) != 1 or "crossfuse.model_version" not in runs[0].data.tags:
+        raise RuntimeError(f"no registered pipeline run tagged {RUN_TOKEN_TAG}={run_token} "
+                           f"in {cfg.experiment_name()} ({len(runs)} runs found)")
+    tags = runs[0].data.tags
+    return {"version": tags["crossfuse.model_version"],
+            "champion_version": tags.get("crossfuse.champion_version", ""),
+            "promoted": tags.get("crossfuse.decision") == "promoted"}
+
+
+def close_pipeline_run(cfg: RunConfig, kfp_run: str, state: str, error: str = "") -> list[str]:
+    """What the pipeline's exit handler does: when the KFP run did not succeed, mark its MLflow
+    run FAILED unless a stage already ended it (a task killed by the kernel, an evicted pod
+    or a cancelled run leave it RUNNING otherwise). Returns the ids of the runs it ended."""
+    if state == "SUCCEEDED" or not kfp_run:
+        return []
+    configure(cfg)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.experiment_name())
+    if experiment is None:
+        return []
+    ended = []
+    for run in client.search_runs([experiment.experiment_id],
+                                  f"tags.`{KFP_RUN_TAG}` = '{kfp_run}'"):
+        if run.info.status in (*TERMINAL_FAILURES, "FINISHED"):
+            continue
+        stage = run.data.tags.get(FAILED_TAG) or "unknown (the task ended without a word)"
+        client.set_tag(run.info.run_id, FAILED_TAG, stage)
+        if "crossfuse.error" not in run.data.tags:
+            client.set_tag(run.info.run_id, "crossfuse.error",
+                           f"the KFP run ended {state} ({error or 'a task was killed'}); "
+                           f"marked by the pipeline's exit handler"[:5000])
+        client.set_terminated(run.info.run_id, "FAILED")
+        ended.append(run.info.run_id)
+    return ended

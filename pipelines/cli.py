@@ -223,8 +223,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictions = Path(shutil.copyfile(predictions, args.out))
     print_batch_summary(cfg, result, predictions, log_path)
     print(f"done in {duration_words(time.monotonic() - started)}")
-    if result["flagged"] and cfg.predict.fail_on_drift:
+    if cfg.predict.fail_on_drift and result["flagged"]:
         print(f"drift found: exiting {DRIFT_EXIT} (--fail-on-drift)", file=sys.stderr)
+        return DRIFT_EXIT
+    if cfg.predict.fail_on_drift and cfg.drift.require_embeddings and not result["drift_checked"]:
+        print(f"drift not checked in full: exiting {DRIFT_EXIT} (--fail-on-drift; "
+              f"--set drift.require_embeddings=false accepts a check without the embeddings)",
+              file=sys.stderr)
         return DRIFT_EXIT
     return 0
 
@@ -258,10 +263,12 @@ def print_batch_summary(cfg: RunConfig, result: dict, predictions: Path,
     print(f"\nMLflow run {result['run_id']} ({cfg.mlflow.tracking_uri})")
     print(f"{result['rows_scored']} of {result['rows_in']} rows scored with {result['model']} "
           f"v{result['version']}, {result['rows_rejected']} rejected")
-    if not result["drift_checked"]:
+    if result["flagged"]:
+        print("drift: " + "; ".join(result["flagged"]))
+    elif not result["drift_checked"]:
         print(f"drift: not checked ({run.data.tags.get('crossfuse.drift.reasons', '')})")
     else:
-        print("drift: " + ("; ".join(result["flagged"]) if result["flagged"] else "none"))
+        print("drift: none")
     print(f"predictions: {predictions}")
     print(f"report: {result['report']}")
     print(f"review: {ui_url(cfg.mlflow.tracking_uri, run.info.experiment_id, result['run_id'])}")

@@ -11,11 +11,18 @@ the config (:func:`build_pipeline`). Placement and Secrets go into the IR's
 Kubernetes platform spec (``kfp-kubernetes``).
 """
 
-from typing import NamedTuple
-
 from kfp import dsl, kubernetes
 
-from components import evaluate, extract, merge_features, preprocess, register, train, validate
+from components import (
+    close_run,
+    evaluate,
+    extract,
+    merge_features,
+    preprocess,
+    register,
+    train,
+    validate,
+)
 from crossfuse.config import PipelineConfig, RunConfig, StageResources
 
 PIPELINE_NAME = "crossfuse-multimodal-fusion"
@@ -39,7 +46,7 @@ def apply_resources(task: dsl.PipelineTask, res: StageResources | None,
         task.set_accelerator_type(res.accelerator_type)
         task.set_accelerator_limit(res.accelerator_limit or 1)
     if res.retries:
-        task.set_retry(num_retries=res.retries, backoff_duration="30s")
+        task.set_retry(num_retries=res.retries, backoff_duration=f"{res.retry_backoff_seconds}s")
     for label, value in sorted(res.node_selector.items()):
         kubernetes.add_node_selector(task, label_key=label, label_value=value)
     for t in res.tolerations:
@@ -60,35 +67,43 @@ def fan_out_extract(cfg: RunConfig, config_json, dataset) -> dsl.Collected:
 def build_pipeline(cfg: RunConfig | None = None):
     """The DAG with ``cfg.pipeline``'s resources; ``config_json`` defaults to ``cfg``."""
     cfg = cfg or RunConfig()
-    outputs = NamedTuple("Outputs", [("version", str), ("champion_version", str),  # noqa: UP014
-                                     ("promoted", bool)])
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="Validate, preprocess, encode, fuse, evaluate and register a "
                               "multimodal classifier.")
-    def multimodal_fusion(config_json: str = cfg.to_json()) -> outputs:
-        validated = validate(config_json=config_json).set_display_name("validate")
-        run_id = validated.outputs["Output"]
-        prepared = preprocess(config_json=config_json, run_id=run_id,
-                              validation=validated.outputs["validation"])
-        encoded = merge_features(config_json=config_json, run_id=run_id,
-                                 parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
-        trained = train(config_json=config_json, run_id=run_id,
-                        features=encoded.outputs["features"])
-        evaluated = evaluate(config_json=config_json, run_id=run_id,
-                             dataset=prepared.outputs["dataset"],
-                             features=encoded.outputs["features"], model=trained.outputs["model"])
-        registered = register(config_json=config_json, run_id=run_id,
-                              model=trained.outputs["model"],
-                              evaluation=evaluated.outputs["evaluation"])
-        for name, task in (("validate", validated), ("preprocess", prepared),
-                           ("merge_features", encoded), ("train", trained),
-                           ("evaluate", evaluated), ("register", registered)):
-            apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline)
-        return outputs(registered.outputs["version"], registered.outputs["champion_version"],
-                       registered.outputs["promoted"])
+    def multimodal_fusion(config_json: str = cfg.to_json(), run_token: str = ""):
+        # Ends the MLflow run FAILED if any task fails or is killed (a killed task cannot).
+        # KFP allows no pipeline outputs from inside an exit handler: the registration is
+        # read from the MLflow run (tagged with run_token) instead.
+        closing = close_run(config_json=config_json, kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        apply_resources(closing, None, cfg.pipeline)
+        with dsl.ExitHandler(closing, name="pipeline"):
+            _stages(cfg, config_json, run_token)
 
     return multimodal_fusion
+
+
+def _stages(cfg: RunConfig, config_json, run_token) -> None:
+    """The DAG's stages, inside the exit handler."""
+    validated = validate(config_json=config_json, kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                         run_token=run_token).set_display_name("validate")
+    run_id = validated.outputs["Output"]
+    prepared = preprocess(config_json=config_json, run_id=run_id,
+                          validation=validated.outputs["validation"])
+    encoded = merge_features(config_json=config_json, run_id=run_id,
+                             parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
+    trained = train(config_json=config_json, run_id=run_id,
+                    features=encoded.outputs["features"])
+    evaluated = evaluate(config_json=config_json, run_id=run_id,
+                         dataset=prepared.outputs["dataset"],
+                         features=encoded.outputs["features"], model=trained.outputs["model"])
+    registered = register(config_json=config_json, run_id=run_id,
+                          model=trained.outputs["model"],
+                          evaluation=evaluated.outputs["evaluation"])
+    for name, task in (("validate", validated), ("preprocess", prepared),
+                       ("merge_features", encoded), ("train", trained),
+                       ("evaluate", evaluated), ("register", registered)):
+        apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline)
 
 
 multimodal_fusion = build_pipeline()

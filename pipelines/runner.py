@@ -16,12 +16,14 @@ import builtins
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from kfp import compiler, local
 
 from crossfuse.config import RunConfig
+from crossfuse.tracking import registration_of
 from pipelines.batch_predict import build_batch_pipeline
 from pipelines.multimodal_fusion import build_pipeline
 
@@ -39,8 +41,8 @@ def run_stamp() -> str:
 
 
 def run_local(cfg: RunConfig, stamp: str | None = None, batch: bool = False) -> dict:
-    """Run the whole DAG locally; returns the last task's outputs (the register task's, or
-    with ``batch`` the batch pipeline's score task's).
+    """Run the whole DAG locally; returns the registration ({version, champion_version,
+    promoted}, read from the run's MLflow run), or with ``batch`` the score task's outputs.
 
     Step outputs go to ``pipeline.pipeline_root/<stamp>/`` (default :func:`run_stamp`): KFP
     names a local run's folder by its start time, and two runs started in the same clock
@@ -52,9 +54,14 @@ def run_local(cfg: RunConfig, stamp: str | None = None, batch: bool = False) -> 
     root = Path(cfg.pipeline.pipeline_root) / (stamp or run_stamp())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
+    if batch:
+        with print_restored():
+            task = build_batch_pipeline(cfg)(config_json=cfg.to_json())
+        return dict(task.outputs)
+    token = uuid.uuid4().hex
     with print_restored():
-        task = (build_batch_pipeline if batch else build_pipeline)(cfg)(config_json=cfg.to_json())
-    return dict(task.outputs) if hasattr(task, "outputs") else {}
+        build_pipeline(cfg)(config_json=cfg.to_json(), run_token=token)
+    return registration_of(cfg, token)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,14 @@ from components.image import BASE_IMAGE
 from pipelines.runner import COMPILED, compile_pipeline
 
 STAGES = ["validate", "preprocess", "extract", "merge-features", "train", "evaluate", "register"]
-TOP_LEVEL = ["validate", "preprocess", "for-loop-2", "merge-features", "train", "evaluate",
-             "register"]
+STEPS = [*STAGES, "close-run"]  # the exit handler's task, after the stages whatever happened
+LOOP = "for-loop-3"
+TOP_LEVEL = ["validate", "preprocess", LOOP, "merge-features", "train", "evaluate", "register"]
+
+
+def stage_tasks(ir: dict) -> dict:
+    """The stages' tasks: the DAG inside the pipeline's exit handler."""
+    return ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
 
 
 def test_compiled_ir_matches_golden_file(tmp_path):
@@ -22,23 +28,38 @@ def test_compiled_ir_matches_golden_file(tmp_path):
 def test_ir_wires_six_stages_in_the_crossfuse_image():
     ir = yaml.safe_load(Path(COMPILED).read_text())
     executors = ir["deploymentSpec"]["executors"]
-    assert sorted(executors) == sorted(f"exec-{s}" for s in STAGES)
+    assert sorted(executors) == sorted(f"exec-{s}" for s in STEPS)
     for spec in executors.values():
         assert spec["container"]["image"] == BASE_IMAGE
         # The image already holds kfp and crossfuse: nothing is pip-installed at run time.
         assert "pip install" not in " ".join(spec["container"]["command"])
-    tasks = ir["root"]["dag"]["tasks"]
+    tasks = stage_tasks(ir)
     deps = {name: sorted(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps == {"validate": [], "preprocess": ["validate"],
-                    "for-loop-2": ["preprocess"],
-                    "merge-features": ["for-loop-2", "validate"],
+                    LOOP: ["preprocess"],
+                    "merge-features": [LOOP, "validate"],
                     "train": ["merge-features", "validate"],
                     "evaluate": ["merge-features", "preprocess", "train", "validate"],
                     "register": ["evaluate", "train", "validate"]}
     params = ir["root"]["inputDefinitions"]["parameters"]
-    assert list(params) == ["config_json"]
-    assert ir["root"]["outputDefinitions"]["parameters"].keys() == {
-        "version", "champion_version", "promoted"}
+    assert list(params) == ["config_json", "run_token"]
+    # KFP returns no pipeline outputs from inside an exit handler: the registration is read
+    # from the MLflow run the run_token names (pipelines.runner.run_local).
+    assert "outputDefinitions" not in ir["root"]
+
+
+def test_an_exit_handler_closes_the_mlflow_run_whatever_happened():
+    """A task killed by the kernel cannot mark its run; close-run runs after all of them."""
+    ir = yaml.safe_load(Path(COMPILED).read_text())
+    root = ir["root"]["dag"]["tasks"]
+    assert set(root) == {"close-run", "exit-handler-1"}
+    closing = root["close-run"]
+    assert closing["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert closing["inputs"]["parameters"]["status"] == {
+        "taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    job = closing["inputs"]["parameters"]["kfp_run"]["runtimeValue"]["constant"]
+    assert stage_tasks(ir)["validate"]["inputs"]["parameters"]["kfp_run"]["runtimeValue"][
+        "constant"] == job == "{{$.pipeline_job_uuid}}"  # the MLflow run is tagged with it
 
 
 def test_ir_carries_resources_retries_and_no_caching():
@@ -47,9 +68,9 @@ def test_ir_carries_resources_retries_and_no_caching():
     train = executors["exec-train"]["container"]["resources"]
     assert (train["cpuRequest"], train["memoryRequest"], train["memoryLimit"]) == (2.0, 4.0, 8.0)
     assert executors["exec-register"]["container"]["resources"]["cpuRequest"] == 1.0
-    tasks = ir["root"]["dag"]["tasks"]
-    inner = ir["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    for task in [tasks[n] for n in TOP_LEVEL if n != "for-loop-2"] + [inner["extract"]]:
+    tasks = stage_tasks(ir)
+    inner = ir["components"][f"comp-{LOOP}"]["dag"]["tasks"]
+    for task in [tasks[n] for n in TOP_LEVEL if n != LOOP] + [inner["extract"]]:
         # Every step logs to the run's MLflow run: a cached step would silently skip that.
         assert not task["cachingOptions"].get("enableCache", False)
     assert inner["extract"]["retryPolicy"]["maxRetryCount"] == 1
@@ -58,15 +79,13 @@ def test_ir_carries_resources_retries_and_no_caching():
 def test_extraction_fans_out_over_parallel_for_and_merges(tmp_path):
     from crossfuse.config import load_config
 
-    default = yaml.safe_load(Path(COMPILED).read_text())["root"]["dag"]["tasks"]
-    assert default["for-loop-2"]["parameterIterator"]["items"]["raw"] == "[0]"
+    default = stage_tasks(yaml.safe_load(Path(COMPILED).read_text()))
+    assert default[LOOP]["parameterIterator"]["items"]["raw"] == "[0]"
     cfg = load_config(None, ["pipeline.extract_parts=4"], env={})
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text())
-    loop = ir["root"]["dag"]["tasks"]["for-loop-2"]
-    assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
-    merge = ir["root"]["dag"]["tasks"]["merge-features"]
-    collected = merge["inputs"]["artifacts"]["parts"]
-    assert collected["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    tasks = stage_tasks(yaml.safe_load(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text()))
+    assert tasks[LOOP]["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
+    collected = tasks["merge-features"]["inputs"]["artifacts"]["parts"]
+    assert collected["taskOutputArtifact"]["producerTask"] == LOOP
 
 
 def test_resources_come_from_the_config(tmp_path):
@@ -83,7 +102,7 @@ def test_resources_come_from_the_config(tmp_path):
     # The steps not configured keep their defaults.
     assert ir["deploymentSpec"]["executors"]["exec-extract"]["container"]["resources"][
         "cpuRequest"] == 2.0
-    tasks = [t for n, t in ir["root"]["dag"]["tasks"].items() if n != "for-loop-2"]
+    tasks = [t for n, t in stage_tasks(ir).items() if n != LOOP]
     assert all(t["cachingOptions"]["enableCache"] for t in tasks)
 
 
@@ -98,7 +117,7 @@ def test_placement_and_secrets_go_into_the_kubernetes_platform_spec(tmp_path):
                       env={})
     spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {f"exec-{s}" for s in STAGES}  # every step gets the Secret
+    assert set(executors) == {f"exec-{s}" for s in STEPS}  # every step gets the Secret
     train = executors["exec-train"]
     assert train["nodeSelector"] == {"labels": {"pool": "gpu"}}
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",

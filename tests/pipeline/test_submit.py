@@ -93,8 +93,10 @@ def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
     assert spec["pipelineInfo"]["name"] == "crossfuse-multimodal-fusion"
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert yaml.safe_load(yaml.safe_dump(spec))["root"]["dag"]["tasks"].keys() == {
-        "validate", "preprocess", "for-loop-2", "merge-features", "train", "evaluate",
+    ir = yaml.safe_load(yaml.safe_dump(spec))
+    assert ir["root"]["dag"]["tasks"].keys() == {"close-run", "exit-handler-1"}
+    assert ir["components"]["comp-exit-handler-1"]["dag"]["tasks"].keys() == {
+        "validate", "preprocess", "for-loop-3", "merge-features", "train", "evaluate",
         "register"}
 
 
