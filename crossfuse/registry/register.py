@@ -43,6 +43,7 @@ from crossfuse.config import RegistryConfig
 from crossfuse.errors import UserError
 from crossfuse.fusion.model import SPEC_FILE
 from crossfuse.metrics import BOOTSTRAP_SCORES
+from crossfuse.registry.lease import is_lease, promotion_lease
 from crossfuse.registry.promotion import (
     Check,
     Decision,
@@ -206,8 +207,9 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
     require_metric(metrics, gate.metric)  # before anything is logged
     info = log_pyfunc(Path(model_dir), input_example)
     # Decide and move the aliases as one step: a concurrent run must not compare against a
-    # champion that is being replaced (SQLite stores; a server serialises its own writes).
-    with sqlite_store_lock(mlflow.get_tracking_uri()):
+    # champion that is being replaced. The lease works on any backend; the file lock only
+    # spares a SQLite store concurrent writers.
+    with sqlite_store_lock(mlflow.get_tracking_uri()), promotion_lease(client, model_name):
         champion = champion_metrics(client, model_name)
         labels = json.loads((Path(model_dir) / SPEC_FILE).read_text())["labels"]
         pairable = (champion is not None and predictions is not None and gate.bootstrap > 0
@@ -253,14 +255,15 @@ def promote_by_hand(model_name: str, version: str, reason: str | None = None,
     except MlflowException as exc:
         raise UserError(f"model {model_name!r} has no version {version!r}; see "
                         f"`crossfuse models --model {model_name}`") from exc
-    previous = champion_metrics(client, model_name)
-    client.set_registered_model_alias(model_name, CHAMPION, mv.version)
     user = user or getpass.getuser()
-    tags = {"crossfuse.decision": "promoted by hand",
-            "crossfuse.reason": reason or f"promoted by hand by {user}",
-            "crossfuse.compared_to": previous[1] if previous else "",
-            "crossfuse.decided_by": user, "crossfuse.decided_at": _now()}
-    _write_decision(client, model_name, str(mv.version), mv.run_id, tags)
+    with promotion_lease(client, model_name):  # not in the middle of a pipeline's decision
+        previous = champion_metrics(client, model_name)
+        client.set_registered_model_alias(model_name, CHAMPION, mv.version)
+        tags = {"crossfuse.decision": "promoted by hand",
+                "crossfuse.reason": reason or f"promoted by hand by {user}",
+                "crossfuse.compared_to": previous[1] if previous else "",
+                "crossfuse.decided_by": user, "crossfuse.decided_at": _now()}
+        _write_decision(client, model_name, str(mv.version), mv.run_id, tags)
     client.update_model_version(model_name, str(mv.version), description=(
         f"**Promoted to champion by hand** by {user} at {tags['crossfuse.decided_at']}: "
         f"{tags['crossfuse.reason']}\n\n{mv.description or ''}").strip())
@@ -273,7 +276,7 @@ def registered_names(client: MlflowClient) -> list[str]:
     names, token = [], None
     while True:
         page = client.search_registered_models(max_results=1000, page_token=token)
-        names += [m.name for m in page]
+        names += [m.name for m in page if not is_lease(m.name)]
         token = page.token
         if not token:
             return sorted(names)
