@@ -121,6 +121,9 @@ def report_data(s: BatchSummary) -> dict:
     elif s.flagged:
         headline = f"Drift: {len(s.flagged)} figure{'s' if len(s.flagged) != 1 else ''} crossed " \
                    f"{'its' if len(s.flagged) == 1 else 'their'} threshold"
+    elif s.drift_note:  # labels and missing rates were compared, the embeddings were not
+        headline = f"Drift not checked in full: {s.drift_note}; the other figures are within " \
+                   f"their thresholds"
     else:
         headline = "No drift: every figure is within its threshold"
     tables = drift_tables(s.drift, s.thresholds) if s.drift else []

@@ -44,6 +44,7 @@ from crossfuse.data.dvc import materialise_data
 from crossfuse.data.validation.report import ValidationReport, require_valid, validation_tags
 from crossfuse.errors import reported
 from crossfuse.stage_records import tree_digest
+from crossfuse.storage import attach
 from crossfuse.tracking import data_version, log_metrics, stage_run
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,24 @@ class BatchResult:
     predictions: str
     report: str
     flagged: list[str]
-    drift_checked: bool
+    drift_checked: bool  # every figure compared, the embeddings included
+    drift_verdict: str = ""  # flagged, none or not checked (DRIFT_VERDICTS)
+
+
+DRIFT_VERDICTS = ("flagged", "none", "not checked")
+
+
+def drift_verdict(drift, note: str) -> str:
+    """``flagged`` when a figure crossed its threshold; ``none`` only when every figure,
+    the embeddings included, was compared; else ``not checked`` (``note`` says why), so a
+    missing reference never reads as "no drift".
+
+    >>> drift_verdict(None, "no training rows")
+    'not checked'
+    """
+    if drift is not None and drift.flagged:
+        return "flagged"
+    return "none" if drift is not None and not note else "not checked"
 
 
 def batch_run_tags(cfg: RunConfig, ref: ModelRef) -> dict[str, str]:
@@ -89,6 +107,7 @@ def run_batch_validate(cfg: RunConfig, validation_dir: Path, model_dir: Path
     :class:`crossfuse.data.validation.ValidationFailed` (the run is marked FAILED) when the
     data does not pass.
     """
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.data.validation.validate import validate
     from crossfuse.preflight import preflight
     from crossfuse.stages import log_dataset
@@ -124,6 +143,7 @@ def run_batch_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path, mode
                          out_dir: Path) -> int:
     """Prepare the valid rows with the model's transforms (``cfg`` is the scoring config);
     returns the rows prepared."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.data.preprocess import preprocess
 
     with stage_run(cfg, run_id, "preprocess"):
@@ -159,6 +179,7 @@ def _drift(cfg: RunConfig, model_dir: Path, rows, scored, labels: list[str]):
         vectors = load_reference(model_dir, Path(cfg.extract.cache_dir), rows).vectors
     except FileNotFoundError as exc:  # label and missing-modality drift still count
         vectors, note = {}, f"embedding drift not checked: {exc}"
+        log.warning("%s", note)
     present = {m: rows[f"present_{m}"].to_numpy(dtype=bool) for m in scored.drift.present}
     predicted = np.asarray(labels, dtype=object)[scored.predicted]
     report = assess_drift(vectors, scored.drift.vectors, present, scored.drift.presence(),
@@ -171,6 +192,7 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                     parts: list[Path], out_dir: Path) -> BatchResult:
     """Score the extracted parts, check drift, write ``predictions.parquet``, ``drift.json``,
     ``metrics.json`` and ``report.html`` into ``out_dir``, log them; ends the run."""
+    cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.batch.report import BATCH_REPORT_FILE, PREDICTIONS_CHART, BatchSummary, render_batch_report
     from crossfuse.batch.score import PREDICTIONS_FILE, score
     from crossfuse.features.extract import combined_result
@@ -204,11 +226,13 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
         if drift:
             metrics["drift_flagged"] = len(drift.flagged)
         log_metrics(metrics)
-        verdict = "not checked" if drift is None else ("flagged" if drift.flagged else "none")
+        verdict = drift_verdict(drift, note)
+        reasons = [*(drift.flagged if drift else []), *([note] if note else [])]
         mlflow.set_tags({"crossfuse.drift": verdict,
-                         "crossfuse.drift.reasons": "; ".join(drift.flagged if drift else [note])[:5000]})
+                         "crossfuse.drift.reasons": "; ".join(reasons)[:5000]})
         write_json(out_dir / "metrics.json", metrics, sort_keys=True)
-        write_json(out_dir / "drift.json", {"checked": drift is not None, "note": note,
+        write_json(out_dir / "drift.json", {"checked": verdict != "not checked", "verdict": verdict,
+                                            "note": note,
                                             **(asdict(drift) if drift else {})})
         summary = BatchSummary(dataset=cfg.data.dataset_name(), model=ref.describe(),
                                rows_in=report.n_rows, rows_scored=scored.n_scored,
@@ -233,14 +257,14 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                 f"training data (same content; in_training in the predictions)"
                 + (f": their {scored.n_labelled_in_training} labels are left out of the "
                    f"metrics" if scored.n_labelled_in_training else ""))
-        say(f"drift: {'; '.join(drift.flagged) if drift and drift.flagged else verdict}"
+        say(f"drift: {'; '.join(drift.flagged) if verdict == 'flagged' else verdict}"
             + (f" ({note})" if note else ""))
         link_to_model_version(ref, run.info.run_id, run.info.experiment_id, verdict)
     return BatchResult(run_id=run.info.run_id, model=ref.name, version=ref.version,
                        rows_in=report.n_rows, rows_scored=scored.n_scored,
                        rows_rejected=report.n_rejected, predictions=str(out_dir / PREDICTIONS_FILE),
                        report=str(page), flagged=list(drift.flagged) if drift else [],
-                       drift_checked=drift is not None)
+                       drift_checked=drift is not None and not note, drift_verdict=verdict)
 
 
 def link_to_model_version(ref: ModelRef, run_id: str, experiment_id: str, drift: str) -> None:

@@ -82,3 +82,20 @@ def test_a_noised_copy_drifts_on_images_only_and_the_same_data_not_at_all(
     assert same == [], same
     assert any(reason.startswith("image embeddings") for reason in moved), moved
     assert not any(reason.startswith("text") for reason in moved), moved
+
+    # Without the training vectors (another machine's empty feature cache) the embeddings
+    # cannot be compared: the verdict says so, never "none". (The noised copy: scoring the
+    # training data itself would put its vectors back into the empty cache.)
+    elsewhere = batch_config(cfg, noised).model_copy(deep=True)
+    elsewhere.extract.cache_dir = str(tmp_path / "empty-cache")
+    result = run_batch_in_process(elsewhere, tmp_path / "elsewhere-scored")
+    assert result.flagged == [] and not result.drift_checked
+    assert result.drift_verdict == "not checked"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.tags["crossfuse.drift"] == "not checked"
+    assert "embedding drift not checked" in run.data.tags["crossfuse.drift.reasons"]
+    version = client.get_model_version(result.model, result.version)
+    assert version.tags["crossfuse.batch.last_drift"] == "not checked"
