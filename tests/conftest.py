@@ -184,3 +184,43 @@ def http_server(args: list[str], ready_url: str, log_path: Path, env: dict | Non
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "crossfuse", "AWS_SECRET_ACCESS_KEY": "crossfuse-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path, *buckets: str) -> Iterator[str]:
+    """A real S3 API (moto's server) on a loopback port with ``buckets``; yields its endpoint.
+
+    Clients need :data:`S3_CREDENTIALS` in their environment, as pods get them from
+    ``pipeline.secret_env``.
+    """
+    import botocore.session
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with http_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                     f"{endpoint}/", Path(folder) / "s3.log", env=S3_CREDENTIALS):
+        client = botocore.session.get_session().create_client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        yield endpoint
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real ``mlflow server`` (SQLite backend, artifacts proxied into its own folder) on a
+    loopback port; yields its URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = [str(Path(sys.executable).parent / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{Path(folder) / 'server.db'}",
+            "--serve-artifacts", "--artifacts-destination", str(Path(folder) / "server-artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with http_server(args, f"{base}/health", Path(folder) / "server.log"):
+        yield base

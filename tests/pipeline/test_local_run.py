@@ -1,19 +1,33 @@
-"""End to end: the real KFP local runner runs the whole DAG against a real MLflow store.
+"""End to end: the real KFP local runner runs the whole DAG, with the state of a cluster.
 
-Two runs on the same data and seed: the second reuses every cached feature and,
-scoring the same, does not take the champion alias. A run on bad data fails at
-validation, leaves its MLflow run FAILED, and moves no alias.
+Run state lives on a real S3 API (moto's server on a loopback port, ``storage.root``) and
+runs are tracked by a real ``mlflow server``; every task keeps its feature cache,
+checkpoints and stage records in a fresh temporary folder of its own, removed when it
+exits, as a pod starts with an empty disk. So what one task leaves for another, or for the
+next run, can only come through the bucket.
+
+- Run 1, cold: encodes every item, becomes champion.
+- Run 2: the train task is SIGKILLed once auto's first candidate is on S3; KFP retries it
+  in a new process with an empty disk, which takes the finished candidates from S3. The run
+  encodes nothing (every vector comes from S3), scores the same as run 1, and does not take
+  the champion alias.
+- Run 3: the train task is killed with no retry left; the pipeline's exit handler marks the
+  MLflow run FAILED (a killed task cannot).
+- A run on bad data fails at validation, leaves its MLflow run FAILED, and moves no alias.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import yaml
-from conftest import build_config, top_level
+from conftest import S3_CREDENTIALS, build_config, mlflow_server, s3_server, top_level
 from mlflow.tracking import MlflowClient
 
 from crossfuse.tracking import run_metrics
@@ -22,18 +36,82 @@ from pipelines.runner import run_local
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
+BUCKET = "crossfuse-state"
+
+
+def stage_processes(stage: str) -> list[psutil.Process]:
+    """The running KFP tasks' own Python processes for ``stage`` (not their ``sh`` parents)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            argv = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "kfp.dsl.executor_main" in argv and argv[-2:] == ["--function_to_execute", stage]:
+            found.append(proc)
+    return found
+
+
+def kill_train_when(bucket, ready, timeout: float = 300.0) -> float:
+    """SIGKILL the train task's process once ``ready()``; returns when (time.time())."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            procs = stage_processes("train")
+            if procs:
+                for proc in procs:
+                    proc.kill()
+                return time.time()
+        time.sleep(0.05)
+    pytest.fail("the train task wrote no candidate checkpoint in time")
+
+
+def run_and_kill_train(cfg, bucket) -> tuple[dict | Exception, float]:
+    """Run the pipeline in a thread and kill its train task once a candidate is on S3."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(run_local(cfg))
+        except Exception as exc:  # the killed run's failure, asserted by the tests
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = kill_train_when(bucket, lambda: bool(bucket.glob(
+        f"{BUCKET}/team/checkpoints/auto-*/*.pt")))
+    thread.join()
+    return outcome[0], killed
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
+    import s3fs
+
     root = tmp_path_factory.mktemp("e2e")
-    # Two extract parts: the DAG fans out over dsl.ParallelFor and merges, as on a cluster.
-    cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
-                       "train.epochs=20", "pipeline.extract_parts=2")
-    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
-    first = run_local(cfg)
-    second = run_local(cfg)
-    return {"root": root, "cfg": cfg, "first": first, "second": second,
-            "client": MlflowClient()}
+    with pytest.MonkeyPatch.context() as patch, s3_server(root, BUCKET) as endpoint, \
+            mlflow_server(root) as tracking:
+        for key, value in S3_CREDENTIALS.items():
+            patch.setenv(key, value)
+        bucket = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+        # Two extract parts: the DAG fans out over dsl.ParallelFor and merges, as on a cluster.
+        cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
+                           "train.epochs=20", "pipeline.extract_parts=2",
+                           f"train.checkpoint_dir={root / 'checkpoints'}",
+                           f"pipeline.stage_cache_dir={root / 'stages'}",
+                           f"storage.root=s3://{BUCKET}/team",
+                           f"storage.options={{endpoint_url: {endpoint}}}",
+                           f"mlflow.tracking_uri={tracking}",
+                           "pipeline.resources.train.retries=1",
+                           "pipeline.resources.train.retry_backoff_seconds=1")
+        mlflow.set_tracking_uri(tracking)
+        first = run_local(cfg)
+        second, _ = run_and_kill_train(cfg, bucket)
+        no_retry = cfg.model_copy(deep=True)
+        no_retry.pipeline.resources["train"].retries = 0
+        third, _ = run_and_kill_train(no_retry, bucket)
+        yield {"root": root, "cfg": cfg, "first": first, "second": second, "third": third,
+               "client": MlflowClient(), "bucket": bucket}
 
 
 def runs(env):
@@ -52,7 +130,7 @@ def test_pipeline_outputs_and_champion_decision(env):
 
 
 def test_one_finished_mlflow_run_per_pipeline_run(env):
-    first, second = runs(env)
+    first, second = runs(env)[:2]
     for run in (first, second):
         assert run.info.status == "FINISHED"
         # auto's choice travels with the run: the best single modality's CV score beside the
@@ -65,11 +143,39 @@ def test_one_finished_mlflow_run_per_pipeline_run(env):
     assert run_metrics(first)["test_macro_f1"] == run_metrics(second)["test_macro_f1"]
 
 
-def test_second_run_reuses_cached_features(env):
-    first, second = runs(env)
+def test_second_run_reads_every_vector_from_s3_and_no_task_kept_state_on_local_disk(env):
+    first, second = runs(env)[:2]
     assert run_metrics(first)["features_image_encoded"] == 60
     assert run_metrics(second)["features_image_encoded"] == 0
+    assert run_metrics(second)["features_text_encoded"] == 0
     assert run_metrics(second)["features_text_cache_hits"] == 60
+    assert second.data.params["validate.from_record"] == "True"  # stage records from S3 too
+    bucket = env["bucket"]
+    for kind in ("features", "stages"):
+        assert bucket.glob(f"{BUCKET}/team/{kind}/**"), kind
+    cfg = env["cfg"]
+    for local in (cfg.extract.cache_dir, cfg.train.checkpoint_dir, cfg.pipeline.stage_cache_dir):
+        assert not Path(local).exists(), local  # the configured local folders stay unused
+
+
+def test_a_killed_train_task_is_retried_and_resumes_from_the_checkpoint_on_s3(env):
+    second = runs(env)[1]
+    assert env["second"] == {"version": "2", "champion_version": "1", "promoted": False}
+    assert second.info.status == "FINISHED"
+    assert run_metrics(second)["selection_resumed_candidates"] >= 1
+    # Resumed, not refitted: the same choice and the same test score as the cold run.
+    first = runs(env)[0]
+    assert second.data.params["auto.winner"] == first.data.params["auto.winner"]
+    assert run_metrics(second)["test_macro_f1"] == run_metrics(first)["test_macro_f1"]
+
+
+def test_a_killed_task_without_retries_ends_its_run_failed_never_running(env):
+    assert isinstance(env["third"], RuntimeError)
+    third = runs(env)[2]
+    assert third.info.status == "FAILED"
+    assert "exit handler" in third.data.tags["crossfuse.error"]
+    name = env["cfg"].model_name()
+    assert str(env["client"].get_model_version_by_alias(name, "champion").version) == "1"
 
 
 def test_bad_data_stops_at_validation_with_one_message_and_moves_no_alias(env, tmp_path, capsys):
@@ -109,7 +215,7 @@ def test_extraction_parts_are_merged_into_one_feature_set(env):
     kfp_root = env["root"] / "kfp"
     merged = sorted(kfp_root.rglob("merge-features/features/index.parquet"))
     parts = sorted(kfp_root.rglob("extract/features/index.parquet"))
-    assert len(merged) == 2 and len(parts) == 4  # two runs, two parts each
+    assert len(merged) == 3 and len(parts) == 6  # three runs got there, two parts each
     fs = read_feature_set(merged[0].parent)
     assert len(fs.index) == 60 and fs.index["line"].is_monotonic_increasing
     assert sorted(len(read_feature_set(p.parent).index) for p in parts[:2]) == [30, 30]

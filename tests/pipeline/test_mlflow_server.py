@@ -7,13 +7,11 @@ local runner itself is covered by ``test_local_run.py``.
 """
 
 import json
-import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
-from conftest import build_config, free_port, http_server, run_stages
+from conftest import build_config, mlflow_server, run_stages
 
 pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
 
@@ -27,13 +25,7 @@ def get(base: str, endpoint: str, **params) -> dict:
 @pytest.fixture(scope="module")
 def server_run(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
     root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    args = [str(Path(sys.executable).parent / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(root / "server-artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with http_server(args, f"{base}/health", root / "server.log"):
+    with mlflow_server(root) as base:
         # The same pipeline code, pointed at the server (as MLFLOW_TRACKING_URI would).
         cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model,
                            "train.epochs=10", f"mlflow.tracking_uri={base}",
@@ -89,3 +81,55 @@ def test_registry_over_http(server_run):
     tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}
     assert tags["crossfuse.decided_by"] == "pipeline" and "no champion yet" in tags[
         "crossfuse.reason"]
+
+
+def test_five_registrations_racing_over_http_end_with_one_best_champion(server_run, tmp_path):
+    """The promotion lease serialises read-champion -> decide -> move-alias on a server too:
+    five runs registering at once leave the best one champion, and every version's audit
+    (what it was compared to, whether it was promoted) agrees with the order the lease gave."""
+    import threading
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from crossfuse.config import RegistryConfig
+    from crossfuse.registry.register import register
+
+    model_dir = server_run["root"] / "stages" / "model"  # the pipeline's trained model
+    scores = [0.61, 0.83, 0.72, 0.55, 0.79]
+    results, errors = {}, []
+
+    def registering(score: float) -> None:
+        try:
+            with mlflow.start_run(experiment_id=experiment) as run:  # this thread's own run
+                mlflow.log_metric("test_macro_f1", score)
+                results[score] = register(RegistryConfig(bootstrap=0), "raced", model_dir,
+                                          {"test_macro_f1": score}, run.info.run_id)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    mlflow.set_tracking_uri(server_run["base"])
+    experiment = mlflow.set_experiment("race").experiment_id
+    threads = [threading.Thread(target=registering, args=(s,)) for s in scores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("raced", "champion")
+    assert str(champion.version) == results[0.83].version  # the best, whatever the order
+    # Replay the decisions in version order (the order the lease let them through): each
+    # promoted version was compared with the champion before it, each other with the champion
+    # of its time, and the last promoted one holds the alias.
+    versions = sorted(client.search_model_versions("name='raced'"), key=lambda v: int(v.version))
+    current, best = "", 0.0
+    for v in versions:
+        score = float(v.tags["crossfuse.metric.test_macro_f1"])
+        assert v.tags["crossfuse.compared_to"] == current
+        promoted = score > best
+        assert v.tags["crossfuse.decision"] == ("promoted" if promoted else "not promoted")
+        if promoted:
+            current, best = str(v.version), score
+    assert current == str(champion.version)
+    assert [m.name for m in client.search_registered_models() if "lease" in m.name] == []

@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, http_server
+from conftest import S3_CREDENTIALS as CREDENTIALS
+from conftest import s3_server
 
 from crossfuse.data.dvc import DvcFetchError, materialise_data, pin_data_version
 from pipelines.cli import main
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "crossfuse", "AWS_SECRET_ACCESS_KEY": "crossfuse-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def dvc(*args, cwd):
@@ -30,18 +28,11 @@ def dvc(*args, cwd):
 @pytest.fixture(scope="module")
 def s3_remote(tmp_path_factory, sample_dataset):
     """(remote URL, endpoint, pushed .dvc file) for the sample data on a local S3 server."""
-    import botocore.session
-
     tmp = tmp_path_factory.mktemp("s3")
-    endpoint = f"http://127.0.0.1:{free_port()}"
     with pytest.MonkeyPatch.context() as env:
         for key, value in CREDENTIALS.items():
             env.setenv(key, value)
-        port = endpoint.rsplit(":", 1)[1]
-        with http_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
-                         f"{endpoint}/", tmp / "s3.log"):
-            botocore.session.get_session().create_client(
-                "s3", endpoint_url=endpoint).create_bucket(Bucket="team-data")
+        with s3_server(tmp, "team-data") as endpoint:
             repo = tmp / "repo"
             repo.mkdir()
             shutil.copytree(sample_dataset, repo / "data")
