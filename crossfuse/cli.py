@@ -263,7 +263,7 @@ def cmd_runs_gc(args: argparse.Namespace) -> int:
     """End the RUNNING runs whose stages stopped stamping their heartbeat: KILLED."""
     from mlflow.tracking import MlflowClient
 
-    from crossfuse.tracking import mark_killed, stale_runs
+    from crossfuse.run_status import mark_killed, stale_runs
 
     cfg = config_from_args(args).resolved()
     require_store(cfg.mlflow.tracking_uri)

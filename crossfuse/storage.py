@@ -82,8 +82,9 @@ def filesystem(root: str, options: dict[str, Any]) -> tuple[Any, str]:
 
 
 @cache
-def _task_dir() -> Path:
-    """This process's working copy: a temporary folder, removed when the process exits."""
+def _task_dir(root: str) -> Path:
+    """This process's working copy of ``root``: a temporary folder, removed when the process
+    exits (one per root: a copy never mixes two roots' files)."""
     folder = Path(tempfile.mkdtemp(prefix="crossfuse-state-"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
@@ -101,7 +102,7 @@ def attach(cfg: RunConfig) -> RunConfig:
     """
     if not cfg.storage.root:
         return cfg
-    work = Path(cfg.storage.work_dir) if cfg.storage.work_dir else _task_dir()
+    work = Path(cfg.storage.work_dir) if cfg.storage.work_dir else _task_dir(cfg.storage.root)
     fs, root = filesystem(cfg.storage.root, cfg.storage.options)
     out = cfg.model_copy(deep=True)
     out.extract.cache_dir = str(work / "features")

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from crossfuse.config import RunConfig, config_summary
 from crossfuse.data.manifest import MANIFEST_NAME
 from crossfuse.hashing import content_hash
+from crossfuse.run_status import FAILED_TAG, TERMINAL_FAILURES, end_stage, heartbeat
 
 
 @contextlib.contextmanager
@@ -250,11 +251,6 @@ def stage_cost(stage: str, seconds: float) -> dict[str, float]:
             f"stage_{stage}_peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-TERMINAL_FAILURES = ("FAILED", "KILLED")
-HEARTBEAT_TAG = "crossfuse.heartbeat"  # unix seconds, stamped while a stage runs
-FAILED_TAG = "crossfuse.failed_stage"  # set before the status, and never removed
-
-
 @contextlib.contextmanager
 def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = False,
               run_name: str | None = None, tags: dict[str, str] | None = None
@@ -267,7 +263,7 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
     a RUNNING run whose stamp is stale KILLED: a task killed by the kernel cannot say so).
     On success the run is left RUNNING, or FINISHED when ``final``; on an exception it is
     marked FAILED with ``crossfuse.failed_stage`` and ``crossfuse.error`` tags. A run that
-    another task marked FAILED or KILLED stays so (:func:`end_stage`).
+    another task marked FAILED or KILLED stays so (:func:`crossfuse.run_status.end_stage`).
     """
     configure(cfg)
     if run_id:
@@ -288,73 +284,6 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
         log_metrics(stage_cost(stage, time.perf_counter() - started))
         mlflow.set_tag(f"crossfuse.stage.{stage}", "done")
     end_stage(run.info.run_id, final)
-
-
-def end_stage(run_id: str, final: bool) -> None:
-    """Leave the active run RUNNING (FINISHED when ``final``), unless a task marked it failed.
-
-    Resuming a run sets it RUNNING, and MLflow has no conditional write: an extract part
-    finishing after its sibling failed would revive the run. A failing task sets
-    ``crossfuse.failed_stage`` *before* the FAILED status, so reading the tag after our own
-    status write finds every failure whose status write we could have overwritten.
-    """
-    client = MlflowClient()
-    mlflow.end_run("FINISHED" if final else "RUNNING")
-    run = client.get_run(run_id)
-    if FAILED_TAG in run.data.tags and run.info.status not in TERMINAL_FAILURES:
-        client.set_terminated(run_id, "FAILED")
-
-
-@contextlib.contextmanager
-def heartbeat(run_id: str, every: float) -> Iterator[None]:
-    """Stamp ``crossfuse.heartbeat`` on ``run_id`` now and every ``every`` seconds until the
-    block ends (a daemon thread; a failed stamp is logged, never raised)."""
-    import logging
-    import threading
-
-    stop = threading.Event()
-    client = MlflowClient()
-
-    def beat() -> None:
-        while True:
-            try:
-                client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
-            except Exception as exc:  # the tracking server is briefly away: the next beat
-                logging.getLogger(__name__).warning("heartbeat not recorded: %s", exc)
-            if stop.wait(every):
-                return
-
-    thread = threading.Thread(target=beat, name="crossfuse-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-
-
-def stale_runs(client: MlflowClient, experiment_ids: list[str], stale_seconds: float,
-               now: float | None = None) -> list:
-    """RUNNING runs whose last heartbeat (or, without one, start) is older than
-    ``stale_seconds``: their task was killed without a word (an OOM-killed pod)."""
-    now = time.time() if now is None else now
-    runs = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=5000)
-    stale = []
-    for run in runs:
-        beat = run.data.tags.get(HEARTBEAT_TAG)
-        last = float(beat) if beat else run.info.start_time / 1000
-        if now - last > stale_seconds:
-            stale.append(run)
-    return stale
-
-
-def mark_killed(client: MlflowClient, run, stale_seconds: float) -> None:
-    """End a stale run as KILLED, saying why on the run."""
-    client.set_tag(run.info.run_id, FAILED_TAG, run.data.tags.get(FAILED_TAG, "unknown"))
-    client.set_tag(run.info.run_id, "crossfuse.error",
-                   f"no heartbeat for over {stale_seconds / 60:g} min: the task was killed "
-                   f"(out of memory, node lost or cancelled); `crossfuse runs gc` ended it")
-    client.set_terminated(run.info.run_id, "KILLED")
 
 
 KFP_RUN_TAG = "crossfuse.kfp_run"  # the KFP run (job id) an MLflow pipeline run belongs to

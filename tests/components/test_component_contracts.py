@@ -56,7 +56,7 @@ def calls(monkeypatch):
 def test_validate_returns_the_run_id_and_publishes_counts_and_data_docs(config_json, make, calls):
     report = ValidationReport("set", n_rows=5, issues=[RowIssue(3, "b", "image", "image empty")])
 
-    def fake(cfg, run_id, out):
+    def fake(cfg, run_id, out, kfp_run, run_token):
         (out / "data_docs").mkdir(parents=True)
         (out / "data_docs" / "index.html").write_text("<html>docs</html>")
         return "run-123", report
@@ -64,9 +64,11 @@ def test_validate_returns_the_run_id_and_publishes_counts_and_data_docs(config_j
     calls("validate", fake)
     validation, docs, metrics = make(Artifact, "validation"), make(HTML, "docs"), make(Metrics, "m")
     assert validate.python_func(config_json=config_json, validation=validation, data_docs=docs,
-                                metrics=metrics) == "run-123"
-    (cfg, run_id, out), _ = calls.seen["validate"]
+                                metrics=metrics, kfp_run="job-7", run_token="t") == "run-123"
+    (cfg, run_id, out), names = calls.seen["validate"]
     assert isinstance(cfg, RunConfig) and cfg.fusion.method == "late" and run_id is None
+    # The MLflow run is tagged with the KFP run, where the exit handler finds it.
+    assert names == {"kfp_run": "job-7", "run_token": "t"}
     assert out == Path(validation.path)
     assert Path(docs.path).read_text() == "<html>docs</html>"
     assert metrics.metadata == {"rows": 5, "valid": 4, "rejected": 1}

@@ -18,6 +18,8 @@ next run, can only come through the bucket.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
 import threading
 import time
@@ -66,15 +68,17 @@ def kill_train_when(bucket, ready, timeout: float = 300.0) -> float:
     pytest.fail("the train task wrote no candidate checkpoint in time")
 
 
-def run_and_kill_train(cfg, bucket) -> tuple[dict | Exception, float]:
-    """Run the pipeline in a thread and kill its train task once a candidate is on S3."""
+def run_and_kill_train(cfg, bucket, log: Path) -> tuple[dict | Exception, float]:
+    """Run the pipeline in a thread (its tasks' output into ``log``) and kill its train task
+    once a candidate is on S3."""
     outcome: list = []
 
     def run():
-        try:
-            outcome.append(run_local(cfg))
-        except Exception as exc:  # the killed run's failure, asserted by the tests
-            outcome.append(exc)
+        with open(log, "w") as out, contextlib.redirect_stdout(out):
+            try:
+                outcome.append(run_local(cfg))
+            except Exception as exc:  # the killed run's failure, asserted by the tests
+                outcome.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -106,10 +110,10 @@ def env(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
                            "pipeline.resources.train.retry_backoff_seconds=1")
         mlflow.set_tracking_uri(tracking)
         first = run_local(cfg)
-        second, _ = run_and_kill_train(cfg, bucket)
+        second, _ = run_and_kill_train(cfg, bucket, root / "second.log")
         no_retry = cfg.model_copy(deep=True)
         no_retry.pipeline.resources["train"].retries = 0
-        third, _ = run_and_kill_train(no_retry, bucket)
+        third, _ = run_and_kill_train(no_retry, bucket, root / "third.log")
         yield {"root": root, "cfg": cfg, "first": first, "second": second, "third": third,
                "client": MlflowClient(), "bucket": bucket}
 
@@ -150,6 +154,9 @@ def test_second_run_reads_every_vector_from_s3_and_no_task_kept_state_on_local_d
     assert run_metrics(second)["features_text_encoded"] == 0
     assert run_metrics(second)["features_text_cache_hits"] == 60
     assert second.data.params["validate.from_record"] == "True"  # stage records from S3 too
+    said = (env["root"] / "second.log").read_text()
+    encoded = [int(n) for n in re.findall(r"(\d+) encoded now", said)]
+    assert len(encoded) == 4 and set(encoded) == {0}, said  # 2 parts x 2 modalities, all 0
     bucket = env["bucket"]
     for kind in ("features", "stages"):
         assert bucket.glob(f"{BUCKET}/team/{kind}/**"), kind
@@ -204,6 +211,20 @@ def test_bad_data_stops_at_validation_with_one_message_and_moves_no_alias(env, t
     assert str(env["client"].get_model_version_by_alias(name, "challenger").version) == "2"
     log = next((Path(cfg.pipeline.pipeline_root) / "logs").glob("run-*.log")).read_text()
     assert "Traceback" in log  # the task's whole story stays in the log file
+
+
+def test_batch_scoring_reads_the_training_vectors_from_s3_and_checks_drift(env, tmp_path):
+    """On another machine (an empty working copy) the model's training vectors come from S3,
+    so the embeddings are compared: the verdict is a real one, not 'not checked'."""
+    from conftest import batch_config
+
+    from crossfuse.batch.stages import run_batch_in_process
+
+    cfg = batch_config(env["cfg"], Path(env["cfg"].data.path)).model_copy(deep=True)
+    cfg.storage.work_dir = str(tmp_path / "empty-disk")
+    result = run_batch_in_process(cfg, tmp_path / "scored")
+    assert result.drift_checked and result.drift_verdict in ("none", "flagged"), result
+    assert not Path(env["cfg"].extract.cache_dir).exists()
 
 
 def test_extraction_parts_are_merged_into_one_feature_set(env):

@@ -12,13 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from crossfuse.config import load_config
-from crossfuse.tracking import (
-    FAILED_TAG,
-    HEARTBEAT_TAG,
-    KFP_RUN_TAG,
-    close_pipeline_run,
-    stage_run,
-)
+from crossfuse.run_status import FAILED_TAG, HEARTBEAT_TAG
+from crossfuse.tracking import KFP_RUN_TAG, close_pipeline_run, stage_run
 from pipelines.cli import main
 
 
