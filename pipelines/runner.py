@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -55,35 +56,40 @@ def run_local(cfg: RunConfig, stamp: str | None = None, batch: bool = False) -> 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
     if batch:
-        with print_restored():
+        with output_restored():
             task = build_batch_pipeline(cfg)(config_json=cfg.to_json())
         return dict(task.outputs)
     token = uuid.uuid4().hex
-    with print_restored():
+    with output_restored():
         build_pipeline(cfg)(config_json=cfg.to_json(), run_token=token)
     return registration_of(cfg, token)
 
 
 @contextlib.contextmanager
-def print_restored() -> Iterator[None]:
-    """Put ``builtins.print`` back as it was, whatever KFP's local runner did to it.
+def output_restored() -> Iterator[None]:
+    """Put ``builtins.print`` and the root logger's handlers and level back as they were,
+    whatever KFP's local runner did to them.
 
-    KFP indents a task's output by swapping ``builtins.print`` for the task's duration
-    (``kfp.local.logging_utils.indented_print``). The tasks of a ``dsl.ParallelFor`` run in
-    threads, and when two of those swaps interleave, the last restore puts back the other
-    task's indenting print: every later ``print`` in the process, the run's summary
-    included, then starts with four spaces.
+    For each task KFP swaps ``builtins.print`` for an indenting one
+    (``kfp.local.logging_utils.indented_print``) and the root logger's handlers for one on
+    the ``sys.stdout`` of that moment (``local_logger_context``). The tasks of a
+    ``dsl.ParallelFor`` run in threads, and when two swaps interleave, the last restore puts
+    back the other task's: every later ``print`` starts with four spaces, and every later log
+    record goes to a stream that may be closed by then ("--- Logging error ---").
 
-    >>> with print_restored():
+    >>> with output_restored():
     ...     builtins.print = lambda *a, **k: None
     >>> print("back")
     back
     """
-    saved = builtins.print
+    root = logging.getLogger()
+    saved = builtins.print, root.handlers[:], root.level
     try:
         yield
     finally:
-        builtins.print = saved
+        builtins.print = saved[0]
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[2])
 
 
 def compile_pipeline(path: Path = COMPILED, cfg: RunConfig | None = None,
