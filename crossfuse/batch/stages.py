@@ -67,10 +67,7 @@ class BatchResult:
     report: str
     flagged: list[str]
     drift_checked: bool  # every figure compared, the embeddings included
-    drift_verdict: str = ""  # flagged, none or not checked (DRIFT_VERDICTS)
-
-
-DRIFT_VERDICTS = ("flagged", "none", "not checked")
+    drift_verdict: str = ""  # flagged, none or not checked (drift_verdict)
 
 
 def drift_verdict(drift, note: str) -> str:
@@ -226,12 +223,12 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
         if drift:
             metrics["drift_flagged"] = len(drift.flagged)
         log_metrics(metrics)
-        verdict = drift_verdict(drift, note)
+        verdict, checked = drift_verdict(drift, note), drift is not None and not note
         reasons = [*(drift.flagged if drift else []), *([note] if note else [])]
         mlflow.set_tags({"crossfuse.drift": verdict,
                          "crossfuse.drift.reasons": "; ".join(reasons)[:5000]})
         write_json(out_dir / "metrics.json", metrics, sort_keys=True)
-        write_json(out_dir / "drift.json", {"checked": verdict != "not checked", "verdict": verdict,
+        write_json(out_dir / "drift.json", {"checked": checked, "verdict": verdict,
                                             "note": note,
                                             **(asdict(drift) if drift else {})})
         summary = BatchSummary(dataset=cfg.data.dataset_name(), model=ref.describe(),
@@ -264,7 +261,7 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
                        rows_in=report.n_rows, rows_scored=scored.n_scored,
                        rows_rejected=report.n_rejected, predictions=str(out_dir / PREDICTIONS_FILE),
                        report=str(page), flagged=list(drift.flagged) if drift else [],
-                       drift_checked=drift is not None and not note, drift_verdict=verdict)
+                       drift_checked=checked, drift_verdict=verdict)
 
 
 def link_to_model_version(ref: ModelRef, run_id: str, experiment_id: str, drift: str) -> None:

@@ -1,4 +1,9 @@
-"""Two pipeline runs at once on one machine, sharing the MLflow store and the feature cache."""
+"""Two pipeline runs at once on one machine, sharing the MLflow store and the feature cache.
+
+Each run is one process running every stage (:func:`crossfuse.stages.run_in_process`, the
+code every KFP task calls): what is under test is two runs racing for one SQLite store, one
+feature cache and one champion alias; the KFP local runner is covered by test_local_run.py.
+"""
 
 import os
 import subprocess
@@ -6,13 +11,16 @@ import sys
 
 import mlflow
 import pytest
-import yaml
 from conftest import build_config, top_level
 from mlflow.tracking import MlflowClient
 
 from crossfuse.tracking import run_metrics
 
-pytestmark = pytest.mark.pipeline  # runs the whole DAG: skipped by make test-fast
+pytestmark = pytest.mark.pipeline  # every stage, twice: skipped by make test-fast
+
+RUN = ("import sys; from pathlib import Path; from crossfuse.config import RunConfig; "
+       "from crossfuse.stages import run_in_process; "
+       "run_in_process(RunConfig.from_json(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))")
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +29,14 @@ def two_runs(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model
     cfg = build_config(root, sample_dataset, tiny_text_model, tiny_image_model, "train.epochs=5",
                        "evaluate.unimodal_baselines=false", "evaluate.robustness.raw=false",
                        "evaluate.efficiency=false", name="concurrent")
-    config_file = root / "run.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
-    # MLFLOW_TRACKING_URI beats the config file, and mlflow.set_tracking_uri in earlier tests
-    # exported one: give the children this store explicitly.
+    config_file = root / "run.json"
+    config_file.write_text(cfg.to_json())
+    # mlflow.set_tracking_uri in earlier tests exported MLFLOW_TRACKING_URI: give the children
+    # this store explicitly.
     env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri}
-    procs = [subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--config",
-                               str(config_file)], cwd=root, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", RUN, str(config_file), str(root / f"run-{i}")],
+                              cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     return {"cfg": cfg, "codes": [p.returncode for p in procs], "outputs": outputs}
