@@ -29,18 +29,28 @@ log = logging.getLogger(__name__)
 
 TERMINAL_FAILURES = ("FAILED", "KILLED")
 HEARTBEAT_TAG = "crossfuse.heartbeat"  # unix seconds, stamped while a stage runs
-FAILED_TAG = "crossfuse.failed_stage"  # set before the status, and never removed
+FAILED_TAG = "crossfuse.failed_stage"  # set before the status; removed only by its own retry
+ERROR_TAG = "crossfuse.error"
 
 
-def end_stage(run_id: str, final: bool) -> None:
+def end_stage(run_id: str, stage: str, final: bool) -> None:
     """Leave the active run RUNNING (FINISHED when ``final``), unless a task marked it failed.
 
     Resuming a run sets it RUNNING, and MLflow has no conditional write: an extract part
     finishing after its sibling failed would revive the run. A failing task sets
     ``crossfuse.failed_stage`` *before* the FAILED status, so reading the tag after our own
-    status write finds every failure whose status write we could have overwritten.
+    status write finds every failure whose status write we could have overwritten. A failure
+    of this very stage is an earlier attempt that KFP retried, and this attempt succeeded:
+    its mark is removed.
     """
     client = MlflowClient()
+    tags = client.get_run(run_id).data.tags
+    if tags.get(FAILED_TAG) == stage:  # kept, as history: crossfuse.retried
+        client.set_tag(run_id, "crossfuse.retried",
+                       f"{stage} failed, then succeeded on a retry: {tags.get(ERROR_TAG, '')}"[:5000])
+        client.delete_tag(run_id, FAILED_TAG)
+        if ERROR_TAG in tags:
+            client.delete_tag(run_id, ERROR_TAG)
     mlflow.end_run("FINISHED" if final else "RUNNING")
     run = client.get_run(run_id)
     if FAILED_TAG in run.data.tags and run.info.status not in TERMINAL_FAILURES:

@@ -144,16 +144,20 @@ def _hidden(relative: str) -> bool:
 
 
 def _remote_files(remote: Remote, where: str) -> dict[str, str]:
-    """{path relative to ``where``: full remote path} of the files under ``where`` (or the file)."""
+    """{path relative to ``where``: full remote path} of the files under ``where`` (or the file).
+
+    Only entries the store calls files: s3fs can answer a prefix that another task is
+    filling with the prefix itself, as a directory, and a GET of that key finds nothing.
+    """
     try:
-        found = remote.fs.find(where)
+        found = remote.fs.find(where, detail=True)
     except FileNotFoundError:
-        return {}
-    if not found:
         return {}
     base = where.rstrip("/")
     files = {}
-    for full in found:
+    for full, info in found.items():
+        if info.get("type") != "file":
+            continue
         full = full.rstrip("/")
         relative = "" if full == base else full[len(base) + 1:] if full.startswith(base + "/") else None
         if relative is not None and not _hidden(relative):
@@ -193,7 +197,11 @@ def pull(path: Path) -> int:
     for rel, full in _remote_files(remote, remote.child(relative)).items():
         local = Path(path) / rel if rel else Path(path)
         if not local.exists():
-            _download(remote, full, local)
+            try:
+                _download(remote, full, local)
+            except FileNotFoundError:  # listed, then gone (removed meanwhile): as if not listed
+                log.warning("%s was listed on the storage root but is gone; skipped", full)
+                continue
             fetched += 1
     if fetched:
         log.info("fetched %d files of %s from %s", fetched, path, remote.fs.unstrip_protocol(

@@ -263,7 +263,8 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
     a RUNNING run whose stamp is stale KILLED: a task killed by the kernel cannot say so).
     On success the run is left RUNNING, or FINISHED when ``final``; on an exception it is
     marked FAILED with ``crossfuse.failed_stage`` and ``crossfuse.error`` tags. A run that
-    another task marked FAILED or KILLED stays so (:func:`crossfuse.run_status.end_stage`).
+    another task marked FAILED or KILLED stays so, unless the failed task is this one, retried
+    (:func:`crossfuse.run_status.end_stage`).
     """
     configure(cfg)
     if run_id:
@@ -283,7 +284,7 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
             raise
         log_metrics(stage_cost(stage, time.perf_counter() - started))
         mlflow.set_tag(f"crossfuse.stage.{stage}", "done")
-    end_stage(run.info.run_id, final)
+    end_stage(run.info.run_id, stage, final)
 
 
 KFP_RUN_TAG = "crossfuse.kfp_run"  # the KFP run (job id) an MLflow pipeline run belongs to

@@ -42,6 +42,20 @@ def test_a_stage_finishing_after_its_sibling_failed_leaves_the_run_failed(cfg):
     assert MlflowClient().get_run(run_id).info.status == "FAILED"
 
 
+def test_a_stage_that_failed_and_succeeded_on_its_retry_leaves_the_run_running(cfg):
+    with stage_run(cfg, None, "validate") as run:
+        run_id = run.info.run_id
+    with pytest.raises(OSError), stage_run(cfg, run_id, "extract-1"):
+        raise OSError("node lost")  # KFP retries the task
+    assert MlflowClient().get_run(run_id).info.status == "FAILED"
+    with stage_run(cfg, run_id, "extract-1"):  # the retry
+        pass
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "RUNNING" and FAILED_TAG not in run.data.tags
+    assert "crossfuse.error" not in run.data.tags
+    assert "node lost" in run.data.tags["crossfuse.retried"]
+
+
 def test_a_running_stage_stamps_its_heartbeat(cfg):
     with stage_run(cfg, None, "train") as run:
         first = float(MlflowClient().get_run(run.info.run_id).data.tags[HEARTBEAT_TAG])
