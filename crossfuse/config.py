@@ -327,6 +327,15 @@ class MlflowConfig(_Section):
                                "crossfuse creates in a local store.")
     experiment: str | None = Field(None, description="Defaults to crossfuse-<dataset name>.")
 
+    @property
+    def served(self) -> bool:
+        """Whether the store is a tracking server, which keeps its own artifacts.
+
+        >>> MlflowConfig(tracking_uri="http://mlflow:5000").served, MlflowConfig().served
+        (True, False)
+        """
+        return self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
 
 class GuardrailConfig(_Section):
     max_ece_increase: float | None = Field(

@@ -113,8 +113,7 @@ def problems(cfg: RunConfig, folders: bool = True) -> list[str]:
         outputs["checkpoint (train.checkpoint_dir)"] = cfg.train.checkpoint_dir
     if cfg.data.remote:
         outputs["pulled data (data.fetch_dir)"] = cfg.data.fetch_dir
-    server = cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks"))
-    if "://" not in cfg.mlflow.artifact_root and not server:  # a server keeps its own artifacts
+    if "://" not in cfg.mlflow.artifact_root and not cfg.mlflow.served:
         outputs["MLflow artifact (mlflow.artifact_root)"] = cfg.mlflow.artifact_root
     if folders:
         found += [folder_problem(Path(path), role) for role, path in outputs.items()]

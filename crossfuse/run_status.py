@@ -102,7 +102,7 @@ def stale_runs(client: MlflowClient, experiment_ids: list[str], stale_seconds: f
 def mark_killed(client: MlflowClient, run, stale_seconds: float) -> None:
     """End a stale run as KILLED, saying why on the run."""
     client.set_tag(run.info.run_id, FAILED_TAG, run.data.tags.get(FAILED_TAG, "unknown"))
-    client.set_tag(run.info.run_id, "crossfuse.error",
+    client.set_tag(run.info.run_id, ERROR_TAG,
                    f"no heartbeat for over {stale_seconds / 60:g} min: the task was killed "
                    f"(out of memory, node lost or cancelled); `crossfuse runs gc` ended it")
     client.set_terminated(run.info.run_id, "KILLED")

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from crossfuse.config import RunConfig, config_summary
 from crossfuse.data.manifest import MANIFEST_NAME
 from crossfuse.hashing import content_hash
-from crossfuse.run_status import FAILED_TAG, TERMINAL_FAILURES, end_stage, heartbeat
+from crossfuse.run_status import ERROR_TAG, FAILED_TAG, TERMINAL_FAILURES, end_stage, heartbeat
 
 
 @contextlib.contextmanager
@@ -68,7 +68,7 @@ def _ensure_experiment(cfg: RunConfig) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None
-        if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
+        if not cfg.mlflow.served:
             location = (Path(cfg.mlflow.artifact_root) / name).resolve().as_uri()
         try:
             client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
@@ -279,7 +279,7 @@ def stage_run(cfg: RunConfig, run_id: str | None, stage: str, final: bool = Fals
             yield run
         except BaseException as exc:
             mlflow.set_tags({FAILED_TAG: stage,
-                             "crossfuse.error": f"{type(exc).__name__}: {exc}"[:5000]})
+                             ERROR_TAG: f"{type(exc).__name__}: {exc}"[:5000]})
             mlflow.end_run("FAILED")
             raise
         log_metrics(stage_cost(stage, time.perf_counter() - started))
@@ -291,14 +291,20 @@ KFP_RUN_TAG = "crossfuse.kfp_run"  # the KFP run (job id) an MLflow pipeline run
 RUN_TOKEN_TAG = "crossfuse.run_token"  # the name its caller gave the run (crossfuse run)
 
 
-def registration_of(cfg: RunConfig, run_token: str) -> dict:
-    """{version, champion_version, promoted} of the pipeline run its caller named
-    ``run_token``, read from its MLflow run (the register stage tags them)."""
+def runs_tagged(cfg: RunConfig, key: str, value: str) -> list:
+    """The runs of ``cfg``'s experiment whose tag ``key`` is ``value`` (none without one)."""
     configure(cfg)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.experiment_name())
-    runs = client.search_runs([experiment.experiment_id],
-                              f"tags.`{RUN_TOKEN_TAG}` = '{run_token}'") if experiment else []
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], f"tags.`{key}` = '{value}'")
+
+
+def registration_of(cfg: RunConfig, run_token: str) -> dict:
+    """{version, champion_version, promoted} of the pipeline run its caller named
+    ``run_token``, read from its MLflow run (the register stage tags them)."""
+    runs = runs_tagged(cfg, RUN_TOKEN_TAG, run_token)
     if len(runs) != 1 or "crossfuse.model_version" not in runs[0].data.tags:
         raise RuntimeError(f"no registered pipeline run tagged {RUN_TOKEN_TAG}={run_token} "
                            f"in {cfg.experiment_name()} ({len(runs)} runs found)")
@@ -314,20 +320,14 @@ def close_pipeline_run(cfg: RunConfig, kfp_run: str, state: str, error: str = ""
     or a cancelled run leave it RUNNING otherwise). Returns the ids of the runs it ended."""
     if state == "SUCCEEDED" or not kfp_run:
         return []
-    configure(cfg)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(cfg.experiment_name())
-    if experiment is None:
-        return []
-    ended = []
-    for run in client.search_runs([experiment.experiment_id],
-                                  f"tags.`{KFP_RUN_TAG}` = '{kfp_run}'"):
+    client, ended = MlflowClient(), []
+    for run in runs_tagged(cfg, KFP_RUN_TAG, kfp_run):
         if run.info.status in (*TERMINAL_FAILURES, "FINISHED"):
             continue
         stage = run.data.tags.get(FAILED_TAG) or "unknown (the task ended without a word)"
         client.set_tag(run.info.run_id, FAILED_TAG, stage)
-        if "crossfuse.error" not in run.data.tags:
-            client.set_tag(run.info.run_id, "crossfuse.error",
+        if ERROR_TAG not in run.data.tags:
+            client.set_tag(run.info.run_id, ERROR_TAG,
                            f"the KFP run ended {state} ({error or 'a task was killed'}); "
                            f"marked by the pipeline's exit handler"[:5000])
         client.set_terminated(run.info.run_id, "FAILED")

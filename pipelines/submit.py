@@ -49,7 +49,7 @@ def submit(cfg: RunConfig, host: str, namespace: str | None = None,
     submits the batch prediction pipeline (``predict.model`` scores ``data.path``) instead,
     in the KFP experiment ``<model>-predictions``.
     """
-    if not cfg.mlflow.tracking_uri.startswith(("http://", "https://", "databricks")):
+    if not cfg.mlflow.served:
         raise UserError(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri!r} is local to this "
                         f"machine; a cluster run needs a tracking server its pods reach: set "
                         f"MLFLOW_TRACKING_URI=http://<server> (see `make mlflow-server`)")

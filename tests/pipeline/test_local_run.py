@@ -57,8 +57,8 @@ def stage_processes(stage: str) -> list[psutil.Process]:
     return found
 
 
-def kill_train_when(bucket, ready, timeout: float = 300.0) -> float:
-    """SIGKILL the train task's process once ``ready()``; returns when (time.time())."""
+def kill_train_when(ready, timeout: float = 300.0) -> None:
+    """SIGKILL the train task's process once ``ready()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
@@ -66,12 +66,12 @@ def kill_train_when(bucket, ready, timeout: float = 300.0) -> float:
             if procs:
                 for proc in procs:
                     proc.kill()
-                return time.time()
+                return
         time.sleep(0.05)
     pytest.fail("the train task wrote no candidate checkpoint in time")
 
 
-def run_and_kill_train(cfg, bucket, log: Path) -> tuple[dict | Exception, float]:
+def run_and_kill_train(cfg, bucket, log: Path) -> dict | Exception:
     """Run the pipeline in a thread (its tasks' output into ``log``) and kill its train task
     once a candidate is on S3."""
     outcome: list = []
@@ -85,10 +85,9 @@ def run_and_kill_train(cfg, bucket, log: Path) -> tuple[dict | Exception, float]
 
     thread = threading.Thread(target=run)
     thread.start()
-    killed = kill_train_when(bucket, lambda: bool(bucket.glob(
-        f"{BUCKET}/team/checkpoints/auto-*/*.pt")))
+    kill_train_when(lambda: bool(bucket.glob(f"{BUCKET}/team/checkpoints/auto-*/*.pt")))
     thread.join()
-    return outcome[0], killed
+    return outcome[0]
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +116,10 @@ def env(tmp_path_factory, sample_dataset, tiny_text_model, tiny_image_model):
         # not enter any key (records, features, checkpoints), so run 2 still resumes run 1's.
         again = cfg.model_copy(deep=True)
         again.pipeline.extract_parts = 1
-        second, _ = run_and_kill_train(again, bucket, root / "second.log")
+        second = run_and_kill_train(again, bucket, root / "second.log")
         no_retry = again.model_copy(deep=True)
         no_retry.pipeline.resources["train"].retries = 0
-        third, _ = run_and_kill_train(no_retry, bucket, root / "third.log")
+        third = run_and_kill_train(no_retry, bucket, root / "third.log")
         yield {"root": root, "cfg": cfg, "first": first, "second": second, "third": third,
                "client": MlflowClient(), "bucket": bucket, "tracking": tracking}
 
