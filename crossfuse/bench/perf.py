@@ -74,30 +74,34 @@ def default_setups() -> list[tuple[str, str]]:
 
 def extraction_rates(cfg: RunConfig, preprocessed: Path, setups: list[tuple[str, str]],
                      modalities: list[str] | None = None,
-                     extra: dict[str, list[str]] | None = None) -> list[dict]:
+                     extra: dict[str, list[str]] | None = None,
+                     layouts: dict[str, Path] | None = None) -> list[dict]:
     """Items per second of :func:`crossfuse.features.extract.extract`, empty cache each time.
 
     Each row starts from an empty feature cache and a fresh encoder (its load is timed);
     an ONNX export is made once, before the first row that needs it, and shared.
     ``setups`` are ``(device, backend)`` pairs; ``extra`` names further variants as
-    ``{label: [overrides]}`` (e.g. no decode workers), run on the last setup.
+    ``{label: [overrides]}`` (e.g. no decode workers) and ``layouts`` other preprocessed
+    folders of the same rows as ``{label: folder}`` (e.g. :func:`file_layout_copy`), each
+    run on the last setup.
     """
     from crossfuse.encoders import EncoderUnavailable, build_encoder, place_encoder
     from crossfuse.features.extract import extract
 
     modalities = modalities or cfg.modalities
-    variants = [(device, backend, "", []) for device, backend in setups]
-    variants += [(setups[-1][0], setups[-1][1], label, overrides)
-                 for label, overrides in (extra or {}).items()]
+    last = setups[-1]
+    variants = [(device, backend, "", [], preprocessed) for device, backend in setups]
+    variants += [(*last, label, overrides, preprocessed) for label, overrides in (extra or {}).items()]
+    variants += [(*last, label, [], folder) for label, folder in (layouts or {}).items()]
     rows = []
     exports = Path(tempfile.mkdtemp(prefix="crossfuse-perf-onnx-"))  # one export, not one per row
     for modality in modalities:  # made before the clock starts: a run reuses its cached export
-        if any(backend == "onnxruntime" for _, backend, _, _ in variants):
+        if any(backend == "onnxruntime" for _, backend, *_ in variants):
             with contextlib.suppress(EncoderUnavailable):
                 place_encoder(build_encoder(cfg.extract.encoders[modality], modality), "cpu",
                               "onnxruntime", exports)
     for modality in modalities:
-        for device, backend, label, overrides in variants:
+        for device, backend, label, overrides, folder in variants:
             with tempfile.TemporaryDirectory(prefix="crossfuse-perf-") as work:
                 (Path(work) / "cache").mkdir()
                 (Path(work) / "cache" / "onnx").symlink_to(exports, target_is_directory=True)
@@ -108,7 +112,7 @@ def extraction_rates(cfg: RunConfig, preprocessed: Path, setups: list[tuple[str,
                 run_cfg = _overridden(run_cfg, overrides)
                 started = time.perf_counter()
                 try:
-                    result = extract(run_cfg, preprocessed, Path(work) / "features")
+                    result = extract(run_cfg, folder, Path(work) / "features")
                 except EncoderUnavailable:  # this encoder has no such backend: no row
                     continue
                 seconds = time.perf_counter() - started
@@ -121,6 +125,35 @@ def extraction_rates(cfg: RunConfig, preprocessed: Path, setups: list[tuple[str,
                                                        / max(result.seconds[modality], 1e-9), 1)})
     shutil.rmtree(exports, ignore_errors=True)
     return rows
+
+
+def file_layout_copy(preprocessed: Path, out: Path) -> Path:
+    """``preprocessed`` rewritten in the layout before media shards: one file per media item
+    (``images/<n>.png``, ``audio/<n>.npy``), cells naming the files. Extraction reads it
+    (decoding every PNG); the benchmark compares the two layouts on the same rows."""
+    import pandas as pd
+    from PIL import Image
+
+    from crossfuse.data.audio import write_waveform
+    from crossfuse.data.modalities import MODALITY_REGISTRY, get_modality, media_modalities
+    from crossfuse.data.preprocess import SAMPLES_FILE
+
+    shutil.copytree(preprocessed, out, ignore=shutil.ignore_patterns("shard-*", "index.json"))
+    samples = pd.read_parquet(Path(preprocessed) / SAMPLES_FILE)
+    for m in media_modalities([c for c in samples.columns if c in MODALITY_REGISTRY]):
+        modality, cells = get_modality(m), samples[m].tolist()
+        reader = modality.reader(preprocessed)
+        for n, cell in enumerate(cells):
+            if cell:
+                item = reader.load([cell])[0]
+                cells[n] = f"{modality.folder}/{n:07d}" + (".png" if m == "image" else ".npy")
+                if m == "image":
+                    Image.fromarray(item).save(out / cells[n], format="PNG")
+                else:
+                    write_waveform(out / cells[n], item)
+        samples[m] = cells
+    samples.to_parquet(out / SAMPLES_FILE, index=False)
+    return out
 
 
 def _overridden(cfg: RunConfig, overrides: list[str]) -> RunConfig:

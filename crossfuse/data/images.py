@@ -92,8 +92,14 @@ def prepare_image(path: Path, size: int) -> Image.Image:
     return load_rgb(path).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def pixel_noise(image: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
-    """Gaussian pixel noise: pixels scaled to [0, 1], std ``level``, clipped, back to 8 bits."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    noisy = np.clip(pixels + rng.normal(0.0, level, pixels.shape), 0.0, 1.0)
-    return Image.fromarray((noisy * 255.0).round().astype(np.uint8))
+def pixel_noise(image: Image.Image | np.ndarray, level: float,
+                rng: np.random.Generator) -> Image.Image | np.ndarray:
+    """Gaussian pixel noise: pixels scaled to [0, 1], std ``level``, clipped, back to 8 bits.
+
+    An RGB image gives an image, ``uint8 [H, W, 3]`` pixels give pixels.
+    """
+    array = isinstance(image, np.ndarray)
+    pixels = np.asarray(image if array else image.convert("RGB"), dtype=np.float32) / 255.0
+    noisy = (np.clip(pixels + rng.normal(0.0, level, pixels.shape), 0.0, 1.0) * 255.0
+             ).round().astype(np.uint8)
+    return noisy if array else Image.fromarray(noisy)

@@ -6,8 +6,11 @@ dataset folder) or holds the value itself, and how to
 - ``check`` a file (validation: the kind and the reason of each bad file),
 - ``prepare`` a raw input (a file path, request bytes or a cell) for its encoder,
 - ``degrade`` it on purpose for a benchmark (``preprocess.image_noise``; never when served),
-- ``save``/``load`` the prepared input in the preprocessed folder (deterministic bytes),
-- add ``noise`` at a level in [0, 1] for the robustness sweeps.
+- turn a prepared media item ``to_array`` (the fixed-shape array preprocessing stores in
+  shard files, :mod:`crossfuse.data.media_shards`, and extraction reads back undecoded),
+- ``load`` an item of the older one-file-per-item layout,
+- add ``noise`` at a level in [0, 1] for the robustness sweeps,
+- make a stored item the ``request_bytes`` a client would send.
 
 Validation, preprocessing, extraction, serving and the robustness sweeps look a modality up
 here and do not name one. Adding a modality is one encoder (``crossfuse/encoders/``), one
@@ -33,8 +36,9 @@ import soundfile as sf
 from PIL import Image, UnidentifiedImageError
 
 from crossfuse.config import RunConfig
-from crossfuse.data.audio import audio_problem, prepare_audio, read_waveform, snr_noise, write_waveform
+from crossfuse.data.audio import audio_problem, prepare_audio, read_waveform, snr_noise
 from crossfuse.data.images import pixel_noise, prepare_image
+from crossfuse.data.media_shards import MediaReader
 from crossfuse.data.text import normalise_text, word_dropout
 from crossfuse.errors import UserError
 
@@ -45,8 +49,7 @@ class Modality:
     name: str
     media: bool  # the manifest cell is a file path relative to the dataset folder
     noise_kind: str  # the raw-input robustness curve's name
-    suffix: str = ""  # preprocessed file suffix (media modalities)
-    folder: str = ""  # the preprocessed folder's subfolder for its files
+    folder: str = ""  # the preprocessed folder's subfolder for its shard files
 
     def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
         """(kind, reason) when the file (path or binary file object) is unusable, else None."""
@@ -61,20 +64,24 @@ class Modality:
         none by default. Preprocessing only: the served model never adds it."""
         return item
 
-    def save(self, item: Any, path: Path, cfg: RunConfig) -> None:
-        """Write a prepared item to ``path`` (media modalities)."""
+    def to_array(self, item: Any) -> np.ndarray:
+        """A prepared media item as the fixed-shape array its shard stores (media modalities)."""
         raise NotImplementedError
 
     def load(self, path: Path) -> Any:
-        """Read back what :meth:`save` wrote."""
+        """One item of the older layout (one file per item), as its encoder's input."""
         raise NotImplementedError
+
+    def reader(self, root: Path) -> MediaReader:
+        """The reader of this modality's items in the preprocessed folder ``root``."""
+        return MediaReader(root, self.load)
 
     def noise(self, item: Any, level: float, rng: np.random.Generator) -> Any:
         raise NotImplementedError
 
-    def request_bytes(self, path: Path, cfg: RunConfig) -> bytes:
-        """A preprocessed file as a client would send it (a format :meth:`check` accepts)."""
-        return Path(path).read_bytes()
+    def request_bytes(self, item: Any, cfg: RunConfig) -> bytes:
+        """A stored item as a client would send it (a file format :meth:`check` accepts)."""
+        raise NotImplementedError
 
 
 class TextModality(Modality):
@@ -88,7 +95,7 @@ class TextModality(Modality):
 
 
 class ImageModality(Modality):
-    name, media, noise_kind, suffix, folder = "image", True, "pixel_noise", ".png", "images"
+    name, media, noise_kind, folder = "image", True, "pixel_noise", "images"
 
     def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
         max_pixels = cfg.validation.max_image_pixels
@@ -118,19 +125,26 @@ class ImageModality(Modality):
         level = cfg.preprocess.image_noise
         return pixel_noise(item, level, rng) if level > 0 else item
 
-    def save(self, item: Image.Image, path: Path, cfg: RunConfig) -> None:
-        item.save(path, format="PNG")
+    def to_array(self, item: Image.Image) -> np.ndarray:
+        """``uint8 [S, S, 3]`` RGB."""
+        return np.asarray(item.convert("RGB"), dtype=np.uint8)
 
-    def load(self, path: Path) -> Image.Image:
+    def load(self, path: Path) -> np.ndarray:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return self.to_array(img)
 
-    def noise(self, item: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
+    def noise(self, item: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
         return pixel_noise(item, level, rng)
+
+    def request_bytes(self, item: np.ndarray, cfg: RunConfig) -> bytes:
+        """The pixels as a PNG file (lossless: the served model decodes the same pixels)."""
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(item, dtype=np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
 
 
 class AudioModality(Modality):
-    name, media, noise_kind, suffix, folder = "audio", True, "snr_noise", ".npy", "audio"
+    name, media, noise_kind, folder = "audio", True, "snr_noise", "audio"
 
     def check(self, source, relative: str, cfg: RunConfig) -> tuple[str, str] | None:
         v = cfg.validation
@@ -140,16 +154,18 @@ class AudioModality(Modality):
     def prepare(self, source, cfg: RunConfig) -> np.ndarray:
         return prepare_audio(source, audio_sample_rate(cfg), cfg.preprocess.audio_seconds)
 
-    def save(self, item: np.ndarray, path: Path, cfg: RunConfig) -> None:
-        write_waveform(path, item)
+    def to_array(self, item: np.ndarray) -> np.ndarray:
+        """float32 ``[round(audio_seconds * rate)]``."""
+        return np.asarray(item, dtype=np.float32)
 
     def load(self, path: Path) -> np.ndarray:
         return read_waveform(path)
 
-    def request_bytes(self, path: Path, cfg: RunConfig) -> bytes:
+    def request_bytes(self, item: np.ndarray, cfg: RunConfig) -> bytes:
         """The prepared waveform as a 32-bit float WAV at the encoder's rate."""
         buffer = io.BytesIO()
-        sf.write(buffer, read_waveform(path), audio_sample_rate(cfg), subtype="FLOAT", format="WAV")
+        sf.write(buffer, np.asarray(item, dtype=np.float32), audio_sample_rate(cfg),
+                 subtype="FLOAT", format="WAV")
         return buffer.getvalue()
 
     def noise(self, item: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:

@@ -3,12 +3,17 @@
 Output folder layout::
 
     samples.parquet    one row per usable sample: id, line, label, split, one column per
-                       modality (text itself, media as paths in this folder), extra targets
+                       modality (text itself; media as ``<folder>/shard-NNNNN.npy#row``),
+                       extra targets
     labels.json        the sorted class names; index = class id
     targets.json       {extra target: sorted class names} (multi-task runs)
-    images/<h>.png     RGB, ``preprocess.image_size`` square, EXIF-rotated, alpha on white
-    audio/<h>.npy      mono float32 at the audio encoder's rate, peak-normalised,
-                       ``preprocess.audio_seconds`` long
+    images/shard-*.npy uint8 ``[n, S, S, 3]`` RGB, S = ``preprocess.image_size``, EXIF-rotated,
+                       alpha on white (+ ``index.json``: shape, dtype, item hashes)
+    audio/shard-*.npy  float32 ``[n, L]`` mono at the audio encoder's rate, peak-normalised,
+                       L = ``preprocess.audio_seconds`` x rate (+ ``index.json``)
+
+Media are decoded here once and stored model-ready (:mod:`crossfuse.data.media_shards`):
+later stages map the shards and read the arrays without decoding.
 
 Each modality's preparation is its declaration's (:mod:`crossfuse.data.modalities`).
 The split is taken from the manifest's ``split`` column when present. Otherwise
@@ -37,6 +42,7 @@ from crossfuse.atomic import atomic_path, write_json
 from crossfuse.config import RunConfig
 from crossfuse.data.content import row_keys
 from crossfuse.data.manifest import ManifestError, load_run_manifest, resolve_media
+from crossfuse.data.media_shards import ShardWriter
 from crossfuse.data.modalities import Modality, get_modality
 from crossfuse.data.splits import SPLITS, grouped_splits, split_problem
 from crossfuse.progress import progress
@@ -56,31 +62,27 @@ class PreprocessResult:
     labels: list[str]
 
 
-def media_filename(sample_id: str, suffix: str) -> str:
-    """File name for a sample's preprocessed media file (ids may hold any characters)."""
-    return hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:20] + suffix
+def _noise_seed(sample_id: str) -> int:
+    """A per-sample seed for a benchmark's deliberate damage (ids may hold any characters)."""
+    return int(hashlib.sha1(sample_id.encode("utf-8")).hexdigest()[:15], 16)
 
 
 def prepare_media(modality: Modality, frame: pd.DataFrame, root: Path, out_dir: Path,
                   cfg: RunConfig) -> list[str]:
-    """Prepare every file of a media column into ``out_dir/<folder>/``; the new relative paths.
-
-    A missing cell stays missing (validation allowed it). Each file is written atomically.
-    """
-    (out_dir / modality.folder).mkdir(parents=True, exist_ok=True)
-    names = []
+    """Prepare every file of a media column into shard files under ``out_dir/<folder>/``;
+    each row's cell (``<folder>/shard-NNNNN.npy#row``, or "" where the cell is empty)."""
+    writer = ShardWriter(out_dir, modality.folder)
+    cells = []
     for sample_id, rel in progress(list(zip(frame["id"], frame[modality.name], strict=True)),
                                    desc=f"preprocess {modality.name}", unit="file"):
-        if not rel:
-            names.append("")
+        if not rel:  # a missing cell stays missing (validation allowed it)
+            cells.append("")
             continue
-        name = f"{modality.folder}/{media_filename(sample_id, modality.suffix)}"
-        rng = np.random.default_rng([cfg.seed, int(media_filename(sample_id, "")[:15], 16)])
+        rng = np.random.default_rng([cfg.seed, _noise_seed(sample_id)])
         item = modality.degrade(modality.prepare(resolve_media(root, rel), cfg), cfg, rng)
-        with atomic_path(out_dir / name) as tmp:
-            modality.save(item, tmp, cfg)
-        names.append(name)
-    return names
+        cells.append(writer.add(modality.to_array(item)))
+    writer.close()
+    return cells
 
 
 def preprocess(cfg: RunConfig, data_root: Path, out_dir: Path,

@@ -23,13 +23,16 @@ INPUT_SIZE = 224
 def pixels(image: Image.Image | np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """One image as the network's input pixels: ``uint8 [size, size, 3]`` RGB (bicubic resize).
 
-    Arrays pass through: they are taken to be pixels already.
+    Pixels already at ``size`` pass through; others (an image, or pixels stored at another
+    ``preprocess.image_size``) are resized.
 
-    >>> pixels(Image.new("RGB", (28, 28))).shape
-    (224, 224, 3)
+    >>> pixels(Image.new("RGB", (28, 28))).shape, pixels(np.zeros((32, 32, 3), np.uint8)).shape
+    ((224, 224, 3), (224, 224, 3))
     """
     if isinstance(image, np.ndarray):
-        return image
+        if image.shape[:2] == (size, size):
+            return image
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
@@ -37,9 +40,15 @@ def pixels(image: Image.Image | np.ndarray, size: int = INPUT_SIZE) -> np.ndarra
 
 
 def _stacked(items) -> torch.Tensor:
-    """A list of images (or an already stacked ``uint8 [B, H, W, 3]`` tensor) as that tensor."""
+    """Images, or a stacked ``uint8 [B, H, W, 3]`` array or tensor, as ``uint8 [B, 224, 224, 3]``.
+
+    A stacked array read from the shards crosses without a per-image copy when it is at
+    the network's size already.
+    """
     if isinstance(items, torch.Tensor):
         return items
+    if isinstance(items, np.ndarray) and items.shape[1:3] == (INPUT_SIZE, INPUT_SIZE):
+        return torch.from_numpy(np.ascontiguousarray(items, dtype=np.uint8))
     return torch.from_numpy(np.stack([pixels(img) for img in items]))
 
 
@@ -59,7 +68,8 @@ class _FeatureMap(torch.nn.Module):
 
 
 class EfficientNetLite0Encoder(Encoder):
-    """``list[PIL.Image]`` -> ``[batch, 1280]`` ImageNet features.
+    """Images (``PIL.Image`` or ``uint8 [H, W, 3]`` pixels, or a stacked array) -> ``[batch, 1280]``
+    ImageNet features.
 
     Runs on PyTorch (CPU, or a GPU in fp16 with channels_last) or ONNX Runtime on the CPU
     (:meth:`use_backend`); :meth:`prepare_batch` is the decode-resize-stack step that

@@ -277,7 +277,7 @@ def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
                     modalities: list[str], limit: int, cfg: RunConfig) -> pd.DataFrame:
     """The first ``limit`` test samples as a client sends them (text, base64 media bytes).
 
-    ``samples``: the preprocessed ``samples.parquet``; image paths are relative to ``preprocessed``.
+    ``samples``: the preprocessed ``samples.parquet``; media cells name items in ``preprocessed``.
     """
     samples = samples.set_index("id")
     ids = fs.index.loc[fs.index["split"] == "test", "id"].head(limit)
@@ -285,9 +285,9 @@ def raw_test_inputs(fs: FeatureSet, samples: pd.DataFrame, preprocessed: Path,
     for m in modalities:
         values = samples.loc[ids, m].tolist()
         modality = get_modality(m)
+        reader = modality.reader(preprocessed) if modality.media else None
         frame[m] = [None if not v else (base64.b64encode(modality.request_bytes(
-            Path(preprocessed) / v, cfg)).decode("ascii") if modality.media else v)
-                    for v in values]
+            reader.load([v])[0], cfg)).decode("ascii") if reader else v) for v in values]
     return frame
 
 

@@ -24,11 +24,12 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from crossfuse.atomic import write_json
-from crossfuse.data.images import to_rgb
+from crossfuse.data.modalities import get_modality
 from crossfuse.fusion.model import HISTORY_FILE
 from crossfuse.plots import plot_training_curves
 
@@ -39,10 +40,9 @@ THUMBNAIL_PX = 96
 TEXT_CHARS = 300
 
 
-def thumbnail_base64(path: Path, size: int = THUMBNAIL_PX) -> str:
-    """A PNG thumbnail (longest side ``size``) of an image file, base64-encoded."""
-    with Image.open(path) as image:
-        small = to_rgb(image)
+def thumbnail_base64(pixels: np.ndarray, size: int = THUMBNAIL_PX) -> str:
+    """A PNG thumbnail (longest side ``size``) of ``uint8 [H, W, 3]`` pixels, base64-encoded."""
+    small = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
     small.thumbnail((size, size))
     buffer = io.BytesIO()
     small.save(buffer, format="PNG")
@@ -74,7 +74,8 @@ def misclassified_rows(predictions: pd.DataFrame, samples: pd.DataFrame | None,
                 row["text"] = text if len(text) <= TEXT_CHARS else text[:TEXT_CHARS] + "…"
             image = sample.get("image")
             if isinstance(image, str) and image and preprocessed is not None:
-                row["thumbnail"] = thumbnail_base64(Path(preprocessed) / image)
+                pixels = get_modality("image").reader(preprocessed).load([image])[0]
+                row["thumbnail"] = thumbnail_base64(pixels)
         rows.append(row)
     return rows
 

@@ -164,8 +164,9 @@ def raw_noise_rows(predictor, fs: FeatureSet, samples: pd.DataFrame, preprocesse
     for m in modalities:
         have = present[m].nonzero().flatten().tolist()
         modality = get_modality(m)
-        clean = [modality.load(Path(preprocessed) / by_id.at[ids[i], m]) if modality.media
-                 else str(by_id.at[ids[i], m]) for i in have]
+        cells = [str(by_id.at[ids[i], m]) for i in have]
+        clean = list(modality.reader(preprocessed).load(cells)) if modality.media and cells \
+            else cells
         for i, level in enumerate(progress(levels, desc=f"robustness {m} {modality.noise_kind}",
                                            unit="level")):
             noisy_x, noisy_tokens = x, tokens

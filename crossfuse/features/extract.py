@@ -59,16 +59,17 @@ class ExtractResult:
 
 
 def _item_hashes(samples, modality: str, root: Path) -> list[str]:
-    if get_modality(modality).media:
-        return [content_hash((root / p).read_bytes()) for p in samples[modality]]
+    declared = get_modality(modality)
+    if declared.media:  # from the shards' index: no media is read
+        return declared.reader(root).hashes(samples[modality].tolist())
     return [content_hash(f"{modality}:" + t) for t in samples[modality]]
 
 
-def _load_items(samples, modality: str, root: Path, rows: list[int]) -> list:
+def _load_items(samples, modality: str, root: Path, rows: list[int]):
+    """The items of ``rows``: texts, or media as one stacked array read from the mapped shards."""
     declared = get_modality(modality)
-    column = samples[modality]
-    return [declared.load(root / column.iloc[r]) if declared.media else column.iloc[r]
-            for r in rows]
+    cells = samples[modality].iloc[rows].tolist()
+    return declared.reader(root).load(cells) if declared.media else cells
 
 
 def encode_with_cache(encode: Callable[[list], dict[str, torch.Tensor]], label: str,
@@ -190,7 +191,7 @@ def extract_modality(cfg: RunConfig, encoder: Encoder, modality: str, samples: p
     started = time.perf_counter()
     present = (samples[modality] != "").to_numpy()
     have = samples[present].reset_index(drop=True)
-    hashes = _item_hashes(have, modality, preprocessed)  # reads each media file once
+    hashes = _item_hashes(have, modality, preprocessed)
     args = (have, hashes, modality, preprocessed, batch_size(cfg, encoder), cfg.extract.shard_size,
             encoder.prepare_batch, decode_workers(cfg, modality),
             encoder.device.type == "cuda")

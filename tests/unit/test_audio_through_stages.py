@@ -65,12 +65,13 @@ def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model,
     assert len(snr) == 11 and snr["macro_f1"].iloc[0] == pytest.approx(metrics["test_macro_f1"])
     # Preprocessing wrote mono float32 waveforms at the encoder's 16 kHz, preprocess.audio_seconds
     # (2 s) long, as bytes that do not change between runs: the feature cache finds them again.
-    files = sorted((tmp_path / "pre" / "audio").glob("*.npy"))
-    wave = np.load(files[0])
-    assert wave.dtype == np.float32 and wave.shape == (2 * 16000,)
+    files = sorted((tmp_path / "pre" / "audio").glob("shard-*.npy"))
+    waves = np.load(files[0])
+    assert waves.dtype == np.float32 and waves.shape[1:] == (2 * 16000,)
     first = [f.read_bytes() for f in files]
     preprocess(cfg, av_data, tmp_path / "pre-again")
-    assert [f.read_bytes() for f in sorted((tmp_path / "pre-again" / "audio").glob("*.npy"))] == first
+    assert [f.read_bytes() for f in sorted((tmp_path / "pre-again" / "audio").glob("shard-*.npy"))
+            ] == first
     assert result.version == "1"
     # The served model was timed on raw requests (base64 PNG and WAV, as a client sends them),
     # and the logged input example is one of them, which the model answers.

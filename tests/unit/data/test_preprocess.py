@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -9,6 +10,7 @@ from PIL import Image
 from crossfuse.config import SplitConfig
 from crossfuse.data.images import load_rgb
 from crossfuse.data.manifest import ManifestError
+from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import preprocess, read_samples
 from crossfuse.data.splits import assign_split
 from crossfuse.data.text import normalise_text
@@ -44,8 +46,13 @@ def test_preprocess_writes_samples_and_resized_images(sample_dataset, make_confi
     assert result.n_samples == len(samples) == 59 and "s00000" not in set(samples["id"])
     assert sum(result.split_counts.values()) == 59
     assert labels == sorted(labels) and len(labels) == 6
-    with Image.open(tmp_path / "pre" / samples["image"][0]) as img:
-        assert img.size == (32, 32) and img.mode == "RGB"
+    # Decoded once, stored model-ready: 32 px RGB pixels in a shard, each row's own.
+    pixels = get_modality("image").reader(tmp_path / "pre").load(samples["image"].tolist())
+    assert pixels.shape == (59, 32, 32, 3) and pixels.dtype == np.uint8
+    with Image.open(sample_dataset / "images" / "s00001.png") as source:
+        first = samples.index[samples["id"] == "s00001"][0]
+        expected = np.asarray(source.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+    assert (pixels[first] == expected).all()
 
 
 def _splits_after_adding_a_row(sample_dataset, make_config, tmp_path, *overrides):
