@@ -132,7 +132,8 @@ def cmd_bench_extraction(args: argparse.Namespace) -> int:
     import tempfile
 
     from crossfuse.bench.encoders import markdown_table
-    from crossfuse.bench.perf import default_setups, extraction_rates, machine, preprocessed_copy
+    from crossfuse.bench.perf import default_setups, extraction_rates, preprocessed_copy
+    from crossfuse.machine import machine
 
     cfg = config_from_args(args).resolved()
     setups = ([tuple(s.split(":")) for s in args.setups.split(",")] if args.setups
@@ -160,8 +161,8 @@ def cmd_bench_scoring(args: argparse.Namespace) -> int:
     import mlflow
 
     from crossfuse.batch.model import default_model_spec, fetch_model_dir, resolve_model
-    from crossfuse.bench.perf import machine
     from crossfuse.bench.scoring import measure_scoring
+    from crossfuse.machine import machine
 
     cfg = config_from_args(args).resolved()
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -187,6 +188,7 @@ def cmd_bench_perf(args: argparse.Namespace) -> int:
     import json
 
     from crossfuse.bench import perf
+    from crossfuse.machine import machine
 
     work = perf.fresh(Path(args.work))
     log = work / "bench-perf.log"
@@ -201,7 +203,7 @@ def cmd_bench_perf(args: argparse.Namespace) -> int:
     print("scaling ...", flush=True)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
     scaling = perf.scaling(sizes, work / "scaling", log)
-    results = {"machine": perf.machine(), "date": datetime.date.today().isoformat(),
+    results = {"machine": machine(), "date": datetime.date.today().isoformat(),
                "command": "make bench-perf", "warm_change": args.warm_change,
                "extraction": extraction, "costs": costs, "scaling": scaling}
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

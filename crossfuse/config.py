@@ -286,8 +286,12 @@ class EvaluateConfig(_Section):
     robustness: RobustnessConfig = Field(RobustnessConfig(), description="Noise sweeps.")
     permutation_repeats: int = Field(5, ge=0, description="Shuffles per modality for permutation "
                                                     "importance; 0 turns it off.")
-    efficiency: bool = Field(True, description="Measure parameters, latency and peak memory.")
-    efficiency_samples: int = Field(64, ge=0, description="Raw test samples timed end to end.")
+    efficiency: bool = Field(True, description="Measure parameters, latency and peak memory: the "
+                             "head's in evaluate; the served model's (a fresh process: load time, "
+                             "raw-input latency, peak memory) in register, for a model it "
+                             "promotes, reused when the same model bytes were profiled before.")
+    efficiency_samples: int = Field(64, ge=0, description="Raw test samples timed end to end "
+                                    "(0: no served-model profile).")
 
 
 class DriftConfig(_Section):
@@ -461,7 +465,8 @@ class PipelineConfig(_Section):
     stage_cache_dir: str | None = Field(
         ".cache/crossfuse/stages", description="Content-addressed records of the validate and "
         "preprocess outputs: a stage whose data, settings and code are unchanged restores its "
-        "output from here instead of recomputing it; null turns records off.")
+        "output from here instead of recomputing it; also the served-model profiles, by model "
+        "bytes; null turns records off.")
     caching: bool = Field(False, description="KFP step caching. Off: every step logs to the "
                                              "run's MLflow run, a cached step would not; "
                                              "features, checkpoints and stage records are kept "

@@ -399,16 +399,30 @@ def run_register(cfg: RunConfig, run_id: str, model_dir: Path,
     from crossfuse.evaluation.report import REPORT_FILE, render_report, run_description
     from crossfuse.registry.promotion import data_hold
     from crossfuse.registry.register import describe, register
+    from crossfuse.registry.serving_profile import (
+        PROFILE_FILE,
+        SERVING_INPUTS_FILE,
+        profile_metrics,
+        served_line,
+    )
 
     evaluation_dir = Path(evaluation_dir)
     metrics = json.loads((evaluation_dir / "metrics.json").read_text())
     with stage_run(cfg, run_id, "register", final=True) as run:
         predictions = evaluation_dir / "predictions.parquet"
         data_tags = {k: v for k, v in run.data.tags.items() if k.startswith("crossfuse.validation.")}
+        requests = evaluation_dir / SERVING_INPUTS_FILE
         result = register(cfg.registry, cfg.model_name(), Path(model_dir), metrics, run_id,
                           pd.read_parquet(predictions) if predictions.is_file() else None,
                           data_tags=data_tags, input_example=request_example(evaluation_dir),
-                          hold=data_hold(data_tags, cfg.validation.allow_class_loss))
+                          hold=data_hold(data_tags, cfg.validation.allow_class_loss),
+                          serving_inputs=pd.read_parquet(requests) if requests.is_file() else None,
+                          profile_cache=(Path(cfg.pipeline.stage_cache_dir)
+                                         if cfg.pipeline.stage_cache_dir else None))
+        if result.serving:
+            mlflow.log_metrics(profile_metrics(result.serving))
+            mlflow.log_dict(result.serving, f"evaluation/{PROFILE_FILE}")
+            say(f"served model: {served_line(result.serving)}")
         mlflow.set_tags({"crossfuse.model_version": result.version,
                          "crossfuse.champion_version": result.champion_version})
         decision = asdict(result) | {"decision": "promoted" if result.promoted else "not promoted"}

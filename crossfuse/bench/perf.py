@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,32 +31,6 @@ import time
 from pathlib import Path
 
 from crossfuse.config import RunConfig
-
-
-def machine() -> str:
-    """The CPU model, its cores and, when torch sees one, the GPU: the label of absolute times."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    label = f"{cpu}, {cpu_threads()} cores"
-    if torch.cuda.is_available():
-        label += f", {torch.cuda.get_device_name(0)}"
-    return label
-
-
-def cpu_threads() -> int:
-    """Cores this process may use (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def default_setups() -> list[tuple[str, str]]:

@@ -5,7 +5,9 @@ Writes to ``out_dir``: ``metrics.json`` (flat name -> value, ready for MLflow),
 ``confusion_matrix.png``, ``reliability_diagram.png`` (before/after temperature scaling),
 ``modality_subsets.csv``/``.png`` (metrics with only some modalities present),
 ``robustness.csv``/``.png`` (noise sweeps), ``importance.csv``/``.png`` (per modality),
-``efficiency.json``, ``predictions.parquet`` (id, label, predicted, calibrated
+``efficiency.json`` (the head's size and latency), ``serving_inputs.parquet`` (raw test requests
+for the served-model profile, which the register stage runs on the model it promotes),
+``predictions.parquet`` (id, label, predicted, calibrated
 p_<class>, as served) and ``report.html`` (all of it on one page).
 
 :func:`evaluate` is a list of small sections, each taking what it needs and returning
@@ -40,7 +42,7 @@ from crossfuse.config import RunConfig
 from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import read_samples
 from crossfuse.errors import UserError
-from crossfuse.evaluation.efficiency import efficiency_metrics, inference_ms_per_sample, measure_serving
+from crossfuse.evaluation.efficiency import efficiency_metrics, inference_ms_per_sample
 from crossfuse.evaluation.examples import (
     write_misclassified,
     write_request_example,
@@ -76,6 +78,7 @@ from crossfuse.metrics import (
 from crossfuse.plots import plot_confusion, plot_fused_vs_single
 from crossfuse.registry.promotion import paired_bootstrap
 from crossfuse.registry.serving import FusionPredictor
+from crossfuse.registry.serving_profile import SERVING_INPUTS_FILE
 from crossfuse.training.calibration import apply_temperature, expected_calibration_error, plot_reliability
 from crossfuse.training.loop import fit
 from crossfuse.training.selection import UNIMODAL_METHOD
@@ -319,19 +322,20 @@ def importance_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, out_dir
     return importance_metrics(rows)
 
 
-def efficiency_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, model_dir: Path,
-                       out_dir: Path, samples: pd.DataFrame | None, preprocessed: Path | None
-                       ) -> dict[str, float]:
-    """Parameters, features->prediction latency and (with raw samples) the served model's cost."""
+def efficiency_section(cfg: RunConfig, head: FusionHead, fs: FeatureSet, out_dir: Path,
+                       samples: pd.DataFrame | None, preprocessed: Path | None) -> dict[str, float]:
+    """Parameters and features->prediction latency; with raw samples, the requests on which
+    the register stage profiles the served model if it promotes it (``serving_inputs.parquet``)."""
     modalities = list(head.spec.dims)
     features_ms = inference_ms_per_sample(
         head, fs.split_inputs("test", modalities, head.spec.token_inputs), repeats=5)
-    serving = {}
     if samples is not None and cfg.evaluate.efficiency_samples > 0:
-        serving = measure_serving(model_dir, raw_test_inputs(
-            fs, samples, preprocessed, modalities, cfg.evaluate.efficiency_samples, cfg))
-    write_json(out_dir / "efficiency.json", {"features_ms_per_sample": features_ms, **serving})
-    return efficiency_metrics(head, features_ms, serving)
+        requests = raw_test_inputs(fs, samples, preprocessed, modalities,
+                                   cfg.evaluate.efficiency_samples, cfg)
+        with atomic_path(out_dir / SERVING_INPUTS_FILE) as tmp:
+            requests.to_parquet(tmp, index=False)
+    write_json(out_dir / "efficiency.json", {"features_ms_per_sample": features_ms})
+    return efficiency_metrics(head, features_ms)
 
 
 def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarray,
@@ -390,7 +394,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     if multimodal:
         metrics.update(importance_section(cfg, head, fs, out_dir))
     if cfg.evaluate.efficiency:
-        metrics.update(efficiency_section(cfg, head, fs, model_dir, out_dir, samples, preprocessed))
+        metrics.update(efficiency_section(cfg, head, fs, out_dir, samples, preprocessed))
 
     predictions = write_predictions(fs, scores, calibrated, out_dir)
     write_misclassified(predictions, samples, preprocessed, out_dir)

@@ -29,6 +29,7 @@ from markupsafe import Markup
 from crossfuse.atomic import write_json, write_text
 from crossfuse.evaluation.examples import CURVES_FILE, MISCLASSIFIED_FILE
 from crossfuse.evaluation.labels import metric_label
+from crossfuse.registry.serving_profile import profile_metrics
 from crossfuse.training.selection import CHOICE_RULE
 
 REPORT_FILE = "report.html"
@@ -422,9 +423,17 @@ def report_sections(eval_dir: Path, metrics: dict[str, float], decision: dict | 
                     if k.startswith("robustness_")]
         if rows:
             sections.append(_section(title, note, [_table(rows)], [eval_dir / f"{stem}.png"]))
+    served = (decision or {}).get("serving") or {}
+    metrics = {**metrics, **profile_metrics(served)}
     efficiency = metric_rows(metrics, sorted(k for k in metrics if k.startswith("efficiency_")))
     if efficiency:
-        sections.append(_section("Efficiency", "", [_table(efficiency)]))
+        note = (("The served model, profiled on promotion in a fresh process on "
+                 f"{served['samples']} raw test requests"
+                 + (" (the profile of these same model files, kept from an earlier run)"
+                    if served.get("from_cache") else "") + ".") if served else
+                "The served model's load time, raw-input latency and peak memory are profiled "
+                "when the register stage promotes it.")
+        sections.append(_section("Efficiency", note, [_table(efficiency)]))
     for path in sorted(eval_dir.glob("confusion_matrix_*.png")):
         sections.append(_section(f"Target {path.stem[len('confusion_matrix_'):]}", images=[path]))
     extra = sorted({k for k in metrics if k.startswith("test_") and k not in HEADLINE

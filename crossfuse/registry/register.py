@@ -27,7 +27,7 @@ import getpass
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
@@ -52,6 +52,7 @@ from crossfuse.registry.promotion import (
     paired_bootstrap,
     require_metric,
 )
+from crossfuse.registry.serving_profile import measure_serving
 from crossfuse.tracking import run_metrics, sqlite_store_lock
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class RegisterResult:
     reason: str
     champion_version: str
     checks: list[dict]
+    serving: dict = field(default_factory=dict)  # the promoted model's serving profile
 
 
 def _now() -> str:
@@ -190,7 +192,9 @@ def bootstrap_against(ours: pd.DataFrame | None, theirs: pd.DataFrame | None, ga
 def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: dict[str, float],
              run_id: str, predictions: pd.DataFrame | None = None,
              data_tags: dict[str, str] | None = None,
-             input_example: dict | None = None, hold: str | None = None) -> RegisterResult:
+             input_example: dict | None = None, hold: str | None = None,
+             serving_inputs: pd.DataFrame | None = None,
+             profile_cache: Path | None = None) -> RegisterResult:
     """Log and register ``model_dir`` as a new version of ``model_name`` (inside the active run).
 
     ``hold``: a reason the data gives never to promote this version, whatever its metrics
@@ -201,7 +205,10 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
     models on the same test rows with a paired bootstrap. ``data_tags`` (validation's
     rejected-row count and warnings) go onto the version with the decision, so the
     audit shows what the data looked like. ``input_example``: one request row, logged with
-    the model.
+    the model. ``serving_inputs``: raw requests on which a model that is promoted is profiled
+    as served (:func:`crossfuse.registry.serving_profile.measure_serving`, kept in
+    ``profile_cache``) before it becomes champion: a model that cannot answer them is not
+    promoted.
     """
     client = MlflowClient()
     require_metric(metrics, gate.metric)  # before anything is logged
@@ -220,6 +227,8 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
         if hold:
             decision = Decision(False, hold, [*decision.checks,
                                               Check("data", None, None, None, False, hold)])
+        serving = (measure_serving(Path(model_dir), serving_inputs, profile_cache)
+                   if decision.promote and serving_inputs is not None else {})
         mv = mlflow.register_model(info.model_uri, model_name)
         client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
         if decision.promote:
@@ -238,7 +247,7 @@ def register(gate: RegistryConfig, model_name: str, model_dir: Path, metrics: di
     return RegisterResult(model_name=model_name, version=str(mv.version),
                           promoted=decision.promote, reason=decision.reason,
                           champion_version=champion_version,
-                          checks=decision.as_dict()["checks"])
+                          checks=decision.as_dict()["checks"], serving=serving)
 
 
 def promote_by_hand(model_name: str, version: str, reason: str | None = None,

@@ -208,12 +208,18 @@ def test_importance_and_efficiency(pipeline_run):
         assert importance.loc[modality, "drop"] == pytest.approx(
             m["test_macro_f1"] - m[f"present_{other}_test_macro_f1"])
         assert m[f"importance_permutation_{modality}"] == importance.loc[modality, "permutation"]
-    efficiency = json.loads((Path(a["evaluation"].path) / "efficiency.json").read_text())
-    assert efficiency["samples"] == m["test_samples"]  # 64 asked, the test split is smaller
-    assert efficiency["peak_rss_mb"] > 50 and efficiency["raw_ms_per_sample_batched"] > 0
-    assert efficiency["encoder_parameters"]["text"] > 0
     run = run_metrics(MlflowClient().get_run(pipeline_run["run_id"]))
     assert run["efficiency_head_parameters"] > 0 and run["efficiency_features_ms_per_sample"] > 0
+    # The model was promoted, so register profiled it as served, on the raw test requests
+    # evaluate wrote (64 asked, the test split is smaller).
+    requests = pd.read_parquet(Path(a["evaluation"].path) / "serving_inputs.parquet")
+    assert len(requests) == m["test_samples"]
+    profile = mlflow.artifacts.load_dict(
+        f"runs:/{pipeline_run['run_id']}/evaluation/serving_profile.json")
+    assert profile["samples"] == m["test_samples"] and profile["from_cache"] is False
+    assert run["efficiency_peak_rss_mb"] == profile["peak_rss_mb"] > 50
+    assert run["efficiency_raw_ms_per_sample_batched"] > 0
+    assert run["efficiency_text_encoder_parameters"] > 0
 
 
 def test_report_is_one_html_page_in_kfp_and_mlflow(pipeline_run, tmp_path):

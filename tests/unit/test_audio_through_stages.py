@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from crossfuse.data.sample import generate_sample_dataset
 from crossfuse.data.validation import validate
 from crossfuse.features.store import read_feature_set
 from crossfuse.registry.serving import FusionPredictor
+from crossfuse.registry.serving_profile import measure_serving, profile_key
 
 pytestmark = pytest.mark.slow
 
@@ -73,9 +75,18 @@ def test_image_and_audio_through_every_stage(av_data, tmp_path, tiny_text_model,
     assert [f.read_bytes() for f in sorted((tmp_path / "pre-again" / "audio").glob("shard-*.npy"))
             ] == first
     assert result.version == "1"
-    # The served model was timed on raw requests (base64 PNG and WAV, as a client sends them),
-    # and the logged input example is one of them, which the model answers.
-    assert metrics["efficiency_raw_ms_per_sample_batched"] > 0
+    # The promoted model was timed as served on raw requests (base64 PNG and WAV, as a client
+    # sends them), and the logged input example is one of them, which the model answers.
+    assert result.promoted and result.serving["samples"] == 8
+    assert result.serving["raw_ms_per_sample_batched"] > 0 and not result.serving["from_cache"]
+    # The same model files and requests again (a retried register): the kept profile, no
+    # new process; one changed byte of the model is another model.
+    requests = pd.read_parquet(tmp_path / "evaluation" / "serving_inputs.parquet")
+    again = measure_serving(tmp_path / "model", requests, Path(cfg.pipeline.stage_cache_dir))
+    assert again == {**result.serving, "from_cache": True}
+    changed = shutil.copytree(tmp_path / "model", tmp_path / "model-changed")
+    (changed / "extra.txt").write_text("one more file")
+    assert profile_key(changed, requests) != profile_key(tmp_path / "model", requests)
     example = json.loads((tmp_path / "evaluation" / "request_example.json").read_text())
     assert set(example) == {"image", "audio"}
     answer = FusionPredictor(tmp_path / "model").predict(pd.DataFrame([example]))
