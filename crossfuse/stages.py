@@ -187,18 +187,21 @@ def run_extract(cfg: RunConfig, run_id: str, preprocessed: Path, out_dir: Path,
                 part: tuple[int, int] | None = None) -> ExtractResult:
     """Encode the preprocessed samples (feature cache first); ``part`` = one pod's share.
 
-    A part logs nothing to MLflow: :func:`run_merge_features` logs the totals once.
+    A part logs nothing to MLflow: :func:`run_merge_features` logs the totals once. The only
+    part of one (``(0, 1)``) is the whole extraction: it logs as ``extract``, no merge follows.
     """
     cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.features.extract import extract
 
+    part = None if part == (0, 1) else part
     with stage_run(cfg, run_id, "extract" if part is None else f"extract-{part[0]}"):
         result = extract(cfg, Path(preprocessed), Path(out_dir), part=part)
-        where = "" if part is None or part[1] == 1 else f"part {part[0] + 1}/{part[1]}, "
+        where = "" if part is None else f"part {part[0] + 1}/{part[1]}, "
         for line in extract_lines(result):
             say(f"{where}{line}")
         if part is None:
             log_extract_result(result)
+            say(feature_set_line(result, 1))
     return result
 
 
@@ -213,10 +216,20 @@ def run_merge_features(cfg: RunConfig, run_id: str, parts: list[Path],
         result = merge_features(cfg, [Path(p) for p in parts], Path(out_dir))
         mlflow.log_param("extract.parts", len(parts))
         log_extract_result(result)
-        say(f"feature set: {result.n_samples} rows, "
-            + ", ".join(f"{m} {d}-d" for m, d in result.dims.items())
-            + (f" ({len(parts)} parts merged)" if len(parts) > 1 else ""))
+        say(feature_set_line(result, len(parts)))
     return result
+
+
+def feature_set_line(result: ExtractResult, parts: int) -> str:
+    """The run's feature set in one line.
+
+    >>> from crossfuse.features.extract import ExtractResult
+    >>> feature_set_line(ExtractResult(720, {"text": 384}, {}, {}), 2)
+    'feature set: 720 rows, text 384-d (2 parts merged)'
+    """
+    return (f"feature set: {result.n_samples} rows, "
+            + ", ".join(f"{m} {d}-d" for m, d in result.dims.items())
+            + (f" ({parts} parts merged)" if parts > 1 else ""))
 
 
 def extract_lines(result: ExtractResult) -> list[str]:

@@ -90,8 +90,14 @@ def _stages(cfg: RunConfig, config_json, run_token) -> None:
     run_id = validated.outputs["Output"]
     prepared = preprocess(config_json=config_json, run_id=run_id,
                           validation=validated.outputs["validation"])
-    encoded = merge_features(config_json=config_json, run_id=run_id,
-                             parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
+    if cfg.pipeline.extract_parts == 1:  # one pod: its feature set is the run's, no merge
+        encoded = extract(config_json=config_json, part=0, parts=1,
+                          dataset=prepared.outputs["dataset"])
+        merge_name = "extract"
+    else:
+        encoded = merge_features(config_json=config_json, run_id=run_id,
+                                 parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
+        merge_name = "merge_features"
     trained = train(config_json=config_json, run_id=run_id,
                     features=encoded.outputs["features"])
     evaluated = evaluate(config_json=config_json, run_id=run_id,
@@ -101,7 +107,7 @@ def _stages(cfg: RunConfig, config_json, run_token) -> None:
                           model=trained.outputs["model"],
                           evaluation=evaluated.outputs["evaluation"])
     for name, task in (("validate", validated), ("preprocess", prepared),
-                       ("merge_features", encoded), ("train", trained),
+                       (merge_name, encoded), ("train", trained),
                        ("evaluate", evaluated), ("register", registered)):
         apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline)
 

@@ -240,12 +240,11 @@ def scaling(sizes: list[int], work: Path, log: Path, method: str = "late") -> li
     return rows
 
 
-# (label, stage name in a KFP run, stage name in one process); extraction runs as part
-# "extract-0" and the merge as "extract" in the pipeline, as "extract" alone in one process.
+# (label, stage name in a KFP run, stage name in one process). With one extract part (the
+# default) the pipeline has no merge task; with more, the merge logs as "extract".
 TABLE_STAGES = (("validate", "validate", "validate"), ("preprocess", "preprocess", "preprocess"),
-                ("extract", "extract-0", "extract"), ("merge features", "extract", None),
-                ("train", "train", "train"), ("evaluate", "evaluate", "evaluate"),
-                ("register", "register", "register"))
+                ("extract", "extract", "extract"), ("train", "train", "train"),
+                ("evaluate", "evaluate", "evaluate"), ("register", "register", "register"))
 
 
 def stage_table(costs: dict) -> str:

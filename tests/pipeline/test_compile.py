@@ -7,10 +7,10 @@ import yaml
 from components.image import BASE_IMAGE
 from pipelines.runner import COMPILED, compile_pipeline
 
-STAGES = ["validate", "preprocess", "extract", "merge-features", "train", "evaluate", "register"]
+# The default, pipeline.extract_parts=1: one extract task, whose feature set is the run's.
+STAGES = ["validate", "preprocess", "extract", "train", "evaluate", "register"]
 STEPS = [*STAGES, "close-run"]  # the exit handler's task, after the stages whatever happened
-LOOP = "for-loop-3"
-TOP_LEVEL = ["validate", "preprocess", LOOP, "merge-features", "train", "evaluate", "register"]
+LOOP = "for-loop-3"  # the extraction's fan-out with pipeline.extract_parts > 1
 
 
 def stage_tasks(ir: dict) -> dict:
@@ -36,10 +36,9 @@ def test_ir_wires_six_stages_in_the_crossfuse_image():
     tasks = stage_tasks(ir)
     deps = {name: sorted(t.get("dependentTasks", [])) for name, t in tasks.items()}
     assert deps == {"validate": [], "preprocess": ["validate"],
-                    LOOP: ["preprocess"],
-                    "merge-features": [LOOP, "validate"],
-                    "train": ["merge-features", "validate"],
-                    "evaluate": ["merge-features", "preprocess", "train", "validate"],
+                    "extract": ["preprocess"],
+                    "train": ["extract", "validate"],
+                    "evaluate": ["extract", "preprocess", "train", "validate"],
                     "register": ["evaluate", "train", "validate"]}
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert list(params) == ["config_json", "run_token"]
@@ -69,23 +68,28 @@ def test_ir_carries_resources_retries_and_no_caching():
     assert (train["cpuRequest"], train["memoryRequest"], train["memoryLimit"]) == (2.0, 4.0, 8.0)
     assert executors["exec-register"]["container"]["resources"]["cpuRequest"] == 1.0
     tasks = stage_tasks(ir)
-    inner = ir["components"][f"comp-{LOOP}"]["dag"]["tasks"]
-    for task in [tasks[n] for n in TOP_LEVEL if n != LOOP] + [inner["extract"]]:
+    for task in [tasks[n] for n in STAGES]:
         # Every step logs to the run's MLflow run: a cached step would silently skip that.
         assert not task["cachingOptions"].get("enableCache", False)
-    assert inner["extract"]["retryPolicy"]["maxRetryCount"] == 1
+    assert tasks["extract"]["retryPolicy"]["maxRetryCount"] == 1
 
 
 def test_extraction_fans_out_over_parallel_for_and_merges(tmp_path):
     from crossfuse.config import load_config
 
     default = stage_tasks(yaml.safe_load(Path(COMPILED).read_text()))
-    assert default[LOOP]["parameterIterator"]["items"]["raw"] == "[0]"
+    # One part: the whole extraction in one task, no loop, no merge task to start.
+    assert default["extract"]["inputs"]["parameters"]["parts"]["runtimeValue"]["constant"] == 1
+    assert LOOP not in default and "merge-features" not in default
     cfg = load_config(None, ["pipeline.extract_parts=4"], env={})
-    tasks = stage_tasks(yaml.safe_load(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text()))
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text())
+    tasks = stage_tasks(ir)
     assert tasks[LOOP]["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
     collected = tasks["merge-features"]["inputs"]["artifacts"]["parts"]
     assert collected["taskOutputArtifact"]["producerTask"] == LOOP
+    assert tasks["train"]["dependentTasks"] == ["merge-features", "validate"]
+    inner = ir["components"][f"comp-{LOOP}"]["dag"]["tasks"]
+    assert inner["extract"]["retryPolicy"]["maxRetryCount"] == 1
 
 
 def test_resources_come_from_the_config(tmp_path):

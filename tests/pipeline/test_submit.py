@@ -96,8 +96,7 @@ def test_submit_sends_the_run_the_kfp_api_expects(kfp_api):
     ir = yaml.safe_load(yaml.safe_dump(spec))
     assert ir["root"]["dag"]["tasks"].keys() == {"close-run", "exit-handler-1"}
     assert ir["components"]["comp-exit-handler-1"]["dag"]["tasks"].keys() == {
-        "validate", "preprocess", "for-loop-3", "merge-features", "train", "evaluate",
-        "register"}
+        "validate", "preprocess", "extract", "train", "evaluate", "register"}
 
 
 def test_submit_batch_sends_the_batch_pipeline_with_its_model(kfp_api, capsys):
