@@ -132,24 +132,31 @@ def cmd_bench_extraction(args: argparse.Namespace) -> int:
     import tempfile
 
     from crossfuse.bench.encoders import markdown_table
-    from crossfuse.bench.perf import default_setups, extraction_rates, preprocessed_copy
+    from crossfuse.bench.perf import (
+        default_setups,
+        extraction_rates,
+        file_layout_copy,
+        preprocessed_copy,
+    )
     from crossfuse.machine import machine
 
     cfg = config_from_args(args).resolved()
     setups = ([tuple(s.split(":")) for s in args.setups.split(",")] if args.setups
               else default_setups())
     modalities = args.modalities.split(",") if args.modalities else None
-    extra = {"1 decode worker": ["extract.decode_workers=1"]}
+    extra = {}
     if setups[-1][0].startswith("cuda"):  # as extraction fed a GPU before: batches of 32
-        extra = {"15 decode workers": ["extract.decode_workers=15"],
-                 "batch 32": ["extract.gpu_batch_size=32"]}
+        extra = {"batch 32": ["extract.gpu_batch_size=32"]}
     with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
         pre = preprocessed_copy(cfg, Path(work) / "pre")
-        rows = extraction_rates(cfg, pre, setups, modalities, extra)
+        png = file_layout_copy(pre, Path(work) / "png")  # the same rows, one file per item
+        rows = extraction_rates(cfg, pre, setups, modalities, extra,
+                                {"from per-image PNGs": png})
     print(f"machine: {machine()}\n")
     print(markdown_table(rows))
     if args.out:
-        Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps({"machine": machine(), "layout": "mapped shards",
+                                              "rows": rows}, indent=2) + "\n")
         print(f"\nwrote {args.out}")
     return 0
 
@@ -196,12 +203,14 @@ def cmd_bench_perf(args: argparse.Namespace) -> int:
     ext_cfg = load_config(args.extraction_config, []).resolved()
     print("extraction rates ...", flush=True)
     pre = perf.preprocessed_copy(ext_cfg, work / "extraction-pre")
-    extraction = perf.extraction_rates(ext_cfg, pre, perf.default_setups(), None,
-                                       {"1 decode worker": ["extract.decode_workers=1"]})
+    png = perf.file_layout_copy(pre, work / "extraction-png")  # the same rows, one PNG each
+    extraction = perf.extraction_rates(ext_cfg, pre, perf.default_setups(), None, None,
+                                       {"from per-image PNGs": png})
     print("cold, warm and one-process runs ...", flush=True)
     costs = perf.run_costs(args.config, perf.fresh(work / "runs"), args.warm_change, log)
-    print("scaling ...", flush=True)
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
+    sizes = [(int(n), "auto") for n in args.sizes.split(",") if n]
+    sizes += [(int(n), args.fixed_method) for n in args.fixed_sizes.split(",") if n]
+    print(f"scaling: {', '.join(f'{n:,} rows ({m})' for n, m in sizes) or 'none'} ...", flush=True)
     scaling = perf.scaling(sizes, work / "scaling", log)
     results = {"machine": machine(), "date": datetime.date.today().isoformat(),
                "command": "make bench-perf", "warm_change": args.warm_change,
@@ -432,7 +441,11 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
                         help="dataset of the extraction rates")
     perf_p.add_argument("--warm-change", default="fusion.method=concat",
                         help="the one setting the warm run changes")
-    perf_p.add_argument("--sizes", default="1000,6000,30000", help="scaling sizes in rows")
+    perf_p.add_argument("--sizes", default="1000,6000,30000",
+                        help="scaling sizes in rows, with the default fusion.method=auto")
+    perf_p.add_argument("--fixed-sizes", default="100000",
+                        help="scaling sizes in rows with one fixed method (--fixed-method)")
+    perf_p.add_argument("--fixed-method", default="late", help="the fixed method's name")
     perf_p.add_argument("--work", default="/tmp/crossfuse-bench-perf", help="scratch folder")
     perf_p.add_argument("--gpu", default="docs/results/perf_gpu_extraction.json",
                         help="GPU rows measured elsewhere (crossfuse bench extraction --out)")

@@ -47,4 +47,10 @@ def build_batch_pipeline(cfg: RunConfig | None = None):
     return batch_predict
 
 
-batch_predict = build_batch_pipeline()
+
+def __getattr__(name: str):
+    """``batch_predict``, the DAG with the default config, built when first asked for (building
+    takes seconds that a process which only runs or compiles another DAG need not pay)."""
+    if name == "batch_predict":
+        return build_batch_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -112,4 +112,10 @@ def _stages(cfg: RunConfig, config_json, run_token) -> None:
         apply_resources(task, cfg.pipeline.resources.get(name), cfg.pipeline)
 
 
-multimodal_fusion = build_pipeline()
+
+def __getattr__(name: str):
+    """``multimodal_fusion``, the DAG with the default config, built when first asked for (building
+    takes seconds that a process which only runs or compiles another DAG need not pay)."""
+    if name == "multimodal_fusion":
+        return build_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

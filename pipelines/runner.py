@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kfp import compiler, local
 
-from crossfuse.config import RunConfig
+from crossfuse.config import RunConfig, StageResources
 from crossfuse.tracking import registration_of
 from pipelines.batch_predict import build_batch_pipeline
 from pipelines.multimodal_fusion import build_pipeline
@@ -55,14 +55,34 @@ def run_local(cfg: RunConfig, stamp: str | None = None, batch: bool = False) -> 
     root = Path(cfg.pipeline.pipeline_root) / (stamp or run_stamp())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
+    steps = for_local_runner(cfg)
     if batch:
         with output_restored():
-            task = build_batch_pipeline(cfg)(config_json=cfg.to_json())
+            task = build_batch_pipeline(steps)(config_json=cfg.to_json())
         return dict(task.outputs)
     token = uuid.uuid4().hex
     with output_restored():
-        build_pipeline(cfg)(config_json=cfg.to_json(), run_token=token)
+        build_pipeline(steps)(config_json=cfg.to_json(), run_token=token)
     return registration_of(cfg, token)
+
+
+def for_local_runner(cfg: RunConfig) -> RunConfig:
+    """``cfg`` less the steps' Kubernetes-only settings (CPU, memory, accelerators, placement),
+    which the local runner ignores; retries stay. Each such setter costs KFP a walk of the
+    call stack (``inspect.stack()``, seconds in all under a process that has torch and MLflow
+    loaded) and a warning in the log.
+
+    >>> cfg = RunConfig.model_validate({"pipeline": {"resources": {"train": {
+    ...     "cpu_request": "2", "retries": 1}}}})
+    >>> local = for_local_runner(cfg).pipeline.resources["train"]
+    >>> local.cpu_request, local.retries
+    (None, 1)
+    """
+    keep = {"retries", "retry_backoff_seconds"}
+    resources = {name: StageResources(**{k: v for k, v in res.model_dump().items() if k in keep})
+                 for name, res in cfg.pipeline.resources.items()}
+    return cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(
+        update={"resources": resources})})
 
 
 @contextlib.contextmanager

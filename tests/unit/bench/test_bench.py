@@ -74,14 +74,17 @@ def test_bench_extraction_measures_the_stage_per_runtime(sample_dataset, tiny_te
                                                          tiny_image_model, tmp_path, capsys):
     out = tmp_path / "extraction.json"
     code = main(["bench", "extraction", "--data", str(sample_dataset),
-                 "--setups", "cpu:torch,cpu:onnxruntime", "--out", str(out),
+                 "--setups", "cpu:onnxruntime,cpu:torch", "--out", str(out),
                  "--set", f"extract.encoders.text=hf:{tiny_text_model}",
                  "--set", f"extract.encoders.image=hf:{tiny_image_model}",
                  "--set", "preprocess.image_size=32"])
     assert code == 0
     result = json.loads(out.read_text())
-    # hf: encoders have no ONNX export: their onnxruntime rows are left out, not faked.
+    # hf: encoders have no ONNX export: their onnxruntime rows are left out, not faked. The
+    # images are also read from the older layout, one PNG each (decoded), on the last setup.
     assert [(r["modality"], r["runtime"]) for r in result["rows"]] == [
-        ("image", "torch on cpu"), ("text", "torch on cpu")]
-    assert result["rows"][0]["items"] == 60
+        ("image", "torch on cpu"), ("image", "torch on cpu, from per-image PNGs"),
+        ("text", "torch on cpu")]
+    assert result["rows"][0]["items"] == result["rows"][1]["items"] == 60
+    assert result["layout"] == "mapped shards"
     assert all(r["items_per_s"] > 0 for r in result["rows"]) and "cores" in result["machine"]
