@@ -11,10 +11,12 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from crossfuse.data.modalities import get_modality
 from crossfuse.data.preprocess import preprocess, read_samples
 from crossfuse.data.validation import ValidationFailed, ValidationReport, require_valid, validate
 
@@ -183,8 +185,8 @@ def test_unusual_image_modes_are_converted_not_rejected(mode, size, dataset, mak
     assert report.success, report.summary()
     preprocess(cfg, dataset, tmp_path / "pre")
     samples = read_samples(tmp_path / "pre")[0].set_index("id")
-    with Image.open(tmp_path / "pre" / samples.loc["s00003", "image"]) as out:
-        assert out.mode == "RGB" and out.size == (32, 32)
+    pixels = get_modality("image").reader(tmp_path / "pre").load([samples.loc["s00003", "image"]])
+    assert pixels.shape == (1, 32, 32, 3) and pixels.dtype == np.uint8  # RGB, resized
 
 
 def test_exif_rotation_is_applied(dataset, make_config, tmp_path):
