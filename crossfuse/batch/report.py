@@ -93,7 +93,8 @@ def metric_table(metrics: dict[str, float], rows_in_training: int | None = 0,
     note = "Computed as the evaluate stage computes its test metrics"
     if rows_in_training is None:
         note += (", on every labelled row: whether the model trained on some of them is not "
-                 "known (it kept no record of its training rows).")
+                 "known (it kept no record of its training rows that new rows can be matched "
+                 "with).")
     elif labelled_in_training:
         note += (f", on the labelled rows the model never trained on: {labelled_in_training} "
                  f"labelled rows are in its training data (same content; in_training in the "

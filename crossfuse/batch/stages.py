@@ -163,6 +163,26 @@ def _training_rows(model_dir: Path):
         return None, str(exc)
 
 
+def _trained_hashes(training, model_dir: Path) -> tuple[dict[str, set[str]] | None, str]:
+    """(the content hashes of the model's training rows per modality, or None; why None).
+
+    None when the model kept no training rows, or kept media hashes made before media were
+    stored as arrays: rows that match nothing would be claimed unseen, so ``in_training`` is
+    left unknown instead.
+    """
+    from crossfuse.data.modalities import get_modality
+    from crossfuse.features.reference import media_hashes_comparable
+
+    if training is None:
+        return None, ""
+    modalities = model_modalities(model_dir)
+    if any(get_modality(m).media for m in modalities) and not media_hashes_comparable(model_dir):
+        return None, ("whether a row is in the model's training data is not known: the model "
+                      "kept its training images' and audio's hashes from before crossfuse stored "
+                      "them as arrays; a model trained since then has them")
+    return {m: set(training[f"hash_{m}"]) - {""} for m in modalities}, ""
+
+
 def _drift(cfg: RunConfig, model_dir: Path, rows, scored, labels: list[str]):
     """(the drift report, or None; why not or what was left out) of a scored batch against the
     model's training ``rows``."""
@@ -203,8 +223,7 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
         log_extract_result(combined_result(parts))
         report = ValidationReport.read(Path(validation_dir))
         training, why_not = _training_rows(model_dir)
-        trained = None if training is None else {
-            m: set(training[f"hash_{m}"]) - {""} for m in model_modalities(model_dir)}
+        trained, unknown = _trained_hashes(training, model_dir)
         scored = score(model_dir, parts, out_dir, labelled=sum(report.class_counts.values()) > 0,
                        shard_size=cfg.extract.shard_size, model_version=ref.version,
                        drift_samples=cfg.drift.max_samples, seed=cfg.seed, trained=trained)
@@ -249,6 +268,8 @@ def run_batch_score(cfg: RunConfig, run_id: str, model_dir: Path, validation_dir
             + (f"; {scored.n_labelled} labelled rows the model never trained on: macro-F1 "
                f"{scored.metrics['labelled_macro_f1']:.4f}, accuracy "
                f"{scored.metrics['labelled_accuracy']:.4f}" if scored.metrics else ""))
+        if unknown:
+            say(f"  {unknown}")
         if scored.n_in_training:
             say(f"  {scored.n_in_training} of the {scored.n_scored} rows are in the model's "
                 f"training data (same content; in_training in the predictions)"

@@ -29,6 +29,10 @@ from crossfuse.fusion.model import SPEC_FILE
 
 REFERENCE_FILE = "drift_reference.parquet"
 REFERENCE_SPLITS = ("train", "val")
+# How the reference's media hashes were made, in the parquet file's metadata. Before media were
+# stored as arrays (crossfuse.data.media_shards.item_hash) they hashed each preprocessed file's
+# bytes, so an older reference's image and audio hashes can never match a new batch's.
+MEDIA_HASH_KEY, MEDIA_HASH = b"crossfuse.media_hash", b"array-v1"
 
 
 @dataclass
@@ -51,10 +55,31 @@ def write_reference(fs: FeatureSet, model_dir: Path) -> Path | None:
     columns = ["label", *(f"{kind}_{m}" for m in fs.modalities for kind in ("present", "hash"))]
     if not set(columns) <= set(rows.columns):
         return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(rows[columns].reset_index(drop=True), preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           MEDIA_HASH_KEY: MEDIA_HASH})
     path = Path(model_dir) / REFERENCE_FILE
     with atomic_path(path) as tmp:
-        rows[columns].reset_index(drop=True).to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
     return path
+
+
+def media_hashes_comparable(model_dir: Path) -> bool:
+    """Whether the reference's image and audio hashes are made as new data's are.
+
+    False for a reference written before media were stored as arrays: its media hashes are
+    of the preprocessed files' bytes, so no new row's would match (text hashes did not change).
+
+    >>> media_hashes_comparable(Path("model"))                       # doctest: +SKIP
+    True
+    """
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(Path(model_dir) / REFERENCE_FILE).metadata or {}
+    return metadata.get(MEDIA_HASH_KEY) == MEDIA_HASH
 
 
 def reference_rows(model_dir: Path) -> pd.DataFrame:

@@ -137,6 +137,28 @@ def test_unlabelled_and_bad_rows_are_each_scored_or_rejected(trained, sample_dat
     assert not any(k.startswith("labelled_") for k in metrics)
 
 
+def test_a_model_with_media_hashes_from_before_the_array_layout_says_in_training_is_unknown(
+        trained, tmp_path):
+    """A model registered before media were stored as arrays kept hashes of the preprocessed
+    files' bytes: no new row can match them, so in_training must be unknown, not all False."""
+    from crossfuse.batch.report import metric_table
+    from crossfuse.batch.stages import _trained_hashes
+    from crossfuse.features.reference import REFERENCE_FILE, reference_rows
+
+    _, root = trained
+    model = root / "train" / "model"
+    rows = reference_rows(model)
+    trained_hashes, why = _trained_hashes(rows, model)
+    assert why == "" and trained_hashes["image"] == set(rows["hash_image"]) - {""}
+
+    old = shutil.copytree(model, tmp_path / "old-model")
+    rows.to_parquet(old / REFERENCE_FILE, index=False)  # as written before: no hash metadata
+    unknown, why = _trained_hashes(reference_rows(old), old)
+    assert unknown is None and "not known" in why and "a model trained since then" in why
+    note = metric_table({"labelled_macro_f1": 0.5}, rows_in_training=None)
+    assert "is not known" in str(note)
+
+
 def test_data_that_fails_validation_gives_no_predictions_and_a_failed_run(trained,
                                                                           sample_dataset):
     cfg, root = trained
