@@ -53,6 +53,11 @@ INDEX_FILE = "index.json"
 ROW_MARK = "#"
 
 
+# Names how item_hash hashes media; records that keep hashes (a model's drift reference) store
+# it, so hashes made another way (before: a preprocessed file's bytes) are never compared.
+ITEM_HASH_SCHEME = "array-v1"
+
+
 def item_hash(item: np.ndarray) -> str:
     """The content hash of one prepared item: its dtype, shape and bytes."""
     item = np.ascontiguousarray(item)

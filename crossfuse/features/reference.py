@@ -24,15 +24,16 @@ import numpy as np
 import pandas as pd
 
 from crossfuse.atomic import atomic_path
+from crossfuse.data.media_shards import ITEM_HASH_SCHEME
 from crossfuse.features.store import FeatureCache, FeatureSet
 from crossfuse.fusion.model import SPEC_FILE
 
 REFERENCE_FILE = "drift_reference.parquet"
 REFERENCE_SPLITS = ("train", "val")
-# How the reference's media hashes were made, in the parquet file's metadata. Before media were
-# stored as arrays (crossfuse.data.media_shards.item_hash) they hashed each preprocessed file's
-# bytes, so an older reference's image and audio hashes can never match a new batch's.
-MEDIA_HASH_KEY, MEDIA_HASH = b"crossfuse.media_hash", b"array-v1"
+# How the reference's media hashes were made (ITEM_HASH_SCHEME), in the parquet file's metadata.
+# A reference written before media were stored as arrays has none: it hashed each preprocessed
+# file's bytes, so its image and audio hashes can never match a new batch's.
+MEDIA_HASH_KEY, MEDIA_HASH = b"crossfuse.media_hash", ITEM_HASH_SCHEME.encode()
 
 
 @dataclass
