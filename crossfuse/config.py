@@ -233,6 +233,18 @@ class FusionConfig(_Section):
                                  "input features while training.")
     search: SearchConfig = Field(SearchConfig(), description="Hyper-parameter search for a "
                                  "single method.")
+    finetune: str = Field(
+        "none", pattern=r"^(none|top:[1-9]\d*|lora:[1-9]\d*(:[1-9]\d*)?)$",
+        description="Fine-tune the encoders with the head (one fusion method, not auto): none "
+        "(frozen encoders), top:<n> (unfreeze the last n blocks of every transformers encoder "
+        "and of efficientnet-lite0) or lora:<rank>[:<n>] (LoRA adapters of that rank on the "
+        "last n blocks, default half of them, of every transformers encoder). Other encoders "
+        "stay frozen. docs/finetuning.md.")
+    finetune_lr_scale: float = Field(0.1, gt=0, le=1, description="The adapted encoder blocks' "
+                                     "learning rate as a share of train.lr (the head's).")
+    finetune_clip: float = Field(1.0, gt=0, description="Gradient norm clipping while fine-tuning.")
+    finetune_max_tokens: int = Field(64, ge=1, description="Fine-tuned text encoders read at most "
+                                     "this many tokens (in training and when serving).")
     auto: AutoConfig = Field(AutoConfig(), description="Settings of fusion.method: auto.")
 
 

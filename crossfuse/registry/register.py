@@ -143,12 +143,18 @@ def log_pyfunc(model_dir: Path, input_example: dict | None = None):
 
 
 def model_tags(model_dir: Path) -> dict[str, str]:
-    """What the version is: its modalities (``text`` for a text-only model) and, with
-    ``fusion.method: auto``, the candidate that won."""
+    """What the version is: its modalities (``text`` for a text-only model), with
+    ``fusion.method: auto`` the candidate that won, and which encoders were fine-tuned and how
+    (``crossfuse.finetune.<modality>``, e.g. ``lora:8 on the last 3 blocks of minilm``)."""
     meta = json.loads((Path(model_dir) / SPEC_FILE).read_text())
     tags = {"crossfuse.modalities": "+".join(meta["dims"])}
     if meta.get("chosen"):
         tags["crossfuse.chosen"] = meta["chosen"]
+    for m, entry in meta.get("encoders", {}).items():
+        adapted = entry.get("adapted")
+        tags[f"crossfuse.finetune.{m}"] = (
+            f"{adapted['how']} on the last {adapted['blocks']} blocks of {entry['name']}"
+            if adapted else f"none ({entry['name']} frozen)")
     return tags
 
 

@@ -46,7 +46,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from crossfuse.config import RunConfig
 from crossfuse.data.modalities import Modality, get_modality
 from crossfuse.data.validation.checks import text_problem
-from crossfuse.encoders import build_encoder, pad_tokens, place_encoder
+from crossfuse.encoders import pad_tokens, place_encoder
+from crossfuse.encoders.adapt import model_encoder
 from crossfuse.fusion import load_fusion_head
 from crossfuse.fusion.model import RUN_CONFIG_FILE
 from crossfuse.training.calibration import apply_temperature
@@ -189,7 +190,7 @@ class FusionPredictor:
 
     def __init__(self, model_dir: Path, media_root: Path | str | None = None,
                  export_dir: Path | None = None, device: str = "auto"):
-        model_dir = Path(model_dir)
+        self.model_dir = model_dir = Path(model_dir)
         self.head, self.meta = load_fusion_head(model_dir)
         self.cfg = RunConfig.from_json((model_dir / RUN_CONFIG_FILE).read_text())
         root = media_root or os.environ.get(MEDIA_ROOT_ENV) or self.cfg.serving.media_root
@@ -202,7 +203,7 @@ class FusionPredictor:
     def encoder(self, modality: str):
         """The encoder of ``modality``, built and placed on first use."""
         if modality not in self._encoders:
-            encoder = build_encoder(self.meta["encoders"][modality]["name"], modality,
+            encoder = model_encoder(self.meta["encoders"][modality], modality, self.model_dir,
                                     offline=self.cfg.extract.hf_offline,
                                     trust_remote_code=self.cfg.extract.trust_remote_code)
             self._encoders[modality] = place_encoder(encoder, *self._placement)

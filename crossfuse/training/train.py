@@ -21,15 +21,20 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from crossfuse import storage
 from crossfuse.atomic import write_json, write_text
 from crossfuse.config import RunConfig
+from crossfuse.encoders.adapt import FinetuneSpec
+from crossfuse.errors import UserError
 from crossfuse.features.reference import write_reference
-from crossfuse.features.store import FeatureSet, read_feature_set
+from crossfuse.features.store import FeatureCache, FeatureSet, read_feature_set
 from crossfuse.fusion import FusionHead, save_fusion_head
 from crossfuse.fusion.model import HISTORY_FILE, RUN_CONFIG_FILE
 from crossfuse.metrics import predict_split
@@ -63,15 +68,20 @@ def validation_temperature(head: FusionHead, fs: FeatureSet) -> float:
 def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallback | None = None,
           on_trial: TrialCallback | None = None,
           on_candidate: Callable[[Candidate], None] | None = None,
-          on_progress: Callable[[str], None] | None = None) -> TrainResult:
+          on_progress: Callable[[str], None] | None = None,
+          preprocessed: Path | None = None) -> TrainResult:
     """Train the configured fused model on ``features`` and save it to ``model_dir``.
 
     With ``fusion.search.trials > 0`` a seeded Optuna search on the validation split
     picks the hyper-parameters first (:mod:`crossfuse.training.tuning`). With
     ``fusion.method: auto`` the model is chosen by cross-fitting (:func:`train_auto`);
     ``on_candidate`` then sees each candidate's result and ``on_progress`` gets progress lines.
+    With ``fusion.finetune`` the encoders' tops train with the head (:func:`train_finetuned`),
+    reading the items from ``preprocessed``.
     """
     fs = read_feature_set(Path(features))
+    if FinetuneSpec.parse(cfg.fusion.finetune).active:
+        return train_finetuned(cfg, fs, Path(model_dir), preprocessed, on_epoch)
     write_reference(fs, Path(model_dir))  # what it learned from, for drift checks on new data
     if cfg.fusion.method == AUTO:
         return train_auto(cfg, fs, Path(model_dir), on_candidate, on_progress)
@@ -93,6 +103,53 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
                                                 "history": result.history})
     result.checkpoint.unlink(missing_ok=True)  # the model is saved: the checkpoint is done
     storage.remove(result.checkpoint)
+    return result
+
+
+def train_finetuned(cfg: RunConfig, fs: FeatureSet, model_dir: Path, preprocessed: Path | None,
+                    on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Fine-tune (:mod:`crossfuse.training.finetune`) and save the head with the adapted encoders.
+
+    Each adapted encoder is written whole into ``encoders/<modality>/`` and recorded in the
+    spec's ``encoders`` entry (``adapted``: how, blocks, folder) under its own cache key; the
+    trained tops' vectors of every row go into the feature cache under that key, so the
+    drift reference and evaluation read the vectors of the encoder that ships.
+    """
+    from crossfuse.encoders.adapt import load_adapted_encoder
+    from crossfuse.training.finetune import adapted_folder, finetune
+
+    if cfg.fusion.method == AUTO:
+        raise UserError("fusion.finetune trains the encoders with one fusion method; set "
+                        "fusion.method to one (e.g. fusion.method=concat), or fusion.finetune=none "
+                        "for auto")
+    if cfg.fusion.search.trials > 0:
+        raise UserError("fusion.finetune does not run with fusion.search.trials > 0; set "
+                        "fusion.search.trials=0")
+    tuned = finetune(cfg, fs, preprocessed, on_epoch=on_epoch)
+    encoders = dict(fs.encoders)
+    for m, split in tuned.splits.items():
+        record = {**split.save(model_dir / adapted_folder(m)), "folder": adapted_folder(m)}
+        entry = {**fs.encoders[m], "adapted": record, "backend": "torch", "device": "cpu"}
+        entry["cache_key"] = load_adapted_encoder(entry, model_dir, m).cache_key
+        rows = fs.present(m).numpy().nonzero()[0]
+        unique, first = np.unique(fs.index[f"hash_{m}"].to_numpy()[rows], return_index=True)
+        if len(unique):
+            FeatureCache(Path(cfg.extract.cache_dir), entry["cache_key"]).put(
+                unique.tolist(), {"vectors": tuned.features.vectors[m][rows[first]].contiguous()})
+        encoders[m] = entry
+    features = dataclasses.replace(tuned.features, encoders=encoders)
+    write_reference(features, model_dir)
+    result = tuned.result
+    result.temperature = validation_temperature(tuned.head, features)
+    save_fusion_head(tuned.head, model_dir,
+                     extra=model_extras(features, result.temperature, best_epoch=result.best_epoch,
+                                        calibration_rows=len(fs.rows("val")),
+                                        finetune=cfg.fusion.finetune))
+    write_text(model_dir / RUN_CONFIG_FILE, cfg.to_json())
+    write_json(model_dir / HISTORY_FILE, {"best_epoch": result.best_epoch, "history": result.history})
+    if result.checkpoint is not None:
+        result.checkpoint.unlink(missing_ok=True)
+        storage.remove(result.checkpoint)
     return result
 
 
