@@ -247,6 +247,14 @@ class FusionConfig(_Section):
                                      "this many tokens (in training and when serving).")
     auto: AutoConfig = Field(AutoConfig(), description="Settings of fusion.method: auto.")
 
+    @model_validator(mode="after")
+    def _finetune_needs_one_method(self) -> FusionConfig:
+        if self.finetune != "none" and self.method == "auto":
+            raise ValueError(f"fusion.finetune={self.finetune} trains the encoders with one fusion "
+                             f"method, not auto: set fusion.method (e.g. concat), or "
+                             f"fusion.finetune=none")
+        return self
+
 
 class TrainConfig(_Section):
     epochs: int = Field(60, ge=1, description="Most epochs of one fit.")

@@ -118,10 +118,6 @@ def train_finetuned(cfg: RunConfig, fs: FeatureSet, model_dir: Path, preprocesse
     from crossfuse.encoders.adapt import load_adapted_encoder
     from crossfuse.training.finetune import adapted_folder, finetune
 
-    if cfg.fusion.method == AUTO:
-        raise UserError("fusion.finetune trains the encoders with one fusion method; set "
-                        "fusion.method to one (e.g. fusion.method=concat), or fusion.finetune=none "
-                        "for auto")
     if cfg.fusion.search.trials > 0:
         raise UserError("fusion.finetune does not run with fusion.search.trials > 0; set "
                         "fusion.search.trials=0")

@@ -92,6 +92,18 @@ def test_extraction_fans_out_over_parallel_for_and_merges(tmp_path):
     assert inner["extract"]["retryPolicy"]["maxRetryCount"] == 1
 
 
+def test_a_finetuning_train_task_reads_the_preprocessed_items(tmp_path):
+    from crossfuse.config import load_config
+
+    default = stage_tasks(yaml.safe_load(Path(COMPILED).read_text()))
+    assert "dataset" not in default["train"]["inputs"]["artifacts"]  # vectors are enough
+    cfg = load_config(None, ["fusion.finetune=lora:8", "fusion.method=concat"], env={})
+    train = stage_tasks(yaml.safe_load(compile_pipeline(tmp_path / "ir.yaml", cfg).read_text()))["train"]
+    dataset = train["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]
+    assert dataset == {"producerTask": "preprocess", "outputArtifactKey": "dataset"}
+    assert sorted(train["dependentTasks"]) == ["extract", "preprocess", "validate"]
+
+
 def test_resources_come_from_the_config(tmp_path):
     from crossfuse.config import load_config
 
