@@ -95,8 +95,10 @@ def cmd_bench_small_data(args: argparse.Namespace) -> int:
     from crossfuse.features.store import read_feature_set
 
     cfg = config_from_args(args).resolved()
-    with tempfile.TemporaryDirectory(prefix="crossfuse-bench-") as work:
-        fs = read_feature_set(prepare_features(cfg, Path(work)))
+    finetune = [s.strip() for s in args.finetune.split(",")] if args.finetune else []
+    work_dir = tempfile.TemporaryDirectory(prefix="crossfuse-bench-")
+    work = Path(work_dir.name)
+    fs = read_feature_set(prepare_features(cfg, work))
     rows, out = [], Path(args.out)
 
     def keep(row: dict) -> None:  # written as it goes: a long benchmark keeps what it finished
@@ -106,8 +108,12 @@ def cmd_bench_small_data(args: argparse.Namespace) -> int:
               f"test macro-F1 {row['test_macro_f1']:.4f} ({row['seconds']:.1f} s)", flush=True)
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    bench_small_data(fs, cfg, [float(f) for f in args.fractions.split(",")],
-                     list(range(args.seeds)), methods, on_row=keep)
+    try:  # fine-tuned rows read the preprocessed items: the work folder lives until the end
+        bench_small_data(fs, cfg, [float(f) for f in args.fractions.split(",")],
+                         list(range(args.seeds)), methods, on_row=keep, finetune=finetune,
+                         preprocessed=work / "preprocessed")
+    finally:
+        work_dir.cleanup()
     print(markdown_table(rows))
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0
@@ -411,6 +417,8 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     small.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (subsample and training)")
     small.add_argument("--methods", help="comma-separated fixed methods (default: all)")
     small.add_argument("--out", default="small_data.json", help="JSON out; a .md table goes beside")
+    small.add_argument("--finetune", help="also concat with the encoders fine-tuned each way, "
+                                          "e.g. top:1,lora:8 (fusion.finetune values)")
     add_config_args(small)
     small.set_defaults(func=cmd_bench_small_data)
     enc = bench_sub.add_parser("encoders", help="items per second of the run's encoders")

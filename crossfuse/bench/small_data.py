@@ -7,6 +7,9 @@ the test split stays whole so every score is on the same rows):
 - every fixed fusion method and each unimodal head (``concat`` on one modality), trained
   with the config's settings on the kept rows' train split and early-stopped on their
   val split — what ``--set fusion.method=<name>`` does;
+- with ``--finetune top:1,lora:8``: ``concat`` with the encoders fine-tuned each way
+  (``finetune:<spec>``), trained and calibrated like the fixed methods, against the frozen
+  ``concat`` row;
 - ``auto``: the cross-fitted choice among its candidates (:mod:`crossfuse.training.selection`)
   on the kept rows, scored on test twice from the same choice: ``auto`` ships the winner
   bagged (its fold models averaged), ``auto:refit`` the winner refitted on the kept rows
@@ -121,13 +124,36 @@ def _fixed(fs: FeatureSet, cfg: RunConfig, name: str, seed: int) -> list[tuple[s
     return [(name, time.perf_counter() - start, _test_row(head, fs, val))]
 
 
+FINETUNED = "finetune:"  # a fine-tuned row's model: finetune:<spec> (concat head)
+
+
+def _finetuned(fs: FeatureSet, cfg: RunConfig, spec: str, seed: int,
+               preprocessed: Path) -> list[tuple[str, float, dict]]:
+    """``concat`` with the encoders fine-tuned as ``spec`` says (:mod:`crossfuse.training.finetune`),
+    calibrated on its val split and scored on test with its own encoders' vectors."""
+    from crossfuse.training.finetune import finetune
+
+    start = time.perf_counter()
+    tuned_cfg = cfg.model_copy(update={"seed": seed, "fusion": cfg.fusion.model_copy(
+        update={"method": UNIMODAL_METHOD, "finetune": spec}),
+        "train": cfg.train.model_copy(update={"checkpoint_dir": ""})})
+    tuned = finetune(tuned_cfg, fs, preprocessed)
+    head, adapted = tuned.head, tuned.features
+    val = predict_split(head, adapted.split_inputs("val", adapted.modalities))
+    return [(FINETUNED + spec, time.perf_counter() - start, _test_row(head, adapted, val))]
+
+
 def bench_small_data(fs: FeatureSet, cfg: RunConfig, fractions: list[float], seeds: list[int],
                      methods: list[str] | None = None,
-                     on_row: Callable[[dict], None] | None = None) -> list[dict]:
+                     on_row: Callable[[dict], None] | None = None,
+                     finetune: list[str] | None = None, preprocessed: Path | None = None
+                     ) -> list[dict]:
     """One row per (fraction, seed, model): ``auto`` (bagged and refitted), each fixed method,
-    each unimodal head."""
+    each unimodal head, and ``concat`` fine-tuned as each of ``finetune`` says (``top:1``,
+    ``lora:8``: read from ``preprocessed``) against the frozen ``concat`` row."""
     methods = methods or sorted(FUSION_METHODS)
-    names = [AUTO, *methods, *(UNIMODAL + m for m in fs.modalities)]
+    names = [AUTO, *methods, *(UNIMODAL + m for m in fs.modalities),
+             *(FINETUNED + spec for spec in finetune or [])]
     rows = []
     # Seed outermost: a benchmark stopped early still has every fraction for the seeds it finished.
     for seed in seeds:
@@ -135,7 +161,12 @@ def bench_small_data(fs: FeatureSet, cfg: RunConfig, fractions: list[float], see
             view = subsample(fs, fraction, seed)
             kept = int(np.isin(view.index["split"], ["train", "val"]).sum())
             for name in names:
-                results = _auto(view, cfg, seed) if name == AUTO else _fixed(view, cfg, name, seed)
+                if name == AUTO:
+                    results = _auto(view, cfg, seed)
+                elif name.startswith(FINETUNED):
+                    results = _finetuned(view, cfg, name[len(FINETUNED):], seed, preprocessed)
+                else:
+                    results = _fixed(view, cfg, name, seed)
                 for model, seconds, fields in results:
                     row = {"fraction": fraction, "seed": seed, "train_val_rows": kept,
                            "model": model, "seconds": round(seconds, 2), **fields}
