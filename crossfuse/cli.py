@@ -417,8 +417,9 @@ def add_library_commands(sub: argparse._SubParsersAction) -> None:
     small.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (subsample and training)")
     small.add_argument("--methods", help="comma-separated fixed methods (default: all)")
     small.add_argument("--out", default="small_data.json", help="JSON out; a .md table goes beside")
-    small.add_argument("--finetune", help="also concat with the encoders fine-tuned each way, "
-                                          "e.g. top:1,lora:8 (fusion.finetune values)")
+    small.add_argument("--finetune", help="also the linear head with the encoders fine-tuned "
+                                          "each way, e.g. top:1,lora:8 (fusion.finetune values), "
+                                          "beside the frozen linear head")
     add_config_args(small)
     small.set_defaults(func=cmd_bench_small_data)
     enc = bench_sub.add_parser("encoders", help="items per second of the run's encoders")

@@ -7,9 +7,9 @@ the test split stays whole so every score is on the same rows):
 - every fixed fusion method and each unimodal head (``concat`` on one modality), trained
   with the config's settings on the kept rows' train split and early-stopped on their
   val split — what ``--set fusion.method=<name>`` does;
-- with ``--finetune top:1,lora:8``: ``concat`` with the encoders fine-tuned each way
-  (``finetune:<spec>``), trained and calibrated like the fixed methods, against the frozen
-  ``concat`` row;
+- with ``--finetune top:1,lora:8``: the ``linear`` head with the encoders fine-tuned each
+  way (``finetune:<spec>``), trained and calibrated like the fixed methods, beside the
+  frozen ``linear`` row;
 - ``auto``: the cross-fitted choice among its candidates (:mod:`crossfuse.training.selection`)
   on the kept rows, scored on test twice from the same choice: ``auto`` ships the winner
   bagged (its fold models averaged), ``auto:refit`` the winner refitted on the kept rows
@@ -124,13 +124,14 @@ def _fixed(fs: FeatureSet, cfg: RunConfig, name: str, seed: int) -> list[tuple[s
     return [(name, time.perf_counter() - start, _test_row(head, fs, val))]
 
 
-FINETUNED = "finetune:"  # a fine-tuned row's model: finetune:<spec> (concat head)
+FINETUNED = "finetune:"  # a fine-tuned row's model: finetune:<spec> (the linear head)
 
 
 def _finetuned(fs: FeatureSet, cfg: RunConfig, spec: str, seed: int,
                preprocessed: Path) -> list[tuple[str, float, dict]]:
-    """``concat`` with the encoders fine-tuned as ``spec`` says (:mod:`crossfuse.training.finetune`),
-    calibrated on its val split and scored on test with its own encoders' vectors."""
+    """The ``linear`` head with the encoders fine-tuned as ``spec`` says
+    (:mod:`crossfuse.training.finetune`), calibrated on its val split and scored on test with
+    its own encoders' vectors; the frozen ``linear`` row is its comparison."""
     from crossfuse.training.finetune import finetune
 
     start = time.perf_counter()
@@ -149,9 +150,12 @@ def bench_small_data(fs: FeatureSet, cfg: RunConfig, fractions: list[float], see
                      finetune: list[str] | None = None, preprocessed: Path | None = None
                      ) -> list[dict]:
     """One row per (fraction, seed, model): ``auto`` (bagged and refitted), each fixed method,
-    each unimodal head, and ``concat`` fine-tuned as each of ``finetune`` says (``top:1``,
-    ``lora:8``: read from ``preprocessed``) against the frozen ``concat`` row."""
+    each unimodal head, and the ``linear`` head with the encoders fine-tuned as each of
+    ``finetune`` says (``top:1``, ``lora:8``: items read from ``preprocessed``), beside the
+    frozen ``linear`` row (added to ``methods`` when it is missing)."""
     methods = methods or sorted(FUSION_METHODS)
+    if finetune and UNIMODAL_METHOD not in methods:
+        methods = [*methods, UNIMODAL_METHOD]
     names = [AUTO, *methods, *(UNIMODAL + m for m in fs.modalities),
              *(FINETUNED + spec for spec in finetune or [])]
     rows = []
