@@ -179,6 +179,9 @@ class SearchConfig(_Section):
     epochs: int = Field(40, ge=1, description="Epoch budget of each trial.")
 
 
+FINETUNE_PATTERN = r"^(none|top:[1-9]\d*|lora:[1-9]\d*(:[1-9]\d*)?)$"
+
+
 class AutoConfig(_Section):
     """``fusion.method: auto``: choose the model by stratified cross-validation over train+val."""
 
@@ -214,6 +217,23 @@ class AutoConfig(_Section):
         0.2, ge=0.0, lt=1.0, description="Fused candidates train with this chance of losing each "
         "modality (where train.modality_dropout does not set one), so the chosen model answers "
         "sensibly when a modality is missing; 0 turns it off.")
+    finetune: bool | None = Field(
+        None, description="Also try the linear head with the encoders fine-tuned as each of "
+        "finetune_candidates says (docs/finetuning.md), cross-validated like the rest; one wins "
+        "only by beating the best frozen candidate by more than one standard error of the folds, "
+        "and ships refitted. null = on when the train step has a GPU (torch sees one and the "
+        "preprocessed items reach it), off on a CPU, where it costs k+1 fine-tunings (k to cross-fit, 1 to refit).")
+    finetune_candidates: list[str] = Field(
+        default_factory=lambda: ["top:1"], description="The fusion.finetune values tried as "
+        "candidates when fusion.auto.finetune is on.")
+
+    @field_validator("finetune_candidates")
+    @classmethod
+    def _finetune_values(cls, values: list[str]) -> list[str]:
+        bad = [v for v in values if not re.match(FINETUNE_PATTERN, v) or v == "none"]
+        if bad:
+            raise ValueError(f"{bad}: each must be top:<n>, lora:<rank> or lora:<rank>:<n>")
+        return values
 
 
 class FusionConfig(_Section):
@@ -234,7 +254,7 @@ class FusionConfig(_Section):
     search: SearchConfig = Field(SearchConfig(), description="Hyper-parameter search for a "
                                  "single method.")
     finetune: str = Field(
-        "none", pattern=r"^(none|top:[1-9]\d*|lora:[1-9]\d*(:[1-9]\d*)?)$",
+        "none", pattern=FINETUNE_PATTERN,
         description="Fine-tune the encoders with the head (one fusion method, not auto): none "
         "(frozen encoders), top:<n> (unfreeze the last n blocks of every transformers encoder "
         "and of efficientnet-lite0) or lora:<rank>[:<n>] (LoRA adapters of that rank on the "

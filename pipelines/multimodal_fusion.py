@@ -83,6 +83,23 @@ def build_pipeline(cfg: RunConfig | None = None):
     return multimodal_fusion
 
 
+def train_reads_items(cfg: RunConfig) -> bool:
+    """Whether the train task gets the preprocessed items: when it fine-tunes the encoders
+    (``fusion.finetune``), or auto may (``fusion.auto.finetune`` on, or null with a GPU
+    requested for the train step).
+
+    >>> train_reads_items(RunConfig())
+    False
+    """
+    if cfg.fusion.finetune != "none":
+        return True
+    wanted = cfg.fusion.auto.finetune
+    if wanted is None:
+        resources = cfg.pipeline.resources.get("train")
+        wanted = bool(resources and resources.accelerator_limit)
+    return cfg.fusion.method == "auto" and wanted
+
+
 def _stages(cfg: RunConfig, config_json, run_token) -> None:
     """The DAG's stages, inside the exit handler."""
     validated = validate(config_json=config_json, kfp_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -99,7 +116,7 @@ def _stages(cfg: RunConfig, config_json, run_token) -> None:
                                  parts=fan_out_extract(cfg, config_json, prepared.outputs["dataset"]))
         merge_name = "merge_features"
     # Fine-tuning reads the preprocessed items; a frozen-encoder train reads vectors only.
-    items = ({"dataset": prepared.outputs["dataset"]} if cfg.fusion.finetune != "none" else {})
+    items = {"dataset": prepared.outputs["dataset"]} if train_reads_items(cfg) else {}
     trained = train(config_json=config_json, run_id=run_id,
                     features=encoded.outputs["features"], **items)
     evaluated = evaluate(config_json=config_json, run_id=run_id,

@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossfuse.config import FINETUNE_PATTERN
 from crossfuse.encoders.base import Encoder
 from crossfuse.errors import UserError
 
 ADAPTED_DIR = "encoders"  # in a model folder: encoders/<modality>/ holds an adapted encoder
 VERIFY_ATOL = 1e-4  # top(bottom(x)) against the frozen encoder's vector, largest difference
-SPEC_PATTERN = r"^(none|top:[1-9]\d*|lora:[1-9]\d*(:[1-9]\d*)?)$"
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class FinetuneSpec:
 
     @classmethod
     def parse(cls, text: str) -> FinetuneSpec:
-        if not re.match(SPEC_PATTERN, text or ""):
+        if not re.match(FINETUNE_PATTERN, text or ""):
             raise UserError(f"fusion.finetune={text!r}: use none, top:<n> (unfreeze the last n "
                             f"blocks) or lora:<rank> (LoRA adapters, optionally lora:<rank>:<n> "
                             f"on the last n blocks)")

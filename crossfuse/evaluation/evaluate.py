@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def subset_section(head: FusionHead, fs: FeatureSet, out_dir: Path) -> dict[str,
 
 
 def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities: list[str],
-                     fused: SplitScores) -> dict[str, float]:
+                     fused: SplitScores, frozen: FeatureSet | None = None) -> dict[str, float]:
     """One unimodal model per modality, scored on the same test split; the fusion gain with
     its paired bootstrap interval (:func:`gain_interval`).
 
@@ -200,7 +201,8 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
     modality, given what the fused model was given: with ``fusion.search.trials`` its own
     search, from the same starting settings with the same budget (the fused model's
     searched settings were chosen for the fused model, not for one modality); without,
-    the fused model's settings.
+    the fused model's settings. The saved candidates read the frozen encoders' vectors
+    (``frozen``, when the shipped model fine-tuned its own; default ``fs``).
     """
     config_file = Path(model_dir) / RUN_CONFIG_FILE
     used = RunConfig.from_json(config_file.read_text()) if config_file.is_file() else cfg
@@ -208,8 +210,9 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
     metrics, best = {}, None
     for m in modalities:
         saved = Path(model_dir) / BASELINES_DIR / m
+        scored_on = fs
         if saved.is_dir():
-            head = load_fusion_head(saved)[0]
+            head, scored_on = load_fusion_head(saved)[0], frozen or fs
         else:
             fusion, train = used.fusion.model_copy(update={"method": method}), used.train
             if cfg.fusion.search.trials > 0:
@@ -218,7 +221,7 @@ def baseline_section(cfg: RunConfig, fs: FeatureSet, model_dir: Path, modalities
                                   modalities=[m])
                 fusion, train = searched.fusion, searched.train
             head, _ = fit(fs, fusion, train, used.seed, modalities=[m])
-        scores = score_test_split(head, fs, [m])
+        scores = score_test_split(head, scored_on, [m])
         metrics[f"baseline_{m}_test_accuracy"] = scores.accuracy
         metrics[f"baseline_{m}_test_macro_f1"] = scores.macro_f1
         if best is None or scores.macro_f1 > best.macro_f1:
@@ -382,7 +385,12 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     preprocessed = None if preprocessed is None else Path(preprocessed)
     out_dir.mkdir(parents=True, exist_ok=True)
     head, meta = load_fusion_head(model_dir)
-    fs = read_feature_set(shipped_features(cfg, Path(features), model_dir, meta, preprocessed, out_dir))
+    own = shipped_features(cfg, Path(features), model_dir, meta, preprocessed, out_dir)
+    fs = read_feature_set(own)
+    frozen = fs
+    if own != Path(features):  # read into memory: the re-encoded copy need not stay on disk
+        frozen = read_feature_set(Path(features))
+        shutil.rmtree(own)
     modalities = list(meta["dims"])
     multimodal = len(modalities) > 1
     samples = read_samples(preprocessed)[0] if preprocessed is not None else None
@@ -403,7 +411,7 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
         metrics.update(subset_section(head, fs, out_dir))
     metrics.update(model_choice_section(model_dir, out_dir, metrics["test_macro_f1"]))
     if multimodal and cfg.evaluate.unimodal_baselines:
-        metrics.update(baseline_section(cfg, fs, model_dir, modalities, scores))
+        metrics.update(baseline_section(cfg, fs, model_dir, modalities, scores, frozen))
         plot_fused_vs_single((meta.get("chosen") or cfg.fusion.method, metrics["test_macro_f1"]),
                              single_modality_scores(metrics), out_dir / FUSED_VS_SINGLE_FILE)
     metrics.update(robustness_section(cfg, head, fs, model_dir, out_dir, samples, preprocessed))

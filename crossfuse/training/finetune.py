@@ -183,9 +183,13 @@ def adapted_vectors(model: FinetunedFusion, bottoms: dict, present: dict, rows: 
 
 
 def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
-             on_epoch: EpochCallback | None = None) -> Finetuned:
+             on_epoch: EpochCallback | None = None, epochs: int | None = None) -> Finetuned:
     """Fine-tune the adapted encoders' tops with ``cfg.fusion.method``'s head on ``fs``'s train
-    split, early-stopped on its validation split; checkpointed under ``train.checkpoint_dir``."""
+    split, early-stopped on its validation split; checkpointed under ``train.checkpoint_dir``.
+
+    With ``epochs``: exactly that many epochs and no validation split (a cross-fit fold model
+    or a refit, whose epoch count was chosen elsewhere); the last epoch's weights are kept.
+    """
     fusion, train, seed = cfg.fusion, cfg.train, cfg.seed
     if fusion.method not in FUSION_METHODS:
         raise UserError(f"fusion.finetune trains one fusion method with the encoders; "
@@ -215,13 +219,14 @@ def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
     generator = torch.Generator().manual_seed(seed)
 
     rows_tr, rows_va = fs.rows("train"), fs.rows("val")
-    if len(rows_tr) == 0 or len(rows_va) == 0:
+    if len(rows_tr) == 0 or (epochs is None and len(rows_va) == 0):
         raise UserError(f"need train and val samples, got {len(rows_tr)} train / {len(rows_va)} "
                         f"val; add samples or change preprocess.split")
     present = {m: fs.present(m) for m in modalities}
     labels = fs.labels_of()
     targets = {spec.target: labels, **{t: fs.labels_of(t) for t in spec.extra_targets}}
-    key = checkpoint_key(fs, fusion, train, seed, modalities) if train.checkpoint_dir else ""
+    key = (f"{checkpoint_key(fs, fusion, train, seed, modalities)}-{epochs or 'stop'}"
+           if train.checkpoint_dir else "")
     ckpt = Path(train.checkpoint_dir) / f"finetune-{key}.pt" if key else None
     saved = load_checkpoint(ckpt, key) if ckpt else None
     state = LoopState.from_checkpoint(saved, model, optimiser, generator) if saved else LoopState()
@@ -230,7 +235,7 @@ def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
         for row in state.history if on_epoch else []:
             on_epoch(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
     params = [p for p in model.parameters() if p.requires_grad]
-    for epoch in range(len(state.history) + 1, train.epochs + 1):
+    for epoch in range(len(state.history) + 1, (epochs or train.epochs) + 1):
         if state.stopped:
             break
         model.train()
@@ -252,22 +257,28 @@ def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
             torch.nn.utils.clip_grad_norm_(params, fusion.finetune_clip)
             optimiser.step()
             total += loss.item() * len(rows)
-        val = _inputs(model, fs, bottoms, present, rows_va, frozen, device)
-        metrics = {"train_loss": total / len(rows_tr), **validation_metrics(model.head.cpu(), val)}
-        model.head.to(device)
-        state.record(epoch, metrics, model, train.patience)
+        metrics = {"train_loss": total / len(rows_tr)}
+        if epochs is None:
+            val = _inputs(model, fs, bottoms, present, rows_va, frozen, device)
+            metrics.update(validation_metrics(model.head.cpu(), val))
+            model.head.to(device)
+            state.record(epoch, metrics, model, train.patience)
+        else:
+            state.history.append({"epoch": epoch, **metrics})
         if on_epoch:
             on_epoch(epoch, metrics)
         if ckpt:
             save_checkpoint(ckpt, state.to_checkpoint(key, model, optimiser, generator))
-    model.load_state_dict(state.best_state)
+    if epochs is None:
+        model.load_state_dict(state.best_state)
     model.cpu().eval()
     everything = torch.arange(len(fs.index))
     made = adapted_vectors(model, bottoms, present, everything, torch.device("cpu"))
     features = dataclasses.replace(fs, vectors={**fs.vectors, **made})
     log.info("fine-tuned %s on %s: best val macro-F1 %.4f at epoch %d/%d", fusion.method,
              "+".join(adapted), state.best[0], state.best_epoch, len(state.history))
-    result = TrainResult(method=fusion.method, modalities=modalities, best_epoch=state.best_epoch,
+    result = TrainResult(method=fusion.method, modalities=modalities,
+                         best_epoch=state.best_epoch if epochs is None else epochs,
                          epochs_run=len(state.history), best_val_macro_f1=state.best[0],
                          history=state.history, checkpoint=ckpt)
     return Finetuned(head=model.head, splits=splits, features=features, result=result)
@@ -284,3 +295,78 @@ def _inputs(model: FinetunedFusion, fs: FeatureSet, bottoms, present, rows, froz
 def adapted_folder(modality: str) -> str:
     """Where a model folder keeps ``modality``'s adapted encoder (relative to the folder)."""
     return f"{ADAPTED_DIR}/{modality}"
+
+
+FINETUNED = "finetune:"  # an auto candidate's name: finetune:<fusion.finetune value>
+
+
+def auto_finetune_on(cfg: RunConfig, preprocessed: Path | None) -> bool:
+    """Whether ``auto`` tries fine-tuned candidates: ``fusion.auto.finetune``, or when null, when
+    this machine has a GPU; either way only when the preprocessed items are here."""
+    wanted = cfg.fusion.auto.finetune
+    if wanted is None:
+        wanted = torch.cuda.is_available()
+    if wanted and preprocessed is None:
+        log.warning("fusion.auto.finetune is on, but the train stage has no preprocessed items: "
+                    "auto tries frozen candidates only")
+    return bool(wanted) and preprocessed is not None
+
+
+def candidate_config(cfg: RunConfig, spec: str, head: str, seed: int | None = None) -> RunConfig:
+    """``cfg`` for one fine-tuned candidate: ``head`` with the encoders fine-tuned as ``spec``
+    says, modality dropout as auto's fused candidates have it, no per-epoch checkpoints."""
+    auto, train = cfg.fusion.auto, cfg.train
+    rates = dict(train.modality_dropout)
+    if auto.modality_dropout > 0:
+        rates = {m: train.modality_dropout.get(m, auto.modality_dropout) for m in cfg.modalities}
+    return cfg.model_copy(update={
+        "seed": cfg.seed if seed is None else seed,
+        "fusion": cfg.fusion.model_copy(update={"method": head, "finetune": spec}),
+        "train": train.model_copy(update={"modality_dropout": rates, "checkpoint_dir": ""})})
+
+
+def cross_fit_finetuned(cfg: RunConfig, fs: FeatureSet, plan, spec: str, head: str,
+                        preprocessed: Path, on_fold=None):
+    """One fine-tuned candidate cross-fitted like the others (:mod:`crossfuse.training.crossfit`).
+
+    Its epoch count is chosen on the tuning fold (fold 0, early stopping, never scored);
+    each scored fold's model then fine-tunes for exactly that many epochs on the other folds
+    and scores its held-out fold with its own adapted encoders. Returns
+    ``(fold_scores, oof [len(plan.rows), C], epochs, tuning macro-F1, RunConfig)``.
+    """
+    from crossfuse.metrics import macro_f1, predict_split
+    from crossfuse.training.crossfit import UNUSED, with_splits
+
+    tuned_cfg = candidate_config(cfg, spec, head)
+    first = finetune(tuned_cfg, with_splits(fs, plan.rows, plan.tuning_view_splits()), preprocessed)
+    epochs = max(1, first.result.best_epoch)
+    labels = fs.labels_of()
+    oof = np.full((len(plan.rows), len(fs.labels)), np.nan)
+    scores = []
+    for done, f in enumerate(plan.models, start=1):
+        if f in plan.scored:
+            view = with_splits(fs, plan.rows, np.where(plan.trains_on(f), "train", UNUSED))
+            model = finetune(candidate_config(cfg, spec, head, seed=cfg.seed + f), view,
+                             preprocessed, epochs=epochs)
+            at = plan.folds == f
+            rows = torch.from_numpy(plan.rows[at])
+            made = model.features
+            scored = predict_split(model.head, SplitInputs(
+                {m: made.vectors[m][rows] for m in made.modalities},
+                {m: made.present(m)[rows] for m in made.modalities}, labels[rows]))
+            oof[at] = scored.probs
+            scores.append(macro_f1(scored.labels, scored.probs.argmax(-1), len(fs.labels)))
+        if on_fold:
+            on_fold(done, len(plan.models))
+    return scores, oof, epochs, first.result.best_val_macro_f1, tuned_cfg
+
+
+def refit_finetuned(cfg: RunConfig, fs: FeatureSet, plan, tuned_cfg: RunConfig, epochs: int,
+                    preprocessed: Path) -> Finetuned:
+    """The fine-tuned winner trained again on every row outside the calibration slice, for the
+    epochs its folds trained (what ships: one set of adapted encoders)."""
+    from crossfuse.training.crossfit import with_splits
+
+    rows = plan.fit_rows()
+    everything = with_splits(fs, rows, np.full(len(rows), "train", dtype=object))
+    return finetune(tuned_cfg, everything, preprocessed, epochs=epochs)

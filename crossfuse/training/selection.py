@@ -49,6 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -66,6 +67,7 @@ from crossfuse.training.crossfit import (
     fold_plan,
     with_splits,
 )
+from crossfuse.training.finetune import FINETUNED, auto_finetune_on, cross_fit_finetuned
 from crossfuse.training.loop import fit_epochs
 from crossfuse.training.probe import PROBE, fit_probe, tune_penalty
 from crossfuse.training.search_progress import SearchProgress
@@ -77,7 +79,7 @@ AUTO = "auto"
 UNIMODAL = "unimodal:"
 ENSEMBLE = "ensemble"
 UNIMODAL_METHOD = PROBE  # one modality alone: a linear probe, the strongest simple model
-_SIMPLICITY = {"unimodal": 0, "fused": 1, "ensemble": 2}
+_SIMPLICITY = {"unimodal": 0, "fused": 1, "ensemble": 2, "finetuned": 3}
 CHOICE_RULE = ("The winner has the highest mean CV macro-F1, except that a fused model or the "
                "ensemble wins only if it beats the best single modality, fold by fold, by more "
                "than one standard error. A tie goes to the simpler model: a single modality, "
@@ -110,6 +112,8 @@ class Candidate:
     def kind(self) -> str:
         if self.name == ENSEMBLE:
             return ENSEMBLE
+        if self.name.startswith(FINETUNED):
+            return "finetuned"
         return "unimodal" if self.name.startswith(UNIMODAL) else "fused"
 
     @property
@@ -174,9 +178,23 @@ class Selection:
         return next((c for c in self.ranked if c.kind == kind), None)
 
     def verdict(self) -> str:
-        """In plain words: did fusion help on this data, and by how much."""
-        w, single = self.winner, self.best("unimodal")
-        best = max((c for c in self.ranked if c.kind != "unimodal"), key=lambda c: c.mean,
+        """In plain words: did fusion (and fine-tuning, when tried) help on this data, and by how much."""
+        frozen = next((c for c in self.ranked if c.kind != "finetuned"), None)
+        tuned = self.best("finetuned")
+        if tuned is None or frozen is None:
+            return self._fusion_verdict()
+        if self.winner is tuned:
+            return (f"fine-tuning helped: {tuned.name} scored {tuned.mean:.4f} CV macro-F1, "
+                    f"{tuned.mean - frozen.mean:+.4f} over the best frozen candidate "
+                    f"({frozen.name}, {frozen.mean:.4f}), more than the folds' noise")
+        return (f"{self._fusion_verdict()}; fine-tuning did not earn its place: {tuned.name} "
+                f"scored {tuned.mean:.4f} against {frozen.mean:.4f} frozen, not more than one "
+                f"standard error of the folds above it")
+
+    def _fusion_verdict(self) -> str:
+        w = next(c for c in self.ranked if c.kind != "finetuned")
+        single = self.best("unimodal")
+        best = max((c for c in self.ranked if c.kind in ("fused", ENSEMBLE)), key=lambda c: c.mean,
                    default=None)  # the best fused model or ensemble
         if single is None or best is None:
             return f"chose {w.name} (CV macro-F1 {w.mean:.4f} ± {w.std:.4f})"
@@ -362,8 +380,14 @@ def ensemble_candidate(candidates: list[Candidate], y: np.ndarray, folds: np.nda
 def select_model(fs: FeatureSet, cfg: RunConfig,
                  on_candidate: Callable[[Candidate], None] | None = None,
                  on_progress: Callable[[str], None] | None = None,
-                 checkpoints: CandidateCheckpoints | None = None) -> Selection:
+                 checkpoints: CandidateCheckpoints | None = None,
+                 preprocessed: Path | None = None) -> Selection:
     """Cross-fit every candidate (and their ensemble); rank them, best first.
+
+    With ``fusion.auto.finetune`` on (:func:`crossfuse.training.finetune.auto_finetune_on`)
+    and the preprocessed items in ``preprocessed``, each of ``fusion.auto.finetune_candidates``
+    is one more candidate (``finetune:<value>``: the linear head with the encoders
+    fine-tuned), cross-fitted with its own encoders per fold, never in the ensemble.
 
     ``on_candidate`` sees each finished candidate; ``on_progress`` gets a progress line at
     most every 10 s (:class:`crossfuse.training.search_progress.SearchProgress`).
@@ -373,6 +397,8 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
     started = time.perf_counter()
     plan = fold_plan(fs, cfg)
     names = candidate_names(cfg, fs.modalities)
+    if auto_finetune_on(cfg, preprocessed):
+        names += [FINETUNED + spec for spec in cfg.fusion.auto.finetune_candidates]
     trials = cfg.fusion.auto.trials
     if trials is None:
         trials = search_budget(int((plan.tuning_view_splits() == "train").sum()))
@@ -384,8 +410,12 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
         leader = max((c.tuning_score for c in candidates), default=None)
         threshold = (screen_threshold(leader, tuning_rows)
                      if cfg.fusion.auto.race and leader is not None else None)
+        if name.startswith(FINETUNED):
+            threshold = None  # not raced: its cost is in the fine-tuning, not a search
         result = checkpoints.load(name, threshold) if checkpoints else None
-        if result is None:
+        if result is None and name.startswith(FINETUNED):
+            result = finetuned_candidate(fs, cfg, plan, name, preprocessed, report.fold)
+        elif result is None:
             result = cross_validate(fs, name, cfg.fusion, cfg.train, cfg.seed, plan, trials,
                                     on_fold=report.fold, prune_below=threshold)
             if checkpoints:
@@ -402,8 +432,10 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
         if on_candidate:
             on_candidate(result)
     y = fs.index["label_idx"].to_numpy()[plan.rows]
-    if cfg.fusion.auto.ensemble and len(candidates) > 1 and not plan.holdout:
-        ranked = sorted(candidates, key=lambda c: -c.mean)
+    # Fine-tuned candidates read their own encoders' vectors: an ensemble of heads cannot hold them.
+    frozen = [c for c in candidates if c.kind != "finetuned"]
+    if cfg.fusion.auto.ensemble and len(frozen) > 1 and not plan.holdout:
+        ranked = sorted(frozen, key=lambda c: -c.mean)
         candidates.append(ensemble_candidate(ranked, y, plan.folds, plan.scored,
                                              cfg.fusion.auto.ensemble_rounds))
         if on_candidate:
@@ -414,34 +446,56 @@ def select_model(fs: FeatureSet, cfg: RunConfig,
 
 
 def rank(candidates: list[Candidate]) -> list[Candidate]:
-    """Best first by mean CV macro-F1 (ties: the simpler kind); fusion must earn its place.
+    """Best first by mean CV macro-F1 (ties: the simpler kind); fusion must earn its place,
+    and so must fine-tuning.
 
-    The winner is the best candidate that is unimodal or beats the best unimodal
+    The frozen winner is the best candidate that is unimodal or beats the best unimodal
     candidate, fold by fold, by more than one standard error (the one-standard-error rule
     of Breiman et al., applied to the paired fold differences): a gain the folds cannot
-    tell from noise does not justify a second modality. The rest keep their order.
+    tell from noise does not justify a second modality. A fine-tuned candidate wins only by
+    beating that frozen winner the same way. The rest keep their order.
 
     >>> a = Candidate("concat", ["image", "text"], [0.90, 0.80, 0.95], np.zeros((0, 2)))
     >>> b = Candidate("unimodal:text", ["text"], [0.89, 0.81, 0.93], np.zeros((0, 2)))
     >>> [c.name for c in rank([a, b])]          # +0.007 mean gain, SE 0.009: not earned
     ['unimodal:text', 'concat']
+    >>> t = Candidate("finetune:top:1", ["image", "text"], [0.95, 0.86, 0.97], np.zeros((0, 2)))
+    >>> [c.name for c in rank([a, b, t])]       # +0.053 over text alone, SE 0.010: earned
+    ['finetune:top:1', 'unimodal:text', 'concat']
     """
     ranked = sorted(candidates, key=lambda c: (-round(c.mean, 12), _SIMPLICITY[c.kind]))
-    single = next((c for c in ranked if c.kind == "unimodal"), None)
-    if single is None:
-        return ranked
-    winner = next(c for c in ranked if c.kind == "unimodal" or fusion_earns_its_place(c, single))
-    return [winner, *(c for c in ranked if c is not winner)]
+    frozen = [c for c in ranked if c.kind != "finetuned"]
+    single = next((c for c in frozen if c.kind == "unimodal"), None)
+    winner = frozen[0] if frozen else ranked[0]
+    if single is not None:
+        winner = next(c for c in frozen if c.kind == "unimodal" or fusion_earns_its_place(c, single))
+    order = [winner, *(c for c in ranked if c is not winner)]
+    tuned = next((c for c in ranked if c.kind == "finetuned"), None)
+    if tuned is not None and tuned.mean > winner.mean and fusion_earns_its_place(tuned, winner):
+        order = [tuned, *(c for c in order if c is not tuned)]  # the frozen winner comes second
+    return order
 
 
 def fusion_earns_its_place(fused: Candidate, single: Candidate) -> bool:
     """The fold-wise gain of ``fused`` over ``single`` is above one standard error (or, with
-    a single holdout, above zero)."""
+    a single holdout, above zero). Also asks whether a fine-tuned candidate beats a frozen one."""
     gains = [f - s for f, s in zip(fused.fold_scores, single.fold_scores, strict=True)]
     mean = statistics.fmean(gains)
     if len(gains) < 2:
         return mean > 0
     return mean > statistics.stdev(gains) / len(gains) ** 0.5
+
+
+def finetuned_candidate(fs: FeatureSet, cfg: RunConfig, plan: FoldPlan, name: str,
+                        preprocessed: Path, on_fold: FoldCallback | None = None) -> Candidate:
+    """``finetune:<value>`` cross-fitted (:func:`crossfuse.training.finetune.cross_fit_finetuned`)."""
+    started = time.perf_counter()
+    spec = name[len(FINETUNED):]
+    scores, oof, epochs, tuning, tuned_cfg = cross_fit_finetuned(cfg, fs, plan, spec, PROBE,
+                                                                  preprocessed, on_fold)
+    return Candidate(name, fs.modalities, scores, oof, epochs=epochs, tuning_score=tuning,
+                     searched={"finetune": spec}, settings=(tuned_cfg.fusion, tuned_cfg.train),
+                     seconds=time.perf_counter() - started)
 
 
 def bagged(candidate: Candidate, by_name: dict[str, Candidate]) -> FusionHead | FusionEnsemble:
@@ -472,6 +526,9 @@ def refit(candidate: Candidate, by_name: dict[str, Candidate], fs: FeatureSet, p
 def _assemble(candidate: Candidate, by_name: dict[str, Candidate],
               heads_of: Callable[[Candidate], list[FusionHead]]) -> FusionHead | FusionEnsemble:
     """One candidate's heads averaged, or an ensemble's members' heads, weighted."""
+    if candidate.kind == "finetuned":
+        raise ValueError(f"{candidate.name} ships with its own encoders: "
+                         f"crossfuse.training.train.train_auto refits it")
     if candidate.kind != ENSEMBLE:
         heads = heads_of(candidate)
         return heads[0] if len(heads) == 1 else FusionEnsemble(heads, [1.0] * len(heads))

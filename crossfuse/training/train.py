@@ -84,7 +84,7 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
         return train_finetuned(cfg, fs, Path(model_dir), preprocessed, on_epoch)
     write_reference(fs, Path(model_dir))  # what it learned from, for drift checks on new data
     if cfg.fusion.method == AUTO:
-        return train_auto(cfg, fs, Path(model_dir), on_candidate, on_progress)
+        return train_auto(cfg, fs, Path(model_dir), on_candidate, on_progress, preprocessed)
     fusion, train_cfg, searched = cfg.fusion, cfg.train, {}
     if cfg.fusion.search.trials > 0:
         best = search(fs, fusion, train_cfg, cfg.seed, cfg.fusion.search.trials,
@@ -108,33 +108,15 @@ def train(cfg: RunConfig, features: Path, model_dir: Path, on_epoch: EpochCallba
 
 def train_finetuned(cfg: RunConfig, fs: FeatureSet, model_dir: Path, preprocessed: Path | None,
                     on_epoch: EpochCallback | None = None) -> TrainResult:
-    """Fine-tune (:mod:`crossfuse.training.finetune`) and save the head with the adapted encoders.
-
-    Each adapted encoder is written whole into ``encoders/<modality>/`` and recorded in the
-    spec's ``encoders`` entry (``adapted``: how, blocks, folder) under its own cache key; the
-    trained tops' vectors of every row go into the feature cache under that key, so the
-    drift reference and evaluation read the vectors of the encoder that ships.
-    """
-    from crossfuse.encoders.adapt import load_adapted_encoder
-    from crossfuse.training.finetune import adapted_folder, finetune
+    """Fine-tune (:mod:`crossfuse.training.finetune`) and save the head with the adapted
+    encoders (:func:`save_adapted_encoders`); its temperature is fitted on the val split."""
+    from crossfuse.training.finetune import finetune
 
     if cfg.fusion.search.trials > 0:
         raise UserError("fusion.finetune does not run with fusion.search.trials > 0; set "
                         "fusion.search.trials=0")
     tuned = finetune(cfg, fs, preprocessed, on_epoch=on_epoch)
-    encoders = dict(fs.encoders)
-    for m, split in tuned.splits.items():
-        record = {**split.save(model_dir / adapted_folder(m)), "folder": adapted_folder(m)}
-        entry = {**fs.encoders[m], "adapted": record, "backend": "torch", "device": "cpu"}
-        entry["cache_key"] = load_adapted_encoder(entry, model_dir, m).cache_key
-        rows = fs.present(m).numpy().nonzero()[0]
-        unique, first = np.unique(fs.index[f"hash_{m}"].to_numpy()[rows], return_index=True)
-        if len(unique):
-            FeatureCache(Path(cfg.extract.cache_dir), entry["cache_key"]).put(
-                unique.tolist(), {"vectors": tuned.features.vectors[m][rows[first]].contiguous()})
-        encoders[m] = entry
-    features = dataclasses.replace(tuned.features, encoders=encoders)
-    write_reference(features, model_dir)
+    features = save_adapted_encoders(cfg, tuned, model_dir)
     result = tuned.result
     result.temperature = validation_temperature(tuned.head, features)
     save_fusion_head(tuned.head, model_dir,
@@ -149,6 +131,35 @@ def train_finetuned(cfg: RunConfig, fs: FeatureSet, model_dir: Path, preprocesse
     return result
 
 
+def save_adapted_encoders(cfg: RunConfig, tuned, model_dir: Path) -> FeatureSet:
+    """Write a fine-tuning's adapted encoders into ``model_dir``; returns its feature set with
+    their ``encoders`` entries, after writing the drift reference from it.
+
+    Each adapted encoder is written whole into ``encoders/<modality>/`` and recorded in the
+    spec's ``encoders`` entry (``adapted``: how, blocks, folder) under its own cache key; the
+    trained tops' vectors of every row go into the feature cache under that key, so the
+    drift reference and evaluation read the vectors of the encoder that ships.
+    """
+    from crossfuse.encoders.adapt import load_adapted_encoder
+    from crossfuse.training.finetune import adapted_folder
+
+    fs = tuned.features
+    encoders = dict(fs.encoders)
+    for m, split in tuned.splits.items():
+        record = {**split.save(model_dir / adapted_folder(m)), "folder": adapted_folder(m)}
+        entry = {**fs.encoders[m], "adapted": record, "backend": "torch", "device": "cpu"}
+        entry["cache_key"] = load_adapted_encoder(entry, model_dir, m).cache_key
+        rows = fs.present(m).numpy().nonzero()[0]
+        unique, first = np.unique(fs.index[f"hash_{m}"].to_numpy()[rows], return_index=True)
+        if len(unique):
+            FeatureCache(Path(cfg.extract.cache_dir), entry["cache_key"]).put(
+                unique.tolist(), {"vectors": fs.vectors[m][rows[first]].contiguous()})
+        encoders[m] = entry
+    features = dataclasses.replace(fs, encoders=encoders)
+    write_reference(features, model_dir)
+    return features
+
+
 def model_extras(fs: FeatureSet, temperature: float, **more) -> dict:
     """What a saved model keeps beside its spec: classes, encoders, targets, temperature."""
     return {"labels": fs.labels, "encoders": fs.encoders, "targets": fs.targets,
@@ -157,32 +168,47 @@ def model_extras(fs: FeatureSet, temperature: float, **more) -> dict:
 
 def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
                on_candidate: Callable[[Candidate], None] | None = None,
-               on_progress: Callable[[str], None] | None = None) -> TrainResult:
+               on_progress: Callable[[str], None] | None = None,
+               preprocessed: Path | None = None) -> TrainResult:
     """Choose the model by cross-fitting and save what ships (``fusion.auto.ship``).
 
     The shipped model's temperature is fitted on its own predictions for the calibration
     slice, rows that none of its members (fold models, ensemble members, or the refit)
     trained on. The unimodal candidates are saved too (``baselines/<m>/``): the evaluate
     stage scores them on the test split beside the shipped model.
+
+    A fine-tuned winner (``fusion.auto.finetune``) ships refitted whatever
+    ``fusion.auto.ship`` says (its fold models each have their own encoders), with its
+    adapted encoders (:func:`save_adapted_encoders`).
     """
     checkpoints = CandidateCheckpoints(cfg, fs)
-    selection: Selection = select_model(fs, cfg, on_candidate, on_progress, checkpoints)
+    selection: Selection = select_model(fs, cfg, on_candidate, on_progress, checkpoints,
+                                        preprocessed)
     if selection.resumed:
         log.warning("auto resumed %d finished candidates from %s", selection.resumed,
                     checkpoints.dir)
     winner = selection.winner
-    model = shipped(selection, fs, cfg)
-    held_out = calibration_scores(model, fs, selection.plan)  # what ships, on rows it never saw
+    ship = cfg.fusion.auto.ship
+    if winner.kind == "finetuned":
+        from crossfuse.training.finetune import refit_finetuned
+
+        fusion, train = winner.settings
+        tuned = refit_finetuned(cfg, fs, selection.plan,
+                                cfg.model_copy(update={"fusion": fusion, "train": train}),
+                                winner.epochs, preprocessed)
+        model, shipped_fs, ship = tuned.head, save_adapted_encoders(cfg, tuned, model_dir), "refit"
+    else:
+        model, shipped_fs = shipped(selection, fs, cfg), fs
+    held_out = calibration_scores(model, shipped_fs, selection.plan)  # on rows it never saw
     temperature = fit_temperature(held_out.labels, held_out.probs)
-    extra = {"chosen": winner.name, "shipped": cfg.fusion.auto.ship,
-             "calibration_rows": len(held_out.labels)}
-    save_fusion_head(model, model_dir, extra=model_extras(fs, temperature, **extra))
+    extra = {"chosen": winner.name, "shipped": ship, "calibration_rows": len(held_out.labels)}
+    save_fusion_head(model, model_dir, extra=model_extras(shipped_fs, temperature, **extra))
     for c in selection.ranked:  # baselines are made the way the shipped model is: a fair pair
         if c.kind == "unimodal":
             save_fusion_head(shipped(selection, fs, cfg, c),
                              model_dir / BASELINES_DIR / c.name[len(UNIMODAL):],
                              extra=model_extras(fs, 1.0, chosen=c.name, shipped=cfg.fusion.auto.ship))
-    write_json(model_dir / SELECTION_FILE, {**selection.to_json(), "shipped": cfg.fusion.auto.ship,
+    write_json(model_dir / SELECTION_FILE, {**selection.to_json(), "shipped": ship,
                                             "temperature": temperature,
                                             "calibration_rows": len(held_out.labels)})
     method = winner.name if winner.kind == "fused" else cfg.fusion.method

@@ -183,3 +183,79 @@ def test_a_spec_no_encoder_can_take_is_refused_with_the_fix(prepared):
 
         train(_with(cfg, finetune="top:1", method="auto"), root / "features", root / "unused",
               preprocessed=root / "pre")
+
+
+def _auto_finetune(cfg):
+    return cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={
+        "method": "auto", "auto": cfg.fusion.auto.model_copy(update={
+            "finetune": True, "finetune_candidates": ["top:1"], "folds": 3})})})
+
+
+def test_auto_cross_fits_a_finetuned_candidate_and_ranks_it_by_the_noise_rule(prepared, tmp_path):
+    import json
+
+    from crossfuse.training.selection import fusion_earns_its_place, rank
+    from crossfuse.training.train import SELECTION_FILE, train
+
+    cfg, root = prepared
+    train(_auto_finetune(cfg), root / "features", tmp_path / "model", preprocessed=root / "pre")
+
+    selection = json.loads((tmp_path / "model" / SELECTION_FILE).read_text())
+    rows = {r["candidate"]: r for r in selection["ranked"]}
+    tuned = rows["finetune:top:1"]
+    assert tuned["kind"] == "finetuned" and len(tuned["folds"]) == 2  # folds 1 and 2 scored
+    assert tuned["epochs"] >= 1 and "ensemble" in rows
+    assert "finetune:top:1" not in rows["ensemble"]["members"]     # its heads read other vectors
+    frozen = next(r for r in selection["ranked"] if r["kind"] != "finetuned")
+
+    def candidate(r):
+        from crossfuse.training.selection import Candidate
+
+        return Candidate(r["candidate"], r["modalities"].split("+"), r["folds"], np.zeros((0, 2)))
+    earned = (tuned["cv_macro_f1_mean"] > frozen["cv_macro_f1_mean"]
+              and fusion_earns_its_place(candidate(tuned), candidate(frozen)))
+    assert (selection["winner"] == "finetune:top:1") == earned
+    assert rank([candidate(r) for r in selection["ranked"]])[0].name == selection["winner"]
+    assert (tmp_path / "model/encoders").exists() == earned
+    if not earned:
+        assert "fine-tuning did not earn its place" in selection["verdict"]
+
+
+def test_a_finetuned_auto_winner_ships_refitted_with_its_encoders(prepared, tmp_path, monkeypatch):
+    import json
+
+    from crossfuse.evaluation.evaluate import evaluate
+    from crossfuse.training import selection as selection_module
+    from crossfuse.training.train import SELECTION_FILE, train
+
+    real_rank = selection_module.rank
+
+    def tuned_first(candidates):  # as if it had beaten the frozen winner by more than the noise
+        order = real_rank(candidates)
+        return sorted(order, key=lambda c: c.kind != "finetuned")
+    monkeypatch.setattr(selection_module, "rank", tuned_first)
+    cfg, root = prepared
+    cfg = _auto_finetune(cfg)
+    train(cfg, root / "features", tmp_path / "model", preprocessed=root / "pre")
+
+    spec = load_fusion_head(tmp_path / "model")[1]
+    assert spec["chosen"] == "finetune:top:1" and spec["shipped"] == "refit"
+    assert spec["calibration_rows"] == json.loads(
+        (tmp_path / "model" / SELECTION_FILE).read_text())["calibration_rows"]
+    assert {e["adapted"]["how"] for e in spec["encoders"].values()} == {"top:1"}
+    metrics = evaluate(cfg, root / "features", tmp_path / "model", tmp_path / "eval",
+                       preprocessed=root / "pre").metrics
+    evaluated = pd.read_parquet(tmp_path / "eval/predictions.parquet")
+    data = Path(cfg.data.path)
+    rows = pd.read_csv(data / "manifest.csv").set_index("id").loc[evaluated["id"]]
+    served = FusionPredictor(tmp_path / "model", media_root=data).predict(pd.DataFrame(
+        {"text": rows["text"].tolist(), "image": [str(data / p) for p in rows["image"]]}))
+    assert served["label"].tolist() == evaluated["predicted"].tolist()
+    # The frozen unimodal candidates are scored on the frozen vectors they were trained on.
+    from crossfuse.evaluation.evaluate import score_test_split
+
+    frozen = read_feature_set(root / "features")
+    for m in ("image", "text"):
+        saved = load_fusion_head(tmp_path / "model/baselines" / m)[0]
+        assert metrics[f"baseline_{m}_test_macro_f1"] == score_test_split(saved, frozen, [m]).macro_f1
+    assert not (tmp_path / "eval/features").exists()
