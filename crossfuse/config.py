@@ -222,7 +222,8 @@ class AutoConfig(_Section):
         "finetune_candidates says (docs/finetuning.md), cross-validated like the rest; one wins "
         "only by beating the best frozen candidate by more than one standard error of the folds, "
         "and ships refitted. null = on when the train step has a GPU (torch sees one and the "
-        "preprocessed items reach it), off on a CPU, where it costs k+1 fine-tunings (k to cross-fit, 1 to refit).")
+        "preprocessed items reach it), off on a CPU, where it costs k+1 fine-tunings (k to "
+        "cross-fit, 1 to refit).")
     finetune_candidates: list[str] = Field(
         default_factory=lambda: ["top:1"], description="The fusion.finetune values tried as "
         "candidates when fusion.auto.finetune is on.")
