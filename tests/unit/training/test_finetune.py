@@ -259,3 +259,33 @@ def test_a_finetuned_auto_winner_ships_refitted_with_its_encoders(prepared, tmp_
         saved = load_fusion_head(tmp_path / "model/baselines" / m)[0]
         assert metrics[f"baseline_{m}_test_macro_f1"] == score_test_split(saved, frozen, [m]).macro_f1
     assert not (tmp_path / "eval/features").exists()
+
+
+def test_an_adapted_efficientnet_runs_on_onnx_runtime_under_its_own_weights(tmp_path):
+    from PIL import Image
+
+    from crossfuse.encoders import place_encoder
+    from crossfuse.encoders.adapt import load_adapted_encoder
+
+    frozen = build_encoder("efficientnet-lite0", "image")
+    split = split_encoder(frozen, FinetuneSpec.parse("top:1"))
+    split.adapt()
+    torch.manual_seed(0)
+    with torch.no_grad():  # as training would: the top's weights move
+        for p in split.top.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
+    with torch.no_grad():
+        trained = split.top.eval()(split.bottom(images))
+    record = split.save(tmp_path / "encoders/image")
+    entry = {"name": "efficientnet-lite0", "adapted": {**record, "folder": "encoders/image"}}
+    adapted = load_adapted_encoder(entry, tmp_path, "image")
+    assert adapted.cache_key != frozen.cache_key
+
+    exports = tmp_path / "onnx"
+    place_encoder(adapted, "cpu", "onnxruntime", exports)   # raises if the export disagrees
+    place_encoder(frozen, "cpu", "onnxruntime", exports)
+    assert adapted.backend == "onnxruntime" and len(list(exports.glob("*.onnx"))) == 2
+    served = adapted.encode(images)
+    assert torch.nn.functional.cosine_similarity(served, trained).min() > 0.999
+    assert torch.nn.functional.cosine_similarity(served, frozen.encode(images)).min() < 0.999
