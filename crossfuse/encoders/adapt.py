@@ -28,6 +28,7 @@ FinetuneSpec(how='lora', n=8, blocks=None)
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from torch import nn
 from crossfuse.config import FINETUNE_PATTERN
 from crossfuse.encoders.base import Encoder
 from crossfuse.errors import UserError
+
+log = logging.getLogger(__name__)
 
 ADAPTED_DIR = "encoders"  # in a model folder: encoders/<modality>/ holds an adapted encoder
 VERIFY_ATOL = 1e-4  # top(bottom(x)) against the frozen encoder's vector, largest difference
@@ -145,14 +148,19 @@ class EncoderSplit:
         """Largest difference between ``top(bottom(items))`` and the frozen vectors; raises
         :class:`UserError` above :data:`VERIFY_ATOL` (the split misreads this architecture)."""
         self.top.eval()
-        split = self.top(self.bottom(items))
-        whole = self.encoder.encode(items)
-        diff = float((split - whole).abs().max())
+        try:
+            split = self.top(self.bottom(items))
+            diff = float((split - self.encoder.encode(items)).abs().max())
+        except (TypeError, ValueError, RuntimeError, KeyError, AttributeError):
+            # The blocks want more than the hidden states and a mask: not a stack we can cut.
+            log.debug("split of %s failed", self.encoder.name, exc_info=True)
+            diff = float("inf")
         if not diff <= VERIFY_ATOL:
             raise UserError(f"fusion.finetune={self.spec.describe()}: encoder "
                             f"{self.encoder.name} cannot be split for fine-tuning here (its top "
                             f"blocks alone differ from the whole encoder by {diff:.2g}); set "
-                            f"fusion.finetune=none for {self.encoder.modality}")
+                            f"fusion.finetune=none, or use another {self.encoder.modality} "
+                            f"encoder")
         return diff
 
     def save(self, folder: Path) -> dict:
@@ -160,16 +168,18 @@ class EncoderSplit:
         raise NotImplementedError
 
 
+_BLOCKS_NAME = re.compile(r"(^|\.)(layer|layers|blocks?)$")
+
+
 def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's stack of transformer blocks: its longest ModuleList of one module type."""
-    best = ("", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and \
-                len({type(m) for m in module}) == 1 and len(module) > len(best[1] or []):
-            best = (name, module)
-    if best[1] is None:
+    """The model's stack of transformer blocks: the longest ModuleList of one module type named
+    like one (``encoder.layer``, ``encoder.layers``, ``blocks``), else the longest of any name."""
+    lists = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) and len({type(c) for c in m}) == 1]
+    named = [(n, m) for n, m in lists if _BLOCKS_NAME.search(n) and "conv" not in n]
+    if not (named or lists):
         raise UserError(f"{type(model).__name__} has no stack of blocks to fine-tune")
-    return best
+    return max(named or lists, key=lambda item: len(item[1]))
 
 
 class _HFTop(nn.Module):
@@ -223,7 +233,9 @@ class HFSplit(EncoderSplit):
         probe = self._probe_items()
         mask_kind = self._mask_kind(probe)
         cfg = model.config
-        final_norm = getattr(model, "layernorm", None)
+        # The norm after the last block, where the architecture has one: ViT-style
+        # ``layernorm``, Whisper's encoder ``layer_norm``, wav2vec2's stable-layer-norm variant.
+        final_norm = getattr(model, "layernorm", None) or getattr(model, "layer_norm", None)
         if final_norm is None and getattr(cfg, "do_stable_layer_norm", False):
             final_norm = getattr(model.encoder, "layer_norm", None)
         pooler = getattr(model, "pooler", None) if encoder.modality == "image" else None
@@ -248,8 +260,9 @@ class HFSplit(EncoderSplit):
         if not self._captured.get("listen"):  # the top's own forward passes run this block too
             return
         self._captured["hidden"] = args[0] if args else kwargs["hidden_states"]
-        self._captured["attention_mask"] = kwargs.get("attention_mask",
-                                                      args[1] if len(args) > 1 else None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        # A block whose second argument is not a mask (Swin's sizes) fails verification.
+        self._captured["attention_mask"] = mask if isinstance(mask, torch.Tensor) else None
         if self._captured.get("stop"):
             raise _StopForward
 

@@ -92,3 +92,26 @@ def test_any_transformers_audio_model_encodes_waveforms(family, tmp_path):
     assert torch.allclose(enc.encode([wave])[0], vectors[0], atol=1e-5)  # batch-independent
     tokens, mask = enc.encode_tokens([wave], max_tokens=8)
     assert tokens.shape == (1, 8, 32) and mask.all()
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "ast", "whisper", "clap"])
+def test_an_audio_transformer_splits_for_finetuning_exactly_or_is_refused(family, tmp_path):
+    """wav2vec2-style models (and Whisper's encoder) split into a cached bottom and a trainable
+    top that reproduce the encoder; an architecture the split misreads is refused, not tuned."""
+    from crossfuse.encoders.adapt import FinetuneSpec, split_encoder
+    from crossfuse.errors import UserError
+
+    torch.manual_seed(0)
+    model, extractor = _tiny_audio_models()[family]()
+    model.save_pretrained(tmp_path)
+    extractor.save_pretrained(tmp_path)
+    enc = build_encoder(f"hf:{tmp_path}", "audio")
+    try:
+        split = split_encoder(enc, FinetuneSpec.parse("top:1"))
+    except UserError as exc:
+        assert family not in ("wav2vec2", "hubert", "whisper"), exc
+        assert "cannot be split for fine-tuning" in str(exc) and "fusion.finetune=none" in str(exc)
+        return
+    waves = [tone(440), tone(880)]
+    with torch.no_grad():
+        assert torch.allclose(split.top.eval()(split.bottom(waves)), enc.encode(waves), atol=1e-4)
