@@ -207,7 +207,11 @@ def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
     device = resolve_device(cfg.extract.device)
 
     seed_everything(seed)
-    spec = dataclasses.replace(build_spec(fs, fusion, modalities), token_inputs=False)
+    spec = build_spec(fs, fusion, modalities)
+    if spec.token_inputs:
+        raise UserError(f"fusion.finetune trains the encoders' pooled vectors, but "
+                        f"fusion.method={fusion.method} reads token sequences here; set "
+                        f"extract.token_sequences=false, or fusion.finetune=none")
     model = FinetunedFusion(build_fusion_head(spec), {m: s.top for m, s in splits.items()})
     trainable = {m: s.adapt() for m, s in splits.items()}
     log.info("fine-tuning %s: %s trainable encoder weights", fusion.finetune, trainable)
