@@ -43,7 +43,6 @@ from crossfuse.console import say
 from crossfuse.data.dvc import materialise_data
 from crossfuse.data.validation.report import ValidationReport, require_valid, validation_tags
 from crossfuse.errors import reported
-from crossfuse.fusion.model import SPEC_FILE
 from crossfuse.stage_records import tree_digest
 from crossfuse.storage import attach
 from crossfuse.tracking import data_version, log_metrics, stage_run
@@ -150,8 +149,7 @@ def run_batch_preprocess(cfg: RunConfig, run_id: str, validation_dir: Path, mode
         result = preprocess(cfg, Path(cfg.data.path), Path(out_dir), report.rejected_lines,
                             model_labels=model_labels(model_dir))
         # A fine-tuned model's own encoders travel with the items to the extract steps.
-        encoders = json.loads((Path(model_dir) / SPEC_FILE).read_text())["encoders"]
-        carry_model_encoders(Path(model_dir), encoders, Path(out_dir))
+        carry_model_encoders(Path(model_dir), Path(out_dir))
         if result.n_samples + report.n_rejected != report.n_rows:  # nothing may be lost
             raise RuntimeError(f"row accounting broke: {report.n_rows} rows in, "
                                f"{result.n_samples} prepared, {report.n_rejected} rejected")

@@ -50,6 +50,7 @@ from crossfuse.training.calibration import (
     fit_temperature,
 )
 from crossfuse.training.crossfit import UNUSED
+from crossfuse.training.finetune import FINETUNED, finetune
 from crossfuse.training.folds import order_key
 from crossfuse.training.loop import fit
 from crossfuse.training.selection import (
@@ -124,16 +125,11 @@ def _fixed(fs: FeatureSet, cfg: RunConfig, name: str, seed: int) -> list[tuple[s
     return [(name, time.perf_counter() - start, _test_row(head, fs, val))]
 
 
-FINETUNED = "finetune:"  # a fine-tuned row's model: finetune:<spec> (the linear head)
-
-
 def _finetuned(fs: FeatureSet, cfg: RunConfig, spec: str, seed: int,
                preprocessed: Path) -> list[tuple[str, float, dict]]:
     """The ``linear`` head with the encoders fine-tuned as ``spec`` says
     (:mod:`crossfuse.training.finetune`), calibrated on its val split and scored on test with
     its own encoders' vectors; the frozen ``linear`` row is its comparison."""
-    from crossfuse.training.finetune import finetune
-
     start = time.perf_counter()
     tuned_cfg = cfg.model_copy(update={"seed": seed, "fusion": cfg.fusion.model_copy(
         update={"method": UNIMODAL_METHOD, "finetune": spec}),

@@ -387,10 +387,11 @@ def evaluate(cfg: RunConfig, features: Path, model_dir: Path, out_dir: Path,
     head, meta = load_fusion_head(model_dir)
     own = shipped_features(cfg, Path(features), model_dir, meta, preprocessed, out_dir)
     fs = read_feature_set(own)
-    frozen = fs
+    frozen = fs  # the frozen encoders' vectors: what auto's saved baselines read
     if own != Path(features):  # read into memory: the re-encoded copy need not stay on disk
-        frozen = read_feature_set(Path(features))
         shutil.rmtree(own)
+        if (model_dir / BASELINES_DIR).is_dir():
+            frozen = read_feature_set(Path(features))
     modalities = list(meta["dims"])
     multimodal = len(modalities) > 1
     samples = read_samples(preprocessed)[0] if preprocessed is not None else None

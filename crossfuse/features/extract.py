@@ -200,13 +200,15 @@ def is_finetuned(entries: dict[str, dict]) -> bool:
     return any("adapted" in e for e in entries.values())
 
 
-def carry_model_encoders(model_dir: Path, entries: dict[str, dict], preprocessed: Path) -> None:
+def carry_model_encoders(model_dir: Path, preprocessed: Path) -> None:
     """Copy a fine-tuned model's adapted encoders into a batch's ``preprocessed`` folder, so
     its extract steps (which get that folder, not the model) encode as the model does."""
     import shutil
 
     from crossfuse.encoders.adapt import ADAPTED_DIR
+    from crossfuse.fusion.model import SPEC_FILE
 
+    entries = json.loads((Path(model_dir) / SPEC_FILE).read_text())["encoders"]
     if not is_finetuned(entries):
         return
     shutil.copytree(Path(model_dir) / ADAPTED_DIR, Path(preprocessed) / ADAPTED_DIR,

@@ -263,7 +263,7 @@ def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
             total += loss.item() * len(rows)
         metrics = {"train_loss": total / len(rows_tr)}
         if epochs is None:
-            val = _inputs(model, fs, bottoms, present, rows_va, frozen, device)
+            val = _inputs(model, fs, bottoms, present, rows_va, device)
             metrics.update(validation_metrics(model.head.cpu(), val))
             model.head.to(device)
             state.record(epoch, metrics, model, train.patience)
@@ -288,8 +288,7 @@ def finetune(cfg: RunConfig, fs: FeatureSet, preprocessed: Path,
     return Finetuned(head=model.head, splits=splits, features=features, result=result)
 
 
-def _inputs(model: FinetunedFusion, fs: FeatureSet, bottoms, present, rows, frozen, device
-            ) -> SplitInputs:
+def _inputs(model: FinetunedFusion, fs: FeatureSet, bottoms, present, rows, device) -> SplitInputs:
     """``rows``' inputs for the head, the adapted modalities' vectors made by the tops now."""
     made = adapted_vectors(model, bottoms, present, rows, device)
     vectors = {m: (made[m] if m in made else fs.vectors[m][rows]) for m in fs.modalities}
@@ -365,7 +364,7 @@ def cross_fit_finetuned(cfg: RunConfig, fs: FeatureSet, plan, spec: str, head: s
     return scores, oof, epochs, first.result.best_val_macro_f1, tuned_cfg
 
 
-def refit_finetuned(cfg: RunConfig, fs: FeatureSet, plan, tuned_cfg: RunConfig, epochs: int,
+def refit_finetuned(fs: FeatureSet, plan, tuned_cfg: RunConfig, epochs: int,
                     preprocessed: Path) -> Finetuned:
     """The fine-tuned winner trained again on every row outside the calibration slice, for the
     epochs its folds trained (what ships: one set of adapted encoders)."""

@@ -193,7 +193,7 @@ def train_auto(cfg: RunConfig, fs: FeatureSet, model_dir: Path,
         from crossfuse.training.finetune import refit_finetuned
 
         fusion, train = winner.settings
-        tuned = refit_finetuned(cfg, fs, selection.plan,
+        tuned = refit_finetuned(fs, selection.plan,
                                 cfg.model_copy(update={"fusion": fusion, "train": train}),
                                 winner.epochs, preprocessed)
         model, shipped_fs, ship = tuned.head, save_adapted_encoders(cfg, tuned, model_dir), "refit"
